@@ -15,4 +15,12 @@ d = { 'settings': { 'branch': 'main',
                                     'sonata_nb.registry.Registry.build': ('registry.html#registry.build', 'sonata_nb/registry.py'),
                                     'sonata_nb.registry.Registry.get': ('registry.html#registry.get', 'sonata_nb/registry.py'),
                                     'sonata_nb.registry.Registry.register_module': ( 'registry.html#registry.register_module',
-                                                                                     'sonata_nb/registry.py')}}}
+                                                                                     'sonata_nb/registry.py')},
+            'sonata_nb.viz': { 'sonata_nb.viz._check_cloud': ('viz.html#_check_cloud', 'sonata_nb/viz.py'),
+                               'sonata_nb.viz._default_palette': ('viz.html#_default_palette', 'sonata_nb/viz.py'),
+                               'sonata_nb.viz._rgb': ('viz.html#_rgb', 'sonata_nb/viz.py'),
+                               'sonata_nb.viz.cloud_figure': ('viz.html#cloud_figure', 'sonata_nb/viz.py'),
+                               'sonata_nb.viz.cloud_viewer': ('viz.html#cloud_viewer', 'sonata_nb/viz.py'),
+                               'sonata_nb.viz.pca_colors': ('viz.html#pca_colors', 'sonata_nb/viz.py'),
+                               'sonata_nb.viz.prediction_figure': ('viz.html#prediction_figure', 'sonata_nb/viz.py'),
+                               'sonata_nb.viz.subsample': ('viz.html#subsample', 'sonata_nb/viz.py')}}}
