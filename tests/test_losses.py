@@ -1,0 +1,134 @@
+"Losses against slow direct implementations (Lovász extension by brute force over sets, CE by hand)."
+import itertools, math
+import pytest
+import torch
+from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, build_criteria, lovasz_grad
+
+
+def jaccard_loss(mispredicted: set, fg: set) -> float:
+    "Δ_J(M) = 1 - |F \\ M| / |F ∪ M| (0 for an empty union)"
+    union = fg | mispredicted
+    return 0.0 if not union else 1.0 - len(fg - mispredicted) / len(union)
+
+
+def lovasz_extension_integral(errors, fg):
+    "Lovász extension of Δ_J at errors in [0,1]: ∫_0^1 Δ_J({i : e_i >= t}) dt, integrated piecewise exactly"
+    cuts = sorted(set([0.0, 1.0] + list(errors)))
+    total = 0.0
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        t = (lo + hi) / 2
+        total += (hi - lo) * jaccard_loss({i for i, e in enumerate(errors) if e >= t}, fg)
+    return total
+
+
+def lovasz_extension_sorted(errors, fg):
+    "Σ_k e_(k) (Δ({π1..πk}) − Δ({π1..πk−1})) with a plain Python sort"
+    order = sorted(range(len(errors)), key=lambda i: -errors[i])
+    total, prev, chosen = 0.0, 0.0, set()
+    for i in order:
+        chosen.add(i)
+        cur = jaccard_loss(chosen, fg)
+        total += errors[i] * (cur - prev)
+        prev = cur
+    return total
+
+
+def slow_lovasz_softmax(logits, labels, ignore=-1, class_seen=None):
+    probs = torch.softmax(logits.double(), 1).tolist()
+    labels = labels.tolist()
+    keep = [i for i, l in enumerate(labels) if l != ignore]
+    per_class = []
+    for c in sorted({labels[i] for i in keep}):
+        if class_seen is not None and c not in class_seen:
+            continue
+        fg = {j for j, i in enumerate(keep) if labels[i] == c}
+        errors = [abs((1.0 if labels[i] == c else 0.0) - probs[i][c]) for i in keep]
+        a, b = lovasz_extension_integral(errors, fg), lovasz_extension_sorted(errors, fg)
+        assert math.isclose(a, b, abs_tol=1e-9)  # the two definitions agree
+        per_class.append(a)
+    return sum(per_class) / len(per_class) if per_class else 0.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lovasz_matches_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, c = int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(2, 5, (1,), generator=g))
+    logits = torch.randn(n, c, generator=g) * 2
+    labels = torch.randint(-1, c, (n,), generator=g)
+    got = LovaszLoss(mode="multiclass", ignore_index=-1, loss_weight=1.0)(logits, labels)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(slow_lovasz_softmax(logits, labels), abs=1e-5)
+
+
+def test_lovasz_ties_and_weight_and_class_seen():
+    logits = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 0])
+    assert LovaszLoss(loss_weight=0.5)(logits, labels).item() == pytest.approx(0.5 * slow_lovasz_softmax(logits, labels), abs=1e-6)
+    got = LovaszLoss(class_seen=[0, 2])(logits, labels).item()
+    assert got == pytest.approx(slow_lovasz_softmax(logits, labels, class_seen={0, 2}), abs=1e-6)
+    assert got != pytest.approx(slow_lovasz_softmax(logits, labels), abs=1e-6)
+
+
+def test_lovasz_ignore_index_other_value():
+    logits, labels = torch.randn(9, 3), torch.tensor([0, 1, 2, 255, 255, 1, 0, 2, 2])
+    assert LovaszLoss(ignore_index=255)(logits, labels).item() == pytest.approx(slow_lovasz_softmax(logits, labels, ignore=255), abs=1e-5)
+
+
+def test_lovasz_gradient_matches_autograd_of_slow_formula():
+    torch.manual_seed(0)
+    logits = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 2, 2, 1, -1, 0, 2])
+    LovaszLoss()(logits, labels).backward()
+    # finite differences of the brute-force value (the extension is piecewise linear in the probabilities)
+    eps, num = 1e-6, torch.zeros_like(logits)
+    for i, j in itertools.product(range(7), range(3)):
+        d = torch.zeros_like(logits); d[i, j] = eps
+        num[i, j] = (slow_lovasz_softmax(logits.detach() + d, labels) - slow_lovasz_softmax(logits.detach() - d, labels)) / (2 * eps)
+    assert torch.allclose(logits.grad, num, atol=1e-5)
+    assert logits.grad[4].abs().sum() == 0  # the ignored point gets no gradient
+
+
+def test_lovasz_all_ignored_is_zero_with_graph():
+    x = torch.randn(3, 4, requires_grad=True)
+    loss = LovaszLoss()(x, torch.full((3,), -1))
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.abs().sum() == 0
+
+
+def test_lovasz_grad_is_jaccard_increment():
+    fg = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    F = {i for i in range(6) if fg[i] == 1}
+    expected, prev = [], 0.0
+    for k in range(1, 7):
+        cur = jaccard_loss(set(range(k)), F)
+        expected.append(cur - prev); prev = cur
+    assert torch.allclose(lovasz_grad(fg), torch.tensor(expected))
+
+
+def test_cross_entropy_by_hand():
+    torch.manual_seed(1)
+    logits, labels = torch.randn(10, 4), torch.tensor([0, 1, 2, 3, -1, 1, 1, -1, 0, 2])
+    w = [1.0, 2.0, 0.5, 1.5]
+    logp = torch.log_softmax(logits, 1)
+    keep = labels != -1
+    picked = -logp[keep, labels[keep]]
+    wts = torch.tensor(w)[labels[keep]]
+    assert CrossEntropyLoss()(logits, labels).item() == pytest.approx(picked.mean().item(), abs=1e-6)
+    assert CrossEntropyLoss(weight=w, loss_weight=3.0)(logits, labels).item() == pytest.approx(
+        3 * ((picked * wts).sum() / wts.sum()).item(), abs=1e-5)
+
+
+def test_criteria_sum_and_registry():
+    assert {"CrossEntropyLoss", "LovaszLoss"} <= set(LOSSES._items)
+    torch.manual_seed(2)
+    logits, labels = torch.randn(30, 5), torch.randint(-1, 5, (30,))
+    crit = build_criteria([dict(type="CrossEntropyLoss", loss_weight=1.0, ignore_index=-1),
+                           dict(type="LovaszLoss", mode="multiclass", loss_weight=1.0, ignore_index=-1)])
+    manual = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-1).item() + slow_lovasz_softmax(logits, labels)
+    assert crit(logits, labels).item() == pytest.approx(manual, abs=1e-5)
+    crit = build_criteria([dict(type="CrossEntropyLoss", weight=[1.0] * 5)])
+    assert crit.losses[0].weight.shape == (5,)  # a buffer: moves with .to(device)
+    with pytest.raises(KeyError, match="Known"):
+        build_criteria([dict(type="DiceLoss")])
+    with pytest.raises(ValueError, match="multiclass"):
+        LovaszLoss(mode="binary")
