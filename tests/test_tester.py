@@ -1,0 +1,299 @@
+"Mechanism tests of the precise evaluation (sonata_nb.tester) on tiny synthetic scenes, CPU only."
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sonata_nb.classes import S3DIS_NAMES, VALID_CLASS_IDS_20
+from sonata_nb.config import Config
+from sonata_nb.datasets import S3DIS_AREAS, build_dataset
+from sonata_nb.model import MODELS
+from sonata_nb.tester import (SemSegTester, derive_save_path, load_test_weight, s3dis_6fold_table, vote_fragments)
+from sonata_nb.tester import test_main as sonata_test  # aliased: pytest would collect `test_main`
+
+K = 20
+
+
+@MODELS.register_module("TesterTestPointwise", force=True)
+class Pointwise(torch.nn.Module):
+    "A segmentor whose logits depend on each point's own features only, so the vote can be computed by hand"
+    def __init__(self, in_channels=6, num_classes=K):
+        super().__init__()
+        self.seg_head = torch.nn.Linear(in_channels, num_classes)
+
+    def forward(self, data):
+        return dict(seg_logits=self.seg_head(data["feat"]))
+
+
+def write_scene(folder, n, seed, segment_name="segment20", dup_every=3):
+    "A random scene; every `dup_every`-th point repeats its predecessor's position (2 points in a voxel)"
+    rng = np.random.default_rng(seed)
+    coord = rng.uniform(0, 2, (n, 3)).astype(np.float32)
+    coord[dup_every::dup_every] = coord[dup_every - 1:-1:dup_every] + 0.001
+    folder.mkdir(parents=True)
+    np.save(folder/"coord.npy", coord)
+    np.save(folder/"color.npy", rng.integers(0, 256, (n, 3)).astype(np.uint8))
+    normal = rng.normal(size=(n, 3)).astype(np.float32)
+    np.save(folder/"normal.npy", normal / np.linalg.norm(normal, axis=1, keepdims=True))
+    np.save(folder/segment_name, rng.integers(-1, K, n).astype(np.int64))
+
+
+def identity_view():
+    return [[dict(type="RandomRotateTargetAngle", angle=[0], axis="z", center=[0, 0, 0], p=1)]]
+
+
+def four_views():
+    return [[dict(type="RandomRotateTargetAngle", angle=[a], axis="z", center=[0, 0, 0], p=1)] for a in (0, 0.5, 1, 1.5)]
+
+
+def make_cfg(tmp_path, dataset="ScanNetDataset", views=None, feat_keys=("color", "normal"), pre_sample=False,
+             model=None, num_classes=K, split="val", data_root=None, **test):
+    transform = [dict(type="CenterShift", apply_z=True), dict(type="NormalizeColor")]
+    if pre_sample:
+        transform += [dict(type="Copy", keys_dict={"segment": "origin_segment"}),
+                      dict(type="GridSample", grid_size=0.01, hash_type="fnv", mode="train", return_inverse=True)]
+    return Config(dict(
+        save_path=str(tmp_path/"exp"), weight=None,
+        model=model or dict(type="TesterTestPointwise", in_channels=3 * len(feat_keys), num_classes=num_classes),
+        data=dict(num_classes=num_classes, ignore_index=-1, names=[f"c{k}" for k in range(num_classes)],
+                  test=dict(type=dataset, split=split, data_root=str(data_root or tmp_path/"data"), test_mode=True,
+                            transform=transform,
+                            test_cfg=dict(voxelize=dict(type="GridSample", grid_size=0.02, hash_type="fnv", mode="test",
+                                                        return_grid_coord=True),
+                                          crop=None,
+                                          post_transform=[dict(type="CenterShift", apply_z=False), dict(type="ToTensor"),
+                                                          dict(type="Collect", keys=("coord", "grid_coord", "index"),
+                                                               feat_keys=feat_keys)],
+                                          aug_transform=views or identity_view()))),
+        test=dict(type="SemSegTester", num_workers=0, **test)))
+
+
+@pytest.fixture
+def scannet(tmp_path):
+    for i, n in enumerate((300, 200, 250)): write_scene(tmp_path/"data"/"val"/f"scene000{i}_00", n, seed=i)
+    return tmp_path
+
+
+def run_tester(cfg, model, **kw):
+    return SemSegTester(cfg, model=model.eval(), num_workers=0, **kw)
+
+
+def direct_pred(model, root, name):
+    "argmax of the pointwise model on the raw colour/normal features of a scene"
+    color = np.load(root/"color.npy").astype(np.float32) / 255
+    feat = torch.from_numpy(np.concatenate([color, np.load(root/"normal.npy")], 1))
+    with torch.no_grad(): return model(dict(feat=feat))["seg_logits"].argmax(1).numpy()
+
+
+def test_fragments_and_views_cover_every_point(scannet):
+    cfg = make_cfg(scannet, views=four_views())
+    data = build_dataset(cfg.data.test)[0]
+    n = len(data["segment"])
+    # 2 points share a voxel every third point, so each view has 2 fragments
+    assert len(data["fragment_list"]) == 4 * 2
+    torch.manual_seed(0)
+    votes = vote_fragments(Pointwise().eval(), data["fragment_list"], n, K)
+    counts = votes.sum(1)  # each appearance of a point adds a probability vector summing to 1
+    assert bool((counts >= 4 - 1e-4).all()), "a point is missing from some view"
+    per_view = torch.zeros(n)
+    for frag in data["fragment_list"][:2]: per_view[frag["index"].long()] += 1
+    assert bool((per_view >= 1).all())
+    torch.testing.assert_close(counts, 4 * per_view, rtol=0, atol=1e-4)
+
+
+def test_vote_equals_direct_computation(scannet):
+    torch.manual_seed(0)
+    model = Pointwise().eval()
+    cfg = make_cfg(scannet)
+    data = build_dataset(cfg.data.test)[1]
+    n = len(data["segment"])
+    votes = vote_fragments(model, data["fragment_list"], n, K)
+    root = scannet/"data"/"val"/"scene0001_00"
+    color = np.load(root/"color.npy").astype(np.float32) / 255
+    feat = torch.from_numpy(np.concatenate([color, np.load(root/"normal.npy")], 1))
+    appear = torch.zeros(n)
+    for frag in data["fragment_list"]: appear[frag["index"].long()] += 1
+    with torch.no_grad(): expected = F.softmax(model(dict(feat=feat))["seg_logits"], -1) * appear[:, None]
+    torch.testing.assert_close(votes, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_fragments_equal_one_by_one(scannet):
+    torch.manual_seed(1)
+    model = Pointwise().eval()
+    frags = build_dataset(make_cfg(scannet, views=four_views()).data.test)[0]["fragment_list"]
+    n = max(int(f["index"].max()) for f in frags) + 1
+    one = vote_fragments(model, frags, n, K, batch_size=1)
+    for bs in (3, 8):
+        torch.testing.assert_close(vote_fragments(model, frags, n, K, batch_size=bs), one, rtol=1e-5, atol=1e-5)
+
+
+def test_predictions_metrics_and_submission(scannet):
+    torch.manual_seed(2)
+    model = Pointwise()
+    cfg = make_cfg(scannet)
+    metrics = run_tester(cfg, model).test()
+    result = Path(cfg.save_path)/"result"
+    total = dict(intersection=0, union=0, target=0)
+    for i in range(3):
+        name = f"scene000{i}_00"
+        root = scannet/"data"/"val"/name
+        pred = np.load(result/f"{name}_pred.npy")
+        np.testing.assert_array_equal(pred, direct_pred(model, root, name))
+        raw_ids = np.loadtxt(result/"submit"/f"{name}.txt", dtype=np.int64)
+        np.testing.assert_array_equal(raw_ids, np.array(VALID_CLASS_IDS_20)[pred])
+        seg = np.load(root/"segment20.npy")
+        valid = seg != -1
+        for k in range(K):
+            p, t = (pred == k) & valid, seg == k
+            total["intersection"] += np.eye(K)[k] * (p & t).sum()
+            total["union"] += np.eye(K)[k] * (p | t).sum()
+            total["target"] += np.eye(K)[k] * t.sum()
+    np.testing.assert_allclose(metrics["intersection"], total["intersection"])
+    np.testing.assert_allclose(metrics["union"], total["union"])
+    iou = total["intersection"] / (total["union"] + 1e-10)
+    assert metrics["mIoU"] == pytest.approx(iou.mean())
+    assert metrics["allAcc"] == pytest.approx(total["intersection"].sum() / total["target"].sum())
+    saved = json.loads((result/"metrics.json").read_text())
+    assert saved["mIoU"] == pytest.approx(metrics["mIoU"]) and saved["num_scenes"] == 3
+    log = (Path(cfg.save_path)/"log"/"test.log").read_text()
+    assert "Val result: mIoU/mAcc/allAcc" in log and "Class_19 - c19 Result: iou/accuracy" in log
+    assert "Test: scene0002_00 [3/3]-250 Batch" in log
+
+
+def test_predictions_recomputed_unless_reuse_requested(scannet):
+    torch.manual_seed(3)
+    model = Pointwise()
+    cfg = make_cfg(scannet)
+    first = run_tester(cfg, model).test()
+    pred_file = Path(cfg.save_path)/"result"/"scene0000_00_pred.npy"
+    good = np.load(pred_file)
+    np.save(pred_file, (good + 1) % K)  # a stale prediction, e.g. from another weight
+    again = run_tester(cfg, model).test()
+    np.testing.assert_array_equal(np.load(pred_file), good)
+    assert again["mIoU"] == pytest.approx(first["mIoU"])
+    np.save(pred_file, (good + 1) % K)
+    reused = run_tester(cfg, model, reuse_predictions=True).test()
+    np.testing.assert_array_equal(np.load(pred_file), (good + 1) % K)
+    assert reused["intersection"][:].sum() != first["intersection"].sum()
+    np.save(pred_file, good[:10])
+    with pytest.raises(ValueError, match="scene0000_00_pred.npy' has 10 predictions"):
+        run_tester(cfg, model, reuse_predictions=True).test()
+
+
+def test_s3dis_presampling_maps_back_to_raw_points(tmp_path):
+    rng = np.random.default_rng(0)
+    for room, n in (("office_1", 400), ("hallway_2", 300)):
+        folder = tmp_path/"data"/"Area_5"/room
+        write_scene(folder, n, seed=n, segment_name="segment.npy", dup_every=2)
+        coord = np.load(folder/"coord.npy")
+        coord[1::2] = coord[0:-1:2] + 0.002  # pairs inside one 1 cm cell, with the same colour and normal
+        np.save(folder/"coord.npy", coord)
+        for key in ("color", "normal"):
+            a = np.load(folder/f"{key}.npy"); a[1::2] = a[0:-1:2]; np.save(folder/f"{key}.npy", a)
+        np.save(folder/"segment.npy", rng.integers(0, 13, (n, 1)).astype(np.int16))  # S3DIS stores (N, 1)
+    torch.manual_seed(4)
+    model = Pointwise(num_classes=13)
+    cfg = make_cfg(tmp_path, dataset="S3DISDataset", split="Area_5", pre_sample=True, num_classes=13)
+    sub = build_dataset(cfg.data.test)[0]
+    assert len(sub["segment"]) < len(sub["origin_segment"]) == 300  # hallway_2 comes first (sorted)
+    metrics = run_tester(cfg, model).test()
+    result = Path(cfg.save_path)/"result"
+    for room, n in (("office_1", 400), ("hallway_2", 300)):
+        pred = np.load(result/f"Area_5-{room}_pred.npy")
+        assert pred.shape == (n,)
+        np.testing.assert_array_equal(pred, direct_pred(model, tmp_path/"data"/"Area_5"/room, room))
+    record = torch.load(result/"Area_5.pth", weights_only=True)
+    np.testing.assert_array_equal(record["target"].numpy(), metrics["target"])
+    assert int(record["target"].sum()) == 700  # every raw point is evaluated
+    assert not (result/"submit").exists()
+
+
+def test_6fold_table_equals_hand_computation(tmp_path):
+    rng = np.random.default_rng(5)
+    total = {k: np.zeros(13, dtype=np.int64) for k in ("intersection", "union", "target")}
+    for area in S3DIS_AREAS:
+        t = rng.integers(0, 500, 13); i = rng.integers(0, t + 1); u = t + rng.integers(0, 300, 13)
+        (tmp_path/area/"result").mkdir(parents=True)
+        torch.save(dict(intersection=torch.tensor(i), union=torch.tensor(u), target=torch.tensor(t)),
+                   tmp_path/area/"result"/f"{area}.pth")
+        total["intersection"] += i; total["union"] += u; total["target"] += t
+    table = s3dis_6fold_table(tmp_path)
+    iou = total["intersection"] / (total["union"] + 1e-10)
+    acc = total["intersection"] / (total["target"] + 1e-10)
+    assert table["mIoU"] == pytest.approx(iou.mean())
+    assert table["mAcc"] == pytest.approx(acc.mean())
+    assert table["allAcc"] == pytest.approx(total["intersection"].sum() / total["target"].sum())
+    saved = json.loads((tmp_path/"6-fold.json").read_text())
+    assert saved["iou"][S3DIS_NAMES[3]] == pytest.approx(iou[3])
+    log = (tmp_path/"6-fold.log").read_text()
+    assert log.count("Val result") == 7 and "Parsing Area_6" in log
+    torch.save({k: torch.tensor(v) for k, v in total.items()}, tmp_path/"Area_2.pth")
+    with pytest.raises(ValueError, match="Two records for Area_2"): s3dis_6fold_table(tmp_path)
+    (tmp_path/"Area_2.pth").unlink(); (tmp_path/"Area_4"/"result"/"Area_4.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="No record for Area_4"): s3dis_6fold_table(tmp_path)
+
+
+def test_weight_errors(tmp_path):
+    model = Pointwise()
+    with pytest.raises(FileNotFoundError, match="No checkpoint found at '.*missing/model_best.pth'"):
+        load_test_weight(model, tmp_path/"missing"/"model_best.pth")
+    with pytest.raises(ValueError, match="No weight to test"): load_test_weight(model, None)
+    ddp_style = dict(epoch=3, state_dict={f"module.{k}": v for k, v in Pointwise().state_dict().items()})
+    torch.save(ddp_style, tmp_path/"ddp.pth")
+    assert load_test_weight(model, tmp_path/"ddp.pth")["epoch"] == 3
+    torch.testing.assert_close(model.seg_head.weight, ddp_style["state_dict"]["module.seg_head.weight"])
+    torch.save(dict(state_dict={"backbone.x": torch.zeros(1)}), tmp_path/"encoder.pth")
+    with pytest.raises(RuntimeError, match="encoder.pth' does not match the model"): load_test_weight(model, tmp_path/"encoder.pth")
+
+
+def test_main_derives_save_path_from_weight(scannet, monkeypatch):
+    torch.manual_seed(6)
+    model = Pointwise()
+    exp = scannet/"exp"/"demo"/"toy"
+    (exp/"model").mkdir(parents=True)
+    torch.save(dict(epoch=1, state_dict=model.state_dict()), exp/"model"/"model_best.pth")
+    cfg = make_cfg(scannet)
+    cfg.setdefault("epoch", 1); cfg.setdefault("eval_epoch", 1)
+    cfg.dump(scannet/"config.py")
+    monkeypatch.chdir(scannet)
+    metrics = sonata_test(["--config-file", "config.py", "--options", "weight=exp/demo/toy/model/model_best.pth"])
+    assert derive_save_path("exp/demo/toy/model/model_best.pth") == "exp/demo/toy"
+    pred = np.load(exp/"result"/"scene0001_00_pred.npy")
+    np.testing.assert_array_equal(pred, direct_pred(model.eval(), scannet/"data"/"val"/"scene0001_00", ""))
+    assert json.loads((exp/"result"/"metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"])
+    assert (exp/"log"/"test.log").is_file()
+
+
+def _ddp_worker(rank, world, port, cfg, state, out):
+    import os
+    from sonata_nb.launch import init_distributed
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    init_distributed()
+    try:
+        model = Pointwise()
+        model.load_state_dict(state)
+        metrics = run_tester(Config(cfg), model).test()
+        if rank == 0: torch.save({k: v for k, v in metrics.items()}, out)
+        else: assert metrics is None
+    finally: torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_share_scenes_and_gather_on_rank_0(scannet):
+    torch.manual_seed(7)
+    model = Pointwise()
+    cfg = make_cfg(scannet)
+    single = run_tester(cfg, model).test()
+    cfg.save_path = str(scannet/"exp_ddp")
+    port = 29500 + os.getpid() % 1000
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, cfg.to_dict(), model.state_dict(), scannet/"ddp.pt"), nprocs=2)
+    ddp = torch.load(scannet/"ddp.pt", weights_only=False)
+    assert ddp["num_scenes"] == 3
+    for key in ("intersection", "union", "target"): np.testing.assert_array_equal(ddp[key], single[key])
+    assert ddp["mIoU"] == pytest.approx(single["mIoU"])
+    for i in range(3):  # each scene predicted by one of the ranks, same as the single process
+        name = f"scene000{i}_00_pred.npy"
+        np.testing.assert_array_equal(np.load(scannet/"exp_ddp"/"result"/name), np.load(Path(cfg.save_path).parent/"exp"/"result"/name))
