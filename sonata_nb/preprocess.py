@@ -154,8 +154,8 @@ def mesh_vertex_normals(vertex:np.ndarray, # (N,3) vertex positions
     cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # 2 * area * unit face normal
     idx = f.ravel()
     normal = np.stack([np.bincount(idx, np.repeat(cross[:, d], 3), minlength=len(v)) for d in range(3)], 1)
-    normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-8
-    return normal.astype(np.float32)
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    return (normal / np.where(length > 0, length, 1)).astype(np.float32)
 
 # %% ../nbs/14_preprocess.ipynb #c017
 NORMAL_ORIENTATIONS = ("center", "outward", "+z")
@@ -522,9 +522,9 @@ def check_units(coord:np.ndarray, source:str="cloud") -> str|None:
     if extent > 200:
         spacing = _median_spacing(coord)
         if spacing > 0.2:
-            unit, scale = ("centimetres", 0.01) if spacing < 3 else ("millimetres", 0.001)
-            msg = (f"{source}: extent {extent:.0f} and median point spacing {spacing:.2f} look like {unit}; Sonata "
-                   f"expects metres (2 cm grid): pass scale={scale} (--scale {scale})")
+            msg = (f"{source}: extent {extent:.0f} with median point spacing {spacing:.2f} does not look like metres "
+                   f"(Sonata expects metres, 2 cm grid). In centimetres it is {extent / 100:.3g} m across: pass "
+                   f"scale=0.01 (--scale 0.01); in millimetres {extent / 1000:.3g} m: pass scale=0.001 (--scale 0.001)")
     elif extent < 0.5:
         msg = (f"{source}: the cloud is only {extent:.3g} units across; if it was normalised, rescale it to metres "
                "with scale= (--scale), Sonata expects metres (2 cm grid)")
