@@ -76,12 +76,7 @@ if [ "$RESUME" != true ]; then
     echo "error: config not found: $CONFIG_PATH (available in configs/$DATASET/: $(ls "configs/$DATASET" 2>/dev/null | tr '\n' ' '))" >&2
     exit 2
   fi
-  if [ -n "$WEIGHT" ]; then
-    if [ "$WEIGHT" != None ] && [ ! -f "$WEIGHT" ]; then
-      echo "error: weight file not found: $WEIGHT" >&2; exit 2
-    fi
-    OPTIONS="$OPTIONS weight=$WEIGHT"
-  fi
+  if [ -n "$WEIGHT" ]; then OPTIONS="$OPTIONS weight=$WEIGHT"; fi
 fi
 
 echo "Experiment: $EXP_DIR | config: $CONFIG_PATH | machines: $NUM_MACHINE x processes: $NUM_GPU | python: $PYTHON"

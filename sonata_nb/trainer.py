@@ -245,6 +245,7 @@ class Trainer:
         self.amp, self.amp_dtype, self.scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"),
                                                           self.device, self.logger)
         self.start_epoch, self.best_metric, self.step = 0, -math.inf, 0
+        self.t_start, self.iters_done = time.perf_counter(), 0
         if self.resume: self.load_resume_checkpoint()
 
     def _check_config(self):
@@ -277,9 +278,7 @@ class Trainer:
                                  "--options weight=PATH")
             self.logger.info("=> No pretrained weight (weight=None): training from scratch")
             return
-        if not Path(weight).is_file():
-            raise FileNotFoundError(f"Pretrained weight not found: {weight} (check the -w / weight= path)")
-        from sonata_nb.model import load_weights
+        from sonata_nb.model import load_weights  # a missing file is a FileNotFoundError naming it
         target = getattr(self.model, "backbone", self.model)
         self.logger.info(f"=> Loading weight at: {weight}")
         report = load_weights(target, weight, strict=True)
@@ -355,7 +354,7 @@ class Trainer:
         if self.cfg.get("empty_cache") and self.device.type == "cuda": torch.cuda.empty_cache()
 
     # ----- loop -----
-    def train(self):
+    def train(self, stop_epoch:int|None=None): # stop after this many cycles (a time-boxed job; resume continues)
         "Run the train/eval cycles from `start_epoch`, then the precise evaluation"
         self.logger.info(">>>>>>>>>>>>>>>> Start Training >>>>>>>>>>>>>>>>")
         self.t_start, self.iters_done = time.perf_counter(), 0
@@ -363,6 +362,9 @@ class Trainer:
             self.train_epoch(epoch)
             metric = self.validate(epoch) if self.val_loader is not None else None
             self.save(epoch, metric)
+            if stop_epoch is not None and epoch + 1 >= stop_epoch and epoch + 1 < self.cfg.eval_epoch:
+                self.logger.info(f"Stopping after cycle {epoch + 1} (stop_epoch); resume=True continues the run")
+                return self.best_metric
         self.logger.info(f"Best mIoU: {self.best_metric:.4f}")
         if self.writer: self.writer.close()
         if self.wandb: self.wandb.finish()
@@ -488,6 +490,7 @@ class Trainer:
             raise ImportError("The config's hooks include PreciseEvaluator but sonata_nb.tester is not available "
                               f"({e}); remove the hook or install the tester") from e
         self.logger.info(">>>>>>>>>>>>>>>> Start Precise Evaluation >>>>>>>>>>>>>>>>")
+        if self.world > 1: dist.barrier()  # rank 0 has written model_best.pth
         if not hook.get("test_last", False):
             best = self.save_path/"model"/"model_best.pth"
             if not best.is_file():
