@@ -121,7 +121,7 @@ def run_jobs(jobs:list[Job], # scenes to process
     work = partial(_run_one, out=out)
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="scene")
     if workers > 1 and len(todo) > 1:
-        with get_context().Pool(min(workers, len(todo))) as pool:
+        with get_context("spawn").Pool(min(workers, len(todo))) as pool:
             results = pool.imap_unordered(work, todo)
             for res in results: _collect(summary, res, bar)
     else:

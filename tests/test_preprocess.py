@@ -385,3 +385,35 @@ def test_cli_scannet(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1 done" in r.stdout and "81,369 points" in r.stdout and "unknown categories in val/scene0000_00" in r.stdout
     assert "dishrack" in r.stdout and "dishrack" in r.stderr
+
+
+# ---------------------------------------------------------------- ScanNet splits, test scans; outputs load as datasets
+
+@needs_scannet
+def test_scannet_split_lists_and_test_scans(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "scans_test" / "scene0000_00").mkdir(parents=True)
+    (raw / "scans_test" / "scene0000_00" / "scene0000_00_vh_clean_2.ply").symlink_to(SCENE / "scene0000_00_vh_clean_2.ply")
+    summary, msgs = run_quiet(pp.preprocess_scannet, raw, tmp_path / "out")  # no annotations, no table, no split lists
+    assert summary.done == ["test/scene0000_00"] and any("go to 'test'" in m for m in msgs)
+    assert sorted(p.name for p in (tmp_path / "out/test/scene0000_00").iterdir()) == ["color.npy", "coord.npy", "normal.npy"]
+    lists = tmp_path / "lists"; lists.mkdir()
+    (lists / "scannetv2_val.txt").write_text("scene0000_00\n")
+    summary, _ = run_quiet(pp.preprocess_scannet, SCANNET, tmp_path / "out2", split_dir=lists)
+    assert summary.done == ["val/scene0000_00"]
+    summary, _ = run_quiet(pp.preprocess_scannet, SCANNET, tmp_path / "out3", split_dir=lists, splits=["train"])
+    assert summary.done == [] and summary.skipped == []
+
+
+@needs_scannet
+def test_outputs_load_with_datasets(scannet_out, tmp_path):
+    from sonata_nb.datasets import CustomDataset, ScanNet200Dataset, ScanNetDataset
+    scene, _, _ = scannet_out
+    for cls, key in ((ScanNetDataset, "segment20"), (ScanNet200Dataset, "segment200")):
+        data = cls(split="train", data_root=scene.parent.parent)[0]
+        np.testing.assert_array_equal(data["segment"], np.load(scene / f"{key}.npy"))
+        assert data["coord"].shape == data["normal"].shape == (81_369, 3)
+    make_scans(tmp_path / "raw", 1)
+    run_quiet(pp.preprocess_custom, tmp_path / "raw", tmp_path / "out", normals=False)
+    data = CustomDataset(split="scans", data_root=tmp_path / "out")[0]
+    assert data["name"] == "s0" and len(data["segment"]) == 800
