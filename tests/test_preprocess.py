@@ -417,3 +417,18 @@ def test_outputs_load_with_datasets(scannet_out, tmp_path):
     run_quiet(pp.preprocess_custom, tmp_path / "raw", tmp_path / "out", normals=False)
     data = CustomDataset(split="scans", data_root=tmp_path / "out")[0]
     assert data["name"] == "s0" and len(data["segment"]) == 800
+
+
+def test_custom_mesh_ply_gets_face_normals(tmp_path):
+    "A .ply mesh without normals gets area-weighted face normals (no estimation, no open3d needed)"
+    v = np.array([(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    f = np.array([([0, 2, 1],), ([0, 3, 2],)], dtype=[("vertex_indices", "i4", (3,))])  # clockwise from +z: faces down
+    PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")]).write(str(tmp_path / "m.ply"))
+    arrays = pp.check_cloud(pp.read_cloud(tmp_path / "m.ply"), "m.ply", normals=False)
+    np.testing.assert_allclose(arrays["normal"], np.tile([0, 0, -1], (4, 1)), atol=1e-6)
+
+
+def test_missing_open3d_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "open3d", None)  # makes `import open3d` raise ImportError
+    with pytest.raises(ImportError, match=r"Estimating normals needs open3d: `pip install open3d`"):
+        pp.estimate_normals(np.random.rand(50, 3))
