@@ -1,0 +1,252 @@
+"Mechanism tests of the PT-v3m2 backbone (sonata_nb.model): structure, keys, pooling, determinism, up-cast, real scan."
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sonata_nb.model import (SONATA_CONFIG, Block, DropPath, GridPooling, PointTransformerV3, SubMConv3d, upcast, MODELS)
+from sonata_nb.serialization import encode
+from sonata_nb.structure import Point
+
+DATA = Path(__file__).parent / "fixtures"
+SCAN = Path(__file__).resolve().parents[2] / "shared/data/scannet_raw/scans/scene0000_00/scene0000_00_vh_clean_2.ply"
+TINY = dict(in_channels=9, order=("z", "z-trans", "hilbert", "hilbert-trans"), stride=(2, 2, 2),
+            enc_depths=(1, 1, 1, 2), enc_channels=(8, 16, 16, 32), enc_num_head=(2, 2, 2, 4),
+            enc_patch_size=(32, 32, 32, 32), dec_depths=(1, 1, 1), dec_channels=(8, 16, 16),
+            dec_num_head=(2, 2, 2), dec_patch_size=(32, 32, 32), shuffle_orders=False, enc_mode=True)
+
+
+def cloud(n=1500, clouds=2, grid=0.05, seed=0):
+    "Random points on the floor and walls of 2x2x1 m boxes, one per voxel"
+    g = torch.Generator().manual_seed(seed)
+    parts, grids, ends = [], [], []
+    for _ in range(clouds):
+        c = torch.rand(n, 3, generator=g) * torch.tensor([2.0, 2.0, 1.0])
+        face = torch.randint(0, 3, (n,), generator=g)
+        c[face == 0, 2], c[face == 1, 0], c[face == 2, 1] = 0.0, 0.0, 2.0
+        gc = torch.div(c, grid, rounding_mode="floor").long()
+        _, vox = torch.unique(gc, dim=0, return_inverse=True)
+        pick = torch.full((int(vox.max()) + 1,), n).scatter_reduce(0, vox, torch.arange(n), "amin")
+        parts.append(c[pick]); grids.append(gc[pick]); ends.append(len(pick))
+    coord = torch.cat(parts)
+    return dict(coord=coord, grid_coord=torch.cat(grids), offset=torch.tensor(ends).cumsum(0),
+                feat=torch.cat([coord, torch.rand(len(coord), 6, generator=g)], 1))
+
+
+def stages(point):
+    "Points from the coarsest stage back to stage 0"
+    out = [point]
+    while "pooling_parent" in out[-1]: out.append(out[-1].pooling_parent)
+    return out
+
+
+def key_lines(model): return [f"{k}\t{tuple(v.shape)}" for k, v in model.state_dict().items()]
+
+
+# --- structure -------------------------------------------------------------------------------------------------
+
+def test_keys_and_shapes_match_the_released_encoder():
+    with torch.device("meta"): model = PointTransformerV3(**SONATA_CONFIG)
+    assert key_lines(model) == (DATA / "sonata_full_keys.txt").read_text().splitlines()
+    assert sum(p.numel() for p in model.parameters()) == 108_461_328
+
+
+def test_keys_and_shapes_match_the_released_unet():
+    cfg = {**SONATA_CONFIG, "enc_mode": False, "dec_depths": (2, 2, 2, 2), "dec_channels": (64, 96, 192, 384),
+           "dec_num_head": (4, 6, 12, 24)}
+    with torch.device("meta"): model = PointTransformerV3(**cfg)
+    assert key_lines(model) == (DATA / "sonata_full_dec_keys.txt").read_text().splitlines()
+
+
+def test_registry_builds_the_same_architecture():
+    a = MODELS.build(dict(type="PT-v3m2", **TINY))
+    assert key_lines(a) == key_lines(PointTransformerV3(**TINY))
+    assert {k: a.config[k] for k in TINY} == TINY and len(a.config) == 28
+
+
+def test_bad_configs_raise_clear_errors():
+    with pytest.raises(NotImplementedError, match="enable_rpe"): PointTransformerV3(**{**TINY, "enable_rpe": True})
+    with pytest.raises(ValueError, match="stride has 2 entries, expected 3"): PointTransformerV3(**{**TINY, "stride": (2, 2)})
+    with pytest.raises(ValueError, match="dec_channels has 2"):
+        PointTransformerV3(**{**TINY, "enc_mode": False, "dec_channels": (8, 16)})
+    with pytest.raises(TypeError, match="grid_size"): PointTransformerV3(**TINY, grid_size=0.02)
+    with pytest.raises(ValueError, match="expects 9 input features"): PointTransformerV3(**TINY)({**cloud(), "feat": torch.zeros(3000, 6)})
+
+
+def test_drop_path_schedules_follow_the_reference():
+    cfg = {**TINY, "enc_mode": False, "drop_path": 0.4}
+    m = PointTransformerV3(**cfg)
+    rate = lambda b: b.drop_path[0].drop_prob if isinstance(b.drop_path[0], DropPath) else 0.0
+    enc = [rate(b) for s in m.enc._modules.values() for b in s._modules.values() if isinstance(b, Block)]
+    assert enc == pytest.approx(torch.linspace(0, 0.4, 5).tolist())
+    dec = {name: [rate(b) for b in s._modules.values() if isinstance(b, Block)] for name, s in m.dec._modules.items()}
+    full = torch.linspace(0, 0.4, 3).tolist()  # dec_depths (1,1,1): stage s gets entry s
+    assert dec == {"dec2": [pytest.approx(full[2])], "dec1": [pytest.approx(full[1])], "dec0": [pytest.approx(full[0])]}
+
+
+def test_freeze_encoder_trains_only_the_decoder():
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "enc_mode": False, "freeze_encoder": True}).train()
+    m(cloud()).feat.square().mean().backward()
+    for name, p in m.named_parameters():
+        if name.startswith(("embedding", "enc.")): assert not p.requires_grad and p.grad is None, name
+        else: assert p.requires_grad and p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_decoder_returns_stage0_features_and_backpropagates():
+    torch.manual_seed(0)
+    data = cloud()
+    m = PointTransformerV3(**{**TINY, "enc_mode": False, "traceable": True, "drop_path": 0.3}).train()
+    out = m(data)
+    assert out.feat.shape == (len(data["coord"]), 8)
+    assert torch.equal(out.coord, data["coord"])  # stage 0 rows are the input rows
+    assert "pooling_parent" not in out and out.unpooling_parent.feat.shape[1] == 16
+    out.feat.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_subm_conv_runs_on_cpu_in_train_and_eval_mode_with_gradients():
+    conv = SubMConv3d(3, 4, kernel_size=3, bias=True, indice_key="k")
+    idx = torch.unique(torch.randint(0, 5, (30, 3)), dim=0)
+    feats = torch.randn(len(idx), 3, requires_grad=True)
+    x = Point(feat=feats, grid_coord=idx, batch=torch.zeros(len(idx), dtype=torch.long))
+    x.sparsify()
+    y = conv(x.sparse_conv_feat).features
+    y.sum().backward()
+    assert feats.grad is not None and conv.weight.grad.shape == (4, 3, 3, 3, 3) and conv.bias.grad is not None
+    with torch.no_grad(): assert torch.allclose(conv.eval()(x.sparse_conv_feat).features, y, atol=1e-6)
+
+
+# --- pooling ---------------------------------------------------------------------------------------------------
+
+def test_grid_pooling_matches_a_brute_force_per_cell_reduction():
+    torch.manual_seed(0)
+    data = cloud(n=600)
+    p = Point({k: v.clone() for k, v in data.items()}, color=torch.rand(len(data["coord"]), 3), name="scene")
+    p.feat = torch.randn(len(p.coord), 8)
+    p.serialization(order=("z",)); p.sparsify()
+    pool = GridPooling(8, 16, stride=2, shuffle_orders=False)
+    with torch.no_grad(): q = pool(p); proj = pool.proj(p.feat)
+    cells = {}
+    for i, key in enumerate(zip(p.batch.tolist(), *(p.grid_coord // 2).T.tolist())): cells.setdefault(key, []).append(i)
+    keys = sorted(cells)
+    assert len(q.feat) == len(keys) and q.name == "scene"
+    assert [tuple(r) for r in torch.cat([q.batch[:, None], q.grid_coord], 1).tolist()] == keys
+    for c, key in enumerate(keys):
+        rows = torch.tensor(cells[key])
+        assert torch.equal(q.pooling_inverse[rows], torch.full((len(rows),), c))
+        assert torch.allclose(q.feat[c], F.gelu(F.layer_norm(proj[rows].max(0).values, (16,), pool.norm[0].weight, pool.norm[0].bias)), atol=1e-5)
+        assert torch.allclose(q.coord[c], p.coord[rows].mean(0), atol=1e-6)
+        assert torch.allclose(q.color[c], p.color[rows].mean(0), atol=1e-6)
+    assert q.offset.tolist() == torch.bincount(q.batch).cumsum(0).tolist()
+    assert q.sparse_conv_feat.features.shape == (len(keys), 16)
+
+
+def test_grid_pooling_gradient_reaches_the_max_rows():
+    p = Point(feat=torch.randn(6, 4, requires_grad=True), coord=torch.zeros(6, 3),
+              grid_coord=torch.tensor([[0, 0, 0], [1, 1, 1], [2, 0, 0], [3, 1, 1], [0, 0, 1], [5, 5, 5]]),
+              offset=torch.tensor([6]))
+    p.serialization(order=("z",)); p.sparsify()
+    q = GridPooling(4, 3, stride=2, shuffle_orders=False)(p)
+    q.feat.sum().backward()
+    assert p.feat.grad.abs().sum() > 0 and torch.isfinite(p.feat.grad).all()
+
+
+# --- serialization orders --------------------------------------------------------------------------------------
+
+def order_rows(point, orders):
+    "Index in `orders` of each row of the point's serialized_code"
+    codes = [encode(point.grid_coord, point.batch, point.serialized_depth, order=o) for o in orders]
+    return [next(i for i, c in enumerate(codes) if torch.equal(c, row)) for row in point.serialized_code]
+
+
+def test_shuffle_orders_false_keeps_the_orders_at_every_stage_and_is_deterministic():
+    torch.manual_seed(0)
+    m = PointTransformerV3(**TINY).eval()
+    data = cloud()
+    with torch.no_grad(): a, b = m(data), m(data)
+    assert torch.equal(upcast(a), upcast(b))
+    for p in stages(a): assert order_rows(p, TINY["order"]) == [0, 1, 2, 3]
+
+
+def test_shuffle_orders_true_draws_new_orders_for_every_stage():
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "shuffle_orders": True}).eval()
+    with torch.no_grad(): out = m(cloud())
+    perms = [order_rows(p, TINY["order"]) for p in stages(out)]
+    assert all(sorted(p) == [0, 1, 2, 3] for p in perms)
+    assert len({tuple(p) for p in perms}) > 1  # 4 stages, 24 permutations each: equal draws have p < 1e-4
+
+
+# --- upcast ----------------------------------------------------------------------------------------------------
+
+def test_upcast_gives_1232_and_1088_channels_with_the_sonata_widths():
+    torch.manual_seed(0)
+    cfg = {**SONATA_CONFIG, "enc_depths": (1,) * 5, "enc_patch_size": (64,) * 5, "shuffle_orders": False}
+    m = PointTransformerV3(**cfg).eval()
+    data = cloud(n=800, grid=0.02)
+    with torch.no_grad(): out = m(data)
+    full, two = upcast(out), upcast(out, levels=2)
+    n = len(data["coord"])
+    assert full.shape == (n, 1232) and two.shape == (n, 1088)
+    chain = stages(out)[::-1]  # stage 0 .. 4
+    assert torch.equal(full[:, :48], chain[0].feat) and torch.equal(two[:, :192], full[:, 144:336])
+    assert out.feat.shape[1] == 512 and "pooling_parent" in out  # not consumed
+
+
+def test_upcast_rows_follow_the_pooling_chain():
+    torch.manual_seed(0)
+    m = PointTransformerV3(**TINY).eval()
+    with torch.no_grad(): out = m(cloud())
+    chain = stages(out)[::-1]
+    idx = torch.arange(len(chain[0].feat))
+    cols = [chain[0].feat]
+    for child in chain[1:]:
+        idx = child.pooling_inverse[idx]
+        cols.append(child.feat[idx])
+    assert torch.equal(upcast(out), torch.cat(cols, 1))
+    assert torch.equal(upcast(out, levels=1), torch.cat([cols[-2], cols[-1]], 1)[torch.arange(len(idx))])
+
+
+# --- a real scan -----------------------------------------------------------------------------------------------
+
+def vertex_normals(xyz, faces):
+    "Area-weighted vertex normals of a triangle mesh"
+    a, b, c = (xyz[faces[:, i]] for i in range(3))
+    fn = np.cross(b - a, c - a)
+    n = np.zeros_like(xyz)
+    for i in range(3): np.add.at(n, faces[:, i], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+@pytest.mark.skipif(not SCAN.exists(), reason="real ScanNet sample not available")
+def test_real_scannet_scan_through_a_small_encoder():
+    from plyfile import PlyData
+    ply = PlyData.read(str(SCAN))
+    v = ply["vertex"]
+    xyz = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float32)
+    rgb = np.stack([v["red"], v["green"], v["blue"]], 1).astype(np.float32)
+    normal = vertex_normals(xyz, np.stack(ply["face"]["vertex_indices"]).astype(np.int64)).astype(np.float32)
+    xyz = xyz - np.array([*(xyz[:, :2].max(0) + xyz[:, :2].min(0)) / 2, xyz[:, 2].min()], dtype=np.float32)
+    grid = np.floor((xyz - xyz.min(0)) / 0.02).astype(np.int64)
+    _, pick, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)  # one point per 2 cm voxel
+    inverse = inverse.reshape(-1)
+    data = dict(coord=torch.from_numpy(xyz[pick]), grid_coord=torch.from_numpy(grid[pick]),
+                feat=torch.from_numpy(np.concatenate([xyz, rgb / 255, normal], 1)[pick]), offset=torch.tensor([len(pick)]))
+    cfg = dict(in_channels=9, order=("z", "z-trans", "hilbert", "hilbert-trans"), enc_depths=(1,) * 5,
+               enc_channels=(8, 8, 16, 16, 32), enc_num_head=(1, 1, 2, 2, 4), enc_patch_size=(128,) * 5,
+               shuffle_orders=False, enc_mode=True)
+    torch.manual_seed(0)
+    with torch.no_grad(): out = PointTransformerV3(**cfg).eval()(data)
+    feat = upcast(out)
+    assert feat.shape == (len(pick), 80) and torch.isfinite(feat).all()
+    assert len(out.feat) < len(pick) / 20  # four 2x poolings of surfaces
+    # every input point sits inside the cell whose features it received, at every stage
+    idx, size = torch.arange(len(pick)), 0.02
+    for child in stages(out)[::-1][1:]:
+        idx, size = child.pooling_inverse[idx], size * 2
+        assert (data["coord"] - child.coord[idx]).abs().max() <= size + 1e-5
+    per_vertex = feat[torch.from_numpy(inverse)]
+    assert per_vertex.shape == (len(xyz), 80)
