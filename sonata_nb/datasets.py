@@ -27,7 +27,8 @@ DATASETS = Registry("datasets")
 logger = logging.getLogger("sonata_nb")
 
 def build_dataset(cfg:dict): # a dataset config with a `type` key
-    "Build a dataset from its config dict"
+    "Build a dataset from its config dict (any registered type, `DemoDataset` included)"
+    import sonata_nb.demo  # registers DemoDataset; sonata_nb.demo imports this module, so not at the top
     return DATASETS.build(cfg)
 
 # %% ../nbs/12_datasets.ipynb #c009
