@@ -12,11 +12,11 @@ from .registry import Registry
 
 # %% auto #0
 __all__ = ['TRANSFORMS', 'INDEX_VALID_KEYS', 'FNV_PRIME', 'FNV_OFFSET', 'SCANNET_TRAIN_TRANSFORMS', 'index_operator',
-           'RandomTransform', 'Collect', 'Copy', 'Update', 'ToTensor', 'CenterShift', 'RandomDropout',
-           'rotation_matrix', 'rotate_scene', 'RandomRotate', 'RandomRotateTargetAngle', 'RandomScale', 'RandomFlip',
-           'RandomJitter', 'box_blur', 'trilinear', 'ElasticDistortion', 'ChromaticAutoContrast',
-           'ChromaticTranslation', 'ChromaticJitter', 'NormalizeColor', 'fnv_hash_vec', 'ravel_hash_vec', 'GridSample',
-           'nearest_k', 'SphereCrop', 'Compose']
+           'RandomTransform', 'bbox', 'add_columns', 'standard_normal', 'Collect', 'Copy', 'Update', 'ToTensor',
+           'CenterShift', 'RandomDropout', 'rotation_matrix', 'rotate_scene', 'RandomRotate', 'RandomRotateTargetAngle',
+           'RandomScale', 'RandomFlip', 'RandomJitter', 'box_blur', 'trilinear', 'ElasticDistortion',
+           'ChromaticAutoContrast', 'ChromaticTranslation', 'ChromaticJitter', 'NormalizeColor', 'fnv_hash_vec',
+           'ravel_hash_vec', 'GridSample', 'nearest_k', 'SphereCrop', 'Compose']
 
 # %% ../nbs/10_transforms.ipynb #c007
 TRANSFORMS = Registry("transforms")
@@ -27,15 +27,18 @@ def index_operator(data_dict:dict, # the scene
                    index:np.ndarray, # integer or boolean index into the points
                    duplicate:bool=False): # return a new dict (other keys shared) instead of editing in place
     "Sub-index every key named in `data_dict['index_valid_keys']` (the reference's default list if absent)"
+    # np.take gathers rows of (N, 3) arrays several times faster than fancy indexing
     if "index_valid_keys" not in data_dict: data_dict["index_valid_keys"] = list(INDEX_VALID_KEYS)
     valid = data_dict["index_valid_keys"]
+    index = np.asarray(index)
+    pick = (lambda v: v[index]) if index.dtype == bool else (lambda v: np.take(v, index, axis=0))
     if not duplicate:
         for key in valid:
-            if key in data_dict: data_dict[key] = data_dict[key][index]
+            if key in data_dict: data_dict[key] = pick(data_dict[key])
         return data_dict
     out = {}
     for key, value in data_dict.items():
-        if key in valid: out[key] = value[index]
+        if key in valid: out[key] = pick(value)
         elif key == "index_valid_keys": out[key] = list(value)
         else: out[key] = value
     return out
@@ -51,6 +54,29 @@ class RandomTransform:
         return np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64))
 
 # %% ../nbs/10_transforms.ipynb #c013
+def bbox(coord:np.ndarray): # (N, D) array
+    "Per-column minimum and maximum of `coord`, each of shape (D,)"
+    cols = range(coord.shape[1])
+    return np.array([coord[:, k].min() for k in cols]), np.array([coord[:, k].max() for k in cols])
+
+def add_columns(arr:np.ndarray, # (N, D) array, changed in place
+                row): # (D,) values added to every row
+    "In-place `arr += row`, one strided column at a time"
+    for k, value in enumerate(np.asarray(row, arr.dtype)): arr[:, k] += value
+    return arr
+
+def standard_normal(rng:np.random.Generator, # source of the uniforms
+                    shape): # output shape
+    "float32 N(0, 1) samples by the Box-Muller transform of `rng` uniforms"
+    n = int(np.prod(shape)); half = (n + 1) // 2
+    radius = (1.0 - rng.random(half)).astype(np.float32)  # in (0, 1], drawn in float64 for fine resolution near 0
+    np.log(radius, out=radius); radius *= -2; np.sqrt(radius, out=radius)
+    angle = rng.random(half, dtype=np.float32); angle *= np.float32(2 * np.pi)
+    out = np.empty(2 * half, np.float32)
+    np.multiply(radius, np.cos(angle), out=out[:half]); np.multiply(radius, np.sin(angle), out=out[half:])
+    return out[:n].reshape(shape)
+
+# %% ../nbs/10_transforms.ipynb #c016
 @TRANSFORMS.register_module()
 class Collect:
     "Keep `keys`, add `offset` and concatenate each `<name>_keys` group into a float tensor `<name>`"
@@ -70,7 +96,7 @@ class Collect:
             data[name.replace("_keys", "")] = torch.cat([data_dict[key].float() for key in keys], dim=1)
         return data
 
-# %% ../nbs/10_transforms.ipynb #c015
+# %% ../nbs/10_transforms.ipynb #c018
 @TRANSFORMS.register_module()
 class Copy:
     "Copy `key` to `new_key` for each pair of `keys_dict` (arrays and tensors are copied, not shared)"
@@ -95,7 +121,7 @@ class Update:
         data_dict.update(self.keys_dict)
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c017
+# %% ../nbs/10_transforms.ipynb #c020
 @TRANSFORMS.register_module()
 class ToTensor:
     "Convert numpy arrays (also inside dicts and lists) to torch tensors: ints to int64, floats to float32"
@@ -111,7 +137,7 @@ class ToTensor:
         if isinstance(data, Sequence): return [self(item) for item in data]
         raise TypeError(f"ToTensor: type {type(data)} cannot be converted to a tensor")
 
-# %% ../nbs/10_transforms.ipynb #c020
+# %% ../nbs/10_transforms.ipynb #c023
 @TRANSFORMS.register_module()
 class CenterShift:
     "Subtract the xy bbox centre (and z_min when `apply_z`) from `coord`"
@@ -121,13 +147,13 @@ class CenterShift:
     def __call__(self, data_dict):
         if "coord" in data_dict:
             coord = data_dict["coord"]
-            lo, hi = coord.min(0), coord.max(0)
+            lo, hi = bbox(coord)
             shift = (lo + hi) / 2
             shift[2] = lo[2] if self.apply_z else 0
-            coord -= shift
+            add_columns(coord, -shift)
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c023
+# %% ../nbs/10_transforms.ipynb #c026
 @TRANSFORMS.register_module()
 class RandomDropout(RandomTransform):
     "With probability `dropout_application_ratio`, keep a random `int(N*(1-dropout_ratio))` points"
@@ -147,7 +173,7 @@ class RandomDropout(RandomTransform):
             data_dict = index_operator(data_dict, idx)
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c026
+# %% ../nbs/10_transforms.ipynb #c029
 def rotation_matrix(angle:float, # radians
                     axis:str): # "x", "y" or "z"
     "The 3x3 right-handed rotation about `axis`"
@@ -163,10 +189,8 @@ def rotate_scene(data_dict:dict, # the scene (coord, and normal if present, are 
     "Rotate `coord` about `center` and `normal` about the origin, in place of the arrays' dtype"
     if "coord" in data_dict:
         coord = data_dict["coord"]
-        if center is None: center = (coord.min(0) + coord.max(0)) / 2
-        center = np.asarray(center, np.float64)
-        rt = rot.T.astype(coord.dtype)
-        data_dict["coord"] = coord @ rt + (center - center @ rot.T).astype(coord.dtype)
+        center = np.asarray((sum(bbox(coord)) / 2) if center is None else center, np.float64)
+        data_dict["coord"] = add_columns(coord @ rot.T.astype(coord.dtype), center - center @ rot.T)
     if "normal" in data_dict:
         data_dict["normal"] = data_dict["normal"] @ rot.T.astype(data_dict["normal"].dtype)
     return data_dict
@@ -208,7 +232,7 @@ class RandomRotateTargetAngle(RandomTransform):
         angle = rng.choice(self.angle) * np.pi
         return rotate_scene(data_dict, rotation_matrix(angle, self.axis), self.center)
 
-# %% ../nbs/10_transforms.ipynb #c029
+# %% ../nbs/10_transforms.ipynb #c032
 @TRANSFORMS.register_module()
 class RandomScale(RandomTransform):
     "Scale `coord` by a factor drawn uniformly from `scale` (one per axis when `anisotropic`)"
@@ -248,18 +272,18 @@ class RandomJitter(RandomTransform):
     def __call__(self, data_dict):
         if "coord" in data_dict:
             coord = data_dict["coord"]
-            jitter = self.generator().standard_normal(coord.shape, dtype=np.float32)
+            jitter = standard_normal(self.generator(), coord.shape)
             jitter *= self.sigma
             np.clip(jitter, -self.clip, self.clip, out=jitter)
             coord += jitter
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c032
-def box_blur(noise:np.ndarray, # the grid, blurred along its first three axes
+# %% ../nbs/10_transforms.ipynb #c035
+def box_blur(noise:np.ndarray, # (C, nx, ny, nz) grid, blurred along its last three axes
              passes:int=2): # how many times the x, y, z blurs are repeated
-    "Apply `passes` rounds of the zero-padded [1,1,1]/3 filter along axes 0, 1 and 2"
+    "Apply `passes` rounds of the zero-padded [1,1,1]/3 filter along axes 1, 2 and 3"
     for _ in range(passes):
-        for axis in range(3):
+        for axis in (1, 2, 3):
             src = np.moveaxis(noise, axis, 0)
             out = src.copy()
             out[1:] += src[:-1]
@@ -268,30 +292,32 @@ def box_blur(noise:np.ndarray, # the grid, blurred along its first three axes
             noise = np.moveaxis(out, 0, axis)
     return noise
 
-def trilinear(grid:np.ndarray, # (nx, ny, nz, C) values on a regular grid
-              origin:np.ndarray, # position of grid[0, 0, 0]
-              spacing, # grid step (scalar or per axis)
+def trilinear(grid:np.ndarray, # (C, nx, ny, nz) values on a regular grid
+              origin, # (3,) position of grid[:, 0, 0, 0]
+              spacing:float, # grid step
               points:np.ndarray): # (N, 3) query points inside the grid
-    "Trilinear interpolation of `grid` at `points` (points beyond the last cell are clamped to it)"
-    shape = np.array(grid.shape[:3])
-    u = (points - np.asarray(origin, np.float32)) * (np.float32(1) / np.asarray(spacing, np.float32))
-    i = u.astype(np.int32)
-    np.clip(i, 0, (shape - 2).astype(np.int32), out=i)
-    f = u - i
-    flat = grid.reshape(-1, grid.shape[3])
-    sy, sx = int(shape[2]), int(shape[1] * shape[2])
-    base = i[:, 0] * sx + i[:, 1] * sy + i[:, 2]
-    fx, fy, fz = f[:, 0:1], f[:, 1:2], f[:, 2:3]
-    def along_z(offset):
-        lo = np.take(flat, base + offset, axis=0)
-        hi = np.take(flat, base + (offset + 1), axis=0)
-        hi -= lo; hi *= fz; hi += lo
-        return hi
-    c00, c01, c10, c11 = along_z(0), along_z(sy), along_z(sx), along_z(sx + sy)
-    c01 -= c00; c01 *= fy; c01 += c00
-    c11 -= c10; c11 *= fy; c11 += c10
-    c11 -= c01; c11 *= fx; c11 += c01
-    return c11
+    "Trilinear interpolation of `grid` at `points`, channel-first (C, N) (beyond the last cell: extrapolated)"
+    shape = grid.shape[1:]
+    base, frac = 0, []
+    for k in range(3):
+        u = points[:, k] - np.float32(origin[k])
+        u *= np.float32(1 / spacing)
+        cell = np.floor(u)
+        i = np.clip(cell.astype(np.intp), 0, shape[k] - 2)
+        u -= i.astype(np.float32)
+        base = base * shape[k] + i
+        frac.append(u)
+    fx, fy, fz = frac
+    sy, sx = shape[2], shape[1] * shape[2]
+    corners = [base + offset for offset in (0, 1, sy, sy + 1, sx, sx + 1, sx + sy, sx + sy + 1)]
+    def lerp(lo, hi, f): hi -= lo; hi *= f; hi += lo; return hi
+    out = np.empty((grid.shape[0], len(points)), np.float32)
+    for c in range(grid.shape[0]):
+        v = [np.take(grid[c].reshape(-1), idx) for idx in corners]
+        along_y0 = lerp(lerp(v[0], v[1], fz), lerp(v[2], v[3], fz), fy)
+        along_y1 = lerp(lerp(v[4], v[5], fz), lerp(v[6], v[7], fz), fy)
+        out[c] = lerp(along_y0, along_y1, fx)
+    return out
 
 @TRANSFORMS.register_module()
 class ElasticDistortion(RandomTransform):
@@ -305,12 +331,11 @@ class ElasticDistortion(RandomTransform):
                            magnitude:float, # displacement multiplier
                            rng:np.random.Generator): # source of the grid noise
         "One distortion pass: blurred N(0,1) grid noise, trilinearly interpolated, times `magnitude`"
-        coords_min = coords.min(0)
-        noise_dim = ((coords.max(0) - coords_min) // granularity).astype(int) + 3
-        noise = box_blur(rng.standard_normal((*noise_dim, 3), dtype=np.float32))
+        coords_min, coords_max = bbox(coords)
+        noise_dim = ((coords_max - coords_min) // granularity).astype(int) + 3
+        noise = box_blur(standard_normal(rng, (3, *noise_dim)))  # channel-first; i.i.d., so same law as (*dim, 3)
         displacement = trilinear(noise, coords_min - granularity, granularity, coords)
-        displacement *= np.float32(magnitude)
-        coords += displacement.astype(coords.dtype, copy=False)
+        for k in range(3): coords[:, k] += displacement[k] * np.float32(magnitude)
         return coords
 
     def __call__(self, data_dict):
@@ -321,7 +346,7 @@ class ElasticDistortion(RandomTransform):
                     data_dict["coord"] = self.elastic_distortion(data_dict["coord"], granularity, magnitude, rng)
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c035
+# %% ../nbs/10_transforms.ipynb #c038
 @TRANSFORMS.register_module()
 class ChromaticAutoContrast(RandomTransform):
     "With probability `p`, blend colours with their per-channel contrast stretch to 0..255"
@@ -333,7 +358,7 @@ class ChromaticAutoContrast(RandomTransform):
         rng = self.generator()
         if "color" in data_dict and rng.random() < self.p:
             color = data_dict["color"]
-            lo, hi = color.min(0, keepdims=True), color.max(0, keepdims=True)
+            lo, hi = (b[None] for b in bbox(color))
             diff = hi - lo
             if not np.any(diff > 0): return data_dict
             scale = np.divide(255, diff, out=np.ones_like(diff), where=diff > 0)
@@ -368,7 +393,7 @@ class ChromaticJitter(RandomTransform):
         rng = self.generator()
         if "color" in data_dict and rng.random() < self.p:
             color = data_dict["color"]
-            noise = rng.standard_normal((color.shape[0], 3), dtype=np.float32)
+            noise = standard_normal(rng, (color.shape[0], 3))
             noise *= self.std * 255
             noise += color[:, :3]
             np.clip(noise, 0, 255, out=noise)
@@ -382,7 +407,7 @@ class NormalizeColor:
         if "color" in data_dict: data_dict["color"] = data_dict["color"] / 255
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c038
+# %% ../nbs/10_transforms.ipynb #c041
 FNV_PRIME, FNV_OFFSET = np.uint64(1099511628211), np.uint64(14695981039346656037)
 
 def fnv_hash_vec(arr:np.ndarray): # (N, 3) non-negative integer coordinates
@@ -404,7 +429,7 @@ def ravel_hash_vec(arr:np.ndarray): # (N, D) integer coordinates
         key *= dims[j + 1]
     return key + arr[:, -1]
 
-# %% ../nbs/10_transforms.ipynb #c040
+# %% ../nbs/10_transforms.ipynb #c043
 @TRANSFORMS.register_module()
 class GridSample(RandomTransform):
     "Voxelise `coord` on a `grid_size` grid: one random point per voxel (train) or covering fragments (test)"
@@ -427,11 +452,11 @@ class GridSample(RandomTransform):
         "Grid coords, the scaled coords, the grid origin, the key sort order, voxel starts, counts and sorted inverse"
         scaled = coord / np.asarray(self.grid_size, np.float64)
         grid_coord = np.floor(scaled).astype(np.int64)
-        min_coord = grid_coord.min(0)
-        grid_coord -= min_coord
+        min_coord = bbox(grid_coord)[0]
+        add_columns(grid_coord, -min_coord)
         key = self.hash(grid_coord)
         order = np.argsort(key)
-        key_sorted = key[order]
+        key_sorted = np.take(key, order)
         new_voxel = np.empty(len(key), bool)
         new_voxel[:1] = True
         np.not_equal(key_sorted[1:], key_sorted[:-1], out=new_voxel[1:])
@@ -445,7 +470,7 @@ class GridSample(RandomTransform):
         "Add the requested `inverse`, `grid_coord`, `min_coord` and `displacement` keys to `part`"
         if self.return_inverse: part["inverse"] = inverse
         if self.return_grid_coord:
-            part["grid_coord"] = grid_coord[idx]
+            part["grid_coord"] = np.take(grid_coord, idx, axis=0)
             if "grid_coord" not in part["index_valid_keys"]: part["index_valid_keys"].append("grid_coord")
         if self.return_min_coord: part["min_coord"] = (min_coord * np.asarray(self.grid_size)).reshape(1, 3)
         if self.return_displacement:
@@ -463,7 +488,7 @@ class GridSample(RandomTransform):
             inverse = np.empty(len(order), np.int64)
             inverse[order] = np.cumsum(new_voxel) - 1
         if self.mode == "train":
-            idx = order[start + self.generator().integers(0, count.max(), count.size) % count]
+            idx = np.take(order, start + self.generator().integers(0, count.max(), count.size) % count)
             if "sampled_index" in data_dict:
                 idx = np.unique(np.append(idx, data_dict["sampled_index"]))
                 mask = np.zeros(len(order), bool); mask[data_dict["sampled_index"]] = True
@@ -472,14 +497,14 @@ class GridSample(RandomTransform):
             return self.extras(data_dict, idx, grid_coord, scaled, min_coord, inverse)
         parts = []
         for i in range(count.max()):
-            idx = order[start + i % count]
+            idx = np.take(order, start + i % count)
             part = index_operator(data_dict, idx, duplicate=True)
             part["index"] = idx
             parts.append(self.extras(part, idx, grid_coord, scaled, min_coord,
                                      None if inverse is None else inverse.copy()))
         return parts
 
-# %% ../nbs/10_transforms.ipynb #c043
+# %% ../nbs/10_transforms.ipynb #c046
 def nearest_k(dist:np.ndarray, # (N,) distances
               k:int): # how many to keep (< N)
     "Sorted indices of the `k` smallest entries of `dist` (ties at the boundary broken by index)"
@@ -507,11 +532,11 @@ class SphereCrop(RandomTransform):
         point_max = int(self.sample_rate * n) if self.sample_rate is not None else self.point_max
         if n > point_max:
             center = coord[self.generator().integers(n) if self.mode == "random" else n // 2]
-            diff = coord - center
-            data_dict = index_operator(data_dict, nearest_k(np.einsum("ij,ij->i", diff, diff), point_max))
+            dist = sum((coord[:, k] - center[k]) ** 2 for k in range(coord.shape[1]))
+            data_dict = index_operator(data_dict, nearest_k(dist, point_max))
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c046
+# %% ../nbs/10_transforms.ipynb #c049
 class Compose:
     "Build `cfg` (a list of transform config dicts, or transforms) and apply them in order"
     def __init__(self, cfg=None, # list of dict(type=..., ...) (or callables)
@@ -529,7 +554,7 @@ class Compose:
 
     def __repr__(self): return f"Compose({[type(t).__name__ for t in self.transforms]})"
 
-# %% ../nbs/10_transforms.ipynb #c048
+# %% ../nbs/10_transforms.ipynb #c051
 SCANNET_TRAIN_TRANSFORMS = [
     dict(type="CenterShift", apply_z=True),
     dict(type="RandomDropout", dropout_ratio=0.2, dropout_application_ratio=1.0),
