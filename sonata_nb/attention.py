@@ -40,8 +40,8 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
     start, start_pad = offset.long() - n, n_pad.cumsum(0) - n_pad
     n_patch = (n + K - 1) // K
     short = (n > 0) & (n < K)
-    N, N_pad, P, P_short, L = torch.stack([n.sum(), n_pad.sum(), n_patch.sum(), short.sum(),
-                                           torch.where(short, n, 0).max()]).tolist()
+    N, N_pad, P, P_short, L, L_min = torch.stack([  # the only host transfer
+        n.sum(), n_pad.sum(), n_patch.sum(), short.sum(), torch.where(short, n, 0).max(), torch.where(short, n, K).min()]).tolist()
     samples = torch.arange(len(n), device=dev)
     # padded slot → serialized position: slot j of a sample holds point j, or point j-K in the padding
     slot_sample = samples.repeat_interleave(n_pad, output_size=N_pad)
@@ -53,19 +53,19 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
     k = torch.arange(P, device=dev) - (n_patch.cumsum(0) - n_patch)[patch_sample]
     patch_start = start_pad[patch_sample] + k * K
     cu_seqlens = torch.cat([patch_start, patch_start.new_tensor([N_pad])]).int()
-    is_short = short[patch_sample]
-    full_slots = patch_start[~is_short, None] + torch.arange(K, device=dev)
-    short_len, short_start = n[patch_sample][is_short], patch_start[is_short]
+    by_kind = torch.argsort(short[patch_sample].int(), stable=True)  # full patches first, then short ones
+    full_slots = patch_start[by_kind[:P - P_short], None] + torch.arange(K, device=dev)
+    short_len = n[patch_sample[by_kind[P - P_short:]]]
     col = torch.arange(L, device=dev)
-    short_slots = short_start[:, None] + torch.minimum(col, short_len[:, None] - 1)
+    short_slots = patch_start[by_kind[P - P_short:], None] + torch.minimum(col, short_len[:, None] - 1)
     valid = col < short_len[:, None]
-    # output row of each padded slot, then of each serialized position through unpad
-    slot_row = torch.zeros(N_pad, dtype=torch.long, device=dev)
+    # output row of each padded slot (slot N_pad absorbs the masked ones), then of each position through unpad
+    slot_row = torch.zeros(N_pad + 1, dtype=torch.long, device=dev)
     slot_row[full_slots.reshape(-1)] = torch.arange(full_slots.numel(), device=dev)
-    slot_row[short_slots[valid]] = full_slots.numel() + torch.arange(P_short * L, device=dev)[valid.reshape(-1)]
+    slot_row[torch.where(valid, short_slots, N_pad).reshape(-1)] = full_slots.numel() + torch.arange(P_short * L, device=dev)
     return PatchLayout(pad=pad, unpad=unpad, cu_seqlens=cu_seqlens, patch_size=K,
                        full_index=pad[full_slots], short_index=pad[short_slots],
-                       short_mask=None if bool(valid.all()) else valid, out_index=slot_row[unpad])
+                       short_mask=None if L_min == L else valid, out_index=slot_row[unpad])
 
 # %% ../nbs/03_attention.ipynb #c011
 BACKENDS = ("auto", "flash", "sdpa", "math")

@@ -35,36 +35,64 @@ def z_order_encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
                   ) -> torch.Tensor: # (N,) int64 Morton codes
     "Morton code: bit i of x, y, z at bits 3i+2, 3i+1, 3i"
     _check_args(grid_coord, depth)
-    g = grid_coord.long() & ((1 << depth) - 1)
-    return (_spread3(g[:, 0]) << 2) | (_spread3(g[:, 1]) << 1) | _spread3(g[:, 2])
+    s = _spread3(grid_coord.long() & ((1 << depth) - 1))
+    return (s[:, 0] << 2) | (s[:, 1] << 1) | s[:, 2]
 
 # %% ../nbs/02_serialization.ipynb #c010
+def _skilling_step(state:tuple, # (perm, mask, parity): level bits are raw[perm[i]] ^ mask[i]; parity of the stream so far
+                   octant:int, # raw bits (x<<2 | y<<1 | z) of this level
+                  ) -> tuple[int, tuple]: # (3-bit Hilbert digit, next state)
+    "One level of Skilling's transform and Gray decoding"
+    perm, mask, parity = list(state[0]), list(state[1]), state[2]
+    raw = ((octant >> 2) & 1, (octant >> 1) & 1, octant & 1)
+    bits = [raw[perm[i]] ^ mask[i] for i in range(3)]
+    for i in range(3):
+        if bits[i]: mask[0] ^= 1  # invert the lower bits of x
+        elif i: perm[0], perm[i], mask[0], mask[i] = perm[i], perm[0], mask[i], mask[0]  # swap x and axis i below
+    b0 = parity ^ bits[0]; b1 = b0 ^ bits[1]; b2 = b1 ^ bits[2]
+    return b0 << 2 | b1 << 1 | b2, (tuple(perm), tuple(mask), b2)
+
+def _hilbert_tables(max_levels:int=3):
+    "Digit and next-state tables for chunks of 1..max_levels levels, indexed by state * 8**levels + Morton digits"
+    start = ((0, 1, 2), (0, 0, 0), 0)
+    states, index = [start], {start: 0}
+    for state in states:  # breadth-first over the reachable states (the list grows while it is walked)
+        for octant in range(8):
+            nxt = _skilling_step(state, octant)[1]
+            if nxt not in index: index[nxt] = len(states); states.append(nxt)
+    d1 = torch.tensor([[_skilling_step(s, o)[0] for o in range(8)] for s in states])
+    n1 = torch.tensor([[index[_skilling_step(s, o)[1]] for o in range(8)] for s in states])
+    tables, d, n = {1: (d1.flatten(), n1.flatten())}, d1, n1
+    for levels in range(2, max_levels + 1):  # prepend one level: digits of the first, then the rest from its state
+        d = ((d1[:, :, None] << 3 * (levels - 1)) | d[n1]).reshape(len(states), -1)
+        n = n[n1].reshape(len(states), -1)
+        tables[levels] = (d.flatten(), n.flatten())
+    return tables
+
+_HILBERT = {torch.device("cpu"): _hilbert_tables()}
+
+def _tables_on(device):
+    if device not in _HILBERT: _HILBERT[device] = {k: tuple(t.to(device) for t in v) for k, v in _HILBERT[torch.device("cpu")].items()}
+    return _HILBERT[device]
+
+def _hilbert_from_morton(morton:torch.Tensor, depth:int) -> torch.Tensor:
+    "Run the Skilling state machine over the Morton digits, three levels per lookup"
+    tables, code, state, top = _tables_on(morton.device), None, None, depth
+    while top > 0:
+        levels = top % 3 or 3
+        top -= levels
+        digits, nxt = tables[levels]
+        idx = (morton >> (3 * top)) & ((1 << 3 * levels) - 1)
+        if state is not None: idx = idx + (state << 3 * levels)
+        code = digits[idx] if code is None else (code << 3 * levels) | digits[idx]
+        if top: state = nxt[idx]
+    return code
+
 def hilbert_encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
                    depth:int=16, # bits per axis; higher bits are ignored
                   ) -> torch.Tensor: # (N,) int64 Hilbert codes
     "Hilbert code (Skilling's transform, x most significant), identical to the reference's"
-    _check_args(grid_coord, depth)
-    g = grid_coord.long() & ((1 << depth) - 1)
-    x = [g[:, 0], g[:, 1], g[:, 2]]
-    for level in range(depth - 1, 0, -1):  # the last bit has no lower bits to transform
-        q, low = 1 << level, (1 << level) - 1
-        for i in range(3):
-            on = (x[i] & q) != 0
-            if i == 0:
-                x[0] = x[0] ^ torch.where(on, low, 0)
-            else:
-                t = torch.where(on, 0, (x[0] ^ x[i]) & low)
-                x[0] = x[0] ^ torch.where(on, low, t)
-                x[i] = x[i] ^ t
-    # Gray decode in transposed form: prefix XOR over the axes, then over the levels of the last axis
-    x[1] = x[1] ^ x[0]
-    x[2] = x[2] ^ x[1]
-    parity = x[2]  # bit l = XOR of the three bits at level l
-    t = torch.zeros_like(parity)
-    for level in range(depth - 1, 0, -1):
-        t = t ^ torch.where((parity & (1 << level)) != 0, (1 << level) - 1, 0)
-    x = [xi ^ t for xi in x]
-    return (_spread3(x[0]) << 2) | (_spread3(x[1]) << 1) | _spread3(x[2])
+    return _hilbert_from_morton(z_order_encode(grid_coord, depth), depth)
 
 # %% ../nbs/02_serialization.ipynb #c016
 def encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates

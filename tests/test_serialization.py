@@ -44,7 +44,7 @@ def random_grid(n, depth, seed):
 
 @pytest.mark.parametrize("depth", range(1, 17))
 def test_codes_match_oracles(depth):
-    pts = random_grid(60, depth, seed=depth) + [[2 ** depth - 1] * 3, [0, 0, 0], [2 ** depth - 1, 0, 0]]
+    pts = random_grid(300, depth, seed=depth) + [[2 ** depth - 1] * 3, [0, 0, 0], [2 ** depth - 1, 0, 0]]
     g = torch.tensor(pts)
     assert z_order_encode(g, depth).tolist() == [z_oracle(*p, depth) for p in pts]
     assert hilbert_encode(g, depth).tolist() == [hilbert_oracle(*p, depth) for p in pts]
@@ -80,6 +80,13 @@ def test_bijective_and_local_on_full_cube(depth):
     walk = full[hilbert_encode(full, depth).argsort()]
     assert (walk[1:] - walk[:-1]).abs().sum(1).eq(1).all()  # consecutive Hilbert codes are face neighbours
     assert walk[0].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_exhaustive_small_cubes_match_oracle(depth):
+    side = range(2 ** depth)
+    pts = [[x, y, z] for x in side for y in side for z in side]
+    assert hilbert_encode(torch.tensor(pts), depth).tolist() == [hilbert_oracle(*p, depth) for p in pts]
 
 
 def test_high_bits_ignored_like_reference():
