@@ -558,6 +558,8 @@ def make_demo_data(root:str|Path="data/demo", # dataset root to write
                 folder.mkdir(parents=True)
                 for key in DEMO_ASSETS: np.save(folder / f"{key}.npy", room[key])
         (tmp / "demo.json").write_text(json.dumps(meta))
+        if is_demo_complete(root, meta):  # another process finished it meanwhile
+            shutil.rmtree(tmp); return root
         if root.exists(): shutil.rmtree(root)  # an empty folder, or a demo dataset made with other settings
         os.rename(tmp, root)
     except OSError:
