@@ -576,7 +576,7 @@ def is_demo_complete(root:Path, meta:dict) -> bool:
     except (OSError, ValueError): return False
 
 # %% ../nbs/13_demo.ipynb #c032
-@DATASETS.register_module()
+@DATASETS.register_module(force=True)  # force: re-running this notebook after `import sonata_nb.demo` re-registers it
 class DemoDataset(ScanNetDataset):
     "Generated demo rooms in the ScanNet layout, written to `data_root` on first use"
     def __init__(self,
