@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_attention.ipynb #c002
 from __future__ import annotations
+import contextlib
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
@@ -140,7 +141,7 @@ class SerializedAttention(PointModule):
             layout = point[key] = patch_layout(point.offset, K)
         return layout
 
-    def _backend(self, device) -> str:
+    def _resolve_backend(self, device) -> str:
         name = _backend
         if name == "auto": name = "flash" if flash_attn is not None and device.type == "cuda" else "sdpa"
         if name == "flash":
@@ -158,7 +159,7 @@ class SerializedAttention(PointModule):
         inverse = point.serialized_inverse[self.order_index]
         qkv = self.qkv(point.feat)
         dropout_p = self.attn_drop if self.training else 0.0
-        backend = self._backend(qkv.device)
+        backend = self._resolve_backend(qkv.device)
         if backend == "flash":
             feat = flash_attn.flash_attn_varlen_qkvpacked_func(
                 qkv[order[layout.pad]].to(torch.bfloat16).reshape(-1, 3, H, C // H), layout.cu_seqlens,
@@ -167,13 +168,14 @@ class SerializedAttention(PointModule):
         else:
             upcast = self.upcast_attention or self.upcast_softmax
             outs = []
-            for index, mask in ((layout.full_index, None), (layout.short_index, layout.short_mask)):
-                if index.numel() == 0: continue
-                x = qkv[order[index]]  # (P, L, 3C)
-                if upcast: x = x.float()
-                q, k, v = x.unflatten(-1, (3, H, C // H)).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, L, d) each
-                out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=backend == "math")
-                outs.append(out.transpose(1, 2).reshape(-1, C))
+            with torch.autocast(qkv.device.type, enabled=False) if upcast else contextlib.nullcontext():
+                for index, mask in ((layout.full_index, None), (layout.short_index, layout.short_mask)):
+                    if index.numel() == 0: continue
+                    x = qkv[order[index]]  # (P, L, 3C)
+                    if upcast: x = x.float()
+                    q, k, v = x.unflatten(-1, (3, H, C // H)).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, L, d) each
+                    out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=backend == "math")
+                    outs.append(out.transpose(1, 2).reshape(-1, C))
             feat = (outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype)[layout.out_index[inverse]]
         point.feat = self.proj_drop(self.proj(feat))
         return point
