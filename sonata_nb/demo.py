@@ -303,17 +303,19 @@ def add_shell(room:Room, paint, flooring):
                 p, n = sample_rect(rng, corner, u, v, normal, sp)
                 room.parts.append((p, n, color, "wall", wall_id))
 
-def add_door(room:Room) -> bool:
-    "A door set into a wall, with a handle, and a clear floor area in front of it"
+def add_door(room:Room, paint) -> bool:
+    "A door with a handle and a clear floor area in front: recessed (maybe painted like the wall), or flush and contrasting"
     rng, sp = room.rng, room.spacing
-    w, h, inset = rng.uniform(0.8, 0.95), rng.uniform(1.98, 2.1), rng.uniform(0.03, 0.07)
+    flush = rng.random() < 0.35
+    w, h, inset = rng.uniform(0.8, 0.95), rng.uniform(1.98, 2.1), rng.uniform(0.0, 0.01) if flush else rng.uniform(0.03, 0.07)
     slot = room.find_wall_slot(w, 0, h + 0.1, clearance=0.9)
     if slot is None: return False
     k, s0 = slot
     room.reserve_wall(k, s0, w, 0, h + 0.1, clearance=0.9)
     room.openings[k].append((s0, s0 + w, 0.0, h, inset))
     o, t, n, _ = room.walls[k]
-    color = pick_color(rng, WOOD) if rng.random() < 0.6 else pick_color(rng, ((85, 88, 92), (60, 80, 120), (236, 234, 228), (150, 60, 50)), 6)
+    if flush or rng.random() < 0.5: color = pick_color(rng, WOOD + ((85, 88, 92), (60, 80, 120), (150, 60, 50)))
+    else: color = np.clip(paint * rng.uniform(0.95, 1.05), 0, 255)  # painted like the wall: only the inset tells
     door = room.new_instance()
     p, nn = sample_rect(rng, o + s0 * t - n * inset, t * w, (0, 0, h), n, sp)
     room.parts.append((p, nn, color, "door", door))
@@ -364,7 +366,7 @@ def add_curtains(room:Room, k, s0, w):
         room.parts.append((p, nn / np.linalg.norm(nn, axis=1, keepdims=True), color, "curtain", room.new_instance()))
 
 def add_picture(room:Room) -> bool:
-    "A framed picture 2 cm proud of a wall: a few colour regions inside a frame"
+    "A picture on a wall, framed (2-3 cm proud) or a poster (flat on it): a few colour regions inside a border"
     rng, sp = room.rng, room.spacing
     w, h = rng.uniform(0.3, 1.0), rng.uniform(0.3, 0.8)
     zc = rng.uniform(1.35, 1.7)
@@ -374,7 +376,8 @@ def add_picture(room:Room) -> bool:
     room.reserve_wall(k, s0, w, zc - h / 2, zc + h / 2)
     o, t, n, _ = room.walls[k]
     up, pic = np.array([0.0, 0, 1]), room.new_instance()
-    p, nn = sample_rect(rng, o + s0 * t + n * 0.02 + (zc - h / 2) * up, t * w, up * h, n, sp / 1.5)
+    proud = 0.005 if rng.random() < 0.5 else rng.uniform(0.02, 0.03)
+    p, nn = sample_rect(rng, o + s0 * t + n * proud + (zc - h / 2) * up, t * w, up * h, n, sp / 1.5)
     uv = np.stack([(p - o) @ t - s0, p[:, 2] - zc + h / 2], 1)
     seeds, colors = rng.random((4, 2)) * [w, h], np.stack([pick_color(rng, BRIGHT + PAINT, 30) for _ in range(4)])
     region = np.argmin(((uv[:, None] - seeds[None]) ** 2).sum(-1), 1)
@@ -501,7 +504,7 @@ def generate_room(seed:int|list[int]=0, # seed (or seed sequence) of everything 
     if room_type not in ROOM_TYPES: raise ValueError(f"room_type must be one of {ROOM_TYPES}, got {room_type!r}")
     room = Room(rng, spacing, rng.uniform(2.6, 4.4), rng.uniform(2.6, 4.4), rng.uniform(2.4, 2.75))
     paint, flooring = pick_color(rng, PAINT, 5), pick_color(rng, FLOORING)
-    add_door(room)
+    add_door(room, paint)
     for _ in range(rng.integers(1, 3)): add_window(room)
     furnish(room, room_type)
     for _ in range(rng.integers(0, 3)): add_picture(room)
@@ -534,7 +537,7 @@ def generate_room(seed:int|list[int]=0, # seed (or seed sequence) of everything 
 
 # %% ../nbs/13_demo.ipynb #c029
 DEMO_ASSETS = ("coord", "color", "normal", "segment20", "segment200", "instance")
-DEMO_VERSION = 1  # bump when the generator changes, so stale demo folders are rebuilt
+DEMO_VERSION = 2  # bump when the generator changes, so stale demo folders are rebuilt
 
 def make_demo_data(root:str|Path="data/demo", # dataset root to write
                    n_train:int=24, # rooms in train/
