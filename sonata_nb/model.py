@@ -439,6 +439,8 @@ class LoadReport:
     dropped: list = field(default_factory=list) # checkpoint keys not used, as expected (teacher, heads, mask token, ...)
     missing: list = field(default_factory=list) # model keys absent from the checkpoint (error when strict)
     unexpected: list = field(default_factory=list) # backbone keys the model does not have (error when strict)
+    summary: str = "" # `dropped`, grouped for the log
+    summary_mismatch: str = "" # missing / unexpected keys, for the log (strict=False)
 
     def __str__(self):
         return (f"{self.source}: loaded {len(self.loaded)} keys (prefix {self.prefix!r}), new decoder {len(self.new_decoder)}, "
@@ -449,7 +451,7 @@ def _summary(keys, depth=3) -> str:
     groups = {}
     for k in keys:
         parts = k.split(".")
-        g = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
+        g = k if len(parts) <= depth else ".".join(parts[:depth]) + ".*"
         groups[g] = groups.get(g, 0) + 1
     return ", ".join(f"{g} ({n})" for g, n in groups.items())
 
@@ -460,14 +462,18 @@ def load_weights(model:nn.Module, # a PointTransformerV3
                  source, # checkpoint path, hub name, or an already loaded checkpoint dict
                  strict:bool=True): # missing / unexpected backbone keys raise (else they are logged)
     "Load the backbone weights of `source` into `model` in place; returns a `LoadReport`"
-    name = "checkpoint dict" if isinstance(source, Mapping) else str(source)
-    ckpt = source if isinstance(source, Mapping) else read_checkpoint(resolve_source(source))
+    if isinstance(source, Mapping): return _load_backbone(model, source, strict, "checkpoint dict")
+    path = resolve_source(source)
+    return _load_backbone(model, read_checkpoint(path), strict, str(path))
+
+def _match(target:dict, ckpt, strict, name) -> tuple[LoadReport, dict]:
+    "Check a checkpoint's backbone against the model's state dict `target` (raises on errors): (report, tensors to load)"
     state, prefix, _ = split_checkpoint(ckpt, name)
-    target = model.state_dict()
     src = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     report = LoadReport(name, prefix)
-    report.dropped = [k for k in state if not k.startswith(prefix)]
-    report.dropped += [prefix + k for k in src if k not in target and _is_expected_drop(k, target)]
+    outside = [k for k in state if not k.startswith(prefix)]
+    inside = [k for k in src if k not in target and _is_expected_drop(k, target)]
+    report.dropped = outside + [prefix + k for k in inside]
     report.unexpected = [k for k in src if k not in target and not _is_expected_drop(k, target)]
     src_has_dec = any(k.startswith("dec.") for k in src)
     report.new_decoder = [k for k in target if k not in src and k.startswith("dec.") and not src_has_dec]
@@ -481,12 +487,22 @@ def load_weights(model:nn.Module, # a PointTransformerV3
                f"  missing in the checkpoint ({len(report.missing)}): {report.missing}\n"
                f"  unexpected in the checkpoint ({len(report.unexpected)}): {report.unexpected}")
         if strict: raise KeyError(msg)
-        logger.warning(msg + "\n  (strict=False: continuing with the keys that match)")
+        report.summary_mismatch = msg
     report.loaded = [k for k in src if k in target]
-    model.load_state_dict({k: src[k] for k in report.loaded}, strict=False)
-    if report.dropped: logger.info(f"{name}: not loaded, as expected: {_summary(report.dropped)}")
+    inside = [prefix + ("dec.*" if k.startswith("dec.") else k) for k in inside]
+    report.summary = ", ".join(g for g in [_summary(outside), _summary(inside, depth=len(prefix.split(".")) + 2)] if g)
+    return report, {k: src[k] for k in report.loaded}
+
+def _load_backbone(model, ckpt, strict, name) -> LoadReport:
+    "Match, load and log"
+    report, tensors = _match(model.state_dict(), ckpt, strict, name)
+    model.load_state_dict(tensors, strict=False)
+    if report.missing or report.unexpected:
+        logger.warning(f"{report.summary_mismatch}\n  (strict=False: loaded the keys that match)")
+    if report.dropped: logger.info(f"{name}: not loaded, as expected: {report.summary}")
     if report.new_decoder:
-        logger.info(f"{name}: the checkpoint has no decoder; {len(report.new_decoder)} decoder tensors keep their fresh initialisation")
+        logger.info(f"{name}: the checkpoint has no decoder; {len(report.new_decoder)} decoder tensors keep their "
+                    "fresh initialisation")
     return report
 
 # %% ../nbs/04_model.ipynb #c051
@@ -498,9 +514,10 @@ def load_encoder(source, # checkpoint path or hub name ('facebook/sonata')
     ckpt = read_checkpoint(path)
     _, _, config = split_checkpoint(ckpt, str(path))
     config = check_config({**(config if config is not None else SONATA_CONFIG), **overrides})
+    with torch.device("meta"): skeleton = PointTransformerV3(**config)
+    _match(skeleton.state_dict(), ckpt, strict, str(path))  # fail fast, before allocating and initialising the model
     model = PointTransformerV3(**config)
-    model.load_report = load_weights(model, ckpt, strict=strict)
-    model.load_report.source = str(path)
+    model.load_report = _load_backbone(model, ckpt, strict, str(path))
     logger.info(f"{model.load_report}")
     return model.eval()
 
