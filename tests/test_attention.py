@@ -177,3 +177,16 @@ def test_cuda_backends(backend):
     out = attn.cuda()(gpu).feat.cpu()
     tol = 2e-2 if backend == "flash" else 1e-4  # flash computes in bf16
     torch.testing.assert_close(out, expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("upcast", [False, True])
+def test_cuda_autocast(upcast):
+    point = make_point(SIZES["mixed"])
+    attn = SerializedAttention(16, 4, 8, upcast_attention=upcast, upcast_softmax=upcast).eval()
+    expected = oracle(attn, Point(point), 8)
+    gpu = Point({k: v.cuda() if torch.is_tensor(v) else v for k, v in point.items()})
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = attn.cuda()(gpu).feat
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float().cpu(), expected, atol=2e-2, rtol=2e-2)
