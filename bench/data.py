@@ -56,22 +56,31 @@ def side_by_side(scene, gap=0.5):
 
 
 def synthetic_room(n=160_000, seed=0):
-    "A 10 x 16 x 3 m box room (floor, ceiling, walls) with boxes of furniture, about `n` surface points"
+    "A 6 x 8 x 3 m room (floor, ceiling, walls) with 40 boxes of furniture: `n` surface points, about ScanNet's density"
     rng = np.random.default_rng(seed)
-    size = np.array([10.0, 16.0, 3.0])
-    coord = rng.random((n, 3)) * size
-    face = rng.integers(0, 6, n)
-    axis, high = face // 2, face % 2 == 1
-    coord[np.arange(n), axis] = np.where(high, size[axis], 0.0)
-    normal = np.zeros((n, 3), np.float32)
-    normal[np.arange(n), axis] = np.where(high, -1.0, 1.0)
-    furniture = rng.random(n) < 0.3  # a third of the points on 40 boxes standing on the floor
-    centers = rng.random((40, 3)) * [9, 15, 0] + [0.5, 0.5, 0]
-    box = rng.integers(0, 40, furniture.sum())
-    coord[furniture] = centers[box] + rng.random((furniture.sum(), 3)) * [0.8, 0.8, 0.9]
-    return dict(coord=coord.astype(np.float32), color=(rng.random((n, 3)) * 255).astype(np.float32),
-                normal=normal, segment=np.where(furniture, 2 + box % 18, face.clip(0, 1)).astype(np.int64),
-                instance=np.where(furniture, box, -1).astype(np.int64))
+
+    def box_surface(count, size, faces):  # points on the given faces (axis, high side) of a box [0, size]
+        face = rng.integers(0, len(faces), count)
+        axis, high = np.array(faces)[face].T
+        coord = rng.random((count, 3)) * size
+        coord[np.arange(count), axis] = np.where(high == 1, np.asarray(size)[axis], 0.0)
+        normal = np.zeros((count, 3))
+        normal[np.arange(count), axis] = np.where(high == 1, 1.0, -1.0)
+        return coord, normal, axis, high
+
+    n_box = n * 3 // 10
+    room_size = np.array([6.0, 8.0, 3.0])
+    coord, normal, axis, high = box_surface(n - n_box, room_size, [(a, h) for a in range(3) for h in (0, 1)])
+    normal = -normal  # room surfaces face inwards
+    box = rng.integers(0, 40, n_box)
+    box_size = np.array([0.8, 0.8, 0.9])
+    local, box_normal, _, _ = box_surface(n_box, box_size, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 1)])
+    corner = rng.random((40, 3)) * (room_size - box_size) * [1, 1, 0]
+    return dict(coord=np.concatenate([coord, corner[box] + local]).astype(np.float32),
+                color=(rng.random((n, 3)) * 255).astype(np.float32),
+                normal=np.concatenate([normal, box_normal]).astype(np.float32),
+                segment=np.concatenate([np.where((axis == 2) & (high == 0), 1, 0), 2 + box % 18]).astype(np.int64),
+                instance=np.concatenate([np.full(n - n_box, -1), box]).astype(np.int64))
 
 
 def load_scene(path):

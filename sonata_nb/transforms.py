@@ -16,7 +16,7 @@ __all__ = ['TRANSFORMS', 'INDEX_VALID_KEYS', 'FNV_PRIME', 'FNV_OFFSET', 'SCANNET
            'CenterShift', 'RandomDropout', 'rotation_matrix', 'rotate_scene', 'RandomRotate', 'RandomRotateTargetAngle',
            'RandomScale', 'RandomFlip', 'RandomJitter', 'box_blur', 'trilinear', 'ElasticDistortion',
            'ChromaticAutoContrast', 'ChromaticTranslation', 'ChromaticJitter', 'NormalizeColor', 'fnv_hash_vec',
-           'ravel_hash_vec', 'GridSample', 'nearest_k', 'SphereCrop', 'Compose']
+           'ravel_hash_vec', 'sort_by_key', 'GridSample', 'nearest_k', 'SphereCrop', 'Compose']
 
 # %% ../nbs/10_transforms.ipynb #c007
 TRANSFORMS = Registry("transforms")
@@ -56,8 +56,8 @@ class RandomTransform:
 # %% ../nbs/10_transforms.ipynb #c013
 def bbox(coord:np.ndarray): # (N, D) array
     "Per-column minimum and maximum of `coord`, each of shape (D,)"
-    cols = range(coord.shape[1])
-    return np.array([coord[:, k].min() for k in cols]), np.array([coord[:, k].max() for k in cols])
+    rows = np.ascontiguousarray(coord.T)  # (D, N): contiguous rows reduce with SIMD
+    return rows.min(1), rows.max(1)
 
 def add_columns(arr:np.ndarray, # (N, D) array, changed in place
                 row): # (D,) values added to every row
@@ -292,31 +292,39 @@ def box_blur(noise:np.ndarray, # (C, nx, ny, nz) grid, blurred along its last th
             noise = np.moveaxis(out, 0, axis)
     return noise
 
+def _lerp(lo, hi, f): hi = hi - lo; hi *= f; hi += lo; return hi
+
 def trilinear(grid:np.ndarray, # (C, nx, ny, nz) values on a regular grid
               origin, # (3,) position of grid[:, 0, 0, 0]
               spacing:float, # grid step
-              points:np.ndarray): # (N, 3) query points inside the grid
-    "Trilinear interpolation of `grid` at `points`, channel-first (C, N) (beyond the last cell: extrapolated)"
-    shape = grid.shape[1:]
-    base, frac = 0, []
-    for k in range(3):
-        u = points[:, k] - np.float32(origin[k])
-        u *= np.float32(1 / spacing)
-        cell = np.floor(u)
-        i = np.clip(cell.astype(np.intp), 0, shape[k] - 2)
-        u -= i.astype(np.float32)
-        base = base * shape[k] + i
-        frac.append(u)
-    fx, fy, fz = frac
-    sy, sx = shape[2], shape[1] * shape[2]
-    corners = [base + offset for offset in (0, 1, sy, sy + 1, sx, sx + 1, sx + sy, sx + sy + 1)]
-    def lerp(lo, hi, f): hi -= lo; hi *= f; hi += lo; return hi
-    out = np.empty((grid.shape[0], len(points)), np.float32)
-    for c in range(grid.shape[0]):
-        v = [np.take(grid[c].reshape(-1), idx) for idx in corners]
-        along_y0 = lerp(lerp(v[0], v[1], fz), lerp(v[2], v[3], fz), fy)
-        along_y1 = lerp(lerp(v[4], v[5], fz), lerp(v[6], v[7], fz), fy)
-        out[c] = lerp(along_y0, along_y1, fx)
+              points:np.ndarray, # (N, 3) query points inside the grid
+              chunk:int=16384): # points per block (keeps the temporaries in cache)
+    "Trilinear interpolation of `grid` at `points`, channel-first (C, N); points outside extrapolate the edge cells"
+    channels, shape = grid.shape[0], grid.shape[1:]
+    sy, sx, cells = shape[2], shape[1] * shape[2], grid[0].size
+    quads = []  # per channel: the values at (y, z), (y, z+1), (y+1, z), (y+1, z+1) of each cell, one 16-byte item
+    for c in range(channels):
+        flat = np.zeros(cells + sy + 1, np.float32); flat[:cells] = grid[c].reshape(-1)
+        quad = np.empty((cells, 4), np.float32)
+        for j, offset in enumerate((0, 1, sy, sy + 1)): quad[:, j] = flat[offset:offset + cells]
+        quads.append(quad.view(np.complex128)[:, 0])
+    out = np.empty((channels, len(points)), np.float32)
+    scale = np.float32(1 / spacing)
+    for s in range(0, len(points), chunk):
+        block, base, frac = points[s:s + chunk], 0, []
+        for k in range(3):
+            u = block[:, k] - np.float32(origin[k]); u *= scale
+            i = np.clip(u.astype(np.intp), 0, shape[k] - 2)
+            u -= i
+            base = base * shape[k] + i
+            frac.append(u)
+        fx, fy, fz = frac
+        for c in range(channels):
+            lo = quads[c].take(base).view(np.float32).reshape(-1, 4)  # cell x
+            hi = quads[c].take(base + sx).view(np.float32).reshape(-1, 4)  # cell x + 1
+            at_x0 = _lerp(_lerp(lo[:, 0], lo[:, 1], fz), _lerp(lo[:, 2], lo[:, 3], fz), fy)
+            at_x1 = _lerp(_lerp(hi[:, 0], hi[:, 1], fz), _lerp(hi[:, 2], hi[:, 3], fz), fy)
+            out[c, s:s + chunk] = _lerp(at_x0, at_x1, fx)
     return out
 
 @TRANSFORMS.register_module()
@@ -378,8 +386,11 @@ class ChromaticTranslation(RandomTransform):
         rng = self.generator()
         if "color" in data_dict and rng.random() < self.p:
             color = data_dict["color"]
-            shift = ((rng.random((1, 3)) - 0.5) * 255 * 2 * self.ratio).astype(color.dtype)
-            color[:, :3] = np.clip(color[:, :3] + shift, 0, 255)
+            shift = (rng.random(3) - 0.5) * 255 * 2 * self.ratio
+            for k in range(3):
+                column = color[:, k]
+                column += column.dtype.type(shift[k])
+                np.clip(column, 0, 255, out=column)
         return data_dict
 
 @TRANSFORMS.register_module()
@@ -410,17 +421,18 @@ class NormalizeColor:
 # %% ../nbs/10_transforms.ipynb #c041
 FNV_PRIME, FNV_OFFSET = np.uint64(1099511628211), np.uint64(14695981039346656037)
 
-def fnv_hash_vec(arr:np.ndarray): # (N, 3) non-negative integer coordinates
+def fnv_hash_vec(arr): # (N, D) non-negative integer coordinates, or a list of D such columns
     "FNV-1a 64-bit hash of each row, taking whole uint64 words (the reference's `fnv_hash_vec`)"
-    arr = arr.astype(np.uint64, copy=False)
-    key = np.bitwise_xor(arr[:, 0], np.uint64(int(FNV_OFFSET) * int(FNV_PRIME) % 2**64))
-    for j in range(1, arr.shape[1]):
+    cols = [np.asarray(c).astype(np.uint64, copy=False) for c in (arr.T if isinstance(arr, np.ndarray) else arr)]
+    key = np.bitwise_xor(cols[0], np.uint64(int(FNV_OFFSET) * int(FNV_PRIME) % 2**64))  # offset basis × prime, folded
+    for col in cols[1:]:
         key *= FNV_PRIME
-        key ^= arr[:, j]
+        key ^= col
     return key
 
-def ravel_hash_vec(arr:np.ndarray): # (N, D) integer coordinates
+def ravel_hash_vec(arr): # (N, D) integer coordinates, or a list of D columns
     "Row-major linear index of each row after subtracting the minimum (the reference's `ravel_hash_vec`)"
+    arr = np.stack(list(arr), 1) if not isinstance(arr, np.ndarray) else arr
     arr = (arr - arr.min(0)).astype(np.uint64)
     dims = arr.max(0) + np.uint64(1)
     key = np.zeros(arr.shape[0], np.uint64)
@@ -429,7 +441,25 @@ def ravel_hash_vec(arr:np.ndarray): # (N, D) integer coordinates
         key *= dims[j + 1]
     return key + arr[:, -1]
 
-# %% ../nbs/10_transforms.ipynb #c043
+# %% ../nbs/10_transforms.ipynb #c044
+def sort_by_key(key:np.ndarray, # (N,) uint64 keys
+                exact:bool=False): # use np.argsort exactly as the reference (its within-key order)
+    "A permutation sorting `key` ascending, and the sorted keys"
+    n = len(key)
+    bits = max(1, (n - 1).bit_length())
+    if not exact and bits <= 32:
+        packed = key >> np.uint64(bits)
+        packed <<= np.uint64(bits)
+        packed |= np.arange(n, dtype=np.uint64)
+        packed.sort()
+        packed &= np.uint64((1 << bits) - 1)
+        order = packed.view(np.int64)
+        key_sorted = key.take(order)
+        if not (key_sorted[1:] < key_sorted[:-1]).any(): return order, key_sorted
+    order = np.argsort(key)
+    return order, key.take(order)
+
+# %% ../nbs/10_transforms.ipynb #c046
 @TRANSFORMS.register_module()
 class GridSample(RandomTransform):
     "Voxelise `coord` on a `grid_size` grid: one random point per voxel (train) or covering fragments (test)"
@@ -448,33 +478,38 @@ class GridSample(RandomTransform):
         self.return_min_coord, self.return_displacement = return_min_coord, return_displacement
         self.project_displacement = project_displacement
 
-    def voxelize(self, coord:np.ndarray): # (N, 3) points
-        "Grid coords, the scaled coords, the grid origin, the key sort order, voxel starts, counts and sorted inverse"
-        scaled = coord / np.asarray(self.grid_size, np.float64)
-        grid_coord = np.floor(scaled).astype(np.int64)
-        min_coord = bbox(grid_coord)[0]
-        add_columns(grid_coord, -min_coord)
-        key = self.hash(grid_coord)
-        order = np.argsort(key)
-        key_sorted = np.take(key, order)
-        new_voxel = np.empty(len(key), bool)
+    def voxelize(self, coord:np.ndarray, # (N, 3) points
+                 exact:bool=False): # sort as `np.argsort` does (see `sort_by_key`)
+        "Grid coord columns, their minimum before the shift, the key sort order, voxel starts, counts, new-voxel flags"
+        grid_size = np.broadcast_to(np.asarray(self.grid_size, np.float64), (coord.shape[1],))
+        cols, min_coord = [], np.empty(coord.shape[1], np.int64)
+        for k in range(coord.shape[1]):  # floor(coord / grid_size) in float64, as the reference's division by an array
+            col = np.divide(coord[:, k], grid_size[k], dtype=np.float64)
+            np.floor(col, out=col)
+            min_coord[k] = col.min()
+            col -= min_coord[k]
+            cols.append(col.astype(np.int64))
+        order, key_sorted = sort_by_key(self.hash(cols), exact=exact)
+        new_voxel = np.empty(len(order), bool)
         new_voxel[:1] = True
         np.not_equal(key_sorted[1:], key_sorted[:-1], out=new_voxel[1:])
         start = np.flatnonzero(new_voxel)
-        count = np.diff(start, append=len(key))
-        return grid_coord, scaled, min_coord, order, start, count, new_voxel
+        count = np.diff(start, append=len(order))
+        return cols, min_coord, order, start, count, new_voxel
 
     def extras(self, part:dict, # the sub-sampled scene (a fragment in test mode)
                idx:np.ndarray, # its points' indices in the input
-               grid_coord, scaled, min_coord, inverse): # from `voxelize` (`inverse` None unless requested)
+               coord:np.ndarray, # the input points
+               grid_cols, min_coord, inverse): # from `voxelize` (`inverse` None unless requested)
         "Add the requested `inverse`, `grid_coord`, `min_coord` and `displacement` keys to `part`"
         if self.return_inverse: part["inverse"] = inverse
+        grid_coord = np.stack([col.take(idx) for col in grid_cols], 1)
         if self.return_grid_coord:
-            part["grid_coord"] = np.take(grid_coord, idx, axis=0)
+            part["grid_coord"] = grid_coord
             if "grid_coord" not in part["index_valid_keys"]: part["index_valid_keys"].append("grid_coord")
         if self.return_min_coord: part["min_coord"] = (min_coord * np.asarray(self.grid_size)).reshape(1, 3)
-        if self.return_displacement:
-            disp = scaled[idx] - min_coord - grid_coord[idx] - 0.5  # in voxels, -0.5..0.5 from the voxel centre
+        if self.return_displacement:  # in voxels, -0.5..0.5 from the voxel centre
+            disp = coord[idx] / np.asarray(self.grid_size, np.float64) - min_coord - grid_coord - 0.5
             if self.project_displacement: disp = np.sum(disp * part["normal"], axis=-1, keepdims=True)
             part["displacement"] = disp
             if "displacement" not in part["index_valid_keys"]: part["index_valid_keys"].append("displacement")
@@ -482,7 +517,8 @@ class GridSample(RandomTransform):
 
     def __call__(self, data_dict):
         if "coord" not in data_dict: raise KeyError("GridSample needs a 'coord' key in the data dict")
-        grid_coord, scaled, min_coord, order, start, count, new_voxel = self.voxelize(data_dict["coord"])
+        coord = data_dict["coord"]
+        grid_cols, min_coord, order, start, count, new_voxel = self.voxelize(coord, exact=self.mode == "test")
         inverse = None
         if self.return_inverse:
             inverse = np.empty(len(order), np.int64)
@@ -494,17 +530,17 @@ class GridSample(RandomTransform):
                 mask = np.zeros(len(order), bool); mask[data_dict["sampled_index"]] = True
                 data_dict["sampled_index"] = np.flatnonzero(mask[idx])
             data_dict = index_operator(data_dict, idx)
-            return self.extras(data_dict, idx, grid_coord, scaled, min_coord, inverse)
+            return self.extras(data_dict, idx, coord, grid_cols, min_coord, inverse)
         parts = []
         for i in range(count.max()):
             idx = np.take(order, start + i % count)
             part = index_operator(data_dict, idx, duplicate=True)
             part["index"] = idx
-            parts.append(self.extras(part, idx, grid_coord, scaled, min_coord,
+            parts.append(self.extras(part, idx, coord, grid_cols, min_coord,
                                      None if inverse is None else inverse.copy()))
         return parts
 
-# %% ../nbs/10_transforms.ipynb #c046
+# %% ../nbs/10_transforms.ipynb #c049
 def nearest_k(dist:np.ndarray, # (N,) distances
               k:int): # how many to keep (< N)
     "Sorted indices of the `k` smallest entries of `dist` (ties at the boundary broken by index)"
@@ -536,7 +572,7 @@ class SphereCrop(RandomTransform):
             data_dict = index_operator(data_dict, nearest_k(dist, point_max))
         return data_dict
 
-# %% ../nbs/10_transforms.ipynb #c049
+# %% ../nbs/10_transforms.ipynb #c052
 class Compose:
     "Build `cfg` (a list of transform config dicts, or transforms) and apply them in order"
     def __init__(self, cfg=None, # list of dict(type=..., ...) (or callables)
@@ -554,7 +590,7 @@ class Compose:
 
     def __repr__(self): return f"Compose({[type(t).__name__ for t in self.transforms]})"
 
-# %% ../nbs/10_transforms.ipynb #c051
+# %% ../nbs/10_transforms.ipynb #c054
 SCANNET_TRAIN_TRANSFORMS = [
     dict(type="CenterShift", apply_z=True),
     dict(type="RandomDropout", dropout_ratio=0.2, dropout_application_ratio=1.0),
