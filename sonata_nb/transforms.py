@@ -186,7 +186,7 @@ def rotation_matrix(angle:float, # radians
 def rotate_scene(data_dict:dict, # the scene (coord, and normal if present, are rotated)
                  rot:np.ndarray, # 3x3 rotation
                  center=None): # rotation centre; None means the bbox centre
-    "Rotate `coord` about `center` and `normal` about the origin, in place of the arrays' dtype"
+    "Rotate `coord` about `center` and `normal` about the origin, keeping the arrays' dtype"
     if "coord" in data_dict:
         coord = data_dict["coord"]
         center = np.asarray((sum(bbox(coord)) / 2) if center is None else center, np.float64)
@@ -206,7 +206,7 @@ class RandomRotate(RandomTransform):
         self.angle = [-1, 1] if angle is None else angle
         self.center, self.axis, self.always_apply = center, axis, always_apply
         self.p = 1 if always_apply else p
-        rotation_matrix(0.0, axis)
+        rotation_matrix(0.0, axis)  # fail early on a bad axis
 
     def __call__(self, data_dict):
         rng = self.generator()
@@ -224,7 +224,7 @@ class RandomRotateTargetAngle(RandomTransform):
                  p:float=0.75): # probability of rotating
         self.angle, self.center, self.axis, self.always_apply = angle, center, axis, always_apply
         self.p = 1 if always_apply else p
-        rotation_matrix(0.0, axis)
+        rotation_matrix(0.0, axis)  # fail early on a bad axis
 
     def __call__(self, data_dict):
         rng = self.generator()
@@ -423,7 +423,8 @@ FNV_PRIME, FNV_OFFSET = np.uint64(1099511628211), np.uint64(14695981039346656037
 
 def fnv_hash_vec(arr): # (N, D) non-negative integer coordinates, or a list of D such columns
     "FNV-1a 64-bit hash of each row, taking whole uint64 words (the reference's `fnv_hash_vec`)"
-    cols = [np.asarray(c).astype(np.uint64, copy=False) for c in (arr.T if isinstance(arr, np.ndarray) else arr)]
+    cols = [np.asarray(c) for c in (arr.T if isinstance(arr, np.ndarray) else arr)]
+    cols = [c.view(np.uint64) if c.dtype == np.int64 else c.astype(np.uint64) for c in cols]  # same bits as astype
     key = np.bitwise_xor(cols[0], np.uint64(int(FNV_OFFSET) * int(FNV_PRIME) % 2**64))  # offset basis × prime, folded
     for col in cols[1:]:
         key *= FNV_PRIME
