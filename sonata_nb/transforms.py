@@ -31,7 +31,9 @@ def index_operator(data_dict:dict, # the scene
     if "index_valid_keys" not in data_dict: data_dict["index_valid_keys"] = list(INDEX_VALID_KEYS)
     valid = data_dict["index_valid_keys"]
     index = np.asarray(index)
-    pick = (lambda v: v[index]) if index.dtype == bool else (lambda v: np.take(v, index, axis=0))
+    def pick(value):
+        if isinstance(value, np.ndarray) and index.dtype != bool: return np.take(value, index, axis=0)
+        return value[index]
     if not duplicate:
         for key in valid:
             if key in data_dict: data_dict[key] = pick(data_dict[key])
