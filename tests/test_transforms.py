@@ -179,6 +179,17 @@ def test_elastic_matches_reference_for_same_noise(granularity, magnitude):
     np.testing.assert_allclose(ours, ref, atol=2e-5)
 
 
+def test_trilinear_blocks_agree_and_match_scipy():
+    rng = np.random.default_rng(0)
+    grid = rng.standard_normal((3, 7, 9, 5)).astype(np.float32)
+    points = (rng.random((5000, 3)) * [5.9, 7.9, 3.9] * 0.5 + 0.25).astype(np.float32)  # spacing 0.5, origin 0.25
+    whole = T.trilinear(grid, [0.25, 0.25, 0.25], 0.5, points, chunk=100_000)
+    np.testing.assert_array_equal(T.trilinear(grid, [0.25, 0.25, 0.25], 0.5, points, chunk=777), whole)
+    ax = [0.25 + 0.5 * np.arange(n) for n in grid.shape[1:]]
+    ref = scipy.interpolate.RegularGridInterpolator(ax, np.moveaxis(grid, 0, -1))(points.astype(np.float64))
+    np.testing.assert_allclose(whole.T, ref, atol=1e-5)
+
+
 def test_elastic_displacement_statistics_match_reference():
     coord = room(5000)["coord"]
     ours, ref = [], []
