@@ -1,66 +1,81 @@
 #!/bin/sh
-# Test an experiment's checkpoint with the precise evaluation (fragment voting over the config's test-time views).
+# Test an experiment's checkpoint with the precise evaluation (fragment voting over the config's test-time views),
+# as the reference's scripts/test.sh (POSIX sh).
 #
-#   sh scripts/test.sh -d DATASET -n EXP_NAME [-w model_best] [-c CONFIG] [-g NUM_GPU] [-m NUM_MACHINE] [-p PYTHON]
+#   sh scripts/test.sh [-p PYTHON] [-m MACHINES] [-g GPUS] -d DATASET -n NAME [-w model_best] [-c CONFIG] [-- KEY=VALUE ...]
 #
-# -d  config sub-folder configs/<d>/ and experiment folder exp/<d>/ (default scannet)
-# -n  experiment name: tests exp/<d>/<n>/ (default debug)
-# -c  config name in configs/<d>/ without .py (default: the run's own exp/<d>/<n>/config/config.py)
-# -w  checkpoint name in exp/<d>/<n>/model/ without .pth, or a path to a .pth file (default model_best)
-# -g  GPUs per machine (default: all visible, at least 1); -m machines (default 1); torchrun when g*m > 1
-# -p  python interpreter (default python)
-# Outputs: exp/<d>/<n>/log/test.log and exp/<d>/<n>/result/ (predictions, metrics.json, submit/ for ScanNet).
-cd "$(dirname "$(dirname "$0")")" || exit 1
+#   -p  python interpreter (default: python)
+#   -m  number of machines (default: 1)
+#   -g  processes (GPUs) per machine (default: the number of CUDA devices, 1 on a CPU machine)
+#   -d  config sub-folder configs/<d>/, also the experiment folder exp/<d>/ (default: demo)
+#   -n  experiment name: tests exp/<d>/<n>/ (default: debug)
+#   -w  checkpoint name in exp/<d>/<n>/model/ without .pth, or a path to a .pth file (default: model_best)
+#   -c  config name in configs/<d>/ without .py (default: the run's own exp/<d>/<n>/config/config.py)
+#   after --: config overrides passed to --options (e.g. -- test.fragment_batch_size=8 test.reuse_predictions=True)
+#
+# Environment: EXP_ROOT (default exp) is where experiment folders are.
+# Outputs: exp/<d>/<n>/log/test.log and exp/<d>/<n>/result/ (<scene>_pred.npy, metrics.json, submit/ for ScanNet,
+# <split>.pth for S3DIS). With N*M > 1 processes torchrun starts them as in scripts/train.sh (MASTER_ADDR, NODE_RANK,
+# MASTER_PORT for several machines); each process tests a share of the scenes.
+cd "$(dirname "$0")/.." || exit 1
 
 PYTHON=python
-DATASET=scannet
-CONFIG=None
+NUM_MACHINE=1
+NUM_GPU=
+DATASET=demo
 EXP_NAME=debug
 WEIGHT=model_best
-NUM_GPU=None
-NUM_MACHINE=1
+CONFIG=
 
-while getopts "p:d:c:n:w:g:m:" opt; do
+while getopts "p:m:g:d:n:w:c:" opt; do
   case $opt in
     p) PYTHON=$OPTARG ;;
+    m) NUM_MACHINE=$OPTARG ;;
+    g) NUM_GPU=$OPTARG ;;
     d) DATASET=$OPTARG ;;
-    c) CONFIG=$OPTARG ;;
     n) EXP_NAME=$OPTARG ;;
     w) WEIGHT=$OPTARG ;;
-    g) NUM_GPU=$OPTARG ;;
-    m) NUM_MACHINE=$OPTARG ;;
-    *) echo "usage: sh scripts/test.sh -d DATASET -n EXP_NAME [-w WEIGHT] [-c CONFIG] [-g NUM_GPU] [-m NUM_MACHINE] [-p PYTHON]"; exit 1 ;;
+    c) CONFIG=$OPTARG ;;
+    *) echo "usage: sh scripts/test.sh [-p PYTHON] [-m MACHINES] [-g GPUS] -d DATASET -n NAME [-w WEIGHT] [-c CONFIG] [-- KEY=VALUE ...]" >&2; exit 2 ;;
   esac
 done
+shift $((OPTIND - 1))
 
-if [ "$NUM_GPU" = None ]; then
-  NUM_GPU=$($PYTHON -c 'import torch; print(max(torch.cuda.device_count(), 1))') || exit 1
+if [ -z "$NUM_GPU" ]; then
+  NUM_GPU=$($PYTHON -c 'import torch; print(torch.cuda.device_count() or 1)') || exit 1
 fi
 
-EXP_DIR=exp/${DATASET}/${EXP_NAME}
-if [ "$CONFIG" = None ]; then CONFIG_FILE=${EXP_DIR}/config/config.py; else CONFIG_FILE=configs/${DATASET}/${CONFIG}.py; fi
+EXP_DIR=${EXP_ROOT:-exp}/$DATASET/$EXP_NAME
+if [ -z "$CONFIG" ]; then CONFIG_PATH=$EXP_DIR/config/config.py; else CONFIG_PATH=configs/$DATASET/$CONFIG.py; fi
 case $WEIGHT in
-  */*|*.pth) WEIGHT_FILE=$WEIGHT ;;
-  *) WEIGHT_FILE=${EXP_DIR}/model/${WEIGHT}.pth ;;
+  */*|*.pth) WEIGHT_PATH=$WEIGHT ;;
+  *) WEIGHT_PATH=$EXP_DIR/model/$WEIGHT.pth ;;
 esac
-[ -f "$CONFIG_FILE" ] || { echo "Config not found: $CONFIG_FILE (train first, or pass -c CONFIG from configs/${DATASET}/)"; exit 1; }
-[ -f "$WEIGHT_FILE" ] || { echo "Checkpoint not found: $WEIGHT_FILE (pass -w NAME of a file in ${EXP_DIR}/model/)"; exit 1; }
-
-echo "Experiment: $EXP_DIR"
-echo "Config: $CONFIG_FILE"
-echo "Weight: $WEIGHT_FILE"
-echo "GPUs: $NUM_GPU x machines: $NUM_MACHINE"
-export PYTHONPATH=./${PYTHONPATH:+:$PYTHONPATH}
-
-if [ $((NUM_GPU * NUM_MACHINE)) -gt 1 ]; then
-  if [ -n "$SLURM_NODELIST" ]; then
-    MASTER_HOSTNAME=$(scontrol show hostname "$SLURM_NODELIST" | head -n 1)
-    MASTER_ADDR=$(getent hosts "$MASTER_HOSTNAME" | awk '{ print $1 }')
-  fi
-  MASTER_PORT=${MASTER_PORT:-$((10000 + 0x$(echo -n "${DATASET}/${EXP_NAME}" | md5sum | cut -c 1-4) % 20000))}
-  exec $PYTHON -m torch.distributed.run --nnodes="$NUM_MACHINE" --nproc_per_node="$NUM_GPU" --node_rank="${SLURM_NODEID:-0}" \
-    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT" \
-    tools/test.py --config-file "$CONFIG_FILE" --options save_path="$EXP_DIR" weight="$WEIGHT_FILE"
-else
-  exec $PYTHON -u tools/test.py --config-file "$CONFIG_FILE" --options save_path="$EXP_DIR" weight="$WEIGHT_FILE"
+if [ ! -f "$CONFIG_PATH" ]; then
+  echo "error: config not found: $CONFIG_PATH (train exp/$DATASET/$EXP_NAME first, or pass -c CONFIG from configs/$DATASET/)" >&2; exit 2
 fi
+if [ ! -f "$WEIGHT_PATH" ]; then
+  echo "error: checkpoint not found: $WEIGHT_PATH (available in $EXP_DIR/model/: $(ls "$EXP_DIR/model" 2>/dev/null | tr '\n' ' '))" >&2; exit 2
+fi
+
+echo "Experiment: $EXP_DIR | config: $CONFIG_PATH | weight: $WEIGHT_PATH | machines: $NUM_MACHINE x processes: $NUM_GPU | python: $PYTHON"
+
+TEST_ARGS="--config-file $CONFIG_PATH --num-gpus $NUM_GPU --num-machines $NUM_MACHINE"
+OPTIONS="save_path=$EXP_DIR weight=$WEIGHT_PATH"
+if [ $((NUM_GPU * NUM_MACHINE)) -gt 1 ]; then
+  if [ "$NUM_MACHINE" -gt 1 ]; then
+    NODE_RANK=${NODE_RANK:-${SLURM_NODEID:-0}}
+    if [ -z "$MASTER_ADDR" ] && [ -n "$SLURM_NODELIST" ]; then
+      MASTER_ADDR=$(scontrol show hostnames "$SLURM_NODELIST" | head -n 1)
+      MASTER_PORT=${MASTER_PORT:-$((10000 + 0x$(printf %s "$DATASET/$EXP_NAME" | md5sum | cut -c 1-4) % 20000))}
+    fi
+    if [ -z "$MASTER_ADDR" ]; then
+      echo "error: -m $NUM_MACHINE needs MASTER_ADDR (address of machine 0) and NODE_RANK on every machine" >&2; exit 2
+    fi
+    exec $PYTHON -m torch.distributed.run --nnodes "$NUM_MACHINE" --node_rank "$NODE_RANK" --nproc_per_node "$NUM_GPU" \
+      --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
+      tools/test.py $TEST_ARGS --machine-rank "$NODE_RANK" --options $OPTIONS "$@"
+  fi
+  exec $PYTHON -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPU" tools/test.py $TEST_ARGS --options $OPTIONS "$@"
+fi
+exec $PYTHON tools/test.py $TEST_ARGS --options $OPTIONS "$@"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from fastcore.imports import IN_NOTEBOOK
 
 from .classes import S3DIS_NAMES, VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
 from .config import default_config_parser, parse_options
@@ -236,7 +236,7 @@ class SemSegTester:
         (result_dir/"metrics.json").write_text(json.dumps(info, indent=1))
         return {**summary, **total, "num_scenes": len(names)}
 
-# %% ../nbs/26_tester.ipynb #c020
+# %% ../nbs/26_tester.ipynb #c025
 def derive_save_path(weight:str|Path) -> str:
     "The experiment folder of a trainer checkpoint: exp/<d>/<name>/model/<file>.pth -> exp/<d>/<name>"
     path = Path(str(weight))
@@ -258,7 +258,7 @@ def test_main(argv:list[str]|None=None) -> dict|None:
     test_cfg = dict(cfg.get("test") or dict(type="SemSegTester"))
     return TESTERS.get(test_cfg.pop("type"))(cfg, **test_cfg).test()
 
-# %% ../nbs/26_tester.ipynb #c023
+# %% ../nbs/26_tester.ipynb #c028
 def s3dis_6fold_table(record_root:str|Path, # folder holding Area_k.pth files, or fold experiments with result/Area_k.pth
                      ) -> dict:             # `summarize` of the summed counts, plus the counts
     "Sum the six S3DIS per-area records into the 6-fold metrics; logs every area and writes 6-fold.json"
@@ -289,7 +289,7 @@ def s3dis_6fold_table(record_root:str|Path, # folder holding Area_k.pth files, o
     (root/"6-fold.json").write_text(json.dumps(info, indent=1))
     return {**summary, **total}
 
-# %% ../nbs/26_tester.ipynb #c027
+# %% ../nbs/26_tester.ipynb #c032
 def run_s3dis_6fold(config:str|Path,            # an S3DIS config, e.g. configs/sonata/semseg-sonata-v1m1-3a-s3dis-lin.py
                     exp_root:str|Path,          # the six fold experiments go to exp_root/Area_k
                     options:dict|list|None=None, # config overrides for every fold (e.g. {"weight": ".../sonata.pth"})
@@ -313,13 +313,15 @@ def run_s3dis_6fold(config:str|Path,            # an S3DIS config, e.g. configs/
     done = [a for a in S3DIS_AREAS if (Path(exp_root)/a/"result"/f"{a}.pth").is_file()]
     return s3dis_6fold_table(exp_root) if len(done) == len(S3DIS_AREAS) else None
 
-# %% ../nbs/26_tester.ipynb #c029
+# %% ../nbs/26_tester.ipynb #c034
 def s3dis_6fold_table_main(argv:list[str]|None=None) -> dict:
     "Entry point of `tools/test_s3dis_6fold.py`: the 6-fold table of the records under --record_root"
     parser = argparse.ArgumentParser(description="S3DIS 6-fold table from the Area_k.pth records of the six folds")
     parser.add_argument("--record_root", "--record-root", required=True,
                         help="folder holding Area_k.pth, or the six fold experiments (*/result/Area_k.pth)")
-    return s3dis_6fold_table(parser.parse_args(argv).record_root)
+    args = parser.parse_args(argv)
+    setup_logger()
+    return s3dis_6fold_table(args.record_root)
 
 def tester_cli(argv:list[str]|None=None):
     "`python -m sonata_nb.tester {test,s3dis-6fold,s3dis-6fold-table} ...`"
@@ -339,5 +341,5 @@ def tester_cli(argv:list[str]|None=None):
     setup_logger(rank=init_distributed()[0])
     return run_s3dis_6fold(args.config_file, args.exp_root, args.options, tuple(args.areas))
 
-# %% ../nbs/26_tester.ipynb #c030
-if __name__ == "__main__" and not IN_NOTEBOOK: tester_cli()
+# %% ../nbs/26_tester.ipynb #c035
+if __name__ == "__main__" and Path(sys.argv[0]).name == "tester.py": tester_cli()  # `python -m sonata_nb.tester`, not a notebook

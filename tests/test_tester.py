@@ -297,3 +297,65 @@ def test_ddp_ranks_share_scenes_and_gather_on_rank_0(scannet):
     for i in range(3):  # each scene predicted by one of the ranks, same as the single process
         name = f"scene000{i}_00_pred.npy"
         np.testing.assert_array_equal(np.load(scannet/"exp_ddp"/"result"/name), np.load(Path(cfg.save_path).parent/"exp"/"result"/name))
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SEGMENTOR = dict(
+    type="DefaultSegmentorV2", num_classes=K, backbone_out_channels=16 + 32 + 64, freeze_backbone=False,
+    backbone=dict(type="PT-v3m2", in_channels=9, order=("z", "z-trans"), stride=(2, 2), enc_depths=(1, 1, 1),
+                  enc_channels=(16, 32, 64), enc_num_head=(2, 2, 4), enc_patch_size=(64, 64, 64), drop_path=0.0,
+                  shuffle_orders=False, enc_mode=True),
+    criteria=[dict(type="CrossEntropyLoss", loss_weight=1.0, ignore_index=-1)])
+
+
+def lattice_scene(folder, seed, n_side=7):
+    "Points on a 5 cm lattice with < 5 mm jitter: one point per 2 cm voxel, so grid sampling is deterministic"
+    rng = np.random.default_rng(seed)
+    ijk = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    coord = (ijk * 0.05 + 0.0125 + rng.uniform(-0.004, 0.004, ijk.shape)).astype(np.float32)
+    folder.mkdir(parents=True)
+    np.save(folder/"coord.npy", coord)
+    np.save(folder/"color.npy", rng.integers(0, 256, coord.shape).astype(np.uint8))
+    normal = rng.normal(size=coord.shape).astype(np.float32)
+    np.save(folder/"normal.npy", normal / np.linalg.norm(normal, axis=1, keepdims=True))
+    np.save(folder/"segment20.npy", (ijk[:, 2] * 3 // n_side + 2 * (ijk[:, 0] > n_side // 2)).astype(np.int64))
+
+
+def test_tools_test_reproduces_trainer_validation(tmp_path, monkeypatch):
+    "tools/test.py on the trainer's model_best.pth, one identity view, deterministic sampling = the validation mIoU"
+    for split, seeds in (("train", (0, 1)), ("val", (2, 3))):
+        for s in seeds: lattice_scene(tmp_path/"data"/split/f"scene{s:04d}_00", s)
+    collect = ("coord", "grid_coord", "segment")
+    val_cfg = make_cfg(tmp_path, feat_keys=("coord", "color", "normal")).data.test
+    val_cfg.test_cfg.aug_transform = identity_view()
+    train = dict(type="ScanNetDataset", split="train", data_root=str(tmp_path/"data"), transform=[
+        dict(type="CenterShift", apply_z=True),
+        dict(type="GridSample", grid_size=0.02, hash_type="fnv", mode="train", return_grid_coord=True),
+        dict(type="CenterShift", apply_z=False), dict(type="NormalizeColor"), dict(type="ToTensor"),
+        dict(type="Collect", keys=collect, feat_keys=("coord", "color", "normal"))])
+    val = dict(type="ScanNetDataset", split="val", data_root=str(tmp_path/"data"), transform=[
+        dict(type="CenterShift", apply_z=True), dict(type="Copy", keys_dict={"segment": "origin_segment"}),
+        dict(type="GridSample", grid_size=0.02, hash_type="fnv", mode="train", return_grid_coord=True, return_inverse=True),
+        dict(type="CenterShift", apply_z=False), dict(type="NormalizeColor"), dict(type="ToTensor"),
+        dict(type="Collect", keys=collect + ("origin_segment", "inverse"), feat_keys=("coord", "color", "normal"))])
+    config = dict(
+        batch_size=2, num_worker=0, epoch=3, eval_epoch=3, seed=0, save_path=str(tmp_path/"exp"/"demo"/"tiny"),
+        model=TINY_SEGMENTOR, optimizer=dict(type="AdamW", lr=0.01, weight_decay=0.02),
+        scheduler=dict(type="OneCycleLR", max_lr=0.01, pct_start=0.05, anneal_strategy="cos", div_factor=10.0,
+                       final_div_factor=1000.0),
+        data=dict(num_classes=K, ignore_index=-1, names=[f"c{k}" for k in range(K)], train=train, val=val,
+                  test=val_cfg.to_dict()))
+    (tmp_path/"cfg.py").write_text(f"_base_ = [{str(REPO/'configs'/'_base_'/'default_runtime.py')!r}]\n"
+                                   + Config(config).dump())
+    from sonata_nb.config import default_config_parser
+    from sonata_nb.trainer import Trainer
+    Trainer(default_config_parser(tmp_path/"cfg.py")).train()
+    exp = tmp_path/"exp"/"demo"/"tiny"
+    best = torch.load(exp/"model"/"model_best.pth", weights_only=False)
+    after_training = json.loads((exp/"result"/"metrics.json").read_text())  # the trainer's precise evaluation
+    monkeypatch.chdir(tmp_path)
+    metrics = sonata_test(["--config-file", "exp/demo/tiny/config/config.py", "--options",
+                           "weight=exp/demo/tiny/model/model_best.pth"])
+    assert metrics["mIoU"] == pytest.approx(best["best_metric_value"], abs=1e-6)
+    assert metrics["mIoU"] == pytest.approx(after_training["mIoU"], abs=1e-6)
+    assert metrics["num_scenes"] == 2
