@@ -134,7 +134,7 @@ def build_optimizer(cfg:dict, model:torch.nn.Module, param_dicts=None, logger=No
                         f"{sum(p.numel() for p in g['params']):,} params: {names}")
     if not any(g["params"] for g in groups):
         raise ValueError("The model has no trainable parameter: every parameter has requires_grad=False")
-    return OPTIMIZERS.build(dict(cfg, params=groups))
+    return OPTIMIZERS.build(cfg, params=groups)  # as a default: `build` deep-copies the config, not the defaults
 
 # %% ../nbs/24_trainer.ipynb #c022
 SCHEDULERS = Registry("schedulers")
