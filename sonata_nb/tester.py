@@ -122,17 +122,24 @@ def _first(batch): return batch[0]
 @TESTERS.register_module()
 class SemSegTester:
     "Precise semantic-segmentation evaluation: fragments × test-time views, summed softmax votes, metrics and files"
+    OPTIONS = dict(verbose=True,             # log every scene's fragment count
+                   fragment_batch_size=1,    # fragments per forward pass (results equal one by one)
+                   reuse_predictions=False,  # load `result/<scene>_pred.npy` when it exists instead of recomputing
+                   num_workers=1,            # data-loading processes preparing the next scenes
+                   amp_dtype=None)           # "bfloat16"/"float16" to run under autocast; None: full precision
+
     def __init__(self, cfg,                       # the resolved config (a `Config` or nested dicts)
                  model:torch.nn.Module|None=None, # a ready model (from the trainer); None: build it and load `cfg.weight`
-                 verbose:bool=True,               # log every fragment batch
-                 fragment_batch_size:int=1,       # fragments per forward pass (results equal one by one)
-                 reuse_predictions:bool=False,    # load `result/<scene>_pred.npy` when it exists instead of recomputing
-                 num_workers:int=1,               # data-loading processes preparing the next scenes
-                 amp_dtype:str|None=None,         # "bfloat16"/"float16" to run under autocast; None: full precision
-                ):
-        self.cfg, self.model, self.verbose = cfg, model, verbose
-        self.fragment_batch_size, self.reuse_predictions, self.num_workers = fragment_batch_size, reuse_predictions, num_workers
-        self.amp_dtype = getattr(torch, amp_dtype) if amp_dtype else None
+                 **options):                      # any of `OPTIONS`; unset ones come from `cfg.test`, then `OPTIONS`
+        from_cfg = {k: v for k, v in (cfg.get("test") or {}).items() if k != "type"}
+        for where, given in (("cfg.test", from_cfg), ("SemSegTester", options)):
+            unknown = sorted(set(given) - set(self.OPTIONS))
+            if unknown: raise TypeError(f"Unknown tester option(s) {unknown} in {where}; known: {sorted(self.OPTIONS)}")
+        opts = {**self.OPTIONS, **from_cfg, **options}
+        self.cfg, self.model, self.verbose = cfg, model, opts["verbose"]
+        self.fragment_batch_size, self.reuse_predictions = int(opts["fragment_batch_size"]), bool(opts["reuse_predictions"])
+        self.num_workers = int(opts["num_workers"])
+        self.amp_dtype = getattr(torch, opts["amp_dtype"]) if opts["amp_dtype"] else None
         self.device = default_device()
         self.save_path = Path(cfg["save_path"])
         self.data_cfg = cfg["data"]
@@ -236,7 +243,7 @@ class SemSegTester:
         (result_dir/"metrics.json").write_text(json.dumps(info, indent=1))
         return {**summary, **total, "num_scenes": len(names)}
 
-# %% ../nbs/26_tester.ipynb #c025
+# %% ../nbs/26_tester.ipynb #c027
 def derive_save_path(weight:str|Path) -> str:
     "The experiment folder of a trainer checkpoint: exp/<d>/<name>/model/<file>.pth -> exp/<d>/<name>"
     path = Path(str(weight))
@@ -255,10 +262,9 @@ def test_main(argv:list[str]|None=None) -> dict|None:
         options["save_path"] = derive_save_path(options["weight"])
     cfg = default_config_parser(args.config_file, options)
     setup_logger(rank=init_distributed()[0])
-    test_cfg = dict(cfg.get("test") or dict(type="SemSegTester"))
-    return TESTERS.get(test_cfg.pop("type"))(cfg, **test_cfg).test()
+    return TESTERS.get((cfg.get("test") or {}).get("type", "SemSegTester"))(cfg).test()
 
-# %% ../nbs/26_tester.ipynb #c028
+# %% ../nbs/26_tester.ipynb #c030
 def s3dis_6fold_table(record_root:str|Path, # folder holding Area_k.pth files, or fold experiments with result/Area_k.pth
                      ) -> dict:             # `summarize` of the summed counts, plus the counts
     "Sum the six S3DIS per-area records into the 6-fold metrics; logs every area and writes 6-fold.json"
@@ -289,7 +295,7 @@ def s3dis_6fold_table(record_root:str|Path, # folder holding Area_k.pth files, o
     (root/"6-fold.json").write_text(json.dumps(info, indent=1))
     return {**summary, **total}
 
-# %% ../nbs/26_tester.ipynb #c032
+# %% ../nbs/26_tester.ipynb #c034
 def run_s3dis_6fold(config:str|Path,            # an S3DIS config, e.g. configs/sonata/semseg-sonata-v1m1-3a-s3dis-lin.py
                     exp_root:str|Path,          # the six fold experiments go to exp_root/Area_k
                     options:dict|list|None=None, # config overrides for every fold (e.g. {"weight": ".../sonata.pth"})
@@ -313,7 +319,7 @@ def run_s3dis_6fold(config:str|Path,            # an S3DIS config, e.g. configs/
     done = [a for a in S3DIS_AREAS if (Path(exp_root)/a/"result"/f"{a}.pth").is_file()]
     return s3dis_6fold_table(exp_root) if len(done) == len(S3DIS_AREAS) else None
 
-# %% ../nbs/26_tester.ipynb #c034
+# %% ../nbs/26_tester.ipynb #c036
 def s3dis_6fold_table_main(argv:list[str]|None=None) -> dict:
     "Entry point of `tools/test_s3dis_6fold.py`: the 6-fold table of the records under --record_root"
     parser = argparse.ArgumentParser(description="S3DIS 6-fold table from the Area_k.pth records of the six folds")
@@ -341,5 +347,5 @@ def tester_cli(argv:list[str]|None=None):
     setup_logger(rank=init_distributed()[0])
     return run_s3dis_6fold(args.config_file, args.exp_root, args.options, tuple(args.areas))
 
-# %% ../nbs/26_tester.ipynb #c035
+# %% ../nbs/26_tester.ipynb #c037
 if __name__ == "__main__" and Path(sys.argv[0]).name == "tester.py": tester_cli()  # `python -m sonata_nb.tester`, not a notebook

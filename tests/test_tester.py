@@ -359,3 +359,47 @@ def test_tools_test_reproduces_trainer_validation(tmp_path, monkeypatch):
     assert metrics["mIoU"] == pytest.approx(best["best_metric_value"], abs=1e-6)
     assert metrics["mIoU"] == pytest.approx(after_training["mIoU"], abs=1e-6)
     assert metrics["num_scenes"] == 2
+
+
+def test_s3dis_6fold_runner_trains_each_fold_and_writes_table(tmp_path):
+    for k, area in enumerate(S3DIS_AREAS):
+        folder = tmp_path/"data"/area/"room_1"
+        lattice_scene(folder, k, n_side=4)
+        np.save(folder/"segment.npy", (np.load(folder/"segment20.npy") % 13).astype(np.int16).reshape(-1, 1))
+        (folder/"segment20.npy").unlink()
+    keys, feats = ("coord", "grid_coord", "segment"), ("coord", "color", "normal")
+    sample = [dict(type="GridSample", grid_size=0.02, hash_type="fnv", mode="train", return_grid_coord=True)]
+    tail = [dict(type="CenterShift", apply_z=False), dict(type="NormalizeColor"), dict(type="ToTensor")]
+    test = make_cfg(tmp_path, dataset="S3DISDataset", split="Area_5", pre_sample=True, num_classes=13,
+                    feat_keys=feats).data.test.to_dict()
+    config = dict(
+        batch_size=1, num_worker=0, epoch=1, eval_epoch=1, seed=0, model={**TINY_SEGMENTOR, "num_classes": 13},
+        optimizer=dict(type="AdamW", lr=0.01, weight_decay=0.02),
+        scheduler=dict(type="OneCycleLR", max_lr=0.01, pct_start=0.05, anneal_strategy="cos", div_factor=10.0,
+                       final_div_factor=1000.0),
+        data=dict(num_classes=13, ignore_index=-1, names=list(S3DIS_NAMES), test=test,
+                  train=dict(type="S3DISDataset", split=["Area_1"], data_root=str(tmp_path/"data"), transform=[
+                      dict(type="CenterShift", apply_z=True)] + sample + tail + [dict(type="Collect", keys=keys, feat_keys=feats)]),
+                  val=dict(type="S3DISDataset", split="Area_5", data_root=str(tmp_path/"data"), transform=[
+                      dict(type="CenterShift", apply_z=True), dict(type="Copy", keys_dict={"segment": "origin_segment"}),
+                      {**sample[0], "return_inverse": True}] + tail + [
+                      dict(type="Collect", keys=keys + ("origin_segment", "inverse"), feat_keys=feats)])))
+    (tmp_path/"cfg.py").write_text(f"_base_ = [{str(REPO/'configs'/'_base_'/'default_runtime.py')!r}]\n" + Config(config).dump())
+    from sonata_nb.tester import run_s3dis_6fold
+    exp_root = tmp_path/"exp"/"s3dis"/"tiny-6fold"
+    assert run_s3dis_6fold(tmp_path/"cfg.py", exp_root, areas=("Area_2",)) is None  # one fold: no table yet
+    saved = Config.fromfile(exp_root/"Area_2"/"config"/"config.py")
+    assert saved.data.test.split == saved.data.val.split == "Area_2"
+    assert saved.data.train.split == ["Area_1", "Area_3", "Area_4", "Area_5", "Area_6"]
+    rng = np.random.default_rng(0)  # the other five folds' records, synthetic (each fold trains for seconds)
+    for area in S3DIS_AREAS:
+        if area == "Area_2": continue
+        t = rng.integers(0, 50, 13); i = rng.integers(0, t + 1)
+        (exp_root/area/"result").mkdir(parents=True)
+        torch.save(dict(intersection=torch.tensor(i), union=torch.tensor(t + 3), target=torch.tensor(t)), exp_root/area/"result"/f"{area}.pth")
+    table = run_s3dis_6fold(tmp_path/"cfg.py", exp_root, areas=())  # nothing left to train: the table
+    records = [torch.load(exp_root/a/"result"/f"{a}.pth", weights_only=True) for a in S3DIS_AREAS]
+    inter = sum(r["intersection"].numpy() for r in records); union = sum(r["union"].numpy() for r in records)
+    assert table["mIoU"] == pytest.approx(np.mean(inter / (union + 1e-10)))
+    assert int(records[1]["target"].sum()) == 4 ** 3  # every raw point of Area_2 tested once
+    assert (exp_root/"6-fold.json").is_file()
