@@ -27,14 +27,17 @@ __all__ = ['MODELS', 'SONATA_CONFIG', 'logger', 'HUB_REPO_ID', 'HUB_FILENAME', '
 
 # %% ../nbs/04_model.ipynb #c007
 class SubMConv3d(spconv.SubMConv3d):
-    "spconv's submanifold 3D convolution, also runnable on the CPU (native algorithm, unfused bias)"
+    "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution"
     def forward(self, input:spconv.SparseConvTensor): # sparse tensor with `features` on any device
-        if input.features.is_cuda: return super().forward(input)
-        # spconv's CPU kernels need ConvAlgo.Native and cannot fuse the bias, which spconv does in eval mode;
-        # its training-mode path adds the bias after the convolution (the only effect of `training` here)
+        cpu = not input.features.is_cuda
+        # CPU kernels: ConvAlgo.Native, in the weight's dtype (no bfloat16, e.g. under CPU autocast)
+        if cpu and input.features.dtype != self.weight.dtype: input = input.replace_feature(input.features.to(self.weight.dtype))
+        # spconv's `training` flag only selects how the bias is applied: fused into the kernel (eval) or added after it.
+        # The unfused path is required on the CPU and faster on the GPU under autocast, so it is always used.
         saved = self.algo, self.training
-        self.algo, self.training = ConvAlgo.Native, True
-        try: return super().forward(input)
+        self.algo, self.training = ConvAlgo.Native if cpu else self.algo, True
+        try:
+            with torch.autocast("cpu", enabled=False): return super().forward(input)
         finally: self.algo, self.training = saved
 
 # %% ../nbs/04_model.ipynb #c011
