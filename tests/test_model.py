@@ -250,3 +250,20 @@ def test_real_scannet_scan_through_a_small_encoder():
         assert (data["coord"] - child.coord[idx]).abs().max() <= size + 1e-5
     per_vertex = feat[torch.from_numpy(inverse)]
     assert per_vertex.shape == (len(xyz), 80)
+
+
+def test_grid_unpooling_adds_projected_skip_and_coarse_features():
+    from sonata_nb.model import GridUnpooling
+    torch.manual_seed(0)
+    p = Point({k: v.clone() for k, v in cloud(n=400).items()})
+    p.feat = torch.randn(len(p.coord), 8)
+    p.serialization(order=("z",)); p.sparsify()
+    skip = p.feat.clone()
+    with torch.no_grad():
+        q = GridPooling(8, 16, shuffle_orders=False)(p)
+        coarse, inverse = q.feat.clone(), q.pooling_inverse
+        up = GridUnpooling(16, 8, 12)
+        want = up.proj_skip[2](up.proj_skip[1](up.proj_skip[0](skip))) + up.proj[2](up.proj[1](up.proj[0](coarse)))[inverse]
+        out = up(q)
+    assert out is p and torch.allclose(out.feat, want, atol=1e-6)
+    assert torch.equal(out.sparse_conv_feat.features, out.feat) and "pooling_parent" not in q
