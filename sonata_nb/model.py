@@ -527,6 +527,8 @@ def load_encoder(source, # checkpoint path or hub name ('facebook/sonata')
 def save_checkpoint(model:PointTransformerV3, # model to save
                     path:str|os.PathLike): # destination file (written atomically)
     "Write `{'config', 'state_dict'}` (the released Sonata format) via a temporary file and `os.replace`"
+    if not isinstance(model, PointTransformerV3):
+        raise TypeError(f"save_checkpoint writes a PointTransformerV3 (e.g. `segmentor.backbone`), got {type(model).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
