@@ -78,10 +78,12 @@ def test_resume_equals_uninterrupted(tmp_path, data_root):
     "Stop after 1 of 2 cycles (Trainer.train(stop_epoch=1)), resume with train.sh -r true: same final weights, bit for bit"
     opts = demo_options(data_root)
     train_sh(tmp_path, "full", opts, "-g", "1")
-    from sonata_nb.config import default_config_parser
-    from sonata_nb.trainer import Trainer
-    cfg = default_config_parser(ROOT/"configs"/"demo"/f"{CONFIG}.py", opts + [f"save_path={tmp_path/'demo'/'cut'}"])
-    Trainer(cfg).train(stop_epoch=1)
+    script = ("import sys; from sonata_nb.config import default_config_parser; from sonata_nb.trainer import Trainer; "
+              "Trainer(default_config_parser(sys.argv[1], sys.argv[2:])).train(stop_epoch=1)")
+    opts_cut = opts + [f"save_path={tmp_path/'demo'/'cut'}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")  # the same threads as train_sh: same float sums
+    subprocess.run([sys.executable, "-c", script, str(ROOT/"configs"/"demo"/f"{CONFIG}.py"), *opts_cut],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
     assert torch.load(tmp_path/"demo"/"cut"/"model"/"model_last.pth", weights_only=False)["epoch"] == 1
     train_sh(tmp_path, "cut", [], "-g", "1", "-r", "true")
     a, b = weights(tmp_path/"demo"/"full"/"model"/"model_last.pth"), weights(tmp_path/"demo"/"cut"/"model"/"model_last.pth")
