@@ -236,6 +236,9 @@ class SemSegTester:
             torch.save({k: torch.as_tensor(v, dtype=torch.int64) for k, v in total.items()}, result_dir/f"{split}.pth")
         summary = summarize(**total)
         log_summary(summary, self.names)
+        if total["target"].sum() == 0:
+            logger.warning("The test scenes have no labels (e.g. the ScanNet test split): the metrics are 0; the "
+                           "predictions and benchmark files in result/ are the output")
         logger.info("<<<<<<<<<<<<<<<<< End Evaluation <<<<<<<<<<<<<<<<<")
         weight = self.cfg.get("weight")
         info = summary_json(summary, self.names, num_scenes=len(names), weight=None if weight is None else str(weight),
