@@ -163,7 +163,7 @@ class GridPooling(PointModule):
     def __init__(self, in_channels:int, # input width
                  out_channels:int, # output width
                  stride:int=2, # cell size in input grid cells
-                 shuffle_orders:bool=True, # randomly permute the serialization orders of the coarse cloud
+                 shuffle_orders:bool=True, # in training, randomly permute the serialization orders of the coarse cloud
                  traceable:bool=True): # record `pooling_parent`/`pooling_inverse` (needed by the decoder and `upcast`)
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
@@ -194,7 +194,7 @@ class GridPooling(PointModule):
             pooled["pooling_inverse"], pooled["pooling_parent"] = cluster, point
             pooled["idx_ptr"] = F.pad(counts.cumsum(0), (1, 0))
         pooled = self.act(self.norm(pooled))
-        pooled.serialization(order=point.order, shuffle_orders=self.shuffle_orders)
+        pooled.serialization(order=point.order, shuffle_orders=self.shuffle_orders and self.training)
         pooled.sparsify()
         return pooled
 
@@ -252,7 +252,7 @@ class PointTransformerV3(PointModule):
                  drop_path:float=0.3, # final stochastic-depth rate
                  layer_scale:float|None=None, # LayerScale initial value (None: off)
                  pre_norm:bool=True, # pre-norm blocks
-                 shuffle_orders:bool=True, # randomly permute the orders at every serialization (training and eval)
+                 shuffle_orders:bool=True, # in training, randomly permute the orders at every serialization (eval is deterministic)
                  enable_rpe:bool=False, # relative position encoding: not supported, must be False
                  enable_flash:bool=True, # variable-length patch attention (no padding to a common patch size)
                  upcast_attention:bool=False, # q·k in float32
@@ -314,7 +314,7 @@ class PointTransformerV3(PointModule):
     def forward(self, data_dict:dict): # coord, grid_coord, feat and offset (or batch)
         point = Point(data_dict)
         point = self.embedding(point)
-        point.serialization(order=self.order, shuffle_orders=self.shuffle_orders)
+        point.serialization(order=self.order, shuffle_orders=self.shuffle_orders and self.training)
         point.sparsify()
         point = self.enc(point)
         if not self.enc_mode: point = self.dec(point)

@@ -173,11 +173,19 @@ def test_shuffle_orders_false_keeps_the_orders_at_every_stage_and_is_determinist
 
 def test_shuffle_orders_true_draws_new_orders_for_every_stage():
     torch.manual_seed(0)
-    m = PointTransformerV3(**{**TINY, "shuffle_orders": True}).eval()
+    m = PointTransformerV3(**{**TINY, "shuffle_orders": True}).train()
     with torch.no_grad(): out = m(cloud())
     perms = [order_rows(p, TINY["order"]) for p in stages(out)]
     assert all(sorted(p) == [0, 1, 2, 3] for p in perms)
     assert len({tuple(p) for p in perms}) > 1  # 4 stages, 24 permutations each: equal draws have p < 1e-4
+
+
+def test_eval_is_deterministic_even_with_shuffle_orders():
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "shuffle_orders": True, "drop_path": 0.0}).eval()
+    with torch.no_grad(): a, b = m(cloud()), m(cloud())
+    assert torch.equal(upcast(a), upcast(b))
+    for p in stages(a): assert order_rows(p, TINY["order"]) == [0, 1, 2, 3]
 
 
 # --- upcast ----------------------------------------------------------------------------------------------------
