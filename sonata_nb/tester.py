@@ -26,9 +26,9 @@ from .segmentor import build_model
 from .trainer import LOG_FORMAT, Trainer, default_device, get_rank, get_world_size, setup_logger, strip_module, to_device
 
 # %% auto #0
-__all__ = ['logger', 'TESTERS', 'SUBMISSION_CLASS_IDS', 'LogFile', 'unwrap', 'load_test_weight', 'vote_fragments', 'log_summary',
-           'summary_json', 'SemSegTester', 'derive_save_path', 'test_main', 's3dis_6fold_table', 'run_s3dis_6fold',
-           's3dis_6fold_table_main', 'tester_cli']
+__all__ = ['logger', 'TESTERS', 'SUBMISSION_CLASS_IDS', 'RECORD_SAFE_GLOBALS', 'LogFile', 'unwrap', 'load_test_weight',
+           'vote_fragments', 'log_summary', 'summary_json', 'SemSegTester', 'derive_save_path', 'test_main',
+           'load_record', 's3dis_6fold_table', 'run_s3dis_6fold', 's3dis_6fold_table_main', 'tester_cli']
 
 # %% ../nbs/26_tester.ipynb #c006
 logger = logging.getLogger("sonata_nb")
@@ -268,6 +268,18 @@ def test_main(argv:list[str]|None=None) -> dict|None:
     return TESTERS.get((cfg.get("test") or {}).get("type", "SemSegTester"))(cfg).test()
 
 # %% ../nbs/26_tester.ipynb #c030
+_NUMPY_CORE = getattr(np, "_core", None) or np.core
+RECORD_SAFE_GLOBALS = [_NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype] + [
+    type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32)]  # Pointcept saves numpy arrays
+
+def load_record(path:str|Path) -> dict:
+    "An `Area_k.pth` record (ours: tensors; Pointcept's: numpy arrays), loaded without executing pickled code"
+    with torch.serialization.safe_globals(RECORD_SAFE_GLOBALS):
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in ("intersection", "union", "target") if k not in rec]
+    if missing: raise KeyError(f"'{path}' is not a per-area record: it lacks {missing}")
+    return {k: np.asarray(rec[k], dtype=np.int64).reshape(-1) for k in ("intersection", "union", "target")}
+
 def s3dis_6fold_table(record_root:str|Path, # folder holding Area_k.pth files, or fold experiments with result/Area_k.pth
                      ) -> dict:             # `summarize` of the summed counts, plus the counts
     "Sum the six S3DIS per-area records into the 6-fold metrics; logs every area and writes 6-fold.json"
@@ -282,8 +294,7 @@ def s3dis_6fold_table(record_root:str|Path, # folder holding Area_k.pth files, o
     areas = {}
     with LogFile(root/"6-fold.log"):
         for area in S3DIS_AREAS:
-            rec = torch.load(found[area], map_location="cpu", weights_only=True)
-            counts = {k: np.asarray(rec[k], dtype=np.int64).reshape(-1) for k in total}
+            counts = load_record(found[area])
             if any(v.size != len(S3DIS_NAMES) for v in counts.values()):
                 raise ValueError(f"'{found[area]}' does not hold {len(S3DIS_NAMES)}-class S3DIS counts")
             logger.info(f"<<<<<<<<<<<<<<<<< Parsing {area} <<<<<<<<<<<<<<<<<")

@@ -218,8 +218,9 @@ def test_6fold_table_equals_hand_computation(tmp_path):
     for area in S3DIS_AREAS:
         t = rng.integers(0, 500, 13); i = rng.integers(0, t + 1); u = t + rng.integers(0, 300, 13)
         (tmp_path/area/"result").mkdir(parents=True)
-        torch.save(dict(intersection=torch.tensor(i), union=torch.tensor(u), target=torch.tensor(t)),
-                   tmp_path/area/"result"/f"{area}.pth")
+        record = dict(intersection=i, union=u, target=t)  # Area_1 as Pointcept saves it (numpy), the rest as tensors
+        if area != "Area_1": record = {k: torch.tensor(v) for k, v in record.items()}
+        torch.save(record, tmp_path/area/"result"/f"{area}.pth")
         total["intersection"] += i; total["union"] += u; total["target"] += t
     table = s3dis_6fold_table(tmp_path)
     iou = total["intersection"] / (total["union"] + 1e-10)
