@@ -1,0 +1,88 @@
+"Trainer mechanics on the demo configs (CPU): weight semantics, lr groups per mode, bf16 AMP, checkpoint contents."
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sonata_nb.config import default_config_parser
+from sonata_nb.segmentor import build_model
+from sonata_nb.trainer import Trainer, build_optimizer, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def demo_cfg(mode, save_path, data_root=None, **overrides):
+    "The demo `mode` config (lin/dec/ft) with 2 tiny train rooms, 1 val room, 1 step per cycle"
+    opts = dict(seed=0, num_worker=0, batch_size=2, epoch=1, eval_epoch=1, save_path=save_path, log_interval=1)
+    opts["data.train.transform.13.point_max"] = 512
+    if data_root is not None:
+        for split in ("train", "val", "test"):
+            opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
+                         f"data.{split}.spacing": 0.15})
+    opts.update(overrides)
+    return default_config_parser(ROOT/"configs"/"demo"/f"semseg-demo-{mode}.py", [f"{k}={v}" for k, v in opts.items()])
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from sonata_nb.demo import make_demo_data
+    return make_demo_data(tmp_path_factory.mktemp("demo"), n_train=2, n_val=1, seed=0, spacing=0.15)
+
+
+@pytest.fixture(scope="module")
+def ft_run(tmp_path_factory, data_root):
+    "One short ft run with bf16 autocast on the CPU"
+    save = tmp_path_factory.mktemp("exp")/"ft"
+    Trainer(demo_cfg("ft", save, data_root, enable_amp=True, amp_dtype="bfloat16")).train()
+    return save
+
+
+def test_lin_without_weight_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="freeze_backbone"):
+        Trainer(demo_cfg("lin", tmp_path/"lin"))
+
+
+def test_missing_weight_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        Trainer(demo_cfg("ft", tmp_path/"ft", weight=tmp_path/"nope.pth"))
+
+
+@pytest.mark.parametrize("mode", ["lin", "dec", "ft"])
+def test_lr_groups_follow_the_frozen_parts(mode, tmp_path):
+    "lin trains only the head; dec the head, unpooling and decoder blocks; ft everything; 'block' params at lr/10"
+    cfg = demo_cfg(mode, tmp_path)
+    model = build_model(cfg.model)
+    g0, g1 = build_optimizer(cfg.optimizer, model, cfg.param_dicts).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    n0, n1 = [names[id(p)] for p in g0["params"]], [names[id(p)] for p in g1["params"]]
+    assert (g0["lr"], g1["lr"]) == (0.002, 0.0002)
+    assert all("block" in n for n in n1) and not any("block" in n for n in n0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(n0) | set(n1) == trainable
+    if mode == "lin": assert n0 == ["seg_head.weight", "seg_head.bias"] and n1 == []
+    if mode == "dec":
+        assert n1 and all(n.startswith("backbone.dec.") for n in n1)
+        assert not any(n.startswith(("backbone.enc.", "backbone.embedding.")) for n in n0)
+    if mode == "ft": assert trainable == {n for n, _ in model.named_parameters()}
+
+
+def test_checkpoint_contents(ft_run):
+    ckpt = load_checkpoint(ft_run/"model"/"model_last.pth")
+    assert {"epoch", "state_dict", "optimizer", "scheduler", "scaler", "best_metric_value", "config", "rng_state"} <= set(ckpt)
+    assert ckpt["epoch"] == 1 and ckpt["scaler"] is None  # bf16 needs no GradScaler
+    assert all(k.startswith(("backbone.", "seg_head.")) for k in ckpt["state_dict"])
+    assert ckpt["config"]["amp_dtype"] == "bfloat16" and type(ckpt["config"]) is dict
+    assert ckpt["scheduler"]["_step_count"] == 2  # 1 optimizer step (+1 at construction)
+    assert not list((ft_run/"model").glob("*.tmp"))
+
+
+def test_lin_probe_loads_the_trained_encoder(ft_run, tmp_path, data_root):
+    "A trainer checkpoint is a valid `weight`: the lin probe's (frozen) encoder equals the ft run's encoder"
+    t = Trainer(demo_cfg("lin", tmp_path/"lin", data_root, weight=ft_run/"model"/"model_last.pth"))
+    ft = load_checkpoint(ft_run/"model"/"model_last.pth")["state_dict"]
+    lin = t.model.state_dict()
+    enc = [k for k in lin if k.startswith("backbone.")]
+    assert enc and all(torch.equal(lin[k], ft[k]) for k in enc)
+    assert not any(p.requires_grad for p in t.model.backbone.parameters())
