@@ -75,7 +75,7 @@ def test_demo_ft_trains(tmp_path, data_root):
 
 
 def test_resume_equals_uninterrupted(tmp_path, data_root):
-    "Stop after 1 of 2 cycles (Trainer.train(stop_epoch=1)), resume with train.sh -r true: same final weights, bit for bit"
+    "Stop after 1 of 2 cycles (Trainer.train(stop_epoch=1)), resume with train.sh -r true: the same final weights"
     opts = demo_options(data_root)
     train_sh(tmp_path, "full", opts, "-g", "1")
     script = ("import sys; from sonata_nb.config import default_config_parser; from sonata_nb.trainer import Trainer; "
@@ -88,7 +88,9 @@ def test_resume_equals_uninterrupted(tmp_path, data_root):
     train_sh(tmp_path, "cut", [], "-g", "1", "-r", "true")
     a, b = weights(tmp_path/"demo"/"full"/"model"/"model_last.pth"), weights(tmp_path/"demo"/"cut"/"model"/"model_last.pth")
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+    # usually identical; 1e-5 leaves room for CPU kernels that are not bit-reproducible (seen: up to 4e-6),
+    # while a lost optimizer or generator state moves weights by 1e-3 and more
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
     assert "Resuming from" in (tmp_path/"demo"/"cut"/"log"/"train.log").read_text()
 
 
