@@ -78,10 +78,10 @@ def worker_init_fn(worker_id:int, num_workers:int, rank:int, seed:int): # DataLo
     "Seed a data-loader worker with `seed + rank * num_workers + worker_id` (the reference's rule)"
     set_seed(seed + rank * num_workers + worker_id)
 
-def rng_state() -> dict:
+def rng_state(cuda:bool=True) -> dict: # cuda=False in data-loader workers (no CUDA in forked processes)
     "The python, numpy, torch and CUDA generator states of this process"
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                cuda=torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_available() else [])
 
 def set_rng_state(state:dict):
     "Restore generator states saved by `rng_state`"
@@ -102,7 +102,7 @@ class SampleSeeded(Dataset):
     def __len__(self): return len(self.dataset)
     def __getitem__(self, key):
         epoch, index = key
-        saved = rng_state()
+        saved = rng_state(cuda=False)  # transforms draw from numpy/python/torch CPU generators only
         set_seed(zlib.crc32(f"{self.seed}/{epoch}/{index}".encode()))
         try: return self.dataset[index]
         finally: set_rng_state(saved)
