@@ -14,7 +14,7 @@ from .losses import build_criteria
 __all__ = ['DefaultSegmentorV2', 'build_model', 'count_trainable']
 
 # %% ../nbs/23_segmentor.ipynb #c005
-@MODELS.register_module()
+@MODELS.register_module(force=True)
 class DefaultSegmentorV2(nn.Module):
     "Backbone → features of every input point (up-cast through the pooling chain) → linear head → loss / logits"
     def __init__(self,
