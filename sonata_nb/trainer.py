@@ -80,13 +80,16 @@ def worker_init_fn(worker_id:int, num_workers:int, rank:int, seed:int): # DataLo
 
 def rng_state(cuda:bool=True) -> dict: # cuda=False in data-loader workers (no CUDA in forked processes)
     "The python, numpy, torch and CUDA generator states of this process"
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=(name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_available() else [])
 
 def set_rng_state(state:dict):
     "Restore generator states saved by `rng_state`"
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]  # keys as a tensor: checkpoints load with weights_only=True
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -152,6 +155,11 @@ def OneCycleLR(optimizer, max_lr, total_steps:int, pct_start:float=0.3, anneal_s
 def build_scheduler(cfg:dict, optimizer, total_steps:int): # cfg: `type` + arguments; steps over the whole run
     "The learning-rate scheduler of `cfg` stepping `total_steps` times"
     if total_steps < 1: raise ValueError(f"The schedule needs at least one optimizer step, got total_steps={total_steps}")
+    warmup = float(cfg.get("pct_start", 0.3)) * total_steps
+    if cfg.get("type") == "OneCycleLR" and warmup <= 1:
+        raise ValueError(f"OneCycleLR warm-up of pct_start={cfg.get('pct_start', 0.3)} x total_steps={total_steps} = "
+                         f"{warmup:g} steps is too short (torch needs more than 1): raise scheduler.pct_start, epoch "
+                         "or the number of scenes, or lower batch_size")
     return SCHEDULERS.build(dict(cfg, total_steps=total_steps), optimizer=optimizer)
 
 # %% ../nbs/24_trainer.ipynb #c026
@@ -178,7 +186,7 @@ def save_atomic(obj, path):
 def load_checkpoint(path) -> dict:
     "A trainer checkpoint (a file this trainer wrote), with a clear error when it is missing"
     if not Path(path).is_file(): raise FileNotFoundError(f"Checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
 
 def strip_module(state_dict:dict) -> dict:
     "`state_dict` without DDP's `module.` key prefix"
