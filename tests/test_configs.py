@@ -17,7 +17,7 @@ DEMO = sorted((ROOT / "demo").glob("semseg-demo-*.py"))
 ALL = SONATA + DEMO
 ids = lambda p: p.stem
 SCANNET20 = ["wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
-             "counter", "desk", "curtain", "refridgerator", "shower curtain", "toilet", "sink", "bathtub", "otherfurniture"]
+             "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub", "otherfurniture"]
 S3DIS = ["ceiling", "floor", "wall", "beam", "column", "window", "door", "table", "chair", "sofa", "bookcase", "board", "clutter"]
 TRAIN_ORDER = ["CenterShift", "RandomDropout", "RandomRotate", "RandomRotate", "RandomRotate", "RandomScale", "RandomFlip",
                "RandomJitter", "ElasticDistortion", "ChromaticAutoContrast", "ChromaticTranslation", "ChromaticJitter",

@@ -1,15 +1,21 @@
 # Demo: full training of a tiny PTv3 on the generated demo rooms (sonata_nb.demo), CPU-friendly.
-# The Sonata ft recipe (../sonata/semseg-sonata-v1m1-0c-scannet-ft.py: same criteria, optimizer, OneCycle schedule,
+# The Sonata ft recipe (../sonata/semseg-sonata-v1m1-0c-scannet-ft.py: same criteria, AdamW + OneCycle schedule,
 # lr groups, Mix3D, augmentations, validation and hooks) with a ~1M-parameter backbone, smaller batches and crops,
-# a few epochs and a 2-view test. No pretrained weight is needed (weight=None trains from scratch).
+# a higher learning rate (see below), a 2-view test. No pretrained weight is needed (weight=None trains from scratch).
 #   sonata-train --config-file configs/demo/semseg-demo-ft.py --options save_path=exp/demo/semseg-demo-ft
 _base_ = "../sonata/semseg-sonata-v1m1-0c-scannet-ft.py"
 
 batch_size = 4
 num_worker = 2
 enable_amp = False
-epoch = 8
-eval_epoch = 4
+epoch = 48  # 8 train/validation cycles of 6 passes over the 24 rooms: 288 steps, about 4 minutes on 2 CPU cores
+eval_epoch = 8
+
+# Training from scratch needs a higher learning rate than the recipe's 0.002 / 0.0002 (which fine-tune a pretrained
+# encoder): 0.01 for every group reaches a validation mIoU of about 0.2 in 288 steps, against 0.07 with the recipe's.
+optimizer = dict(lr=0.01)
+scheduler = dict(max_lr=[0.01, 0.01])
+param_dicts = [dict(keyword="block", lr=0.01)]
 
 model = dict(
     backbone_out_channels=16,

@@ -84,7 +84,7 @@ data = dict(
         "counter",
         "desk",
         "curtain",
-        "refridgerator",  # sic, as in the reference config (display only)
+        "refrigerator",  # the reference config spells it "refridgerator"
         "shower curtain",
         "toilet",
         "sink",
