@@ -155,11 +155,9 @@ def OneCycleLR(optimizer, max_lr, total_steps:int, pct_start:float=0.3, anneal_s
 def build_scheduler(cfg:dict, optimizer, total_steps:int): # cfg: `type` + arguments; steps over the whole run
     "The learning-rate scheduler of `cfg` stepping `total_steps` times"
     if total_steps < 1: raise ValueError(f"The schedule needs at least one optimizer step, got total_steps={total_steps}")
-    warmup = float(cfg.get("pct_start", 0.3)) * total_steps
-    if cfg.get("type") == "OneCycleLR" and warmup <= 1:
-        raise ValueError(f"OneCycleLR warm-up of pct_start={cfg.get('pct_start', 0.3)} x total_steps={total_steps} = "
-                         f"{warmup:g} steps is too short (torch needs more than 1): raise scheduler.pct_start, epoch "
-                         "or the number of scenes, or lower batch_size")
+    if cfg.get("type") == "OneCycleLR" and float(cfg.get("pct_start", 0.3) * total_steps) == 1:
+        raise ValueError(f"OneCycleLR with pct_start={cfg.get('pct_start', 0.3)} x total_steps={total_steps} = 1 warm-up step "
+                         "divides by zero in torch: change scheduler.pct_start, epoch, the number of scenes or batch_size")
     return SCHEDULERS.build(dict(cfg, total_steps=total_steps), optimizer=optimizer)
 
 # %% ../nbs/24_trainer.ipynb #c026

@@ -1,15 +1,19 @@
-"Run every library notebook in nbs/ the way `nbdev_test` does (cells flagged with `tst_flags` are skipped)."
+"Run every notebook in nbs/ with `nbdev_test` (cells flagged with `tst_flags` are skipped), each in its own process."
+import subprocess, sys
+from pathlib import Path
+
 import pytest
 from nbdev.config import get_config
-from nbdev.test import test_nb as run_nb  # aliased: pytest would collect a bare `test_nb`
 
 cfg = get_config()
 NBS = sorted(p for p in cfg.nbs_path.rglob("*.ipynb")
              if not any(s.startswith(("_", ".")) for s in p.relative_to(cfg.nbs_path).parts))
-FLAGS = cfg.tst_flags.split()
+NBDEV_TEST = Path(sys.executable).parent / "nbdev_test"  # the venv's console script
 
 
 @pytest.mark.parametrize("nb", NBS, ids=lambda p: p.name)
 def test_notebook(nb):
-    ok, _ = run_nb(nb, skip_flags=FLAGS, basepath=cfg.config_path)
-    assert ok, f"{nb.name} failed: run `nbdev_test --path nbs/{nb.name} --do_print` to see the failing cell"
+    # a process per notebook: exported cells re-register their classes, which must not leak into other tests
+    run = subprocess.run([str(NBDEV_TEST), "--path", str(nb)],
+                         cwd=cfg.config_path, capture_output=True, text=True)
+    assert run.returncode == 0, f"{nb.name} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"

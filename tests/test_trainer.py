@@ -51,13 +51,13 @@ def test_missing_weight_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("mode", ["lin", "dec", "ft"])
 def test_lr_groups_follow_the_frozen_parts(mode, tmp_path):
-    "lin trains only the head; dec the head, unpooling and decoder blocks; ft everything; 'block' params at lr/10"
+    "lin trains only the head; dec the head, unpooling and decoder blocks; ft everything; 'block' params in group 1"
     cfg = demo_cfg(mode, tmp_path)
     model = build_model(cfg.model)
     g0, g1 = build_optimizer(cfg.optimizer, model, cfg.param_dicts).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     n0, n1 = [names[id(p)] for p in g0["params"]], [names[id(p)] for p in g1["params"]]
-    assert (g0["lr"], g1["lr"]) == (0.002, 0.0002)
+    assert (g0["lr"], g1["lr"]) == (cfg.optimizer.lr, cfg.param_dicts[0].lr)  # recipe values: tests/test_configs.py
     assert all("block" in n for n in n1) and not any("block" in n for n in n0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(n0) | set(n1) == trainable
