@@ -16,8 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sonata_nb.transforms import Compose, GridSample, SCANNET_TRAIN_TRANSFORMS
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from sonata_nb.config import Config
+from sonata_nb.transforms import Compose, GridSample
+
+LIN_CONFIG = ROOT / "configs/sonata/semseg-sonata-v1m1-0a-scannet-lin.py"  # the 18 train transforms come from here
 
 torch.set_num_threads(1)
 DEFAULT_SCENE = "/work/shared/data/scannet_raw/scans/scene0000_00/scene0000_00_vh_clean_2.ply"
@@ -131,7 +135,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     scene, source = load_scene(args.scene)
-    pipeline = Compose(SCANNET_TRAIN_TRANSFORMS, seed=0)
+    pipeline = Compose(Config.fromfile(LIN_CONFIG).data.train.transform, seed=0)
     out = pipeline(copy.deepcopy(scene))
     result = dict(
         scene=source, n_points=int(len(scene["coord"])), n_points_out=int(out["offset"][0]),

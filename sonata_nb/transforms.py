@@ -11,12 +11,12 @@ import torch
 from .registry import Registry
 
 # %% auto #0
-__all__ = ['TRANSFORMS', 'INDEX_VALID_KEYS', 'FNV_PRIME', 'FNV_OFFSET', 'SCANNET_TRAIN_TRANSFORMS', 'index_operator',
-           'RandomTransform', 'bbox', 'add_columns', 'standard_normal', 'Collect', 'Copy', 'Update', 'ToTensor',
-           'CenterShift', 'RandomDropout', 'rotation_matrix', 'rotate_scene', 'RandomRotate', 'RandomRotateTargetAngle',
-           'RandomScale', 'RandomFlip', 'RandomJitter', 'box_blur', 'trilinear', 'ElasticDistortion',
-           'ChromaticAutoContrast', 'ChromaticTranslation', 'ChromaticJitter', 'NormalizeColor', 'fnv_hash_vec',
-           'ravel_hash_vec', 'sort_by_key', 'GridSample', 'nearest_k', 'SphereCrop', 'Compose']
+__all__ = ['TRANSFORMS', 'INDEX_VALID_KEYS', 'FNV_PRIME', 'FNV_OFFSET', 'index_operator', 'RandomTransform', 'bbox',
+           'add_columns', 'standard_normal', 'Collect', 'Copy', 'Update', 'ToTensor', 'CenterShift', 'RandomDropout',
+           'rotation_matrix', 'rotate_scene', 'RandomRotate', 'RandomRotateTargetAngle', 'RandomScale', 'RandomFlip',
+           'RandomJitter', 'box_blur', 'trilinear', 'ElasticDistortion', 'ChromaticAutoContrast',
+           'ChromaticTranslation', 'ChromaticJitter', 'NormalizeColor', 'fnv_hash_vec', 'ravel_hash_vec', 'sort_by_key',
+           'GridSample', 'nearest_k', 'SphereCrop', 'Compose']
 
 # %% ../nbs/10_transforms.ipynb #c007
 TRANSFORMS = Registry("transforms")
@@ -592,25 +592,3 @@ class Compose:
         return data_dict
 
     def __repr__(self): return f"Compose({[type(t).__name__ for t in self.transforms]})"
-
-# %% ../nbs/10_transforms.ipynb #c054
-SCANNET_TRAIN_TRANSFORMS = [
-    dict(type="CenterShift", apply_z=True),
-    dict(type="RandomDropout", dropout_ratio=0.2, dropout_application_ratio=1.0),
-    dict(type="RandomRotate", angle=[-1, 1], axis="z", center=[0, 0, 0], p=0.5),
-    dict(type="RandomRotate", angle=[-1/64, 1/64], axis="x", p=0.5),
-    dict(type="RandomRotate", angle=[-1/64, 1/64], axis="y", p=0.5),
-    dict(type="RandomScale", scale=[0.9, 1.1]),
-    dict(type="RandomFlip", p=0.5),
-    dict(type="RandomJitter", sigma=0.005, clip=0.02),
-    dict(type="ElasticDistortion", distortion_params=[[0.2, 0.4], [0.8, 1.6]]),
-    dict(type="ChromaticAutoContrast", p=0.2, blend_factor=None),
-    dict(type="ChromaticTranslation", p=0.95, ratio=0.05),
-    dict(type="ChromaticJitter", p=0.95, std=0.05),
-    dict(type="GridSample", grid_size=0.02, hash_type="fnv", mode="train", return_grid_coord=True),
-    dict(type="SphereCrop", point_max=102400, mode="random"),
-    dict(type="CenterShift", apply_z=False),
-    dict(type="NormalizeColor"),
-    dict(type="ToTensor"),
-    dict(type="Collect", keys=("coord", "grid_coord", "segment"), feat_keys=("coord", "color", "normal")),
-]

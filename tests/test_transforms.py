@@ -10,6 +10,7 @@ import scipy.stats
 import torch
 
 from sonata_nb import transforms as T
+from sonata_nb.config import Config
 from sonata_nb.transforms import TRANSFORMS, Compose
 
 SCENE_PLY = Path(__file__).resolve().parents[1] / "../shared/data/scannet_raw/scans/scene0000_00/scene0000_00_vh_clean_2.ply"
@@ -311,19 +312,21 @@ def test_nearest_k_with_ties():
 
 # ---- Compose and the full recipe ----
 
+SCANNET_TRAIN = Config.fromfile(Path(__file__).parents[1] / "configs/sonata/semseg-sonata-v1m1-0a-scannet-lin.py").data.train.transform
+
 def test_compose_seed_and_global_seed_reproducible():
-    a = Compose(T.SCANNET_TRAIN_TRANSFORMS, seed=1)(room())
-    b = Compose(T.SCANNET_TRAIN_TRANSFORMS, seed=1)(room())
-    c = Compose(T.SCANNET_TRAIN_TRANSFORMS, seed=2)(room())
+    a = Compose(SCANNET_TRAIN, seed=1)(room())
+    b = Compose(SCANNET_TRAIN, seed=1)(room())
+    c = Compose(SCANNET_TRAIN, seed=2)(room())
     assert torch.equal(a["feat"], b["feat"])
     assert a["feat"].shape != c["feat"].shape or not torch.equal(a["feat"], c["feat"])
-    np.random.seed(5); d = Compose(T.SCANNET_TRAIN_TRANSFORMS)(room())
-    np.random.seed(5); e = Compose(T.SCANNET_TRAIN_TRANSFORMS)(room())
+    np.random.seed(5); d = Compose(SCANNET_TRAIN)(room())
+    np.random.seed(5); e = Compose(SCANNET_TRAIN)(room())
     assert torch.equal(d["feat"], e["feat"]) and torch.equal(d["grid_coord"], e["grid_coord"])
 
 
 def test_scannet_train_pipeline_output():
-    out = Compose(T.SCANNET_TRAIN_TRANSFORMS, seed=0)(room(30_000))
+    out = Compose(SCANNET_TRAIN, seed=0)(room(30_000))
     assert set(out) == {"coord", "grid_coord", "segment", "offset", "feat"}
     n = out["offset"].item()
     assert out["feat"].shape == (n, 9) and out["feat"].dtype == torch.float32 and out["grid_coord"].dtype == torch.int64
