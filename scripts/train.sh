@@ -82,21 +82,5 @@ fi
 echo "Experiment: $EXP_DIR | config: $CONFIG_PATH | machines: $NUM_MACHINE x processes: $NUM_GPU | python: $PYTHON"
 ulimit -n 65536 2>/dev/null || true
 
-TRAIN_ARGS="--config-file $CONFIG_PATH --num-gpus $NUM_GPU --num-machines $NUM_MACHINE"
-if [ $((NUM_GPU * NUM_MACHINE)) -gt 1 ]; then
-  if [ "$NUM_MACHINE" -gt 1 ]; then
-    NODE_RANK=${NODE_RANK:-${SLURM_NODEID:-0}}
-    if [ -z "$MASTER_ADDR" ] && [ -n "$SLURM_NODELIST" ]; then
-      MASTER_ADDR=$(scontrol show hostnames "$SLURM_NODELIST" | head -n 1)
-      MASTER_PORT=${MASTER_PORT:-$((10000 + 0x$(printf %s "$DATASET/$EXP_NAME" | md5sum | cut -c 1-4) % 20000))}
-    fi
-    if [ -z "$MASTER_ADDR" ]; then
-      echo "error: -m $NUM_MACHINE needs MASTER_ADDR (address of machine 0) and NODE_RANK on every machine" >&2; exit 2
-    fi
-    exec $PYTHON -m torch.distributed.run --nnodes "$NUM_MACHINE" --node_rank "$NODE_RANK" --nproc_per_node "$NUM_GPU" \
-      --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
-      tools/train.py $TRAIN_ARGS --machine-rank "$NODE_RANK" --options $OPTIONS "$@"
-  fi
-  exec $PYTHON -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPU" tools/train.py $TRAIN_ARGS --options $OPTIONS "$@"
-fi
-exec $PYTHON tools/train.py $TRAIN_ARGS --options $OPTIONS "$@"
+. scripts/launch.sh
+launch tools/train.py "$@"
