@@ -133,8 +133,9 @@ def build_optimizer(cfg:dict, model:torch.nn.Module, param_dicts=None, logger=No
         names = g.pop("names")
         if logger:
             opts = "".join(f" {k}: {v};" for k, v in g.items() if k != "params")
+            shown = names if len(names) <= 12 else names[:10] + [f"... {len(names) - 10} more"]
             logger.info(f"Params Group {i} -{opts} {len(names)} tensors, "
-                        f"{sum(p.numel() for p in g['params']):,} params: {names}")
+                        f"{sum(p.numel() for p in g['params']):,} params: {shown}")
     if not any(g["params"] for g in groups):
         raise ValueError("The model has no trainable parameter: every parameter has requires_grad=False")
     return OPTIMIZERS.build(cfg, params=groups)  # as a default: `build` deep-copies the config, not the defaults
