@@ -70,7 +70,7 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
 
 # %% ../nbs/03_attention.ipynb #c011
 BACKENDS = ("auto", "flash", "sdpa", "math")
-_backend = "sdpa"
+_backend = "auto"
 
 def set_attention_backend(name:str): # "auto", "flash", "sdpa" or "math"
     "Choose how `SerializedAttention` computes attention (module-wide switch)"
@@ -143,7 +143,9 @@ class SerializedAttention(PointModule):
 
     def _resolve_backend(self, device) -> str:
         name = _backend
-        if name == "auto": name = "flash" if flash_attn is not None and device.type == "cuda" else "sdpa"
+        if name == "auto":
+            use_flash = flash_attn is not None and device.type == "cuda" and not (self.upcast_attention or self.upcast_softmax)
+            name = "flash" if use_flash else "sdpa"
         if name == "flash":
             if flash_attn is None: raise ImportError("Attention backend 'flash' needs the flash_attn package")
             if device.type != "cuda": raise ValueError("Attention backend 'flash' needs CUDA tensors; use 'sdpa' on CPU")

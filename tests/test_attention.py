@@ -190,3 +190,18 @@ def test_cuda_autocast(upcast):
         out = attn.cuda()(gpu).feat
     assert out.dtype == torch.float16
     torch.testing.assert_close(out.float().cpu(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_auto_backend_is_the_default_and_uses_sdpa_without_flash_on_cpu():
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-c", "from sonata_nb.attention import get_attention_backend as g; print(g())"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == "auto"
+    from sonata_nb import attention as A
+    before = A.get_attention_backend()
+    try:
+        A.set_attention_backend("auto")
+        assert A.SerializedAttention(8, 2, 16)._resolve_backend(torch.device("cpu")) == "sdpa"
+        assert A.SerializedAttention(8, 2, 16, upcast_softmax=True)._resolve_backend(torch.device("cpu")) == "sdpa"
+    finally:
+        A.set_attention_backend(before)
