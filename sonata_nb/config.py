@@ -4,12 +4,12 @@
 
 # %% ../nbs/20_config.ipynb #c002
 from __future__ import annotations
-import copy, difflib, keyword, math, os, random, types
+import copy, difflib, keyword, math, os, random, re, types, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['BASE_KEY', 'DELETE_KEY', 'ConfigDict', 'merge_into', 'load_file', 'format_config', 'Config', 'parse_value',
-           'parse_options', 'check_option_keys', 'default_config_parser']
+__all__ = ['BASE_KEY', 'DELETE_KEY', 'CONFIG_KEYS', 'ConfigDict', 'merge_into', 'load_file', 'format_config', 'Config',
+           'parse_value', 'parse_options', 'check_option_keys', 'check_top_level_keys', 'default_config_parser']
 
 # %% ../nbs/20_config.ipynb #c005
 def _to_config(value):
@@ -219,6 +219,25 @@ def check_option_keys(cfg:dict, options:dict):
             hint = f" Did you mean: {', '.join('.'.join(parts[:depth] + [c]) for c in close)}?" if close else ""
             raise KeyError(f"Unknown config option {full_key!r}: {part!r} is not a key of {where}.{hint}")
 
+# %% ../nbs/20_config.ipynb #c021b
+CONFIG_KEYS = ("model", "data", "optimizer", "scheduler", "dataset_type", "data_root", "weight", "trust_checkpoint",
+               "resume", "evaluate", "test_only", "seed", "save_path", "num_worker", "batch_size", "batch_size_val",
+               "batch_size_test", "epoch", "eval_epoch", "clip_grad", "sync_bn", "enable_amp", "amp_dtype", "empty_cache",
+               "empty_cache_per_epoch", "find_unused_parameters", "enable_wandb", "wandb_project", "wandb_key",
+               "mix_prob", "param_dicts", "log_interval", "hooks", "train", "test")  # top-level keys the engine reads
+
+def check_top_level_keys(cfg:dict, path): # the resolved config, and the file it came from
+    "Raise for a top-level key that looks like a misspelt `CONFIG_KEYS` entry; warn for other unknown keys"
+    for key in cfg:
+        if key in CONFIG_KEYS or str(key).startswith("_"): continue
+        close = difflib.get_close_matches(str(key), CONFIG_KEYS, n=3, cutoff=0.75)
+        defined = re.search(rf"^{re.escape(str(key))}\s*=", Path(path).read_text(encoding="utf-8"), re.M)
+        where = f"{path}" if defined else f"a `_base_` file of {path}"
+        if close: raise KeyError(f"Unknown top-level config key {key!r} in {where}: sonata_nb would ignore it. "
+                                 f"Did you mean: {', '.join(close)}? Fix the name (valid keys: CONFIG_KEYS in sonata_nb.config)")
+        warnings.warn(f"Top-level config key {key!r} in {where} is not read by sonata_nb's engine (kept); "
+                      "name helper variables with a leading `_`", stacklevel=2)
+
 # %% ../nbs/20_config.ipynb #c025
 def default_config_parser(path, options=None) -> Config: # options: {"a.b": v} or a list of "a.b=v" strings
     "Load the config at `path`, apply `options`, derive `data.train.loop` and `seed`, and validate"
@@ -229,6 +248,7 @@ def default_config_parser(path, options=None) -> Config: # options: {"a.b": v} o
     cfg = Config.fromfile(path)
     if isinstance(options, (list, tuple)): options = parse_options(options)
     if options: cfg.merge_from_dict(options, strict=True)
+    check_top_level_keys(cfg, path)
     for key in ("model", "data", "epoch", "eval_epoch"):
         if key not in cfg: raise KeyError(f"Config {path} has no {key!r}; every experiment config needs it")
     for key in ("epoch", "eval_epoch"):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
-import copy, inspect, logging, os, pickle
+import copy, inspect, logging, os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +15,15 @@ import torch.nn.functional as F
 import spconv.pytorch as spconv
 from spconv.pytorch import ConvAlgo
 
+from .checkpoint import read_checkpoint, resolve_source
 from .registry import Registry
 from .structure import Point, PointModule, PointSequential
 from .attention import SerializedAttention
 
 # %% auto #0
-__all__ = ['MODELS', 'SONATA_CONFIG', 'logger', 'HUB_REPO_ID', 'HUB_FILENAME', 'HUB_NAMES', 'BACKBONE_PREFIXES', 'SubMConv3d',
-           'DropPath', 'LayerScale', 'MLP', 'Embedding', 'Block', 'GridPooling', 'GridUnpooling', 'PointTransformerV3',
-           'upcast', 'resolve_source', 'read_checkpoint', 'split_checkpoint', 'check_config', 'LoadReport',
-           'load_weights', 'load_encoder', 'save_checkpoint']
+__all__ = ['MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'SubMConv3d', 'DropPath', 'LayerScale', 'MLP', 'Embedding',
+           'Block', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint', 'check_config',
+           'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 class SubMConv3d(spconv.SubMConv3d):
@@ -356,48 +356,7 @@ def upcast(point:Point, # output of a PTv3 encoder (or decoder)
 # %% ../nbs/04_model.ipynb #c045
 logger = logging.getLogger("sonata_nb")
 
-HUB_REPO_ID, HUB_FILENAME = "facebook/sonata", "sonata.pth"
-HUB_NAMES = ("facebook/sonata", "sonata")  # `source` values that mean the released weights on the Hugging Face hub
 BACKBONE_PREFIXES = ("module.student.backbone.", "student.backbone.", "module.backbone.", "backbone.", "")
-
-def _hf_cache_dir() -> Path:
-    "The hub cache folder, read from the environment at call time (HF_HUB_CACHE, else HF_HOME/hub)"
-    if os.environ.get("HF_HUB_CACHE"): return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
-
-def _hf_offline() -> bool: return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-def _hub_download() -> Path:
-    "Path of the released `sonata.pth` in the hub cache, downloading it unless HF_HUB_OFFLINE is set"
-    from huggingface_hub import hf_hub_download
-    cache = _hf_cache_dir()
-    try: return Path(hf_hub_download(HUB_REPO_ID, HUB_FILENAME, cache_dir=cache, local_files_only=_hf_offline()))
-    except OSError as e:  # huggingface_hub's not-found, offline and HTTP errors are all OSErrors
-        where = cache / f"models--{HUB_REPO_ID.replace('/', '--')}" / "snapshots" / "<revision>" / HUB_FILENAME
-        why = ("HF_HUB_OFFLINE is set, so nothing was downloaded" if _hf_offline()
-               else f"the download failed ({type(e).__name__})")
-        raise FileNotFoundError(
-            f"The released Sonata weights ({HUB_REPO_ID}/{HUB_FILENAME}) are not in the Hugging Face cache "
-            f"(expected at {where}); {why}. With network access, download them once: "
-            f"`hf download {HUB_REPO_ID} {HUB_FILENAME}` (same HF_HOME), or put the file anywhere and pass its path, "
-            f"e.g. load_encoder('/path/to/{HUB_FILENAME}'). The weights are licensed CC-BY-NC-4.0.") from e
-
-def resolve_source(source:str|os.PathLike) -> Path: # checkpoint path or hub name
-    "The local checkpoint file for `source`: an existing path, or the hub name fetched through the hub cache"
-    path = Path(source).expanduser()
-    if path.is_file(): return path
-    if str(source) in HUB_NAMES: return _hub_download()
-    if path.exists(): raise IsADirectoryError(f"{path} is a folder; pass the checkpoint file inside it (e.g. model/model_best.pth)")
-    raise FileNotFoundError(f"Checkpoint not found: {path}. Pass an existing .pth file or the hub name 'facebook/sonata'")
-
-def read_checkpoint(path:str|os.PathLike) -> dict: # checkpoint file
-    "Load a checkpoint on the CPU, with `weights_only=True` unless the file needs full unpickling"
-    try: return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        logger.warning(f"{path} holds more than tensors and plain containers; loading it with weights_only=False "
-                       f"(only do this for files you trust). Reason: {str(e).splitlines()[0]}")
-        return torch.load(path, map_location="cpu", weights_only=False)
 
 # %% ../nbs/04_model.ipynb #c047
 def _backbone_config(config) -> dict|None:
@@ -463,11 +422,12 @@ def _is_expected_drop(key:str, model_keys) -> bool:
 
 def load_weights(model:nn.Module, # a PointTransformerV3
                  source, # checkpoint path, hub name, or an already loaded checkpoint dict
-                 strict:bool=True): # missing / unexpected backbone keys raise (else they are logged)
+                 strict:bool=True, # missing / unexpected backbone keys raise (else they are logged)
+                 trust:bool=False): # unpickle fully (runs code the file names): only for files you trust
     "Load the backbone weights of `source` into `model` in place; returns a `LoadReport`"
     if isinstance(source, Mapping): return _load_backbone(model, source, strict, "checkpoint dict")
     path = resolve_source(source)
-    return _load_backbone(model, read_checkpoint(path), strict, str(path))
+    return _load_backbone(model, read_checkpoint(path, trust=trust), strict, str(path))
 
 def _match(target:dict, ckpt, strict, name) -> tuple[LoadReport, dict]:
     "Check a checkpoint's backbone against the model's state dict `target` (raises on errors): (report, tensors to load)"
@@ -511,10 +471,11 @@ def _load_backbone(model, ckpt, strict, name) -> LoadReport:
 # %% ../nbs/04_model.ipynb #c051
 def load_encoder(source, # checkpoint path or hub name ('facebook/sonata')
                  strict:bool=True, # missing / unexpected backbone keys raise
+                 trust:bool=False, # unpickle fully (runs code the file names): only for files you trust
                  **overrides): # PTv3 config keys replacing the checkpoint's (e.g. enc_patch_size, enc_mode)
     "A PointTransformerV3 built from `source`'s config (or `SONATA_CONFIG`) with its weights, in eval mode"
     path = resolve_source(source)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust=trust)
     _, _, config = split_checkpoint(ckpt, str(path))
     config = check_config({**(config if config is not None else SONATA_CONFIG), **overrides})
     with torch.device("meta"): skeleton = PointTransformerV3(**config)

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checkpoint import read_checkpoint
 from .classes import S3DIS_NAMES, VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
 from .config import default_config_parser, parse_options
 from .datasets import S3DIS_AREAS, build_dataset, collate_fn, s3dis_6fold
@@ -26,9 +27,9 @@ from .segmentor import build_model
 from .trainer import LOG_FORMAT, Trainer, default_device, get_rank, get_world_size, setup_logger, strip_module, to_device
 
 # %% auto #0
-__all__ = ['logger', 'TESTERS', 'SUBMISSION_CLASS_IDS', 'RECORD_SAFE_GLOBALS', 'LogFile', 'unwrap', 'load_test_weight',
-           'vote_fragments', 'log_summary', 'summary_json', 'SemSegTester', 'derive_save_path', 'test_main',
-           'load_record', 's3dis_6fold_table', 'run_s3dis_6fold', 's3dis_6fold_table_main', 'tester_cli']
+__all__ = ['logger', 'TESTERS', 'SUBMISSION_CLASS_IDS', 'LogFile', 'unwrap', 'load_test_weight', 'vote_fragments', 'log_summary',
+           'summary_json', 'SemSegTester', 'derive_save_path', 'test_main', 'load_record', 's3dis_6fold_table',
+           'run_s3dis_6fold', 's3dis_6fold_table_main', 'tester_cli']
 
 # %% ../nbs/26_tester.ipynb #c006
 logger = logging.getLogger("sonata_nb")
@@ -60,13 +61,14 @@ def unwrap(model:torch.nn.Module) -> torch.nn.Module:
 
 def load_test_weight(model:torch.nn.Module, # the segmentor (or its DDP wrapper)
                     path:str|Path|None,    # a trainer checkpoint, e.g. exp/<d>/<name>/model/model_best.pth
+                    trust:bool=False,      # unpickle fully (runs code the file names): only for files you trust
                    ) -> dict:
     "Load a trainer checkpoint's `state_dict` into `model` strictly; returns the checkpoint"
     if path is None or str(path) in ("", "None"):
         raise ValueError("No weight to test: pass --options weight=exp/<dataset>/<name>/model/model_best.pth")
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"No checkpoint found at '{path}' (the tester's `weight`)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trainer checkpoints also hold config/optimizer
+    ckpt = read_checkpoint(path, trust=trust)  # weights_only, with the allow-list of the supported formats
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise KeyError(f"'{path}' is not a trainer checkpoint: it has no 'state_dict' entry")
     try: unwrap(model).load_state_dict(strip_module(ckpt["state_dict"]), strict=True)
@@ -151,7 +153,7 @@ class SemSegTester:
         logger.info("=> Building model ...")
         model = build_model(self.cfg["model"])
         logger.info(f"Num params: {sum(p.numel() for p in model.parameters() if p.requires_grad)}")
-        self.checkpoint = load_test_weight(model, self.cfg.get("weight"))
+        self.checkpoint = load_test_weight(model, self.cfg.get("weight"), trust=bool(self.cfg.get("trust_checkpoint", False)))
         return model.to(self.device)
 
     def class2id(self, dataset) -> np.ndarray|None:
@@ -268,14 +270,9 @@ def test_main(argv:list[str]|None=None) -> dict|None:
     return TESTERS.get((cfg.get("test") or {}).get("type", "SemSegTester"))(cfg).test()
 
 # %% ../nbs/26_tester.ipynb #c030
-_NUMPY_CORE = getattr(np, "_core", None) or np.core
-RECORD_SAFE_GLOBALS = [_NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype] + [
-    type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32)]  # Pointcept saves numpy arrays
-
 def load_record(path:str|Path) -> dict:
     "An `Area_k.pth` record (ours: tensors; Pointcept's: numpy arrays), loaded without executing pickled code"
-    with torch.serialization.safe_globals(RECORD_SAFE_GLOBALS):
-        rec = torch.load(path, map_location="cpu", weights_only=True)
+    rec = read_checkpoint(path)  # weights_only, numpy arrays allowed
     missing = [k for k in ("intersection", "union", "target") if k not in rec]
     if missing: raise KeyError(f"'{path}' is not a per-area record: it lacks {missing}")
     return {k: np.asarray(rec[k], dtype=np.int64).reshape(-1) for k in ("intersection", "union", "target")}

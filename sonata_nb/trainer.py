@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from .checkpoint import read_checkpoint
 from .registry import Registry
 
 # %% auto #0
@@ -184,8 +185,7 @@ def save_atomic(obj, path):
 
 def load_checkpoint(path) -> dict:
     "A trainer checkpoint (a file this trainer wrote), with a clear error when it is missing"
-    if not Path(path).is_file(): raise FileNotFoundError(f"Checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
+    return read_checkpoint(path)  # weights_only: tensors and plain containers only
 
 def strip_module(state_dict:dict) -> dict:
     "`state_dict` without DDP's `module.` key prefix"
@@ -288,7 +288,7 @@ class Trainer:
         from sonata_nb.model import load_weights  # a missing file is a FileNotFoundError naming it
         target = getattr(self.model, "backbone", self.model)
         self.logger.info(f"=> Loading weight at: {weight}")
-        report = load_weights(target, weight, strict=True)
+        report = load_weights(target, weight, strict=True, trust=bool(self.cfg.get("trust_checkpoint", False)))
         self.logger.info(f"Loaded pretrained backbone weight: {report}")
 
     def build_writers(self):

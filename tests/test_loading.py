@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sonata_nb.model import (SONATA_CONFIG, LoadReport, PointTransformerV3, load_encoder, load_weights, resolve_source,
-                             save_checkpoint, upcast)
+from sonata_nb.checkpoint import UntrustedCheckpointError, resolve_source
+from sonata_nb.model import SONATA_CONFIG, LoadReport, PointTransformerV3, load_encoder, load_weights, save_checkpoint, upcast
 
 TINY = dict(in_channels=9, order=("z", "z-trans"), stride=(2, 2), enc_depths=(1, 1, 1), enc_channels=(8, 16, 16),
             enc_num_head=(2, 2, 2), enc_patch_size=(32, 32, 32), dec_depths=(1, 1), dec_channels=(8, 16),
@@ -137,10 +137,12 @@ def test_load_weights_accepts_a_loaded_checkpoint_dict(model):
     assert same_weights(target, model) and report.source == "checkpoint dict"
 
 
-def test_files_that_need_full_unpickling_still_load_with_a_warning(model, tmp_path, caplog):
+def test_files_that_need_full_unpickling_load_only_when_trusted(model, tmp_path, caplog):
     torch.save({"state_dict": model.state_dict(), "extra": LoadReport("x", "")}, tmp_path / "pickled.pth")
-    with caplog.at_level(logging.WARNING, logger="sonata_nb"): m = load_encoder(tmp_path / "pickled.pth", **TINY)
-    assert same_weights(m, model) and any("weights_only=False" in r.message for r in caplog.records)
+    with pytest.raises(UntrustedCheckpointError, match="sonata_nb.model.LoadReport"): load_encoder(tmp_path / "pickled.pth", **TINY)
+    with caplog.at_level(logging.WARNING, logger="sonata_nb"):
+        m = load_encoder(tmp_path / "pickled.pth", trust=True, **TINY)
+    assert same_weights(m, model) and any("trust=True" in r.message for r in caplog.records)
 
 
 # --- errors ----------------------------------------------------------------------------------------------------

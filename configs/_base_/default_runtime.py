@@ -3,6 +3,7 @@
 # any key can also be set from the command line: `--options key=value` (dotted keys for nested values).
 
 weight = None  # pretrained or trained checkpoint to load (None: none; a frozen-backbone `lin` probe needs one)
+trust_checkpoint = False  # True unpickles `weight` fully, which runs any code it names: only for a file you trust
 resume = False  # resume the run in save_path from `weight` (its model_last.pth)
 evaluate = True  # validate after each train/eval cycle
 test_only = False  # test process
