@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy, difflib, keyword, math, os, random, re, types, warnings
 from pathlib import Path
 
+from .runtime import to_plain
+
 # %% auto #0
 __all__ = ['BASE_KEY', 'DELETE_KEY', 'CONFIG_KEYS', 'ConfigDict', 'merge_into', 'load_file', 'format_config', 'Config',
            'parse_value', 'parse_options', 'check_option_keys', 'check_top_level_keys', 'default_config_parser']
@@ -17,13 +19,6 @@ def _to_config(value):
     if isinstance(value, dict) and not isinstance(value, ConfigDict): return ConfigDict(value)
     if isinstance(value, list): return [_to_config(v) for v in value]
     if isinstance(value, tuple): return tuple(_to_config(v) for v in value)
-    return value
-
-def _to_plain(value):
-    "A copy of `value` with every `ConfigDict` turned back into a plain `dict`"
-    if isinstance(value, dict): return {k: _to_plain(v) for k, v in value.items()}
-    if isinstance(value, list): return [_to_plain(v) for v in value]
-    if isinstance(value, tuple): return tuple(_to_plain(v) for v in value)
     return value
 
 class ConfigDict(dict):
@@ -47,7 +42,7 @@ class ConfigDict(dict):
     def copy(self): return copy.copy(self)
     def to_dict(self) -> dict:
         "A deep copy made of plain dicts, lists and tuples"
-        return _to_plain(self)
+        return to_plain(self)
 
 # %% ../nbs/20_config.ipynb #c008
 BASE_KEY, DELETE_KEY = "_base_", "_delete_"

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .runtime import get_rank, get_world_size
+
 # %% auto #0
 __all__ = ['EPS', 'intersection_and_union', 'summarize', 'SegMetrics']
 
@@ -58,7 +60,7 @@ class SegMetrics:
         "Count one scene; returns its own `iou` (mean over classes with a non-empty union) and `acc`"
         counts = [(x.cpu().numpy() if isinstance(x, torch.Tensor) else x).astype(np.int64)
                   for x in intersection_and_union(pred, target, self.num_classes, self.ignore_index)]
-        if name is None: name, self._unnamed = (_rank(), self._unnamed), self._unnamed + 1
+        if name is None: name, self._unnamed = (get_rank(), self._unnamed), self._unnamed + 1
         self.records[name] = counts
         i, u, t = counts
         return dict(iou=float(np.mean(i[u > 0] / u[u > 0])) if (u > 0).any() else 0.0, acc=float(i.sum() / (t.sum() + EPS)))
@@ -87,5 +89,3 @@ class SegMetrics:
                   for k, n in enumerate(names)]
         lines.append(f"mIoU/mAcc/allAcc {r['mIoU']:.4f}/{r['mAcc']:.4f}/{r['allAcc']:.4f}")
         return "\n".join(lines)
-
-def _rank() -> int: return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

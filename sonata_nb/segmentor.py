@@ -9,9 +9,10 @@ import torch.nn as nn
 from .structure import Point
 from .model import MODELS, upcast
 from .losses import build_criteria
+from .runtime import count_parameters
 
 # %% auto #0
-__all__ = ['DefaultSegmentorV2', 'build_model', 'count_trainable']
+__all__ = ['DefaultSegmentorV2', 'build_model']
 
 # %% ../nbs/23_segmentor.ipynb #c005
 @MODELS.register_module(force=True)
@@ -52,7 +53,3 @@ class DefaultSegmentorV2(nn.Module):
 def build_model(cfg:dict) -> nn.Module: # a model config with a `type` key, e.g. `cfg.model`
     "The model of `cfg`, built through `MODELS`"
     return MODELS.build(cfg)
-
-def count_trainable(model:nn.Module) -> int:
-    "Number of parameters with `requires_grad`"
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

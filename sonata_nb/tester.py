@@ -24,7 +24,8 @@ from .launch import default_argument_parser, init_distributed
 from .metrics import intersection_and_union, summarize
 from .registry import Registry
 from .segmentor import build_model
-from .trainer import LOG_FORMAT, Trainer, default_device, get_rank, get_world_size, setup_logger, strip_module, to_device
+from .runtime import LOG_FORMAT, count_parameters, default_device, get_rank, get_world_size, setup_logger, to_device
+from .trainer import Trainer, strip_module
 
 # %% auto #0
 __all__ = ['logger', 'TESTERS', 'SUBMISSION_CLASS_IDS', 'LogFile', 'unwrap', 'load_test_weight', 'vote_fragments', 'log_summary',
@@ -152,7 +153,7 @@ class SemSegTester:
         "The segmentor of `cfg.model` with `cfg.weight` loaded strictly"
         logger.info("=> Building model ...")
         model = build_model(self.cfg["model"])
-        logger.info(f"Num params: {sum(p.numel() for p in model.parameters() if p.requires_grad)}")
+        logger.info(f"Num params: {count_parameters(model)}")
         self.checkpoint = load_test_weight(model, self.cfg.get("weight"), trust=bool(self.cfg.get("trust_checkpoint", False)))
         return model.to(self.device)
 

@@ -18,55 +18,13 @@ from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint
 from .registry import Registry
+from .runtime import (LOG_FORMAT, all_reduce_sum, count_parameters, default_device, get_rank, get_world_size,
+                               is_main_process, setup_logger, to_device, to_plain)
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'OPTIMIZERS', 'SCHEDULERS', 'KNOWN_HOOKS', 'get_rank', 'get_world_size', 'is_main_process',
-           'all_reduce_sum', 'default_device', 'setup_logger', 'set_seed', 'worker_init_fn', 'rng_state',
-           'set_rng_state', 'EpochSampler', 'SampleSeeded', 'param_groups', 'build_optimizer', 'OneCycleLR',
-           'build_scheduler', 'amp_setup', 'save_atomic', 'load_checkpoint', 'strip_module', 'to_plain', 'to_device',
-           'hook_config', 'Trainer']
-
-# %% ../nbs/24_trainer.ipynb #c005
-def get_rank() -> int:
-    "This process's rank in the distributed group (0 without one)"
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-def get_world_size() -> int:
-    "Number of processes in the distributed group (1 without one)"
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-def is_main_process() -> bool: return get_rank() == 0
-
-def all_reduce_sum(x:torch.Tensor) -> torch.Tensor:
-    "`x` summed over all processes (in place; a no-op in a single process)"
-    if get_world_size() > 1: dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-def default_device() -> torch.device:
-    "The GPU of this process (`LOCAL_RANK`) when CUDA is available, else the CPU"
-    if torch.cuda.is_available(): return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-# %% ../nbs/24_trainer.ipynb #c008
-LOG_FORMAT = "[%(asctime)s %(levelname)s %(filename)s line %(lineno)d %(process)d] %(message)s"
-
-def setup_logger(log_file=None, rank:int=0, file_mode:str="w") -> logging.Logger: # file_mode "a" appends (resume)
-    "The `sonata_nb` logger: console + `log_file` on rank 0, errors only on other ranks"
-    logger = logging.getLogger("sonata_nb")
-    for h in list(logger.handlers):
-        logger.removeHandler(h); h.close()
-    logger.setLevel(logging.INFO if rank == 0 else logging.ERROR)
-    logger.propagate = False
-    fmt = logging.Formatter(LOG_FORMAT)
-    console = logging.StreamHandler(sys.stdout)
-    console.addFilter(lambda record: not getattr(record, "bar_shown", False))  # the progress bar shows these lines
-    handlers = [console]
-    if log_file is not None and rank == 0:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode=file_mode))
-    for h in handlers:
-        h.setFormatter(fmt); logger.addHandler(h)
-    return logger
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'KNOWN_HOOKS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler',
+           'SampleSeeded', 'param_groups', 'build_optimizer', 'OneCycleLR', 'build_scheduler', 'amp_setup',
+           'save_atomic', 'load_checkpoint', 'strip_module', 'hook_config', 'Trainer']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -191,19 +149,9 @@ def strip_module(state_dict:dict) -> dict:
     "`state_dict` without DDP's `module.` key prefix"
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
-def to_plain(value):
-    "`value` (a config) as nested plain dicts, lists and tuples"
-    if isinstance(value, dict): return {k: to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)): return type(value)(to_plain(v) for v in value)
-    return value
-
 # %% ../nbs/24_trainer.ipynb #c032
 KNOWN_HOOKS = {"CheckpointLoader", "ModelHook", "IterationTimer", "InformationWriter", "SemSegEvaluator",
                "CheckpointSaver", "PreciseEvaluator"}
-
-def to_device(batch:dict, device:torch.device) -> dict:
-    "`batch` with its tensors moved to `device`"
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 def hook_config(cfg, name:str) -> dict|None:
     "The entry of `cfg.hooks` of type `name` (None when absent); unknown hook types are an error"
@@ -233,8 +181,8 @@ class Trainer:
         if is_main_process() and not self.resume: cfg.dump(self.save_path/"config"/"config.py")
         self.logger.info("=> Building model ...")
         self.model = (model if model is not None else self.build_model()).to(self.device)
-        self.logger.info(f"Num params: {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} trainable "
-                         f"of {sum(p.numel() for p in self.model.parameters()):,}")
+        self.logger.info(f"Num params: {count_parameters(self.model):,} trainable "
+                         f"of {count_parameters(self.model, trainable=False):,}")
         if not self.resume: self.load_weight()
         self.ddp = self.model
         if self.world > 1:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from sonata_nb.config import Config, default_config_parser
 from sonata_nb.losses import build_criteria
-from sonata_nb.segmentor import build_model, count_trainable
+from sonata_nb.runtime import count_parameters
+from sonata_nb.segmentor import build_model
 from sonata_nb.transforms import Compose
 from sonata_nb.datasets import build_dataset, collate_fn, point_collate_fn
 import sonata_nb.demo  # noqa: F401  (registers DemoDataset)
@@ -149,9 +150,9 @@ def test_sonata_models_on_meta_device(path):
         model = build_model(cfg.model)
     decoder, encoder = 16_331_520, 108_461_328
     expected = {"lin": 1232 * k + k, "dec": decoder + 64 * k + k, "ft": encoder + decoder + 64 * k + k}[mode_of(path)]
-    assert count_trainable(model) == expected
+    assert count_parameters(model) == expected
     if k == 20:
-        assert count_trainable(model) == {"lin": 24_660, "dec": 16_332_820, "ft": 124_794_148}[mode_of(path)]
+        assert count_parameters(model) == {"lin": 24_660, "dec": 16_332_820, "ft": 124_794_148}[mode_of(path)]
     criteria = build_criteria(cfg.model.criteria)
     assert [type(c).__name__ for c in criteria.losses] == ["CrossEntropyLoss", "LovaszLoss"]
 
@@ -230,7 +231,7 @@ def test_train_pipeline_by_hand_reaches_model_input():
 def test_demo_models_train_step(mode, tmp_path):
     cfg = default_config_parser(ROOT / f"demo/semseg-demo-{mode}.py", ["seed=0"])
     model = build_model(cfg.model)
-    assert count_trainable(model) == (256 * 20 + 20 if mode == "lin" else sum(p.numel() for p in model.parameters()))
+    assert count_parameters(model) == (256 * 20 + 20 if mode == "lin" else sum(p.numel() for p in model.parameters()))
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
     train = build_dataset({**cfg.data.train.to_dict(), "data_root": str(tmp_path / "demo"), "n_train": 2, "n_val": 1})
     batch = point_collate_fn([train[0], train[1]], mix_prob=0)

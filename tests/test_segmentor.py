@@ -3,7 +3,8 @@ import pytest
 import torch
 from sonata_nb.losses import build_criteria
 from sonata_nb.model import MODELS, SONATA_CONFIG, PointTransformerV3
-from sonata_nb.segmentor import DefaultSegmentorV2, build_model, count_trainable
+from sonata_nb.runtime import count_parameters
+from sonata_nb.segmentor import DefaultSegmentorV2, build_model
 
 CRITERIA = [dict(type="CrossEntropyLoss", loss_weight=1.0, ignore_index=-1),
             dict(type="LovaszLoss", mode="multiclass", loss_weight=1.0, ignore_index=-1)]
@@ -79,7 +80,7 @@ def test_outputs_per_mode_and_loss_value():
 def test_lin_trains_only_head_and_backbone_stays_in_train_mode():
     m = segmentor("lin", drop_path=0.5).train()
     data = cloud()
-    assert count_trainable(m) == 48 * 4 + 4
+    assert count_parameters(m) == 48 * 4 + 4
     assert all(mod.training for mod in m.backbone.modules())  # not put in eval mode
     m(data)["loss"].backward()
     assert {n for n, p in m.named_parameters() if p.grad is not None} == {"seg_head.weight", "seg_head.bias"}
@@ -95,8 +96,8 @@ def test_dec_freezes_encoder_only_and_ft_trains_all():
     dec, ft = segmentor("dec"), segmentor("ft")
     frozen = {n for n, p in dec.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith(("backbone.embedding.", "backbone.enc.")) for n in frozen)
-    assert count_trainable(dec) == sum(p.numel() for p in dec.backbone.dec.parameters()) + 8 * 4 + 4
-    assert count_trainable(ft) == sum(p.numel() for p in ft.parameters())
+    assert count_parameters(dec) == sum(p.numel() for p in dec.backbone.dec.parameters()) + 8 * 4 + 4
+    assert count_parameters(ft) == sum(p.numel() for p in ft.parameters())
 
 
 def test_wrong_out_channels_is_a_clear_error():
@@ -131,5 +132,5 @@ def test_sonata_trainable_counts(mode, classes, expected):
         m = build_model(dict(type="DefaultSegmentorV2", num_classes=classes,
                              backbone_out_channels=1232 if mode == "lin" else 64, backbone=backbone,
                              criteria=CRITERIA, freeze_backbone=mode == "lin"))
-    assert count_trainable(m) == expected
+    assert count_parameters(m) == expected
     assert sum(p.numel() for p in m.backbone.embedding.parameters()) + sum(p.numel() for p in m.backbone.enc.parameters()) == 108_461_328
