@@ -1,6 +1,6 @@
 """Regenerate tests/fixtures/reference_oracle/ from a checkout of the reference Sonata code.
 
-    git clone https://github.com/facebookresearch/sonata /tmp/sonata-ref        # any checkout of the reference
+    git clone https://github.com/facebookresearch/sonata /tmp/sonata-ref        # the fixture: commit 18c09ff
     pip install --target /tmp/oracle-deps addict                                 # its one pure-Python dependency
     PYTHONPATH=.:/tmp/oracle-deps python tools/make_reference_oracle.py /tmp/sonata-ref
 
@@ -21,7 +21,7 @@ Weights: seeded random values of the tiny config `CONFIG` below, with random Lay
 dropping any of them changes the outputs; saved in the released format {"config", "state_dict"}.
 """
 from __future__ import annotations
-import argparse, importlib, json, shutil, sys, tempfile, textwrap
+import argparse, importlib, json, shutil, subprocess, sys, tempfile, textwrap
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +191,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("reference", type=Path, help="checkout of github.com/facebookresearch/sonata")
     ap.add_argument("--out", type=Path, default=OUT, help=f"fixture folder (default {OUT.relative_to(ROOT)})")
+    ap.add_argument("--commit", help="the reference commit, recorded in meta.json (default: `git rev-parse HEAD` "
+                                     "in the checkout, when it is a git work tree)")
     args = ap.parse_args()
+    commit = args.commit or subprocess.run(["git", "-C", str(args.reference), "rev-parse", "HEAD"],
+                                           capture_output=True, text=True).stdout.strip() or "unknown"
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="sonata_ref_") as scratch:
         ref = scratch_reference(args.reference.resolve(), Path(scratch))
@@ -229,7 +233,7 @@ def main():
     torch.save(dict(config=CONFIG, state_dict=state), args.out / "weights.pth")
     np.savez_compressed(args.out / "input.npz", **inp)
     np.savez_compressed(args.out / "expected.npz", **{k: v.numpy() for k, v in out.items()})
-    meta = dict(reference="github.com/facebookresearch/sonata", seed=SEED, grid_size=GRID, scenes=SCENES,
+    meta = dict(reference="github.com/facebookresearch/sonata", commit=commit, seed=SEED, grid_size=GRID, scenes=SCENES,
                 stage_counts=out["stage_counts"].tolist(),
                 upcast_demo_columns=int(sum(CONFIG["enc_channels"][2:])),
                 torch=torch.__version__, spconv=importlib.import_module("spconv").__version__)
