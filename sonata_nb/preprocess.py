@@ -208,7 +208,7 @@ def mesh_vertex_normals(vertex:np.ndarray, # (N,3) vertex positions
 
 # %% ../nbs/14_preprocess.ipynb #c017
 NORMAL_ORIENTATIONS = ("center", "outward", "+z")
-NORMAL_RADIUS, NORMAL_MAX_NN = 0.075, 30  # measured against ScanNet mesh normals (bench/normals.py)
+NORMAL_RADIUS, NORMAL_MAX_NN = 0.075, 60  # chosen against ScanNet mesh normals (bench/normals.py, see above)
 
 def _open3d():
     "Import open3d lazily, with a clear message when it is missing"
@@ -762,8 +762,8 @@ def check_cloud(fields:dict[str, np.ndarray], # raw fields from `read_cloud`
                 scale:float=1.0, # multiply coordinates by this (e.g. 0.001 for millimetres)
                 normals:bool=True, # estimate normals when absent
                 orient:str="center", # sign convention of estimated normals
-                normal_radius:float=0.075, # normal neighbourhood radius, metres
-                normal_max_nn:int=30, # normal max neighbours
+                normal_radius:float=NORMAL_RADIUS, # normal neighbourhood radius, metres
+                normal_max_nn:int=NORMAL_MAX_NN, # normal max neighbours
                 num_classes:int|None=None, # classes of the dataset: labels must be in 0..num_classes-1 or -1
                 grid_size:float=0.02, # the model's grid, metres (precision check of the stored coordinates)
                ) -> dict[str, np.ndarray]:
