@@ -252,12 +252,13 @@ def store_coord(coord:np.ndarray, # (N,3) coordinates in metres, any precision
                 source:str="cloud", # the file, named in messages
                 grid_size:float=0.02, # grid of the model, metres; float32 steps must stay well below it
                 file_dtype=None, # dtype of the coordinates in the file (default: `coord.dtype`)
+                scale:float=1.0, # metres per file unit (`coord` is already scaled)
                ) -> tuple[np.ndarray, np.ndarray]:
     "`(coord32, origin)`: float32 coordinates relative to a float64 (3,) `origin`, refused when too coarse"
     coord, file_dtype = np.asarray(coord), np.dtype(file_dtype or np.asarray(coord).dtype)
     c = coord.astype(np.float64)
     far = float(np.abs(c).max())
-    if np.issubdtype(file_dtype, np.floating) and file_dtype.itemsize < 8 and (s := _step(far, file_dtype)) > grid_size / 2:
+    if np.issubdtype(file_dtype, np.floating) and file_dtype.itemsize < 8 and (s := _step(far / scale, file_dtype) * scale) > grid_size / 2:
         raise ValueError(f"{source}: the file stores coordinates as {file_dtype} up to {far:.4g} m from 0, where {file_dtype} "
                          f"can only step by {s:g} m: the scan was rounded to {s:g} m steps when the file was written, more "
                          f"than half the {grid_size} m grid. Re-export it with double-precision (float64) coordinates, or "
@@ -782,7 +783,7 @@ def check_cloud(fields:dict[str, np.ndarray], # raw fields from `read_cloud`
             raise ValueError(f"{source}: field {key!r} has {len(value)} entries but 'coord' has {n} points")
     coord = coord * scale
     check_units(coord, source)
-    coord32, origin = store_coord(coord, source, grid_size, raw.dtype if scale == 1 else np.float64)
+    coord32, origin = store_coord(coord, source, grid_size, raw.dtype, scale)
     out = dict(coord=coord32, origin=origin)
     if "color" in fields: out["color"] = _check_color(np.asarray(fields["color"]), source)
     else:

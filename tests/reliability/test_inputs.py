@@ -449,3 +449,12 @@ def test_default_normals_are_closer_to_mesh_normals(tmp_path):
     new, old = median_deg(pp.NORMAL_RADIUS, pp.NORMAL_MAX_NN), median_deg(0.05, 30)
     assert new < MEDIAN_LIMIT_DEG, new
     assert new < old - 1.0, (new, old)
+
+
+def test_float32_file_in_millimetres_is_judged_in_metres(tmp_path):
+    "The file's own float32 step is converted with `scale`: 5e9 mm in float32 steps by 512 mm -> refused"
+    xyz, _, _ = room()
+    (tmp_path / "raw").mkdir(); np.save(tmp_path / "raw/mm.npy", ((xyz + OFFSET) * 1000).astype(np.float32))
+    summary, _ = run(pp.preprocess_custom, tmp_path / "raw", tmp_path / "out", normals=False, scale=0.001)
+    assert "mm.npy: the file stores coordinates as float32" in summary.failed["scans/mm"]
+    assert "step by 0.512 m" in summary.failed["scans/mm"]
