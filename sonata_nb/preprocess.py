@@ -424,7 +424,7 @@ def read_points_txt(path:Path|str, # whitespace- (or comma-) separated numbers, 
     path = Path(path)
     with open(path, "rb") as f:
         comma = b"," in f.read(4096)
-        f.seek(-1, os.SEEK_END) if path.stat().st_size else None
+        if f.seek(0, os.SEEK_END): f.seek(-1, os.SEEK_END)  # the last byte of a non-empty file
         if f.read(1) not in (b"\n", b"\r", b""):
             warnings.warn(f"{path}: the last line does not end with a newline, the file may have been cut short; check "
                           "its last point (copy or export the file again if it was truncated)", PreprocessWarning)
