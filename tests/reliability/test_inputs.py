@@ -106,7 +106,7 @@ def test_extent_beyond_float32_grid_precision_is_refused(tmp_path):
     assert "corridor.npy: the cloud is 1e+06 m across" in msg and "more than half the 0.02 m grid" in msg
     assert "pass scale=" in msg and "tiles under 262 km" in msg
     assert not (tmp_path / "out/scans/corridor").exists()
-    # a 1 km site (float32 steps of 0.03 mm after centring) is fine, and so is a coarser grid for a 300 km cloud
+    # a 1 km site (float32 steps of 0.03 mm after centring) is fine
     np.save(tmp_path / "raw/corridor.npy", far[:600] - [1e6 - 1000, 0, 0] * (np.arange(600) >= 500)[:, None])
     summary, _ = run(pp.preprocess_custom, tmp_path / "raw", tmp_path / "out", normals=False)
     assert summary.done == ["scans/corridor"]
