@@ -259,5 +259,9 @@ def default_config_parser(path, options=None) -> Config: # options: {"a.b": v} o
     if names is not None and n_data is not None and len(names) != n_data:
         raise ValueError(f"Config {path}: data.names has {len(names)} entries but data.num_classes is {n_data}")
     if "train" in cfg.data: cfg.data.train.loop = cfg.epoch // cfg.eval_epoch
+    for split in ("train", "val", "test"):  # each dataset checks its labels against these when it is built
+        if isinstance(cfg.data.get(split), dict):
+            if n_data is not None: cfg.data[split].setdefault("num_classes", n_data)
+            if "ignore_index" in cfg.data: cfg.data[split].setdefault("ignore_index", cfg.data.ignore_index)
     if cfg.get("seed") is None: cfg.seed = random.SystemRandom().randrange(2**31)
     return cfg

@@ -4,9 +4,11 @@
 
 # %% ../nbs/12_datasets.ipynb #c002
 from __future__ import annotations
-import json, logging, os, random, zlib
+import inspect, json, logging, os, random, zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,9 @@ from .transforms import Compose, TRANSFORMS
 from .classes import VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
 
 # %% auto #0
-__all__ = ['DATASETS', 'logger', 'S3DIS_AREAS', 'build_dataset', 'DefaultDataset', 'ScanNetDataset', 'ScanNet200Dataset',
-           's3dis_6fold', 'S3DISDataset', 'CustomDataset', 'collate_fn', 'point_collate_fn']
+__all__ = ['DATASETS', 'logger', 'PER_POINT_ASSETS', 'S3DIS_AREAS', 'build_dataset', 'read_npy', 'value_problems', 'check_scene',
+           'DefaultDataset', 'ScanNetDataset', 'ScanNet200Dataset', 's3dis_6fold', 'S3DISDataset', 'CustomDataset',
+           'collate_fn', 'point_collate_fn']
 
 # %% ../nbs/12_datasets.ipynb #c007
 DATASETS = Registry("datasets")
@@ -29,14 +32,86 @@ logger = logging.getLogger("sonata_nb")
 def build_dataset(cfg:dict): # a dataset config with a `type` key
     "Build a dataset from its config dict (any registered type, `DemoDataset` included)"
     import sonata_nb.demo  # registers DemoDataset; sonata_nb.demo imports this module, so not at the top
+    cfg = dict(cfg)
+    params = inspect.signature(DATASETS.get(cfg["type"])).parameters if "type" in cfg and cfg["type"] in DATASETS else {}
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # a dataset of yours without these arguments
+        for key in ("num_classes", "ignore_index"):  # passed down from `data` by the config loader
+            if key not in params: cfg.pop(key, None)
     return DATASETS.build(cfg)
+
+# %% ../nbs/12_datasets.ipynb #c008d
+PER_POINT_ASSETS = ("coord", "color", "normal", "strength", "segment", "instance")  # prefixes; `segment20` is per point
+_CHECKED = set()  # (folder, files, num_classes, ignore_index, full) of scenes that passed
+
+def read_npy(path:str, values:bool=True) -> tuple[tuple, np.dtype, np.ndarray|None]:
+    "Shape, dtype and (when `values`) the data of an .npy file, header parsed once; ValueError when unreadable or short"
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        count, size = int(np.prod(shape)), os.fstat(f.fileno()).st_size
+        if size < f.tell() + count * dtype.itemsize:
+            raise ValueError(f"truncated: the header announces {dtype} {shape} but the file has {size:,} of "
+                             f"{f.tell() + count * dtype.itemsize:,} bytes")
+        if not values or dtype.hasobject: return shape, dtype, None
+        return shape, dtype, np.fromfile(f, dtype, count).reshape(shape, order="F" if fortran else "C")
+
+def value_problems(key:str, a:np.ndarray, path:str, num_classes:int|None, ignore_index:int) -> list[str]:
+    "What is wrong with the values of one per-point array (NaN/inf in floats, labels outside the classes)"
+    if key.startswith("segment"):
+        lab = np.asarray(a).reshape(-1)
+        if np.issubdtype(lab.dtype, np.floating) and (~np.isfinite(lab) | (lab % 1 != 0)).any():
+            return [f"{path}: non-integer labels; labels must be integers ({ignore_index} = ignore)"]
+        ok = (lab == ignore_index) | ((lab >= 0) & ((lab < num_classes) if num_classes is not None else True))
+        if ok.all(): return []
+        vals, counts = np.unique(lab[~ok], return_counts=True)
+        shown = ", ".join(f"{v} ({c:,} points)" for v, c in list(zip(vals.tolist(), counts))[:6]) + (" ..." if len(vals) > 6 else "")
+        classes = f"0..{num_classes - 1} ({num_classes} classes)" if num_classes is not None else "0 or more"
+        return [f"{path}: labels outside {classes} and ignore_index {ignore_index}: {shown}"]
+    if key in ("coord", "color", "normal", "strength") and np.issubdtype(a.dtype, np.floating):
+        bad = ~np.isfinite(np.asarray(a).reshape(len(a), -1)).all(1)
+        if bad.any(): return [f"{path}: {int(bad.sum()):,} point(s) with NaN/inf (first at index {np.flatnonzero(bad)[0]})"]
+    return []
+
+# %% ../nbs/12_datasets.ipynb #c008e
+def check_scene(folder:str, # a scene folder
+                assets:Sequence[str], # the `.npy` stems the dataset reads
+                num_classes:int|None=None, # labels must be in 0..num_classes-1 (or `ignore_index`)
+                ignore_index:int=-1, # the label of unlabelled points
+                full:bool=True, # also check values (NaN/inf, label range); False: `.npy` headers only
+               ) -> list[str]:
+    "Problems of one scene folder (empty when it is fine): unreadable files, lengths, NaN/inf, labels"
+    try: files = sorted(f for f in os.listdir(folder) if f.endswith(".npy") and f[:-4] in assets)
+    except OSError as e: return [f"{folder}: cannot list the scene folder ({e})"]
+    stamp = (folder, tuple((f, os.stat(os.path.join(folder, f)).st_size, os.stat(os.path.join(folder, f)).st_mtime_ns)
+                           for f in files), num_classes, ignore_index, full)
+    if stamp in _CHECKED: return []
+    if "coord.npy" not in files: return [f"{folder}: no coord.npy (found {sorted(os.listdir(folder))})"]
+    problems, shapes, arrays = [], {}, {}
+    for f in files:  # labels and floats of per-point arrays are read (full), the rest only by header
+        key = f[:-4]
+        read_values = full and key.startswith(PER_POINT_ASSETS) and key != "instance"
+        try: shapes[key], _, arrays[key] = read_npy(os.path.join(folder, f), read_values)
+        except Exception as e: problems.append(f"{os.path.join(folder, f)}: not a readable .npy array ({e})")
+    if problems: return problems
+    n = shapes["coord"][0] if len(shapes["coord"]) == 2 and shapes["coord"][1] == 3 else None
+    if n is None: return [f"{folder}/coord.npy: shape {shapes['coord']}; expected (N, 3)"]
+    for key, shape in shapes.items():
+        if key.startswith(PER_POINT_ASSETS) and (not shape or shape[0] != n):
+            problems.append(f"{folder}/{key}.npy: {shape[0] if shape else 0} rows but coord.npy has {n} points")
+    if full and not problems:
+        for key, a in arrays.items():
+            if a is not None: problems += value_problems(key, a, os.path.join(folder, f"{key}.npy"), num_classes, ignore_index)
+    if not problems: _CHECKED.add(stamp)
+    return problems
 
 # %% ../nbs/12_datasets.ipynb #c009
 @DATASETS.register_module()
 class DefaultDataset(Dataset):
     "Scenes stored as one folder of `.npy` arrays each, under `data_root/<split>/`"
     VALID_ASSETS = ("coord", "color", "normal", "strength", "segment", "instance", "pose")
-    PER_POINT = ("coord", "color", "normal", "strength", "segment", "instance")  # assets with one row per point
+    PER_POINT = PER_POINT_ASSETS  # assets with one row per point
+    NUM_CLASSES = None  # labels are checked against this class count unless `num_classes` is given
 
     def __init__(self,
                  split:str|Sequence[str]="train", # split folder(s) under `data_root`, or JSON file(s) listing scene folders
@@ -49,8 +124,13 @@ class DefaultDataset(Dataset):
                  scene_fraction:float=1.0, # keep this fraction of the scenes (seeded by `subset_seed`)
                  points_per_scene:int|None=None, # keep this many labelled points per scene, the rest → `ignore_index`
                  subset_seed:int=0, # seed of the `scene_fraction` / `points_per_scene` subsets
+                 num_classes:int|None=None, # labels must be in 0..num_classes-1 or `ignore_index` (default `NUM_CLASSES`)
+                 check:str="full", # scene checks when built: "full", "lengths" (headers; values when loaded), "off"
                 ):
         self.split, self.data_root, self.ignore_index = split, str(data_root), ignore_index
+        self.num_classes = self.NUM_CLASSES if num_classes is None else int(num_classes)
+        if check not in ("full", "lengths", "off"): raise ValueError(f"check={check!r}; use 'full', 'lengths' or 'off'")
+        self.check = check
         self.transform = Compose(transform)
         self.test_mode = test_mode
         self.loop = 1 if test_mode else loop
@@ -66,6 +146,7 @@ class DefaultDataset(Dataset):
             self.post_transform = Compose(test_cfg.get("post_transform"))
             self.aug_transform = [Compose(aug) for aug in (test_cfg.get("aug_transform") or [[]])]
         self.data_list = self.subset_scenes(self.get_data_list())
+        if check != "off": self.check_scenes()
         logger.info(f"Totally {len(self.data_list)} x {self.loop} samples in {os.path.basename(self.data_root)} {split} set.")
 
     def get_data_list(self) -> list[str]:
@@ -92,6 +173,22 @@ class DefaultDataset(Dataset):
         chosen = np.random.default_rng(self.subset_seed).permutation(len(data_list))[:keep]
         return [data_list[i] for i in sorted(chosen)]
 
+    def check_scenes(self):
+        "Check every scene (`check_scene`, a few threads); one ValueError listing all problems and the fix"
+        folders = list(dict.fromkeys(self.data_list))
+        job = partial(check_scene, assets=self.VALID_ASSETS, num_classes=self.num_classes,
+                      ignore_index=self.ignore_index, full=self.check == "full")
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(folders)))) as pool: results = list(pool.map(job, folders))
+        problems = [p for r in results for p in r]
+        if not problems: return
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(
+            f"{type(self).__name__}(split={self.split!r}, data_root={self.data_root!r}): {sum(map(bool, results))} of "
+            f"{len(folders)} scene(s) cannot be used:\n  {shown}\nFix: preprocess their sources again (python -m "
+            f"sonata_nb.preprocess; for your own scans with --num-classes {self.num_classes or 'N'}, mapping other labels "
+            f"to a class or to {self.ignore_index}), or remove those scene folders; if the class count is wrong, set "
+            "data.num_classes (and model.num_classes) in the config.")
+
     def get_data_name(self, idx:int) -> str: return os.path.basename(self.data_list[idx % len(self.data_list)])
     def get_split_name(self, idx:int) -> str: return os.path.basename(os.path.dirname(self.data_list[idx % len(self.data_list)]))
 
@@ -108,8 +205,13 @@ class DefaultDataset(Dataset):
 
     def get_data(self, idx:int) -> dict:
         "Load scene `idx` as a dict of numpy arrays plus `name` and `split`"
-        data = self.load_assets(self.data_list[idx % len(self.data_list)])
+        folder = self.data_list[idx % len(self.data_list)]
+        data = self.load_assets(folder)
         n = len(data["coord"])
+        if self.check == "lengths":  # values were not checked when the dataset was built
+            problems = [p for k, v in data.items() if k in self.VALID_ASSETS and k.startswith(self.PER_POINT)
+                        for p in value_problems(k, v, os.path.join(folder, f"{k}.npy"), self.num_classes, self.ignore_index)]
+            if problems: raise ValueError("; ".join(problems))
         for key in ("coord", "color", "normal"):
             if key in data: data[key] = data[key].astype(np.float32)
         for key in ("segment", "instance"):
@@ -157,6 +259,7 @@ class ScanNetDataset(DefaultDataset):
     SEGMENT_ASSET = "segment20"
     VALID_ASSETS = ("coord", "color", "normal", "segment20", "instance")
     class2id = np.array(VALID_CLASS_IDS_20)
+    NUM_CLASSES = 20
 
     def __init__(self, split="train", data_root="data/scannet", **kwargs):
         super().__init__(split=split, data_root=data_root, **kwargs)
@@ -172,6 +275,7 @@ class ScanNet200Dataset(ScanNetDataset):
     SEGMENT_ASSET = "segment200"
     VALID_ASSETS = ("coord", "color", "normal", "segment200", "instance")
     class2id = np.array(VALID_CLASS_IDS_200)
+    NUM_CLASSES = 200
 
 # %% ../nbs/12_datasets.ipynb #c016
 S3DIS_AREAS = tuple(f"Area_{i}" for i in range(1, 7))
@@ -183,6 +287,7 @@ def s3dis_6fold() -> list[tuple[tuple[str, ...], str]]:
 @DATASETS.register_module()
 class S3DISDataset(DefaultDataset):
     "S3DIS rooms under `data_root/Area_X/<room>/`, named `Area_X-<room>`"
+    NUM_CLASSES = 13
     def __init__(self, split=("Area_1", "Area_2", "Area_3", "Area_4", "Area_6"), data_root="data/s3dis", **kwargs):
         super().__init__(split=split, data_root=data_root, **kwargs)
 

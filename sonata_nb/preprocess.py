@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_preprocess.ipynb #c002
 from __future__ import annotations
-import argparse, csv, json, os, shutil, sys, time, warnings
+import argparse, csv, errno, json, os, shutil, sys, time, warnings, zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,41 +12,62 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from plyfile import PlyData
+from plyfile import PlyData, PlyElement
 from tqdm.auto import tqdm
 
 from .classes import S3DIS_NAMES, VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
 
 # %% auto #0
-__all__ = ['PARTIAL', 'NORMAL_ORIENTATIONS', 'SCANNET_SPLITS', 'CUSTOM_EXTS', 'LABEL_FIELDS', 'COLUMN_LAYOUTS', 'write_scene',
-           'PreprocessWarning', 'Job', 'PreprocessSummary', 'run_jobs', 'mesh_vertex_normals', 'estimate_normals',
+__all__ = ['PARTIAL', 'PER_POINT', 'NORMAL_ORIENTATIONS', 'NORMAL_RADIUS', 'NORMAL_MAX_NN', 'SHIFT_ABOVE', 'SCANNET_SPLITS',
+           'CUSTOM_EXTS', 'LABEL_FIELDS', 'COLUMN_LAYOUTS', 'DiskFullError', 'write_scene', 'PreprocessWarning', 'Job',
+           'PreprocessSummary', 'check_arrays', 'run_jobs', 'mesh_vertex_normals', 'estimate_normals', 'store_coord',
            'read_label_table', 'scannet_labels', 'load_scannet_scene', 'scannet_jobs', 'preprocess_scannet',
            'read_points_txt', 'load_s3dis_room', 's3dis_jobs', 'preprocess_s3dis', 'read_cloud', 'check_units',
-           'check_cloud', 'load_custom_scan', 'custom_jobs', 'preprocess_custom', 'build_parser', 'main']
+           'check_cloud', 'load_custom_scan', 'custom_jobs', 'preprocess_custom', 'scene_origin', 'original_coord',
+           'export_predictions', 'build_parser', 'main']
 
 # %% ../nbs/14_preprocess.ipynb #c005
 PARTIAL = ".partial"  # folder under `out` holding scenes being written
+
+class DiskFullError(OSError):
+    "The output drive is full (or over quota); the message names the file, the free space and the fix"
 
 def _partial_dir(out:Path, rel:str) -> Path:
     "Where scene `rel` (e.g. `train/scene0000_00`) is written before it is moved into place"
     return Path(out) / PARTIAL / rel.replace("/", "__")
 
+def _is_disk_full(e:OSError) -> bool:
+    "ENOSPC/EDQUOT, or numpy's short-write message ('3000 requested and 2544 written')"
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or ("requested and" in str(e) and "written" in str(e))
+
+def _disk_full(e:OSError, file:Path, out:Path, rel:str) -> DiskFullError:
+    try: free = f"{shutil.disk_usage(out).free / 2**20:,.1f} MiB free"
+    except OSError: free = "free space unknown"
+    return DiskFullError(errno.ENOSPC, f"{file}: disk full while writing scene {rel} ({free} on the drive of {out}; "
+                         f"OS said: {e}). The partial scene was removed. Free some space or pass another --out / out=, "
+                         "then run the same command again: finished scenes are kept and skipped.")
+
 def write_scene(out:Path|str, # the output root
                 rel:str, # scene path under `out`, e.g. `"train/scene0000_00"`
                 arrays:dict[str, np.ndarray], # file stem -> array, saved as `<stem>.npy`
                ) -> Path:
-    "Save `arrays` as `out/rel/<key>.npy`, all or nothing"
+    "Save `arrays` as `out/rel/<key>.npy`, all or nothing; a full disk raises `DiskFullError`"
     out = Path(out)
     dst, tmp = out / rel, _partial_dir(out, rel)
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    file = tmp
     try:
-        for key, value in arrays.items(): np.save(tmp / f"{key}.npy", value)
+        if tmp.exists(): shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for key, value in arrays.items():
+            file = tmp / f"{key}.npy"
+            np.save(file, value)
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.exists(): shutil.rmtree(dst)
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, DiskFullError) and _is_disk_full(e):
+            raise _disk_full(e, file, out, rel) from e
         raise
     return dst
 
@@ -85,16 +106,35 @@ class PreprocessSummary:
         return "\n".join(lines)
     __repr__ = __str__
 
+# %% ../nbs/14_preprocess.ipynb #c009a
+PER_POINT = ("coord", "color", "normal", "strength", "instance")  # with every `segment*`: one row per point
+
+def check_arrays(arrays:dict[str, np.ndarray], # a scene's arrays, as written
+                 source:str="scene", # the file or folder named in messages
+                ):
+    "Refuse a scene whose per-point arrays disagree in length or hold NaN/inf (the last check before writing)"
+    n = len(arrays["coord"])
+    for key, a in arrays.items():
+        if not (key in PER_POINT or key.startswith("segment")): continue
+        if len(a) != n:
+            raise ValueError(f"{source}: {key} has {len(a)} entries but coord has {n} points; every per-point array "
+                             "needs one row per point")
+        if np.issubdtype(a.dtype, np.floating) and not (ok := np.isfinite(a.reshape(n, -1)).all(1)).all():
+            raise ValueError(f"{source}: {key} has {int((~ok).sum())} point(s) with NaN/inf (first at index "
+                             f"{np.flatnonzero(~ok)[0]}); fix or drop them before preprocessing")
+
 # %% ../nbs/14_preprocess.ipynb #c010
 def _run_one(job:Job, out:Path) -> dict:
-    "Load and write one scene; return its outcome, points, unknown-category counts and warnings"
-    res = dict(rel=job.rel, ok=False, points=0, unknown={}, warnings=[], error=None)
+    "Load, check and write one scene; return its outcome, points, unknown-category counts and warnings"
+    res = dict(rel=job.rel, ok=False, points=0, unknown={}, warnings=[], error=None, fatal=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             arrays, unknown = job.load(job.src, **job.kwargs)
+            check_arrays(arrays, str(job.src))
             write_scene(out, job.rel, arrays)
             res.update(ok=True, points=len(arrays["coord"]), unknown=dict(unknown))
+        except DiskFullError as e: res.update(error=str(e), fatal=True)
         except Exception as e:
             res["error"] = f"{type(e).__name__}: {e}"
     res["warnings"] = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
@@ -107,7 +147,7 @@ def run_jobs(jobs:list[Job], # scenes to process
              progress:bool=True, # show a tqdm bar
              desc:str="preprocess", # progress-bar label
             ) -> PreprocessSummary:
-    "Process `jobs` into `out` (skipping finished scenes unless `overwrite`) and summarise"
+    "Process `jobs` into `out` (skipping finished scenes unless `overwrite`) and summarise; stops on a full disk"
     out, t0 = Path(out), time.time()
     summary = PreprocessSummary(out=str(out))
     rels = [j.rel for j in jobs]
@@ -118,19 +158,28 @@ def run_jobs(jobs:list[Job], # scenes to process
     for job in jobs:
         if (out / job.rel).is_dir() and not overwrite: summary.skipped.append(job.rel)
         else: todo.append(job)
-    work = partial(_run_one, out=out)
+    work, fatal = partial(_run_one, out=out), None
     bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, unit="scene")
     if workers > 1 and len(todo) > 1:
-        with get_context("spawn").Pool(min(workers, len(todo))) as pool:
-            results = pool.imap_unordered(work, todo)
-            for res in results: _collect(summary, res, bar)
+        with get_context("spawn").Pool(min(workers, len(todo))) as pool:  # leaving the block terminates the workers
+            for res in pool.imap_unordered(work, todo):
+                if res["fatal"]: fatal = res; break
+                _collect(summary, res, bar)
     else:
-        for job in todo: _collect(summary, work(job), bar)
+        for job in todo:
+            res = work(job)
+            if res["fatal"]: fatal = res; break
+            _collect(summary, res, bar)
     bar.close()
+    if fatal:  # workers are gone: nothing of an unfinished scene may stay
+        for job in todo: shutil.rmtree(_partial_dir(out, job.rel), ignore_errors=True)
     partial_root = out / PARTIAL
     if partial_root.is_dir() and not any(partial_root.iterdir()): partial_root.rmdir()
     summary.done.sort(); summary.skipped.sort()
     summary.seconds = time.time() - t0
+    if fatal:
+        raise DiskFullError(errno.ENOSPC, f"{fatal['error']} Stopped after {len(summary.done)} scene(s) written by this run "
+                            f"({len(summary.skipped)} were already there).")
     return summary
 
 def _collect(summary:PreprocessSummary, res:dict, bar):
@@ -159,6 +208,7 @@ def mesh_vertex_normals(vertex:np.ndarray, # (N,3) vertex positions
 
 # %% ../nbs/14_preprocess.ipynb #c017
 NORMAL_ORIENTATIONS = ("center", "outward", "+z")
+NORMAL_RADIUS, NORMAL_MAX_NN = 0.075, 60  # chosen against ScanNet mesh normals (bench/normals.py, see above)
 
 def _open3d():
     "Import open3d lazily, with a clear message when it is missing"
@@ -168,8 +218,8 @@ def _open3d():
     return open3d
 
 def estimate_normals(coord:np.ndarray, # (N,3) points in metres
-                     radius:float=0.05, # neighbourhood radius in metres
-                     max_nn:int=30, # at most this many neighbours
+                     radius:float=NORMAL_RADIUS, # neighbourhood radius in metres
+                     max_nn:int=NORMAL_MAX_NN, # at most this many neighbours
                      orient:str="center", # sign convention, one of `NORMAL_ORIENTATIONS`
                     ) -> np.ndarray:
     "PCA normals with a consistent sign, unit length, float32 (N,3)"
@@ -186,6 +236,47 @@ def estimate_normals(coord:np.ndarray, # (N,3) points in metres
         sign = np.where((normal * towards).sum(1) < 0, -1.0, 1.0)
         if orient == "outward": sign = -sign
     return (normal * sign[:, None]).astype(np.float32)
+
+# %% ../nbs/14_preprocess.ipynb #c041s
+SHIFT_ABOVE = 1000.0  # metres: a scan with any coordinate farther from 0 is shifted to a rounded origin
+
+def _step(x:float, dtype=np.float32) -> float:
+    "Distance between neighbouring `dtype` values at magnitude `x`"
+    return float(np.spacing(np.asarray(abs(x), dtype)))
+
+def _max_extent(grid_size:float) -> float:
+    "Largest centred extent whose float32 steps stay within half the grid"
+    return 2.0 * 2.0 ** (np.floor(np.log2(grid_size / 2)) + 24)
+
+def store_coord(coord:np.ndarray, # (N,3) coordinates in metres, any precision
+                source:str="cloud", # the file, named in messages
+                grid_size:float=0.02, # grid of the model, metres; float32 steps must stay well below it
+                file_dtype=None, # dtype of the coordinates in the file (default: `coord.dtype`)
+                scale:float=1.0, # metres per file unit (`coord` is already scaled)
+               ) -> tuple[np.ndarray, np.ndarray]:
+    "`(coord32, origin)`: float32 coordinates relative to a float64 (3,) `origin`, refused when too coarse"
+    coord, file_dtype = np.asarray(coord), np.dtype(file_dtype or np.asarray(coord).dtype)
+    c = coord.astype(np.float64)
+    far = float(np.abs(c).max())
+    if np.issubdtype(file_dtype, np.floating) and file_dtype.itemsize < 8 and (s := _step(far / scale, file_dtype) * scale) > grid_size / 2:
+        raise ValueError(f"{source}: the file stores coordinates as {file_dtype} up to {far:.4g} m from 0, where {file_dtype} "
+                         f"can only step by {s:g} m: the scan was rounded to {s:g} m steps when the file was written, more "
+                         f"than half the {grid_size} m grid. Re-export it with double-precision (float64) coordinates, or "
+                         "with a local offset subtracted (e.g. CloudCompare's global shift), and preprocess that file.")
+    origin = np.zeros(3) if far <= SHIFT_ABOVE else np.round((c.min(0) + c.max(0)) / 2)
+    local = c - origin
+    s, extent = _step(float(np.abs(local).max())), float((c.max(0) - c.min(0)).max())
+    if s > grid_size / 2:
+        raise ValueError(f"{source}: the cloud is {extent:.4g} m across; even centred, float32 coordinates would step by "
+                         f"{s:g} m at its edges, more than half the {grid_size} m grid, and points would move between "
+                         f"grid cells. If the unit is not metres pass scale= (--scale 0.001 for millimetres, 0.01 for "
+                         f"centimetres); otherwise cut the scan into tiles under {_max_extent(grid_size) / 1000:.0f} km "
+                         "across and preprocess each.")
+    if s > grid_size / 10:
+        warnings.warn(f"{source}: the cloud is {extent:.4g} m across; float32 coordinates step by up to {s:g} m at its "
+                      f"edges ({s / grid_size:.0%} of the {grid_size} m grid); tiles would keep full precision",
+                      PreprocessWarning)
+    return local.astype(np.float32), origin
 
 # %% ../nbs/14_preprocess.ipynb #c020
 def read_label_table(path:Path|str) -> dict[str, tuple[int, int]]:
@@ -250,9 +341,10 @@ def load_scannet_scene(scene_dir:Path|str, # `scans/<scene>` folder
     mesh = scene_dir / f"{name}_vh_clean_2.ply"
     if not mesh.exists(): raise FileNotFoundError(f"{mesh} is missing (the ScanNet `_vh_clean_2.ply` mesh)")
     vertex, face = _read_ply_mesh(mesh)
-    coord = np.stack([vertex[k] for k in ("x", "y", "z")], 1).astype(np.float32)
-    arrays = dict(coord=coord, color=np.stack([vertex[k] for k in ("red", "green", "blue")], 1).astype(np.uint8))
-    if normals: arrays["normal"] = mesh_vertex_normals(coord, face)
+    raw = np.stack([vertex[k] for k in ("x", "y", "z")], 1)
+    coord, origin = store_coord(raw, str(mesh))
+    arrays = dict(coord=coord, origin=origin, color=np.stack([vertex[k] for k in ("red", "green", "blue")], 1).astype(np.uint8))
+    if normals: arrays["normal"] = mesh_vertex_normals(raw.astype(np.float64) - origin, face)
     unknown = {}
     if table is not None:
         segs, agg = scene_dir / f"{name}_vh_clean_2.0.010000.segs.json", scene_dir / f"{name}.aggregation.json"
@@ -330,10 +422,18 @@ def read_points_txt(path:Path|str, # whitespace- (or comma-) separated numbers, 
                    ) -> np.ndarray:
     "(N, ncols) float64 array of a text point file; unparsable lines are skipped with a warning naming them"
     path = Path(path)
-    with open(path, "rb") as f: comma = b"," in f.read(4096)
+    with open(path, "rb") as f:
+        comma = b"," in f.read(4096)
+        if f.seek(0, os.SEEK_END): f.seek(-1, os.SEEK_END)  # the last byte of a non-empty file
+        if f.read(1) not in (b"\n", b"\r", b""):
+            warnings.warn(f"{path}: the last line does not end with a newline, the file may have been cut short; check "
+                          "its last point (copy or export the file again if it was truncated)", PreprocessWarning)
     try:
-        arr = np.loadtxt(path, dtype=np.float64, ndmin=2, comments=("#", "//"), delimiter="," if comma else None)
-        if ncols is None or arr.shape[1] == ncols or len(arr) == 0: return arr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below, with the file
+            arr = np.loadtxt(path, dtype=np.float64, ndmin=2, comments=("#", "//"), delimiter="," if comma else None)
+        if len(arr) == 0: return np.zeros((0, ncols or 0))
+        if ncols is None or arr.shape[1] == ncols: return arr
     except ValueError: pass
     rows, bad = [], []
     for i, line in enumerate(path.read_bytes().decode("latin-1").splitlines(), 1):
@@ -345,17 +445,20 @@ def read_points_txt(path:Path|str, # whitespace- (or comma-) separated numbers, 
             if len(vals) != ncols: raise ValueError
             rows.append(vals)
         except ValueError: bad.append((i, line))
-    if bad:
-        shown = "; ".join(f"line {i}: {l[:40]!r}" for i, l in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        warnings.warn(f"{path}: skipped {len(bad)} unparsable line(s) ({shown})", PreprocessWarning)
+    shown = "; ".join(f"line {i}: {l[:40]!r}" for i, l in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    if bad and len(bad) >= len(rows):
+        raise ValueError(f"{path}: {'none' if not rows else f'only {len(rows)}'} of its {len(bad) + len(rows)} non-comment "
+                         f"line(s) {'is a row' if not rows else 'are rows'} of {ncols or 'the same number of'} numbers "
+                         f"({shown}). Expected one point per line, e.g. 'x y z r g b'; is it a text point file?")
+    if bad: warnings.warn(f"{path}: skipped {len(bad)} unparsable line(s) ({shown})", PreprocessWarning)
     return np.array(rows, np.float64).reshape(-1, ncols or 0)
 
 # %% ../nbs/14_preprocess.ipynb #c034
 def load_s3dis_room(room_dir:Path|str, # `Area_<k>/<room>` folder
                     angle:float|None=None, # alignment angle in degrees; None: no rotation
                     normals:bool=True, # estimate normals (open3d)
-                    normal_radius:float=0.05, # neighbourhood radius of the normal estimate, metres
-                    normal_max_nn:int=30, # max neighbours of the normal estimate
+                    normal_radius:float=NORMAL_RADIUS, # neighbourhood radius of the normal estimate, metres
+                    normal_max_nn:int=NORMAL_MAX_NN, # max neighbours of the normal estimate
                    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     "Arrays of one S3DIS room (coord, color, normal, segment, instance) and its points mapped to clutter by name"
     room_dir = Path(room_dir)
@@ -378,8 +481,9 @@ def load_s3dis_room(room_dir:Path|str, # `Area_<k>/<room>` folder
         rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
         center = (coord.max(0) + coord.min(0)) / 2
         coord = (coord - center) @ rot.T + center
-    arrays = dict(coord=coord.astype(np.float32), color=np.clip(pts[:, 3:6], 0, 255).astype(np.uint8))
-    if normals: arrays["normal"] = estimate_normals(coord, normal_radius, normal_max_nn, "center")
+    coord32, origin = store_coord(coord, str(room_dir))
+    arrays = dict(coord=coord32, origin=origin, color=np.clip(pts[:, 3:6], 0, 255).astype(np.uint8))
+    if normals: arrays["normal"] = estimate_normals(coord - origin, normal_radius, normal_max_nn, "center")
     arrays.update(segment=np.concatenate(seg), instance=np.concatenate(inst))
     if unknown:
         warnings.warn(f"{room_dir}: classes outside the 13 mapped to clutter: "
@@ -398,8 +502,8 @@ def s3dis_jobs(raw:Path|str, # Stanford3dDataset_v1.2 root holding `Area_1` ... 
                splits:list[str]|None=None, # keep only these areas, e.g. `["Area_5"]`
                align_angle:bool=True, # rotate rooms by their alignment angle
                normals:bool=True, # estimate normals
-               normal_radius:float=0.05, # normal neighbourhood radius, metres
-               normal_max_nn:int=30, # normal max neighbours
+               normal_radius:float=NORMAL_RADIUS, # normal neighbourhood radius, metres
+               normal_max_nn:int=NORMAL_MAX_NN, # normal max neighbours
               ) -> list[Job]:
     "One `Job` per S3DIS room"
     raw = Path(raw)
@@ -424,8 +528,8 @@ def preprocess_s3dis(raw:Path|str, # Stanford3dDataset_v1.2 root holding `Area_1
                      splits:list[str]|None=None, # keep only these areas
                      align_angle:bool=True, # rotate rooms by their alignment angle
                      normals:bool=True, # estimate normals
-                     normal_radius:float=0.05, # normal neighbourhood radius, metres
-                     normal_max_nn:int=30, # normal max neighbours
+                     normal_radius:float=NORMAL_RADIUS, # normal neighbourhood radius, metres
+                     normal_max_nn:int=NORMAL_MAX_NN, # normal max neighbours
                      workers:int=1, # processes
                      overwrite:bool=False, # redo finished rooms
                      progress:bool=True, # show a progress bar
@@ -439,12 +543,15 @@ CUSTOM_EXTS = (".ply", ".pcd", ".npy", ".npz", ".txt", ".xyz")
 LABEL_FIELDS = ("segment", "label", "semantic", "class", "classification")  # first one present is the segment
 COLUMN_LAYOUTS = {3: ("coord",), 4: ("coord", "segment"), 6: ("coord", "color"), 7: ("coord", "color", "segment"),
                   9: ("coord", "color", "normal"), 10: ("coord", "color", "normal", "segment")}
+_LAYOUTS = "3 xyz, 4 xyz+label, 6 xyz+rgb, 7 xyz+rgb+label, 9 xyz+rgb+normal, 10 xyz+rgb+normal+label"
 
 def _split_columns(arr:np.ndarray, path:Path) -> dict[str, np.ndarray]:
     "Fields of an (N, C) array by its width (`COLUMN_LAYOUTS`)"
     if arr.ndim != 2 or arr.shape[1] not in COLUMN_LAYOUTS:
-        raise ValueError(f"{path}: array of shape {arr.shape}; expected (N, C) with C in {sorted(COLUMN_LAYOUTS)} "
-                         "(3 xyz, 4 xyz+label, 6 xyz+rgb, 7 xyz+rgb+label, 9 xyz+rgb+normal, 10 xyz+rgb+normal+label)")
+        raise ValueError(f"{path}: array of shape {arr.shape}; expected (N, C) with C columns, C one of {_LAYOUTS}. "
+                         "Re-save it in one of these layouts, or as .npz with named arrays coord, color, normal, segment.")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{path}: the array holds {arr.dtype} values, not numbers; re-save it as a float array")
     out, i = {}, 0
     for key in COLUMN_LAYOUTS[arr.shape[1]]:
         w = 1 if key == "segment" else 3
@@ -454,12 +561,21 @@ def _split_columns(arr:np.ndarray, path:Path) -> dict[str, np.ndarray]:
 def _pick(names, candidates): return next((c for c in candidates if c in names), None)
 
 def _read_ply_cloud(path:Path) -> dict[str, np.ndarray]:
-    ply = PlyData.read(str(path))
-    if "vertex" not in ply: raise ValueError(f"{path}: no 'vertex' element")
+    try: ply = PlyData.read(str(path))
+    except Exception as e:
+        what = ("it is truncated: it ends before all the elements its header announces" if "early end" in str(e)
+                else "it is not a readable PLY file")
+        raise ValueError(f"{path}: {what} ({type(e).__name__}: {str(e)[:200]}). A PLY starts with a text header "
+                         "('ply', 'format ...', 'element vertex N', 'property ...', 'end_header'). Copy the file again if "
+                         "it was cut short, or re-export the scan as PLY (e.g. from CloudCompare or MeshLab).") from None
+    if "vertex" not in ply:
+        raise ValueError(f"{path}: no 'vertex' element (found {[e.name for e in ply.elements]}); a point cloud PLY "
+                         "stores its points as 'element vertex N' with properties x y z")
     v = ply["vertex"].data; names = v.dtype.names
     cols = lambda ks: np.stack([np.asarray(v[k]) for k in ks], 1)
     missing = [k for k in "xyz" if k not in names]
-    if missing: raise ValueError(f"{path}: vertex field(s) {missing} missing; found {list(names)}")
+    if missing: raise ValueError(f"{path}: vertex field(s) {missing} missing; found {list(names)}. Rename the "
+                                 "coordinate properties to x, y, z.")
     out = dict(coord=cols("xyz"))
     rgb = next((ks for ks in (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue"))
                 if all(k in names for k in ks)), None)
@@ -472,11 +588,43 @@ def _read_ply_cloud(path:Path) -> dict[str, np.ndarray]:
     if inst := _pick(names, ("instance", "instance_id")): out["instance"] = np.asarray(v[inst])
     return out
 
+# %% ../nbs/14_preprocess.ipynb #c039b
+def _pcd_header(path:Path) -> tuple[dict[str, str], int]:
+    "The header fields of a .pcd file (VERSION ... DATA) and where its data starts; ({}, 0) without a header"
+    head = {}
+    with open(path, "rb") as f:
+        for _ in range(20):
+            line = f.readline().decode("latin-1").strip()
+            if not line or line.startswith("#"): continue
+            key, _, value = line.partition(" ")
+            if not key.isupper() or not key.isalpha(): break
+            head[key] = value
+            if key == "DATA": return head, f.tell()
+    return {}, 0
+
+def _pcd_points_present(path:Path, head:dict, start:int) -> int|None:
+    "Points the data section can hold (ascii: lines, binary: bytes / point size); None when compressed"
+    data = path.read_bytes()[start:]
+    if head["DATA"].strip() == "ascii": return sum(1 for l in data.splitlines() if l.strip())
+    if head["DATA"].strip() != "binary": return None
+    size = sum(int(s) * int(c) for s, c in zip(head.get("SIZE", "").split(), (head.get("COUNT") or "1 " * 99).split()))
+    return len(data) // size if size else None
+
 def _read_pcd(path:Path) -> dict[str, np.ndarray]:
+    head, start = _pcd_header(path)
+    if not head:
+        raise ValueError(f"{path}: not a PCD file: it does not start with a PCD header (VERSION, FIELDS, ..., POINTS, "
+                         "DATA lines). Re-export it as .pcd (e.g. from PCL, open3d or CloudCompare) or as .ply.")
+    want = int((head.get("POINTS") or head.get("WIDTH") or "0").split()[0])
+    have = _pcd_points_present(path, head, start)
+    truncated = f"{path}: the file is truncated or corrupt: its header announces {want} points (DATA {head['DATA']}) but "
+    if have is not None and have < want:
+        raise ValueError(truncated + f"its data holds only {have}. Copy it again or re-export it.")
     o3d = _open3d()
     pcd = o3d.t.io.read_point_cloud(str(path))
     names = set(pcd.point)
-    if "positions" not in names: raise ValueError(f"{path}: no points could be read (is it a valid .pcd?)")
+    n = len(pcd.point["positions"]) if "positions" in names else 0
+    if n != want: raise ValueError(truncated + f"{n} could be read. Copy it again or re-export it.")
     out = dict(coord=pcd.point["positions"].numpy())
     if "colors" in names: out["color"] = pcd.point["colors"].numpy()
     if "normals" in names: out["normal"] = pcd.point["normals"].numpy()
@@ -484,27 +632,64 @@ def _read_pcd(path:Path) -> dict[str, np.ndarray]:
     if "instance" in names: out["instance"] = pcd.point["instance"].numpy().reshape(-1)
     return out
 
+def _npy_problem(path:Path, e:Exception) -> str:
+    "What is wrong with an .npy file that `np.load` refused"
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            start = f.tell()
+        need = start + int(np.prod(shape)) * dtype.itemsize
+        if path.stat().st_size < need:
+            return (f"it is truncated: its header announces a {dtype} array of shape {shape} ({need:,} bytes) but the "
+                    f"file has {path.stat().st_size:,} bytes")
+        if dtype.hasobject: return "it holds Python objects, not numbers (saved from an object array)"
+    except Exception: return "it is not a NumPy .npy file (no valid .npy header)"
+    return f"it could not be read ({type(e).__name__}: {str(e)[:200]})"
+
+def _load_npy(path:Path) -> np.ndarray:
+    try: return np.load(path)
+    except Exception as e:
+        raise ValueError(f"{path}: {_npy_problem(path, e)}. Re-save the points with numpy.save(path, array) as a "
+                         f"float (N, C) array, C one of {_LAYOUTS}.") from None
+
+# %% ../nbs/14_preprocess.ipynb #c039c
 def _read_npz(path:Path) -> dict[str, np.ndarray]:
-    z = np.load(path)
-    key = lambda *c: _pick(z.files, c)
-    if not (k := key("coord", "xyz", "points")):
-        raise ValueError(f"{path}: no 'coord' (or 'xyz', 'points') array; found {z.files}")
-    out = dict(coord=z[k])
-    for dst, cands in (("color", ("color", "rgb")), ("normal", ("normal", "normals")),
-                       ("segment", LABEL_FIELDS), ("instance", ("instance",))):
-        if k := key(*cands): out[dst] = z[k]
+    fix = ("Re-save it with numpy.savez(path, coord=..., color=..., normal=..., segment=...), (N,3) float coordinates "
+           "in metres.")
+    if not zipfile.is_zipfile(path): raise ValueError(f"{path}: not an .npz archive (no zip structure: garbage, or cut short). {fix}")
+    try:
+        with np.load(path) as z:
+            key = lambda *c: _pick(z.files, c)
+            if not (k := key("coord", "xyz", "points")):
+                raise KeyError(f"{path}: no 'coord' (or 'xyz', 'points') array; found {z.files}. {fix}")
+            out = dict(coord=z[k])
+            for dst, cands in (("color", ("color", "rgb")), ("normal", ("normal", "normals")),
+                               ("segment", LABEL_FIELDS), ("instance", ("instance",))):
+                if k := key(*cands): out[dst] = z[k]
+    except KeyError as e: raise ValueError(e.args[0]) from None
+    except Exception as e:
+        what = ("it is not a readable .npz archive (truncated or not a zip file)" if isinstance(e, (zipfile.BadZipFile, EOFError))
+                else f"an array in it could not be read, the archive is truncated or corrupt ({type(e).__name__}: {str(e)[:200]})")
+        raise ValueError(f"{path}: {what}. {fix}") from None
     return out
 
 def read_cloud(path:Path|str) -> dict[str, np.ndarray]:
-    "The raw fields (coord, and color/normal/segment/instance when present) of one scan file"
+    "The raw fields (coord, and color/normal/segment/instance when present) of one scan file; errors name the file"
     path = Path(path); ext = path.suffix.lower()
     if not path.is_file(): raise FileNotFoundError(f"{path} does not exist")
+    if ext not in CUSTOM_EXTS: raise ValueError(f"{path}: unsupported format {ext!r}; use one of {CUSTOM_EXTS}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes). Copy or export the scan again.")
     if ext == ".ply": return _read_ply_cloud(path)
     if ext == ".pcd": return _read_pcd(path)
     if ext == ".npz": return _read_npz(path)
-    if ext == ".npy": return _split_columns(np.load(path), path)
-    if ext in (".txt", ".xyz"): return _split_columns(read_points_txt(path), path)
-    raise ValueError(f"{path}: unsupported format {ext!r}; use one of {CUSTOM_EXTS}")
+    arr = _load_npy(path) if ext == ".npy" else read_points_txt(path)
+    if len(arr) == 0:
+        raise ValueError(f"{path}: empty cloud (no points: {'an empty array' if ext == '.npy' else 'no data lines, only blanks or comments'}). "
+                         f"Expected one point per {'row' if ext == '.npy' else 'line'}: {_LAYOUTS}.")
+    return _split_columns(arr, path)
 
 # %% ../nbs/14_preprocess.ipynb #c041
 def _median_spacing(coord:np.ndarray, n:int=2000, seed:int=0) -> float:
@@ -520,7 +705,7 @@ def check_units(coord:np.ndarray, source:str="cloud") -> str|None:
     extent = float((coord.max(0) - coord.min(0)).max())
     msg = None
     if extent > 200:
-        spacing = _median_spacing(coord)
+        spacing = _median_spacing(coord - coord.min(0))
         if spacing > 0.2:
             msg = (f"{source}: extent {extent:.0f} with median point spacing {spacing:.2f} does not look like metres "
                    f"(Sonata expects metres, 2 cm grid). In centimetres it is {extent / 100:.3g} m across: pass "
@@ -531,12 +716,15 @@ def check_units(coord:np.ndarray, source:str="cloud") -> str|None:
     if msg: warnings.warn(msg, PreprocessWarning)
     return msg
 
+# %% ../nbs/14_preprocess.ipynb #c041c
 def _check_color(color:np.ndarray, source:str) -> np.ndarray:
     if color.ndim != 2 or color.shape[1] not in (3, 4):
         raise ValueError(f"{source}: field 'color' has shape {color.shape}; expected (N,3) RGB (or (N,4) RGBA)")
     floating = np.issubdtype(color.dtype, np.floating)
     color = color[:, :3].astype(np.float64)
-    if not np.isfinite(color).all(): raise ValueError(f"{source}: field 'color' has NaN/inf values")
+    if not np.isfinite(color).all():
+        raise ValueError(f"{source}: field 'color' has {int((~np.isfinite(color).all(1)).sum())} point(s) with NaN/inf; "
+                         "fix or drop them before preprocessing")
     if color.min() < 0: raise ValueError(f"{source}: field 'color' has negative values (min {color.min():g}); expected 0..255")
     hi = color.max()
     if hi > 65535: raise ValueError(f"{source}: field 'color' goes up to {hi:g}; expected 0..255 (or 0..1, or 16-bit)")
@@ -548,25 +736,41 @@ def _check_color(color:np.ndarray, source:str) -> np.ndarray:
         color = color * 255
     return np.clip(np.round(color), 0, 255).astype(np.uint8)
 
-def _check_labels(lab:np.ndarray, key:str, source:str) -> np.ndarray:
+def _check_labels(lab:np.ndarray, key:str, source:str, num_classes:int|None=None) -> np.ndarray:
+    "Labels as int64 (N,): integers in 0..num_classes-1 or -1 (ignore); errors name the file, the values and the fix"
     lab = np.asarray(lab).reshape(-1)
     if np.issubdtype(lab.dtype, np.floating):
         if not np.isfinite(lab).all() or (lab % 1).any():
             raise ValueError(f"{source}: field {key!r} has non-integer values; labels must be integers (-1 = ignore)")
+    lab = lab.astype(np.int64)
     if len(lab) and lab.min() < -1:
         raise ValueError(f"{source}: field {key!r} has values below -1 (min {lab.min()}); use -1 for ignore")
-    return lab.astype(np.int64)
+    if key == "segment" and num_classes is not None and len(lab) and lab.max() >= num_classes:
+        values, counts = np.unique(lab[lab >= num_classes], return_counts=True)
+        shown = ", ".join(f"{v} ({c:,} points)" for v, c in list(zip(values, counts))[:8]) + (" ..." if len(values) > 8 else "")
+        raise ValueError(f"{source}: field {key!r} has labels outside the {num_classes} classes (0..{num_classes - 1}, "
+                         f"-1 = ignore): {shown}. Map them to a class or to -1 before preprocessing, or pass the "
+                         "dataset's class count as num_classes= (--num-classes, data.num_classes of the config).")
+    if key == "segment" and num_classes is None and len(lab) and lab.max() >= 0:
+        warnings.warn(f"{source}: labels {lab[lab >= 0].min()}..{lab.max()} were not checked against a class count; pass "
+                      "num_classes= (--num-classes) to refuse labels outside it now rather than when training",
+                      PreprocessWarning)
+    return lab
 
+# %% ../nbs/14_preprocess.ipynb #c041d
 def check_cloud(fields:dict[str, np.ndarray], # raw fields from `read_cloud`
                 source:str="cloud", # name used in messages (the file)
                 scale:float=1.0, # multiply coordinates by this (e.g. 0.001 for millimetres)
                 normals:bool=True, # estimate normals when absent
                 orient:str="center", # sign convention of estimated normals
-                normal_radius:float=0.05, # normal neighbourhood radius, metres
-                normal_max_nn:int=30, # normal max neighbours
+                normal_radius:float=NORMAL_RADIUS, # normal neighbourhood radius, metres
+                normal_max_nn:int=NORMAL_MAX_NN, # normal max neighbours
+                num_classes:int|None=None, # classes of the dataset: labels must be in 0..num_classes-1 or -1
+                grid_size:float=0.02, # the model's grid, metres (precision check of the stored coordinates)
                ) -> dict[str, np.ndarray]:
-    "Validated arrays (coord float32, color uint8, normal float32, segment/instance int64) in the dataset contract"
-    coord = np.asarray(fields["coord"], np.float64)
+    "Validated arrays (coord float32 + origin float64, color uint8, normal float32, segment/instance int64)"
+    raw = np.asarray(fields["coord"])
+    coord = raw.astype(np.float64)
     if coord.ndim != 2 or coord.shape[1] != 3: raise ValueError(f"{source}: field 'coord' has shape {coord.shape}; expected (N,3)")
     if len(coord) == 0: raise ValueError(f"{source}: empty cloud (no points)")
     bad = ~np.isfinite(coord).all(1)
@@ -579,7 +783,8 @@ def check_cloud(fields:dict[str, np.ndarray], # raw fields from `read_cloud`
             raise ValueError(f"{source}: field {key!r} has {len(value)} entries but 'coord' has {n} points")
     coord = coord * scale
     check_units(coord, source)
-    out = dict(coord=coord.astype(np.float32))
+    coord32, origin = store_coord(coord, source, grid_size, raw.dtype, scale)
+    out = dict(coord=coord32, origin=origin)
     if "color" in fields: out["color"] = _check_color(np.asarray(fields["color"]), source)
     else:
         warnings.warn(f"{source}: no colour; filled with zeros (use a Sonata weight trained to tolerate missing colour)",
@@ -588,16 +793,18 @@ def check_cloud(fields:dict[str, np.ndarray], # raw fields from `read_cloud`
     if "normal" in fields:
         normal = np.asarray(fields["normal"], np.float64)
         if normal.shape != (n, 3) or not np.isfinite(normal).all():
-            raise ValueError(f"{source}: field 'normal' must be finite (N,3); got shape {normal.shape}")
+            raise ValueError(f"{source}: field 'normal' must be finite (N,3); got shape {normal.shape}"
+                             + ("" if normal.shape != (n, 3) else f" with {int((~np.isfinite(normal).all(1)).sum())} "
+                                "non-finite row(s); fix or drop them, or leave normals out to have them estimated"))
         length = np.linalg.norm(normal, axis=1)
         if np.abs(length - 1).max() > 1e-3:
             warnings.warn(f"{source}: {int((np.abs(length - 1) > 1e-3).sum())} normals are not unit length: normalised "
                           f"({int((length == 0).sum())} zero-length stay zero)", PreprocessWarning)
             normal = normal / np.where(length > 0, length, 1)[:, None]
         out["normal"] = normal.astype(np.float32)
-    elif normals: out["normal"] = estimate_normals(coord, normal_radius, normal_max_nn, orient)
+    elif normals: out["normal"] = estimate_normals(coord - origin, normal_radius, normal_max_nn, orient)
     for key in ("segment", "instance"):
-        if key in fields: out[key] = _check_labels(fields[key], key, source)
+        if key in fields: out[key] = _check_labels(fields[key], key, source, num_classes)
     return out
 
 # %% ../nbs/14_preprocess.ipynb #c044
@@ -609,7 +816,7 @@ def load_custom_scan(path:Path|str, **kwargs) -> tuple[dict[str, np.ndarray], di
 def custom_jobs(raw:Path|str, # folder of scans (files, or one level of split sub-folders), or one file
                 splits:list[str]|None=None, # keep only these sub-folders (splits)
                 default_split:str="scans", # split of files directly in `raw`
-                **kwargs, # passed to `check_cloud` (scale, normals, orient, normal_radius, normal_max_nn)
+                **kwargs, # passed to `check_cloud` (scale, normals, orient, normal_radius, normal_max_nn, num_classes, grid_size)
                ) -> list[Job]:
     "One `Job` per scan file"
     raw = Path(raw)
@@ -635,8 +842,10 @@ def preprocess_custom(raw:Path|str, # folder of scans, or one file
                       scale:float=1.0, # multiply coordinates (0.001 for millimetres, 0.01 for centimetres)
                       normals:bool=True, # estimate missing normals
                       orient:str="center", # sign of estimated normals: "center", "outward" or "+z"
-                      normal_radius:float=0.05, # normal neighbourhood radius, metres
-                      normal_max_nn:int=30, # normal max neighbours
+                      normal_radius:float=NORMAL_RADIUS, # normal neighbourhood radius, metres
+                      normal_max_nn:int=NORMAL_MAX_NN, # normal max neighbours
+                      num_classes:int|None=None, # classes of the dataset: labels outside 0..num_classes-1 and -1 are refused
+                      grid_size:float=0.02, # the model's grid, metres (precision check of stored coordinates)
                       workers:int=1, # processes
                       overwrite:bool=False, # redo finished scans
                       progress:bool=True, # show a progress bar
@@ -644,8 +853,43 @@ def preprocess_custom(raw:Path|str, # folder of scans, or one file
     "Preprocess your own scans into `out/<split>/<name>/*.npy`"
     if orient not in NORMAL_ORIENTATIONS: raise ValueError(f"orient={orient!r}; use one of {NORMAL_ORIENTATIONS}")
     jobs = custom_jobs(raw, splits, default_split, scale=scale, normals=normals, orient=orient,
-                       normal_radius=normal_radius, normal_max_nn=normal_max_nn)
+                       normal_radius=normal_radius, normal_max_nn=normal_max_nn, num_classes=num_classes, grid_size=grid_size)
     return run_jobs(jobs, out, workers, overwrite, progress, desc="custom")
+
+# %% ../nbs/14_preprocess.ipynb #c045x
+def scene_origin(scene:Path|str) -> np.ndarray:
+    "The float64 (3,) origin of a preprocessed scene folder (zeros when it has no `origin.npy`)"
+    p = Path(scene) / "origin.npy"
+    return np.load(p).astype(np.float64).reshape(3) if p.exists() else np.zeros(3)
+
+def original_coord(scene:Path|str, # a preprocessed scene folder
+                   coord:np.ndarray|None=None, # coordinates in the scene's stored frame; default: its coord.npy
+                  ) -> np.ndarray:
+    "Coordinates in the scan's original frame, float64 (N,3): stored coordinates + `origin.npy`"
+    coord = np.load(Path(scene) / "coord.npy") if coord is None else coord
+    return np.asarray(coord, np.float64) + scene_origin(scene)
+
+def export_predictions(scene:Path|str, # the preprocessed scene folder the predictions belong to
+                       pred:np.ndarray|str|Path, # (N,) class per point of coord.npy (e.g. the tester's `<name>_pred.npy`)
+                       path:Path|str, # output: `.ply` (double x y z, int label) or `.txt`/`.csv` (x y z label)
+                       names:list[str]|None=None, # class names, written into the .ply header as comments
+                      ) -> Path:
+    "Write each point in its original coordinates with its predicted class"
+    pred = np.load(pred) if isinstance(pred, (str, Path)) else np.asarray(pred)
+    xyz, path = original_coord(scene), Path(path)
+    if pred.shape != (len(xyz),):
+        raise ValueError(f"{path}: {pred.shape[0] if pred.ndim else 0} predictions for the {len(xyz)} points of {scene} "
+                         "(pass the per-point predictions of that very scene)")
+    if path.suffix.lower() == ".ply":
+        v = np.empty(len(xyz), [("x", "f8"), ("y", "f8"), ("z", "f8"), ("label", "i4")])
+        for i, k in enumerate("xyz"): v[k] = xyz[:, i]
+        v["label"] = pred
+        comments = [f"label {i}: {n}" for i, n in enumerate(names or [])]
+        PlyData([PlyElement.describe(v, "vertex")], comments=comments).write(str(path))
+    else:
+        sep = "," if path.suffix.lower() == ".csv" else " "
+        np.savetxt(path, np.c_[xyz, pred], fmt=["%.6f"] * 3 + ["%d"], delimiter=sep)
+    return path
 
 # %% ../nbs/14_preprocess.ipynb #c047
 def build_parser() -> argparse.ArgumentParser:
@@ -659,8 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-normals", dest="normals", action="store_false", help="do not compute normals")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     estimated = argparse.ArgumentParser(add_help=False)
-    estimated.add_argument("--normal-radius", type=float, default=0.05, help="normal estimation radius, metres")
-    estimated.add_argument("--normal-max-nn", type=int, default=30, help="normal estimation max neighbours")
+    estimated.add_argument("--normal-radius", type=float, default=NORMAL_RADIUS, help="normal estimation radius, metres")
+    estimated.add_argument("--normal-max-nn", type=int, default=NORMAL_MAX_NN, help="normal estimation max neighbours")
     p = argparse.ArgumentParser(prog="python -m sonata_nb.preprocess", description="Preprocess point-cloud datasets for sonata_nb")
     sub = p.add_subparsers(dest="dataset", required=True)
     sc = sub.add_parser("scannet", parents=[common], help="ScanNet v2 (scans/<scene>/...)")
@@ -673,6 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--default-split", default="scans", help="split of files directly in RAW")
     cu.add_argument("--scale", type=float, default=1.0, help="multiply coordinates (0.001: mm -> m, 0.01: cm -> m)")
     cu.add_argument("--orient", choices=NORMAL_ORIENTATIONS, default="center", help="sign of estimated normals")
+    cu.add_argument("--num-classes", type=int, default=None, help="refuse labels outside 0..N-1 (and -1); data.num_classes of the config")
+    cu.add_argument("--grid-size", type=float, default=0.02, help="grid of the model, metres (coordinate precision check)")
     return p
 
 def main(argv:list[str]|None=None) -> int:
@@ -683,7 +929,7 @@ def main(argv:list[str]|None=None) -> int:
         warnings.simplefilter("always", PreprocessWarning)
         warnings.showwarning = lambda msg, *_, **__: tqdm.write(f"warning: {msg}", file=sys.stderr)
         try: summary = fn(**a)
-        except (FileNotFoundError, ValueError) as e:
+        except (OSError, ValueError) as e:  # missing input, bad arguments, a full disk
             print(f"error: {e}", file=sys.stderr); return 2
     print(summary)
     return 1 if summary.failed else 0

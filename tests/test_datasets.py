@@ -90,11 +90,15 @@ def test_errors_name_the_folder(tmp_path, scannet):
     with pytest.raises(FileNotFoundError, match="no scene folders"):
         ScanNetDataset(split="test", data_root=scannet)
     (scannet / "train/scene0001_00/coord.npy").unlink()
-    with pytest.raises(FileNotFoundError, match="scene0001_00.*coord.npy"):
-        ScanNetDataset(split="train", data_root=scannet)[1]
+    with pytest.raises(ValueError, match="scene0001_00: no coord.npy"):  # refused when built, before any loading
+        ScanNetDataset(split="train", data_root=scannet)
+    with pytest.raises(FileNotFoundError, match="scene0001_00.*coord.npy"):  # unchecked: refused when loaded
+        ScanNetDataset(split="train", data_root=scannet, check="off")[1]
     np.save(scannet / "train/scene0002_00/normal.npy", np.zeros((10, 3), np.float32))
+    with pytest.raises(ValueError, match="scene0002_00/normal.npy: 10 rows but coord.npy has"):
+        ScanNetDataset(split="train", data_root=scannet, check="lengths")
     with pytest.raises(ValueError, match="scene0002_00.*normal.npy has 10 rows"):
-        ScanNetDataset(split="train", data_root=scannet)[2]
+        ScanNetDataset(split="train", data_root=scannet, check="off")[2]
     with pytest.raises(ValueError, match="points_per_scene"):
         ScanNetDataset(split="val", data_root=scannet, points_per_scene=0)
 

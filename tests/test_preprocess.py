@@ -45,12 +45,13 @@ def test_scannet_arrays(scannet_out):
     scene, summary, _ = scannet_out
     assert summary.done == ["train/scene0000_00"] and summary.points == 81_369 and not summary.failed
     arrays = {p.stem: np.load(p) for p in scene.glob("*.npy")}
-    assert sorted(arrays) == ["color", "coord", "instance", "normal", "segment20", "segment200"]
-    assert {k: (v.dtype, v.shape) for k, v in arrays.items()} == {
+    assert sorted(arrays) == ["color", "coord", "instance", "normal", "origin", "segment20", "segment200"]
+    assert {k: (v.dtype, v.shape) for k, v in arrays.items()} == {"origin": (np.float64, (3,)),
         "coord": (np.float32, (81_369, 3)), "color": (np.uint8, (81_369, 3)), "normal": (np.float32, (81_369, 3)),
         "segment20": (np.int64, (81_369,)), "segment200": (np.int64, (81_369,)), "instance": (np.int64, (81_369,))}
     v = PlyData.read(str(SCENE / "scene0000_00_vh_clean_2.ply"))["vertex"].data
     np.testing.assert_array_equal(arrays["coord"], np.stack([v["x"], v["y"], v["z"]], 1))
+    np.testing.assert_array_equal(arrays["origin"], [0, 0, 0])  # a local scan keeps its frame
     np.testing.assert_array_equal(arrays["color"], np.stack([v["red"], v["green"], v["blue"]], 1))
 
 
@@ -336,7 +337,7 @@ def test_resume_skips_finished_and_crash_leaves_nothing(tmp_path, monkeypatch):
     (out / pp.PARTIAL / "scans__s0" / "coord.npy").write_bytes(b"junk")
     s2, _ = run_quiet(pp.preprocess_custom, raw, out, normals=False)
     assert s2.done == ["scans/s0"] and s2.skipped == ["scans/s1", "scans/s2"] and not (out / pp.PARTIAL).exists()
-    assert sorted(p.name for p in (out / "scans/s0").iterdir()) == ["color.npy", "coord.npy", "segment.npy"]
+    assert sorted(p.name for p in (out / "scans/s0").iterdir()) == ["color.npy", "coord.npy", "origin.npy", "segment.npy"]
     s3, _ = run_quiet(pp.preprocess_custom, raw, out, normals=False)
     assert s3.done == [] and len(s3.skipped) == 3 and s3.points == 0
     s4, _ = run_quiet(pp.preprocess_custom, raw, out, normals=False, overwrite=True)
@@ -396,7 +397,7 @@ def test_scannet_split_lists_and_test_scans(tmp_path):
     (raw / "scans_test" / "scene0000_00" / "scene0000_00_vh_clean_2.ply").symlink_to(SCENE / "scene0000_00_vh_clean_2.ply")
     summary, msgs = run_quiet(pp.preprocess_scannet, raw, tmp_path / "out")  # no annotations, no table, no split lists
     assert summary.done == ["test/scene0000_00"] and any("go to 'test'" in m for m in msgs)
-    assert sorted(p.name for p in (tmp_path / "out/test/scene0000_00").iterdir()) == ["color.npy", "coord.npy", "normal.npy"]
+    assert sorted(p.name for p in (tmp_path / "out/test/scene0000_00").iterdir()) == ["color.npy", "coord.npy", "normal.npy", "origin.npy"]
     lists = tmp_path / "lists"; lists.mkdir()
     (lists / "scannetv2_val.txt").write_text("scene0000_00\n")
     summary, _ = run_quiet(pp.preprocess_scannet, SCANNET, tmp_path / "out2", split_dir=lists)
