@@ -150,11 +150,20 @@ def test_trainer_and_tester_refused_in_a_held_folder(tmp_path, data_root):
 
 # ---------------------------------------------------------------- non-finite losses and weights
 
+class WithBatchNorm(torch.nn.Module):
+    "The demo segmentor behind a BatchNorm of the input features, whose running statistics a NaN batch poisons"
+    def __init__(self, segmentor, channels:int):
+        super().__init__()
+        self.norm, self.segmentor = torch.nn.BatchNorm1d(channels), segmentor
+    def forward(self, data): return self.segmentor(dict(data, feat=self.norm(data["feat"])))
+
+
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 def test_nan_input_steps_are_skipped_then_the_run_stops(tmp_path, data_root, amp):
     "NaN normals from the start: every step is skipped (weights and buffers unchanged), the run stops after the limit"
     bad = poisoned(data_root, tmp_path/"data")
-    trainer = Trainer(demo_cfg(tmp_path/"exp", bad, enable_amp=amp, amp_dtype="bfloat16", max_nonfinite_steps=3))
+    cfg = demo_cfg(tmp_path/"exp", bad, enable_amp=amp, amp_dtype="bfloat16", max_nonfinite_steps=3)
+    trainer = Trainer(cfg, model=WithBatchNorm(build_model(cfg.model), 9))  # 9 features: coord, color, normal
     initial = state(trainer.model)
     with pytest.raises(NonFiniteError, match="3 optimizer steps in a row were skipped.*this run has saved no checkpoint"):
         trainer.train()
