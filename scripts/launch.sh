@@ -1,7 +1,22 @@
 # Sourced by scripts/train.sh and scripts/test.sh (from the repository root): `launch tools/X.py [args]` runs the entry
 # point once, or through torchrun when NUM_GPU x NUM_MACHINE > 1 (one machine: --standalone; several: NODE_RANK,
 # MASTER_ADDR, MASTER_PORT, or the first host of SLURM_NODELIST). Reads PYTHON, CONFIG_PATH, NUM_GPU, NUM_MACHINE,
-# DATASET, EXP_NAME and OPTIONS.
+# DATASET, EXP_NAME and OPTIONS. `check_counts` validates -m and -g first (and sets NUM_GPU when -g was not given).
+
+# positive_int FLAG VALUE WHAT: exit 2 with a message unless VALUE is a positive integer (no sign, no leading zero)
+positive_int() {
+  case $2 in
+    ''|*[!0-9]*|0*) echo "error: $1 $2: $3 must be a positive integer, e.g. $1 1" >&2; exit 2 ;;
+  esac
+}
+
+# check_counts: -m and -g must be positive integers; -g must not exceed the visible GPUs on a CUDA machine
+# (sonata_nb.launch.num_gpus_main, which also gives the default: every visible GPU, 1 without CUDA)
+check_counts() {
+  positive_int -m "$NUM_MACHINE" "the number of machines"
+  if [ -n "$NUM_GPU" ]; then positive_int -g "$NUM_GPU" "the number of processes (GPUs) per machine"; fi
+  NUM_GPU=$($PYTHON -c 'from sonata_nb.launch import num_gpus_main; num_gpus_main()' "$NUM_GPU") || exit 2
+}
 launch() {
   script=$1; shift
   args="--config-file $CONFIG_PATH --num-gpus $NUM_GPU --num-machines $NUM_MACHINE"

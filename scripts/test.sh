@@ -6,7 +6,8 @@
 #
 #   -p  python interpreter (default: python)
 #   -m  number of machines (default: 1)
-#   -g  processes (GPUs) per machine (default: the number of CUDA devices, 1 on a CPU machine)
+#   -g  processes (GPUs) per machine (default: the number of CUDA devices, 1 on a CPU machine); at most the visible
+#       GPUs on a CUDA machine (to run N processes on the CPU with gloo there: CUDA_VISIBLE_DEVICES= sh scripts/...)
 #   -d  config sub-folder configs/<d>/, also the experiment folder exp/<d>/ (default: demo)
 #   -n  experiment name: tests exp/<d>/<n>/ (default: debug)
 #   -w  checkpoint name in exp/<d>/<n>/model/ without .pth, or a path to a .pth file (default: model_best)
@@ -41,9 +42,8 @@ while getopts "p:m:g:d:n:w:c:" opt; do
 done
 shift $((OPTIND - 1))
 
-if [ -z "$NUM_GPU" ]; then
-  NUM_GPU=$($PYTHON -c 'import torch; print(torch.cuda.device_count() or 1)') || exit 1
-fi
+. scripts/launch.sh
+check_counts
 
 EXP_DIR=${EXP_ROOT:-exp}/$DATASET/$EXP_NAME
 if [ -z "$CONFIG" ]; then CONFIG_PATH=$EXP_DIR/config/config.py; else CONFIG_PATH=configs/$DATASET/$CONFIG.py; fi
@@ -61,5 +61,4 @@ fi
 echo "Experiment: $EXP_DIR | config: $CONFIG_PATH | weight: $WEIGHT_PATH | machines: $NUM_MACHINE x processes: $NUM_GPU | python: $PYTHON"
 
 OPTIONS="save_path=$EXP_DIR weight=$WEIGHT_PATH"
-. scripts/launch.sh
 launch tools/test.py "$@"

@@ -5,7 +5,8 @@
 #
 #   -p  python interpreter (default: python)
 #   -m  number of machines (default: 1)
-#   -g  processes (GPUs) per machine (default: the number of CUDA devices, 1 on a CPU machine)
+#   -g  processes (GPUs) per machine (default: the number of CUDA devices, 1 on a CPU machine); at most the visible
+#       GPUs on a CUDA machine (to run N processes on the CPU with gloo there: CUDA_VISIBLE_DEVICES= sh scripts/...)
 #   -d  config sub-folder configs/<d>/, also the experiment folder exp/<d>/ (default: demo)
 #   -c  config name, without .py (required)
 #   -n  experiment name: outputs go to exp/<d>/<n>/ (default: debug)
@@ -54,9 +55,8 @@ shift $((OPTIND - 1))
 if [ -z "$CONFIG" ]; then
   echo "error: -c CONFIG is required (a file name in configs/$DATASET/ without .py)" >&2; exit 2
 fi
-if [ -z "$NUM_GPU" ]; then
-  NUM_GPU=$($PYTHON -c 'import torch; print(torch.cuda.device_count() or 1)') || exit 1
-fi
+. scripts/launch.sh
+check_counts
 
 EXP_DIR=${EXP_ROOT:-exp}/$DATASET/$EXP_NAME
 CONFIG_PATH=configs/$DATASET/$CONFIG.py
@@ -82,5 +82,4 @@ fi
 echo "Experiment: $EXP_DIR | config: $CONFIG_PATH | machines: $NUM_MACHINE x processes: $NUM_GPU | python: $PYTHON"
 ulimit -n 65536 2>/dev/null || true
 
-. scripts/launch.sh
 launch tools/train.py "$@"

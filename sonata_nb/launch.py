@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 
 from .config import default_config_parser
-from .trainer import Trainer
+from .trainer import ExperimentLocked, NonFiniteError, Trainer
 
 # %% auto #0
-__all__ = ['EPILOG', 'default_argument_parser', 'init_distributed', 'train_main']
+__all__ = ['EPILOG', 'default_argument_parser', 'init_distributed', 'check_num_gpus', 'num_gpus_main', 'train_main']
 
 # %% ../nbs/25_launch.ipynb #c005
 EPILOG = """examples:
@@ -45,6 +45,10 @@ def init_distributed(timeout_min:int=60) -> tuple[int, int, int, torch.device]: 
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     cuda = torch.cuda.is_available()
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK {local_rank} needs GPU {local_rank}, but {torch.cuda.device_count()} CUDA device(s) "
+                           "are visible: start at most that many processes per machine (-g / --nproc_per_node), or "
+                           "hide the GPUs (CUDA_VISIBLE_DEVICES=) to run them on the CPU with gloo")
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda: torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -52,6 +56,31 @@ def init_distributed(timeout_min:int=60) -> tuple[int, int, int, torch.device]: 
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 timeout=timedelta(minutes=timeout_min), **(dict(device_id=device) if cuda else {}))
     return rank, world, local_rank, device
+
+# %% ../nbs/25_launch.ipynb #t201
+def check_num_gpus(num_gpus,      # -g as given (an int, or the command line's string)
+                   visible:int,   # CUDA devices visible on this machine (0: none, processes run on the CPU)
+                  ) -> int:
+    "`num_gpus` as an int; a `ValueError` saying why it cannot run here"
+    text = str(num_gpus).strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1 or text != str(int(text)):
+        raise ValueError(f"-g {num_gpus}: the number of processes (GPUs) per machine must be a positive integer, e.g. -g 1")
+    n = int(text)
+    if visible and n > visible:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise ValueError(f"-g {n}: {n} processes need {n} GPUs on this machine, but {visible} CUDA device(s) are visible "
+                         f"(CUDA_VISIBLE_DEVICES={shown}). Use -g {visible} or fewer; or, to run {n} processes on the CPU "
+                         f"(gloo), hide the GPUs: CUDA_VISIBLE_DEVICES= sh scripts/train.sh -g {n} ...")
+    return n
+
+def num_gpus_main(argv:list[str]|None=None): # [N] (default: sys.argv[1:]); empty: every visible GPU
+    "Print `-g N` checked against this machine's GPUs, or its GPU count (1 without CUDA); exit 2 when invalid"
+    args = sys.argv[1:] if argv is None else argv
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try: print(check_num_gpus(args[0] if args and args[0] else max(visible, 1), visible))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr); raise SystemExit(2) from None
+
 
 # %% ../nbs/25_launch.ipynb #c011
 def train_main(argv:list[str]|None=None): # command-line arguments (default: sys.argv[1:])
@@ -65,5 +94,6 @@ def train_main(argv:list[str]|None=None): # command-line arguments (default: sys
                          "scripts/train.sh -g N [-m M]")
     cfg = default_config_parser(args.config_file, args.options)
     try: Trainer(cfg).train()
+    except (ExperimentLocked, NonFiniteError) as e: raise SystemExit(f"error: {e}") from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()

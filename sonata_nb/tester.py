@@ -25,7 +25,7 @@ from .metrics import intersection_and_union, summarize
 from .registry import Registry
 from .segmentor import build_model
 from .runtime import LOG_FORMAT, count_parameters, default_device, get_rank, get_world_size, setup_logger, to_device
-from .trainer import Trainer, strip_module
+from .trainer import ExperimentLocked, Trainer, lock_experiment, strip_module
 
 # %% auto #0
 __all__ = ['logger', 'TESTERS', 'SUBMISSION_CLASS_IDS', 'LogFile', 'unwrap', 'load_test_weight', 'vote_fragments', 'log_summary',
@@ -132,18 +132,18 @@ class SemSegTester:
                    amp_dtype=None)           # "bfloat16"/"float16" to run under autocast; None: full precision
 
     def __init__(self, cfg,                       # the resolved config (a `Config` or nested dicts)
-                 model:torch.nn.Module|None=None, # a ready model (from the trainer); None: build it and load `cfg.weight`
+                 model:torch.nn.Module|None=None, # a ready model, moved to `device`; None: build it and load `cfg.weight`
                  **options):                      # any of `OPTIONS`; unset ones come from `cfg.test`, then `OPTIONS`
         from_cfg = {k: v for k, v in (cfg.get("test") or {}).items() if k != "type"}
         for where, given in (("cfg.test", from_cfg), ("SemSegTester", options)):
             unknown = sorted(set(given) - set(self.OPTIONS))
             if unknown: raise TypeError(f"Unknown tester option(s) {unknown} in {where}; known: {sorted(self.OPTIONS)}")
         opts = {**self.OPTIONS, **from_cfg, **options}
-        self.cfg, self.model, self.verbose = cfg, model, opts["verbose"]
+        self.device = default_device()
+        self.cfg, self.model, self.verbose = cfg, None if model is None else model.to(self.device), opts["verbose"]
         self.fragment_batch_size, self.reuse_predictions = int(opts["fragment_batch_size"]), bool(opts["reuse_predictions"])
         self.num_workers = int(opts["num_workers"])
         self.amp_dtype = getattr(torch, opts["amp_dtype"]) if opts["amp_dtype"] else None
-        self.device = default_device()
         self.save_path = Path(cfg["save_path"])
         self.data_cfg = cfg["data"]
         self.names = list(self.data_cfg["names"])
@@ -167,7 +167,7 @@ class SemSegTester:
         "Evaluate every test scene; returns the metrics on rank 0 (None on other ranks)"
         rank, world = get_rank(), get_world_size()
         result_dir = self.save_path/"result"
-        with LogFile(self.save_path/"log"/"test.log"):
+        with lock_experiment(self.save_path), LogFile(self.save_path/"log"/"test.log"):  # no test into a running training
             if self.model is None: self.model = self.build_model()
             logger.info(">>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>")
             dataset = build_dataset(self.data_cfg["test"])
@@ -268,7 +268,8 @@ def test_main(argv:list[str]|None=None) -> dict|None:
         options["save_path"] = derive_save_path(options["weight"])
     cfg = default_config_parser(args.config_file, options)
     setup_logger(rank=init_distributed()[0])
-    return TESTERS.get((cfg.get("test") or {}).get("type", "SemSegTester"))(cfg).test()
+    try: return TESTERS.get((cfg.get("test") or {}).get("type", "SemSegTester"))(cfg).test()
+    except ExperimentLocked as e: raise SystemExit(f"error: {e}") from None
 
 # %% ../nbs/26_tester.ipynb #c030
 def load_record(path:str|Path) -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_trainer.ipynb #c002
 from __future__ import annotations
-import json, logging, math, os, random, sys, time, zlib
+import json, logging, math, os, random, socket, sys, time, zlib
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -21,10 +21,14 @@ from .registry import Registry
 from .runtime import (LOG_FORMAT, all_reduce_sum, count_parameters, default_device, get_rank, get_world_size,
                                is_main_process, setup_logger, to_device, to_plain)
 
+try: import fcntl
+except ImportError: fcntl = None  # Windows: no experiment lock
+
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'KNOWN_HOOKS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler',
            'SampleSeeded', 'param_groups', 'build_optimizer', 'OneCycleLR', 'build_scheduler', 'amp_setup',
-           'save_atomic', 'load_checkpoint', 'strip_module', 'hook_config', 'Trainer']
+           'save_atomic', 'load_checkpoint', 'strip_module', 'hook_config', 'ExperimentLocked', 'lock_holder',
+           'ExperimentLock', 'lock_experiment', 'NonFiniteError', 'check_finite_state', 'Trainer']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -163,13 +167,92 @@ def hook_config(cfg, name:str) -> dict|None:
 def _fmt_time(seconds:float) -> str:
     s = int(max(seconds, 0)); return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
+# %% ../nbs/24_trainer.ipynb #t101
+class ExperimentLocked(RuntimeError):
+    "The experiment folder is in use by another live process"
+
+_HELD = {}  # lock file -> [file descriptor, count]: the locks this process holds (re-entrant)
+
+def lock_holder(folder) -> str:
+    "Who holds (or last held) `folder/.lock`: pid, host, start time and command"
+    path = Path(folder)/".lock"
+    entry = _HELD.get(str(path.resolve()))
+    try: text = os.pread(entry[0], 4096, 0).decode() if entry else path.read_text()  # no close of a held file
+    except OSError: return "unknown (no lock file)"
+    try: h = json.loads(text)
+    except ValueError: return f"unknown (see {path})"
+    return f"pid {h.get('pid')} on host {h.get('host')}, started {h.get('started')} ({h.get('command')})"
+
+class ExperimentLock:
+    "Exclusive, re-entrant lock on `folder/.lock`, held by this process until `release` (or its death)"
+    def __init__(self, folder): # the experiment folder (created when missing)
+        self.folder, self.key, self.settled = Path(folder), None, False  # settled: acquired, or by `lock_experiment`
+
+    def acquire(self):
+        "Take the lock, or raise `ExperimentLocked` naming the folder and its holder"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = str((self.folder/".lock").resolve())
+        if key not in _HELD and fcntl is not None:
+            fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # this process held no lock on the file: closing drops nothing
+                raise ExperimentLocked(
+                    f"{self.folder} is in use by another run: {lock_holder(self.folder)}. One experiment folder holds "
+                    "one live run (two would mix their checkpoints, config and logs). Wait for it to end or stop it, "
+                    "or use another folder (scripts/train.sh -n NAME, or --options save_path=DIR)") from None
+            info = dict(pid=os.getpid(), host=socket.gethostname(), command=" ".join(sys.argv),
+                        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+            os.ftruncate(fd, 0); os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            _HELD[key] = [fd, 0]
+        if key in _HELD: _HELD[key][1] += 1
+        self.key, self.settled = key, True
+        return self
+
+    def release(self):
+        "Give the lock back (the file stays; only a live lock counts)"
+        key, self.key = self.key, None
+        if key is None or key not in _HELD: return
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0: os.close(_HELD.pop(key)[0])  # closing the file drops the POSIX lock
+    def __enter__(self): return self if self.settled else self.acquire()
+    def __exit__(self, *exc): self.release()
+    def __del__(self): self.release()
+
+def lock_experiment(folder) -> ExperimentLock:
+    "Lock `folder` on rank 0 and share the outcome, so that every process of a refused run raises `ExperimentLocked`"
+    lock, error = ExperimentLock(folder), None
+    if get_rank() == 0:
+        try: lock.acquire()
+        except ExperimentLocked as e: error = str(e)
+    if get_world_size() > 1:
+        box = [error]; dist.broadcast_object_list(box, src=0); error = box[0]
+    if error: raise ExperimentLocked(error)
+    lock.settled = True  # held on rank 0 only: `with lock_experiment(...)` must not lock on other ranks
+    return lock
+
+
+# %% ../nbs/24_trainer.ipynb #t105
+class NonFiniteError(RuntimeError):
+    "Training stopped, or a checkpoint was refused, because of NaN/Inf values"
+
+def check_finite_state(state_dict:dict, what:str="state dict"): # tensors by name; what they are, for the message
+    "Raise `NonFiniteError` naming the first floating tensor of `state_dict` holding a NaN or Inf"
+    tensors = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not tensors or bool(torch.stack([torch.isfinite(v).all() for _, v in tensors]).all()): return
+    name, bad = next((k, v) for k, v in tensors if not torch.isfinite(v).all())
+    raise NonFiniteError(f"{what}: tensor '{name}' holds {int((~torch.isfinite(bad)).sum())} NaN/Inf value(s) of "
+                         f"{bad.numel()}")
+
+
 # %% ../nbs/24_trainer.ipynb #c033
 class Trainer:
     "Train the segmentor of `cfg`: loaders, optimizer groups, OneCycle, AMP, validation, checkpoints, resume"
-    def __init__(self, cfg, model:torch.nn.Module|None=None): # a resolved `Config`; a model to use instead of `cfg.model`
+    def __init__(self, cfg, model:torch.nn.Module|None=None): # a resolved `Config`; a model to use instead of `cfg.model` (moved to `device`)
         self.cfg, self.rank, self.world = cfg, get_rank(), get_world_size()
         self.device = default_device()
         self.save_path, self.resume = Path(cfg.save_path), bool(cfg.get("resume", False))
+        self.lock = lock_experiment(self.save_path)  # one live run per folder, taken before anything is written
         self.logger = setup_logger(self.save_path/"log"/"train.log", self.rank, "a" if self.resume else "w")
         self._check_config()
         self.seed = int(cfg.seed)
@@ -200,6 +283,9 @@ class Trainer:
         self.amp, self.amp_dtype, self.scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"),
                                                           self.device, self.logger)
         self.start_epoch, self.best_metric, self.step = 0, -math.inf, 0
+        self.max_nonfinite = int(cfg.get("max_nonfinite_steps", 10) or 0)  # skipped steps in a row that stop the run
+        self.skipped_steps, self.skipped_in_a_row, self.epoch = 0, 0, 0
+        self.last_checkpoint = cfg.weight if self.resume else None  # the last good checkpoint, named when stopping
         self.t_start, self.iters_done = time.perf_counter(), 0
         if self.resume: self.load_resume_checkpoint()
 
@@ -284,33 +370,62 @@ class Trainer:
     def run_step(self, batch:dict, first:bool, last:bool) -> torch.Tensor: # first/last micro-batch of an optimizer step
         "Forward + backward of one micro-batch; on the `last` one, clip, step and schedule"
         batch = to_device(batch, self.device)
-        if first: self.optimizer.zero_grad(set_to_none=True)
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_loss = torch.zeros((), device=self.device)
+            self.saved_buffers = [b.detach().clone() for b in self.model.buffers()]  # restored if the step is skipped
         sync = self.ddp.no_sync() if self.world > 1 and not last else nullcontext()
         with sync:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 loss = self.ddp(batch)["loss"]
             scaled = loss / self.accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        self.nonfinite_loss += ~torch.isfinite(loss.detach())
         if last: self.optimizer_step()
         return loss.detach()
 
     def optimizer_step(self):
-        "Unscale, clip, step (unless the scaler skips it) and step the schedule"
-        if self.scaler: self.scaler.unscale_(self.optimizer)
-        if self.cfg.get("clip_grad"): torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-        stepped = True
-        if self.scaler:
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer); self.scaler.update()
-            stepped = self.scaler.get_scale() >= scale
-        else: self.optimizer.step()
-        if stepped: self.scheduler.step()
+        "Unscale, clip, step and schedule, unless a loss or the gradient norm is not finite (then `skip_step`)"
+        stepped, reason = False, "a non-finite loss"
+        if all_reduce_sum(self.nonfinite_loss.clone()).item() == 0:  # every process skips together
+            if self.scaler: self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.get("clip_grad") or math.inf)
+            stepped = bool(torch.isfinite(norm))  # as the GradScaler's own check: no NaN/Inf gradient
+            if stepped and self.scaler: self.scaler.step(self.optimizer)
+            elif stepped: self.optimizer.step()
+            if self.scaler: self.scaler.update()  # lowers the scale after an overflow
+            reason = f"a non-finite gradient norm ({norm.item()})" + (
+                ", gradients overflowing float16: the GradScaler lowers its scale" if self.scaler else "")
+        if stepped: self.scheduler.step(); self.skipped_in_a_row = 0
+        else: self.skip_step(reason)
         self.step += 1
         if self.cfg.get("empty_cache") and self.device.type == "cuda": torch.cuda.empty_cache()
 
+    def skip_step(self, reason:str): # why, for the log
+        "Count a skipped step and undo its buffer updates; after `max_nonfinite_steps` in a row raise `NonFiniteError`"
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1; self.skipped_in_a_row += 1
+        self.logger.warning(f"Step {self.step + 1} (cycle {self.epoch + 1}) skipped: {reason}; the weights, optimizer "
+                            f"and schedule did not move ({self.skipped_in_a_row} in a row, {self.skipped_steps} in this run)")
+        if self.max_nonfinite and self.skipped_in_a_row >= self.max_nonfinite:
+            last = (f"the last good checkpoint is {self.last_checkpoint} (nothing was saved after it)"
+                    if self.last_checkpoint else "this run has saved no checkpoint")
+            msg = (f"Stopping: {self.skipped_in_a_row} optimizer steps in a row were skipped (max_nonfinite_steps="
+                   f"{self.max_nonfinite}), the last for {reason}. Look for NaN/Inf in the input features and check "
+                   f"the learning rate; {last}.")
+            self.logger.error(msg)
+            raise NonFiniteError(msg)
+
     # ----- loop -----
     def train(self, stop_epoch:int|None=None): # stop after this many cycles (a time-boxed job; resume continues)
-        "Run the train/eval cycles from `start_epoch`, then the precise evaluation"
+        "Run the train/eval cycles from `start_epoch`, then the precise evaluation; releases the folder's lock"
+        try: return self.run_cycles(stop_epoch)
+        finally: self.lock.release()
+
+    def run_cycles(self, stop_epoch:int|None=None):
+        "The cycles of `train`"
         self.logger.info(">>>>>>>>>>>>>>>> Start Training >>>>>>>>>>>>>>>>")
         self.t_start, self.iters_done = time.perf_counter(), 0
         for epoch in range(self.start_epoch, self.cfg.eval_epoch):
@@ -330,6 +445,7 @@ class Trainer:
         "One train cycle (`loop` passes over the train set)"
         self.ddp.train()
         self.train_sampler.set_epoch(epoch)
+        self.epoch, skipped_before = epoch, self.skipped_steps
         n, losses, t0 = len(self.train_loader), [], time.perf_counter()
         show_bar = is_main_process() and sys.stdout.isatty()
         interval = int(self.cfg.get("log_interval", 10))
@@ -348,10 +464,13 @@ class Trainer:
                 msg = (f"Train: [{epoch + 1}/{self.cfg.eval_epoch}][{it + 1}/{n}] loss: {loss:.4f} Lr: {lr:.5f} "
                        f"Batch {(time.perf_counter() - t0) / (it + 1):.3f}s Remain {_fmt_time(remain)}")
                 self.logger.info(msg, extra=dict(bar_shown=show_bar))
-                self.log_metrics(dict(type="train", epoch=epoch + 1, iter=it + 1, step=gstep + 1, loss=loss, lr=lr))
+                self.log_metrics(dict(type="train", epoch=epoch + 1, iter=it + 1, step=gstep + 1, loss=loss, lr=lr,
+                                      skipped=self.skipped_steps))
         bar.close()
-        mean = float(np.mean(losses))
-        self.logger.info(f"Train result: loss: {mean:.4f} ({time.perf_counter() - t0:.1f}s)")
+        finite, skipped = [l for l in losses if math.isfinite(l)], self.skipped_steps - skipped_before
+        mean = float(np.mean(finite)) if finite else math.nan
+        self.logger.info(f"Train result: loss: {mean:.4f} ({time.perf_counter() - t0:.1f}s)" + (
+            f"; {skipped} step(s) skipped for non-finite losses or gradients" if skipped else ""))
         if self.writer: self.writer.add_scalar("train/loss", mean, epoch + 1)
 
     @torch.no_grad()
@@ -363,15 +482,17 @@ class Trainer:
         metrics = SegMetrics(self.cfg.data.num_classes, self.cfg.data.get("ignore_index", -1), names)
         self.model.eval()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+        nonfinite = torch.zeros((), device=self.device)  # scenes with NaN/Inf logits
         for i, batch in enumerate(self.val_loader):
             batch = to_device(batch, self.device)
             out = self.model(batch)
+            nonfinite += ~torch.isfinite(out["seg_logits"]).all()
             pred, segment = out["seg_logits"].argmax(1), batch["segment"]
             if "inverse" in batch: pred, segment = pred[batch["inverse"]], batch["origin_segment"]
             name = batch.get("name")
             metrics.add(pred, segment, name=name[0] if isinstance(name, (list, tuple)) else name)
             if "loss" in out: loss_sum += torch.tensor([out["loss"].item(), 1.0], dtype=torch.float64, device=self.device)
-        all_reduce_sum(loss_sum)
+        all_reduce_sum(loss_sum); all_reduce_sum(nonfinite)
         m = metrics.compute()
         val_loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
         self.logger.info(f"Val result: mIoU/mAcc/allAcc {m['mIoU']:.4f}/{m['mAcc']:.4f}/{m['allAcc']:.4f} "
@@ -385,6 +506,10 @@ class Trainer:
         self.log_metrics(dict(type="val", epoch=epoch + 1, step=self.step, loss=val_loss,
                               **{k: float(m[k]) for k in ("mIoU", "mAcc", "allAcc")},
                               iou=[float(x) for x in m["iou"]], acc=[float(x) for x in m["acc"]]))
+        if nonfinite.item():
+            self.logger.warning(f"{int(nonfinite.item())} validation scene(s) gave NaN/Inf logits: this mIoU is not "
+                                "trusted and counts as NaN (never the best)")
+            return math.nan
         return float(m["mIoU"])
 
     def log_metrics(self, record:dict):
@@ -406,7 +531,9 @@ class Trainer:
 
     def save(self, epoch:int, metric:float|None):
         "Write `model_last.pth`, and `model_best.pth` when `metric` beats the best strictly"
-        is_best = metric is not None and metric > self.best_metric
+        check_finite_state(self.model.state_dict(), f"Refusing to save {self.save_path/'model'/'model_last.pth'} (the "
+                           f"last good checkpoint stays: {self.last_checkpoint or 'none from this run'})")
+        is_best = metric is not None and math.isfinite(metric) and metric > self.best_metric
         if is_best:
             self.best_metric = metric
             self.logger.info(f"Best validation mIoU updated to: {metric:.4f}")
@@ -415,6 +542,7 @@ class Trainer:
         if not is_main_process(): return
         model_dir = self.save_path/"model"
         save_atomic(ckpt, model_dir/"model_last.pth")
+        self.last_checkpoint = f"{model_dir/'model_last.pth'} (cycle {epoch + 1})"
         if is_best: save_atomic(ckpt, model_dir/"model_best.pth")
         saver = hook_config(self.cfg, "CheckpointSaver") or {}
         if saver.get("save_freq") and (epoch + 1) % saver["save_freq"] == 0:
@@ -449,7 +577,7 @@ class Trainer:
         if not hook.get("test_last", False):
             best = self.save_path/"model"/"model_best.pth"
             if not best.is_file():
-                raise FileNotFoundError(f"{best} does not exist (no validation ran); set PreciseEvaluator test_last=True "
+                raise FileNotFoundError(f"{best} does not exist (no validation ran, or none gave a finite mIoU); set PreciseEvaluator test_last=True "
                                         "or enable validation (evaluate=True and a SemSegEvaluator hook)")
             self.logger.info("=> Testing on model_best ...")
             self.model.load_state_dict(strip_module(load_checkpoint(best)["state_dict"]), strict=True)

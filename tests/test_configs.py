@@ -239,3 +239,11 @@ def test_demo_models_train_step(mode, tmp_path):
     loss = model(batch)["loss"]
     loss.backward()
     assert torch.isfinite(loss) and model.seg_head.weight.grad is not None
+
+
+def test_every_runtime_key_is_a_known_config_key():
+    "The runtime defaults and `CONFIG_KEYS` (what config files are checked against) list the same keys"
+    from sonata_nb.config import CONFIG_KEYS
+    runtime = set(Config.fromfile(ROOT / "_base_/default_runtime.py"))
+    assert runtime <= set(CONFIG_KEYS), sorted(runtime - set(CONFIG_KEYS))
+    assert set(CONFIG_KEYS) - runtime == {"model", "data", "optimizer", "scheduler", "dataset_type", "data_root", "epoch", "eval_epoch"} - runtime

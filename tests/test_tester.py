@@ -86,7 +86,8 @@ def direct_pred(model, root, name):
     "argmax of the pointwise model on the raw colour/normal features of a scene"
     color = np.load(root/"color.npy").astype(np.float32) / 255
     feat = torch.from_numpy(np.concatenate([color, np.load(root/"normal.npy")], 1))
-    with torch.no_grad(): return model(dict(feat=feat))["seg_logits"].argmax(1).numpy()
+    device = next(model.parameters()).device  # the tester moved the model to its device (a GPU when there is one)
+    with torch.no_grad(): return model(dict(feat=feat.to(device)))["seg_logits"].argmax(1).cpu().numpy()
 
 
 def test_fragments_and_views_cover_every_point(scannet):

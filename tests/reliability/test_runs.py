@@ -1,0 +1,278 @@
+"""Runs that must not poison each other or themselves (issue 11): one live run per experiment folder (a lock that a
+killed run does not leave stuck), non-finite losses skipped and stopping the run, no NaN weights on disk, models moved
+to the trainer's/tester's device, and clear messages for bad -g/-m. CPU or GPU; tiny demo runs."""
+import hashlib, json, math, os, shutil, signal, subprocess, sys, time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sonata_nb.config import default_config_parser
+from sonata_nb.launch import check_num_gpus, num_gpus_main
+from sonata_nb.segmentor import build_model
+from sonata_nb.tester import SemSegTester
+from sonata_nb.trainer import ExperimentLocked, NonFiniteError, Trainer, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "semseg-demo-ft"
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+HOLD = ("import sys, time; from sonata_nb.trainer import lock_experiment; lock = lock_experiment(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(120)")
+
+
+def options(data_root, **overrides) -> dict:
+    "The demo ft recipe shrunk to 2 rooms of 512-point crops; epoch=8, eval_epoch=2: 2 cycles of 4 steps"
+    opts = dict(seed=0, num_worker=0, batch_size=2, epoch=8, eval_epoch=2, enable_wandb=False, log_interval=1)
+    opts["data.train.transform.13.point_max"] = 512
+    for split in ("train", "val", "test"):
+        opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
+                     f"data.{split}.spacing": 0.15})
+    opts.update(overrides)
+    return opts
+
+
+def as_list(opts:dict) -> list[str]: return [f"{k}={v}" for k, v in opts.items()]
+
+
+def demo_cfg(save_path, data_root, **overrides):
+    return default_config_parser(ROOT/"configs"/"demo"/f"{CONFIG}.py", as_list(options(data_root, save_path=save_path, **overrides)))
+
+
+def train_cmd(name, opts, *flags) -> list[str]:
+    return ["sh", "scripts/train.sh", "-p", sys.executable, "-d", "demo", "-c", CONFIG, "-n", name, *flags, "--", *opts]
+
+
+def train_sh(exp_root, name, opts, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(name, opts, *flags), cwd=ROOT, env=dict(ENV, EXP_ROOT=str(exp_root)),
+                          capture_output=True, text=True, timeout=600)
+
+
+def start_train_sh(exp_root, name, opts, *flags) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(name, opts, *flags), cwd=ROOT, env=dict(ENV, EXP_ROOT=str(exp_root)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path:Path, text:str, proc:subprocess.Popen, timeout=300):
+    "Wait until `path` contains `text` while `proc` runs"
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.is_file() and text in path.read_text(): return
+        if proc.poll() is not None: pytest.fail(f"the run ended ({proc.returncode}) before '{text}':\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"no '{text}' in {path} after {timeout}s")
+
+
+def digest(folder:Path) -> dict:
+    "sha256 of every file under `folder` except the lock"
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@contextmanager
+def held_by_another_process(folder):
+    "`folder` locked by a separate python process (its Popen is yielded)"
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "held\n"
+        yield p
+    finally: p.kill(); p.wait()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from sonata_nb.demo import make_demo_data
+    return make_demo_data(tmp_path_factory.mktemp("demo"), n_train=2, n_val=1, seed=0, spacing=0.15)
+
+
+def poisoned(data_root, dest:Path, splits=("train",)) -> Path:
+    "A copy of the demo rooms whose normals in `splits` are all NaN"
+    shutil.copytree(data_root, dest)
+    for split in splits:
+        for f in (dest/split).glob("*/normal.npy"): np.save(f, np.full_like(np.load(f), np.nan))
+    return dest
+
+
+def state(model) -> dict: return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------- one live run per folder
+
+def test_second_run_in_a_running_folder_is_refused(tmp_path, data_root):
+    "Run B with the same -n while run A trains: B exits non-zero naming the folder and A's pid; A's files untouched"
+    a = start_train_sh(tmp_path, "same", as_list(options(data_root)), "-g", "1")
+    exp = tmp_path/"demo"/"same"
+    try:
+        wait_for(exp/"log"/"train.log", "Start Training", a)
+        os.kill(a.pid, signal.SIGSTOP)  # A holds the folder, frozen mid-run
+        before = digest(exp)
+        b = train_sh(tmp_path, "same", as_list(options(data_root, seed=1, epoch=4)), "-g", "1")
+        assert b.returncode != 0, b.stdout + b.stderr
+        assert f"{exp} is in use by another run: pid {a.pid}" in b.stderr, b.stderr
+        assert "Traceback" not in b.stderr
+        assert digest(exp) == before  # no config dump, no log truncation, no metrics line from B
+    finally: os.kill(a.pid, signal.SIGCONT)
+    assert a.wait(timeout=600) == 0, a.stderr.read()[-3000:]
+    from sonata_nb.config import Config
+    assert Config.fromfile(exp/"config"/"config.py").seed == 0  # A's config, not B's
+    assert "is in use" not in (exp/"log"/"train.log").read_text()
+
+
+def test_killed_run_leaves_no_stuck_lock(tmp_path, data_root):
+    "kill -9 a run mid-training: the next run in its folder starts and finishes"
+    a = start_train_sh(tmp_path, "killed", as_list(options(data_root)), "-g", "1")
+    exp = tmp_path/"demo"/"killed"
+    wait_for(exp/"log"/"train.log", "Start Training", a)
+    os.kill(a.pid, signal.SIGKILL); a.wait()
+    assert json.loads((exp/".lock").read_text())["pid"] == a.pid  # the stale file stays, harmless
+    b = train_sh(tmp_path, "killed", as_list(options(data_root, epoch=2)), "-g", "1")
+    assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-2000:]
+    assert load_checkpoint(exp/"model"/"model_last.pth")["epoch"] == 2
+
+
+def test_trainer_and_tester_refused_in_a_held_folder(tmp_path, data_root):
+    "In-process Trainer and SemSegTester: refused before writing anything; the lock is free once its holder is gone"
+    exp = tmp_path/"exp"
+    (exp/"log").mkdir(parents=True); (exp/"log"/"train.log").write_text("run A\n")
+    cfg = demo_cfg(exp, data_root)
+    with held_by_another_process(exp) as holder:
+        with pytest.raises(ExperimentLocked, match=f"pid {holder.pid}"):
+            Trainer(cfg)
+        with pytest.raises(ExperimentLocked, match=str(exp)):
+            SemSegTester(cfg, model=build_model(cfg.model), num_workers=0).test()
+        assert sorted(str(p.relative_to(exp)) for p in exp.rglob("*")) == [".lock", "log", "log/train.log"]
+        assert (exp/"log"/"train.log").read_text() == "run A\n"
+    trainer = Trainer(cfg)  # the holder was killed: the folder is free
+    assert json.loads((exp/".lock").read_text())["pid"] == os.getpid()
+    trainer.lock.release()
+
+
+# ---------------------------------------------------------------- non-finite losses and weights
+
+class WithBatchNorm(torch.nn.Module):
+    "The demo segmentor behind a BatchNorm of the input features, whose running statistics a NaN batch poisons"
+    def __init__(self, segmentor, channels:int):
+        super().__init__()
+        self.norm, self.segmentor = torch.nn.BatchNorm1d(channels), segmentor
+    def forward(self, data): return self.segmentor(dict(data, feat=self.norm(data["feat"])))
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_nan_input_steps_are_skipped_then_the_run_stops(tmp_path, data_root, amp):
+    "NaN normals from the start: every step is skipped (weights and buffers unchanged), the run stops after the limit"
+    bad = poisoned(data_root, tmp_path/"data")
+    cfg = demo_cfg(tmp_path/"exp", bad, enable_amp=amp, amp_dtype="bfloat16", max_nonfinite_steps=3)
+    trainer = Trainer(cfg, model=WithBatchNorm(build_model(cfg.model), 9))  # 9 features: coord, color, normal
+    initial = state(trainer.model)
+    with pytest.raises(NonFiniteError, match="3 optimizer steps in a row were skipped.*this run has saved no checkpoint"):
+        trainer.train()
+    assert trainer.skipped_steps == 3
+    after = state(trainer.model)
+    assert all(torch.equal(initial[k], after[k]) for k in initial)  # no optimizer step, BatchNorm statistics restored
+    assert trainer.scheduler.last_epoch == 0  # the schedule did not move
+    assert not (tmp_path/"exp"/"model").exists()
+    log = (tmp_path/"exp"/"log"/"train.log").read_text()
+    assert log.count("skipped: a non-finite loss") == 3 and "3 in a row, 3 in this run" in log
+    records = [json.loads(l) for l in (tmp_path/"exp"/"log"/"metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records] == [1, 2]  # the third step stopped the run before its log line
+
+
+def test_nan_data_on_resume_stops_naming_the_last_good_checkpoint(tmp_path, data_root):
+    "A good first cycle, then the train data turn NaN: train.sh -r true exits non-zero naming model_last.pth, untouched"
+    data = tmp_path/"data"; shutil.copytree(data_root, data)
+    exp = tmp_path/"demo"/"nan"
+    Trainer(demo_cfg(exp, data)).train(stop_epoch=1)
+    good = digest(exp/"model")
+    poisoned(data, tmp_path/"bad"); shutil.rmtree(data); (tmp_path/"bad").rename(data)
+    r = train_sh(tmp_path, "nan", ["max_nonfinite_steps=3"], "-g", "1", "-r", "true")
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert "Stopping: 3 optimizer steps in a row were skipped" in r.stderr, r.stderr[-2000:]
+    assert f"the last good checkpoint is {exp/'model'/'model_last.pth'}" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert digest(exp/"model") == good  # nothing written after the first bad step
+    ckpt = load_checkpoint(exp/"model"/"model_last.pth")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert (exp/"log"/"train.log").read_text().count("skipped: a non-finite loss") == 3
+
+
+def test_save_refuses_nonfinite_weights_and_nan_metrics(tmp_path, data_root):
+    "A NaN weight: save refuses naming the tensor, the files on disk keep the finite weights; a NaN mIoU is never best"
+    trainer = Trainer(demo_cfg(tmp_path/"exp", data_root))
+    trainer.save(0, 0.25)
+    model_dir = tmp_path/"exp"/"model"
+    good = digest(model_dir)
+    trainer.save(1, math.nan)  # a NaN mIoU: model_last is written, the best stays
+    assert trainer.best_metric == 0.25 and load_checkpoint(model_dir/"model_best.pth")["epoch"] == 1
+    last = digest(model_dir)
+    name, p = next(trainer.model.named_parameters())
+    with torch.no_grad(): p.view(-1)[0] = math.nan
+    with pytest.raises(NonFiniteError, match=f"Refusing to save .*model_last.pth.*tensor '{name}' holds 1 NaN/Inf"):
+        trainer.save(2, 0.9)
+    assert digest(model_dir) == last and trainer.best_metric == 0.25
+    assert good["model_best.pth"] == last["model_best.pth"]
+    trainer.lock.release()
+
+
+def test_validation_with_nan_logits_gives_nan(tmp_path, data_root):
+    "NaN in the val scenes: validate returns NaN (so save never takes it as best) instead of a made-up mIoU"
+    trainer = Trainer(demo_cfg(tmp_path/"exp", poisoned(data_root, tmp_path/"data", splits=("val",))))
+    assert math.isnan(trainer.validate(0))
+    assert "NaN/Inf logits" in (tmp_path/"exp"/"log"/"train.log").read_text()
+    trainer.lock.release()
+
+
+def test_gradscaler_skips_are_counted(tmp_path, data_root):
+    "float16 AMP's GradScaler skips overflowing steps itself; each skip is counted and logged as well"
+    trainer = Trainer(demo_cfg(tmp_path/"exp", data_root, max_nonfinite_steps=0))
+    trainer.scaler = torch.amp.GradScaler(trainer.device.type, init_scale=math.inf)  # every step overflows
+    initial = state(trainer.model)
+    trainer.train_epoch(0)
+    assert trainer.skipped_steps == len(trainer.train_loader) == 4
+    assert all(torch.equal(initial[k], v) for k, v in state(trainer.model).items())
+    assert "gradients overflowing float16: the GradScaler lowers its scale" in (tmp_path/"exp"/"log"/"train.log").read_text()
+    trainer.lock.release()
+
+
+# ---------------------------------------------------------------- devices
+
+def test_trainer_and_tester_move_a_given_model_to_their_device(tmp_path, data_root):
+    "A model built on the CPU ends up on trainer.device / tester.device (cuda:0 on a GPU machine)"
+    cfg = demo_cfg(tmp_path/"exp", data_root)
+    model = build_model(cfg.model)
+    trainer = Trainer(cfg, model=model)
+    assert trainer.model is model and {p.device for p in model.parameters()} == {trainer.device}
+    trainer.lock.release()
+    other = build_model(cfg.model)
+    tester = SemSegTester(cfg, model=other, num_workers=0)
+    assert tester.model is other and {p.device for p in other.parameters()} == {tester.device}
+
+
+def test_gpu_count_check():
+    assert check_num_gpus("3", visible=0) == 3  # no CUDA: 3 CPU processes with gloo
+    assert check_num_gpus(2, visible=2) == 2
+    with pytest.raises(ValueError, match=r"-g 2: 2 processes need 2 GPUs.*1 CUDA device\(s\) are visible.*CUDA_VISIBLE_DEVICES= "):
+        check_num_gpus("2", visible=1)
+    for bad in ("abc", "0", "-2", "1.5", "", "07", "²"):
+        with pytest.raises(ValueError, match="must be a positive integer"): check_num_gpus(bad, visible=4)
+
+
+def test_num_gpus_main_on_this_machine(capsys):
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    num_gpus_main([""]); assert capsys.readouterr().out == f"{max(visible, 1)}\n"
+    with pytest.raises(SystemExit) as e: num_gpus_main([str(visible + 1 if visible else 0)])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["-g", "abc"], "-g abc: the number of processes (GPUs) per machine must be a positive integer"),
+    (["-g", "0"], "-g 0: the number of processes (GPUs) per machine must be a positive integer"),
+    (["-m", "two"], "-m two: the number of machines must be a positive integer"),
+])
+@pytest.mark.parametrize("script", ["train.sh", "test.sh"])
+def test_scripts_reject_bad_counts(tmp_path, flags, message, script):
+    cmd = ["sh", f"scripts/{script}", "-p", sys.executable, "-d", "demo", "-c", CONFIG, "-n", "x", *flags]
+    if script == "test.sh": cmd = [c for c in cmd if c not in ("-c", CONFIG)]
+    r = subprocess.run(cmd, cwd=ROOT, env=dict(ENV, EXP_ROOT=str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Illegal number" not in r.stderr and not (tmp_path/"demo").exists()
