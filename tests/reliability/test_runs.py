@@ -86,6 +86,11 @@ def data_root(tmp_path_factory):
     return make_demo_data(tmp_path_factory.mktemp("demo"), n_train=2, n_val=1, seed=0, spacing=0.15)
 
 
+# Datasets refuse NaN inputs when they are built (tests/reliability/test_inputs.py); these tests turn that check off
+# to get a NaN loss from the data, standing for one that arises in training (a diverging learning rate, say)
+CHECK_OFF = {f"data.{split}.check": "off" for split in ("train", "val", "test")}
+
+
 def poisoned(data_root, dest:Path, splits=("train",)) -> Path:
     "A copy of the demo rooms whose normals in `splits` are all NaN"
     shutil.copytree(data_root, dest)
@@ -162,7 +167,7 @@ class WithBatchNorm(torch.nn.Module):
 def test_nan_input_steps_are_skipped_then_the_run_stops(tmp_path, data_root, amp):
     "NaN normals from the start: every step is skipped (weights and buffers unchanged), the run stops after the limit"
     bad = poisoned(data_root, tmp_path/"data")
-    cfg = demo_cfg(tmp_path/"exp", bad, enable_amp=amp, amp_dtype="bfloat16", max_nonfinite_steps=3)
+    cfg = demo_cfg(tmp_path/"exp", bad, enable_amp=amp, amp_dtype="bfloat16", max_nonfinite_steps=3, **CHECK_OFF)
     trainer = Trainer(cfg, model=WithBatchNorm(build_model(cfg.model), 9))  # 9 features: coord, color, normal
     initial = state(trainer.model)
     with pytest.raises(NonFiniteError, match="3 optimizer steps in a row were skipped.*this run has saved no checkpoint"):
@@ -182,7 +187,7 @@ def test_nan_data_on_resume_stops_naming_the_last_good_checkpoint(tmp_path, data
     "A good first cycle, then the train data turn NaN: train.sh -r true exits non-zero naming model_last.pth, untouched"
     data = tmp_path/"data"; shutil.copytree(data_root, data)
     exp = tmp_path/"demo"/"nan"
-    Trainer(demo_cfg(exp, data)).train(stop_epoch=1)
+    Trainer(demo_cfg(exp, data, **CHECK_OFF)).train(stop_epoch=1)
     good = digest(exp/"model")
     poisoned(data, tmp_path/"bad"); shutil.rmtree(data); (tmp_path/"bad").rename(data)
     r = train_sh(tmp_path, "nan", ["max_nonfinite_steps=3"], "-g", "1", "-r", "true")
@@ -216,7 +221,7 @@ def test_save_refuses_nonfinite_weights_and_nan_metrics(tmp_path, data_root):
 
 def test_validation_with_nan_logits_gives_nan(tmp_path, data_root):
     "NaN in the val scenes: validate returns NaN (so save never takes it as best) instead of a made-up mIoU"
-    trainer = Trainer(demo_cfg(tmp_path/"exp", poisoned(data_root, tmp_path/"data", splits=("val",))))
+    trainer = Trainer(demo_cfg(tmp_path/"exp", poisoned(data_root, tmp_path/"data", splits=("val",)), **CHECK_OFF))
     assert math.isnan(trainer.validate(0))
     assert "NaN/Inf logits" in (tmp_path/"exp"/"log"/"train.log").read_text()
     trainer.lock.release()
