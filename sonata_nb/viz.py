@@ -56,6 +56,9 @@ class OfflineFigure(go.Figure):
         _PLOTLYJS["emitted"] = True
         return bundle
     def _repr_html_(self): return self._repr_mimebundle_()["text/html"]
+    def _ipython_display_(self): # plotly's own sends only the renderer's mimetype
+        from IPython.display import display
+        display(self._repr_mimebundle_(), raw=True)
 
 def as_offline(fig:go.Figure): # a plotly figure (from anywhere)
     "`fig` as an `OfflineFigure` (a copy unless it already is one)"
