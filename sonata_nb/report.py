@@ -124,7 +124,7 @@ def confusion_matrix(exp:Path, cfg, max_scenes:int|None=None) -> tuple[np.ndarra
         try: s = scene_prediction(exp, name, dataset)
         except Exception as e: notes.append(f"{name}: {e}"); continue
         if s["segment"] is None: notes.append(f"{name}: no labels"); continue
-        m = (s["segment"] >= 0) & (s["segment"] < k)
+        m = (s["segment"] >= 0) & (s["segment"] < k) & (s["pred"] >= 0) & (s["pred"] < k)
         cm += np.bincount(s["segment"][m] * k + s["pred"][m], minlength=k * k).reshape(k, k)
         used.append(name)
     if max_scenes is not None and len(scenes) > max_scenes: notes.append(f"confusion over the first {max_scenes} of {len(scenes)} scenes")
