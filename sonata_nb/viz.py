@@ -4,11 +4,17 @@
 
 # %% ../nbs/30_viz.ipynb #c002
 from __future__ import annotations
+import os, shutil, subprocess, tempfile
+from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 
 # %% auto #0
-__all__ = ['subsample', 'cloud_figure', 'pca_colors', 'prediction_figure', 'cloud_viewer']
+__all__ = ['ERROR_PALETTE', 'IGNORED_RGB', 'CHROMIUM_FLAGS', 'subsample', 'reset_plotlyjs', 'figure_html', 'OfflineFigure',
+           'as_offline', 'cloud_figure', 'pca_colors', 'prediction_figure', 'cloud_viewer', 'label_colors', 'write_ply',
+           'experiment_config', 'class_palette', 'prediction_names', 'test_scene_dataset', 'scene_prediction',
+           'export_predictions', 'find_chromium', 'save_png']
 
 # %% ../nbs/30_viz.ipynb #c005
 def subsample(n:int, # number of points in the cloud
@@ -18,6 +24,45 @@ def subsample(n:int, # number of points in the cloud
     if max_points <= 0: raise ValueError(f"max_points must be positive, got {max_points}")
     if n <= max_points: return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+
+# %% ../nbs/30_viz.ipynb #c006b
+_PLOTLYJS = dict(emitted=False)  # whether this kernel already sent plotly.js inside a text/html output
+
+def reset_plotlyjs():
+    "Forget that plotly.js was sent: the next figure's HTML inlines it again (a new page, a cleared output)"
+    _PLOTLYJS["emitted"] = False
+
+_LINK_CAMERAS = """(function(){var gd=document.getElementById('{plot_id}');if(!gd||!gd.on)return;var busy=false;
+gd.on('plotly_relayout',function(ev){if(busy)return;var src=null;
+for(var k in ev){var m=k.match(/^(scene[0-9]*)[.]camera/);if(m){src=m[1];break;}}
+if(!src)return;var cam=gd._fullLayout[src].camera,upd={};
+Object.keys(gd._fullLayout).forEach(function(s){if(/^scene[0-9]*$/.test(s)&&s!==src)upd[s+'.camera']=cam;});
+busy=true;Plotly.relayout(gd,upd).then(function(){busy=false;},function(){busy=false;});});})();"""
+
+def figure_html(fig:go.Figure, # any plotly figure
+                include_plotlyjs:bool=True, # inline plotly.js (once per page)
+                div_id:str|None=None): # id of the figure's div (None: random)
+    "An HTML fragment that draws `fig` offline (no CDN, no MathJax); the cameras of several 3D scenes move together"
+    scenes = [k for k in fig.layout.to_plotly_json() if k.startswith("scene")]
+    return pio.to_html(fig, include_plotlyjs=bool(include_plotlyjs), include_mathjax=False, full_html=False,
+                       div_id=div_id, post_script=_LINK_CAMERAS if len(scenes) > 1 else None,
+                       default_height=fig.layout.height or 520, default_width="100%", config=dict(displaylogo=False))
+
+class OfflineFigure(go.Figure):
+    "A plotly figure whose notebook output also carries offline `text/html`, so executed notebooks show it in any HTML view"
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs):
+        bundle = pio.renderers["plotly_mimetype"].to_mimebundle(self.to_dict())
+        bundle["text/html"] = figure_html(self, include_plotlyjs=not _PLOTLYJS["emitted"])
+        _PLOTLYJS["emitted"] = True
+        return bundle
+    def _repr_html_(self): return self._repr_mimebundle_()["text/html"]
+    def _ipython_display_(self): # plotly's own sends only the renderer's mimetype
+        from IPython.display import display
+        display(self._repr_mimebundle_(), raw=True)
+
+def as_offline(fig:go.Figure): # a plotly figure (from anywhere)
+    "`fig` as an `OfflineFigure` (a copy unless it already is one)"
+    return fig if isinstance(fig, OfflineFigure) else OfflineFigure(fig)
 
 # %% ../nbs/30_viz.ipynb #c008
 def _check_cloud(coord, **per_point):
@@ -43,8 +88,8 @@ def cloud_figure(coord:np.ndarray, # (N, 3) point coordinates in metres
     "A plotly 3D scatter of a cloud: one toggleable trace per class, or the cloud's own colours"
     coord = _check_cloud(coord, labels=labels, color=color)
     idx = subsample(len(coord), max_points, seed)
-    xyz = coord[idx]
-    fig = go.Figure()
+    xyz = coord[idx].astype(np.float32)  # halves the saved HTML
+    fig = OfflineFigure()
     marker = dict(size=point_size)
     if labels is not None:
         lab = np.asarray(labels)[idx]
@@ -91,28 +136,36 @@ def pca_colors(feat, # (N, D) features (numpy or torch)
     return (col * brightness).clamp(0, 1).numpy()
 
 # %% ../nbs/30_viz.ipynb #c016
+ERROR_PALETTE = np.array([[200, 200, 200], [220, 30, 30]], np.uint8)  # correct, wrong
+
 def prediction_figure(coord:np.ndarray, # (N, 3) coordinates
                       pred:np.ndarray, # (N,) predicted class per point
                       target:np.ndarray, # (N,) ground-truth class per point, -1 = ignored
                       names:list, # class names
                       palette:np.ndarray|None=None, # (K, 3) uint8 colours
-                      max_points:int=20_000, # subsample per panel
-                      seed:int=0): # seed of the subsampling
-    "Three panels: prediction, ground truth, and errors (red) on the labelled points"
+                      max_points:int=30_000, # point budget per panel (seeded subsample)
+                      seed:int=0, # seed of the subsampling
+                      title:str="", # figure title, before the point budget
+                      height:int=520): # figure height in pixels
+    "Three panels: ground truth, prediction and errors (red) on the labelled points, each with its own legend"
     from plotly.subplots import make_subplots
     coord = _check_cloud(coord, pred=pred, target=target)
     pred, target = np.asarray(pred), np.asarray(target)
     err = np.where(target < 0, -1, (pred != target).astype(np.int64))
-    fig = make_subplots(rows=1, cols=3, specs=[[{"type": "scene"}] * 3],
-                        subplot_titles=("prediction", "ground truth", f"errors ({(err == 1).sum()} of {(err >= 0).sum()})"))
-    panels = [(pred, names, palette), (target, names, palette),
-              (err, ["correct", "wrong"], np.array([[200, 200, 200], [220, 30, 30]], np.uint8))]
+    fig = make_subplots(rows=1, cols=3, specs=[[{"type": "scene"}] * 3], horizontal_spacing=0.01, figure=OfflineFigure(),
+                        subplot_titles=("ground truth", "prediction", f"errors ({(err == 1).sum()} of {(err >= 0).sum()})"))
+    panels = [(target, names, palette), (pred, names, palette), (err, ["correct", "wrong"], ERROR_PALETTE)]
     for col, (lab, nm, pal) in enumerate(panels, start=1):
+        legend = "legend" if col == 1 else f"legend{col}"
         for tr in cloud_figure(coord, lab, nm, pal, max_points=max_points, seed=seed).data:
-            tr.legendgroup, tr.showlegend = f"{col}-{tr.name}", col != 2
+            tr.legend, tr.legendgroup = legend, f"{col}-{tr.name}"
             fig.add_trace(tr, row=1, col=col)
+        fig.update_layout({legend: dict(x=(col - 1) / 3 + 0.005, y=0.97, xanchor="left", yanchor="top", itemsizing="constant",
+                                        bgcolor="rgba(255,255,255,0.7)", itemclick="toggle", itemdoubleclick="toggleothers")})
+    budget = f"{min(len(coord), max_points):,} of {len(coord):,} points per panel (seeded subsample, seed {seed})"
     fig.update_scenes(aspectmode="data")
-    fig.update_layout(margin=dict(l=0, r=0, t=30, b=0))
+    fig.update_layout(title=dict(text=f"{title} · {budget}" if title else budget, font=dict(size=13)), height=height,
+                      margin=dict(l=0, r=0, t=60, b=0))
     return fig
 
 # %% ../nbs/30_viz.ipynb #c019
@@ -131,3 +184,136 @@ def cloud_viewer(fig:go.Figure): # a figure from `cloud_figure`
     ui = W.VBox([W.HBox(boxes), size, fw])
     ui.boxes, ui.size, ui.fig = boxes, size, fw
     return ui
+
+# %% ../nbs/30_viz.ipynb #c022
+IGNORED_RGB = np.array([128, 128, 128], np.uint8)
+
+def label_colors(labels:np.ndarray, # (N,) class index, -1 = ignored
+                 palette:np.ndarray): # (K, 3) uint8 colour per class
+    "(N, 3) uint8 colours of `labels`, grey for ignored points"
+    labels, pal = np.asarray(labels, dtype=np.int64).reshape(-1), np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    if labels.max(initial=-1) >= len(pal):
+        raise ValueError(f"label {labels.max()} has no colour: the palette has {len(pal)} rows; pass a palette with one row per class")
+    return np.where(labels[:, None] < 0, IGNORED_RGB, pal[np.clip(labels, 0, max(len(pal) - 1, 0))] if len(pal) else IGNORED_RGB)
+
+def write_ply(path:str|Path, # the .ply file to write (atomically)
+              coord:np.ndarray, # (N, 3) coordinates
+              labels:np.ndarray|None=None, # (N,) class index per point (coloured with `palette`)
+              palette:np.ndarray|None=None, # (K, 3) uint8 colours (None: a default palette)
+              colors:np.ndarray|None=None, # (N, 3) colours 0–255 or 0–1, when `labels` is None
+              text:bool=False) -> Path: # ASCII instead of binary
+    "Write a coloured point cloud: vertex x y z (float32), red green blue (uchar) and `label` (int) with labels"
+    from plyfile import PlyData, PlyElement
+    coord = _check_cloud(coord, labels=labels, colors=colors)
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        rgb = label_colors(labels, palette if palette is not None else _default_palette(int(labels.max(initial=-1)) + 1))
+    elif colors is not None:
+        c = np.asarray(colors, dtype=np.float64)
+        rgb = np.clip(c * 255 if c.max(initial=0) <= 1 else c, 0, 255).round().astype(np.uint8)
+    else: raise ValueError("write_ply needs labels (with a palette) or colors")
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    v = np.empty(len(coord), fields + ([("label", "i4")] if labels is not None else []))
+    for i, k in enumerate("xyz"): v[k] = coord[:, i]
+    for i, k in enumerate(("red", "green", "blue")): v[k] = rgb[:, i]
+    if labels is not None: v["label"] = labels
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    PlyData([PlyElement.describe(v, "vertex")], text=text).write(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+# %% ../nbs/30_viz.ipynb #c025
+def experiment_config(exp_dir:str|Path): # an experiment folder exp/<d>/<name>
+    "The resolved config saved in `exp_dir/config/config.py`, or a clear error naming what is missing"
+    from sonata_nb.config import Config
+    exp = Path(exp_dir)
+    if not exp.is_dir(): raise FileNotFoundError(f"Experiment folder '{exp}' does not exist")
+    cfg_file = exp/"config"/"config.py"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"'{exp}' is not an experiment folder: config/config.py is missing (sonata-train writes it "
+                                "into exp/<d>/<name>/; pass that folder)")
+    return Config.fromfile(cfg_file)
+
+def class_palette(cfg) -> tuple[list[str], np.ndarray]: # a resolved config with `data.names` / `data.num_classes`
+    "Class names and colours of a config: the dataset's own palette for ScanNet-20/200 and S3DIS, else distinct colours"
+    from sonata_nb.classes import (SCANNET20_NAMES, SCANNET20_PALETTE, SCANNET200_NAMES, SCANNET200_PALETTE,
+                                   S3DIS_NAMES, S3DIS_PALETTE, distinct_palette)
+    names = list(cfg["data"].get("names") or [f"class {i}" for i in range(int(cfg["data"]["num_classes"]))])
+    for known, pal in ((SCANNET20_NAMES, SCANNET20_PALETTE), (SCANNET200_NAMES, SCANNET200_PALETTE), (S3DIS_NAMES, S3DIS_PALETTE)):
+        if tuple(names) == tuple(known): return names, pal
+    return names, distinct_palette(len(names))
+
+def prediction_names(exp_dir:str|Path) -> list[str]: # an experiment folder
+    "Scenes with a saved prediction `result/<scene>_pred.npy`, sorted"
+    return sorted(p.name[:-len("_pred.npy")] for p in (Path(exp_dir)/"result").glob("*_pred.npy"))
+
+# %% ../nbs/30_viz.ipynb #c026
+def test_scene_dataset(cfg): # a resolved experiment config
+    "The experiment's test dataset (`cfg.data.test`) without transforms: raw scenes by name"
+    from sonata_nb.datasets import build_dataset
+    return build_dataset(dict(cfg["data"]["test"], transform=None, test_mode=False, test_cfg=None))
+
+def scene_prediction(exp_dir:str|Path, # an experiment folder with result/<scene>_pred.npy
+                     name:str, # the scene
+                     dataset=None) -> dict: # `test_scene_dataset(cfg)` (None: built from the experiment's config)
+    "coord, color (or None), segment (None when unlabelled) and pred of one tested scene"
+    pred_file = Path(exp_dir)/"result"/f"{name}_pred.npy"
+    if not pred_file.is_file():
+        raise FileNotFoundError(f"No prediction '{pred_file}': run the tester (sonata-test) on this experiment first")
+    dataset = dataset if dataset is not None else test_scene_dataset(experiment_config(exp_dir))
+    names = [dataset.get_data_name(i) for i in range(len(dataset.data_list))]
+    if name not in names:
+        raise KeyError(f"Scene '{name}' of '{pred_file}' is not in the test dataset under '{dataset.data_root}' "
+                       f"({len(names)} scenes): the data moved or the config's data.test changed")
+    data = dataset.get_data(names.index(name))
+    pred = np.load(pred_file).reshape(-1)
+    if len(pred) != len(data["coord"]):
+        raise ValueError(f"'{pred_file}' has {len(pred)} predictions but scene '{name}' has {len(data['coord'])} points: "
+                         "it belongs to other data; test again")
+    seg = data["segment"]
+    return dict(name=name, coord=data["coord"], color=data.get("color"), pred=pred,
+                segment=None if (seg < 0).all() else seg)
+
+def export_predictions(exp_dir:str|Path, # an experiment folder with result/<scene>_pred.npy
+                       scenes:list[str]|None=None) -> list[Path]: # scenes to export (None: all)
+    "Write `result/<scene>_pred.ply` (class colours + `label`) for the tested scenes; returns the files"
+    cfg = experiment_config(exp_dir)
+    names, palette = class_palette(cfg)
+    dataset = test_scene_dataset(cfg)
+    out = []
+    for name in (prediction_names(exp_dir) if scenes is None else scenes):
+        s = scene_prediction(exp_dir, name, dataset)
+        out.append(write_ply(Path(exp_dir)/"result"/f"{name}_pred.ply", s["coord"], s["pred"], palette))
+    return out
+
+# %% ../nbs/30_viz.ipynb #c030
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--hide-scrollbars", "--proxy-server=127.0.0.1:9")  # 127.0.0.1:9: no network at all
+
+def find_chromium() -> str|None:
+    "Path of a Chromium/Chrome executable: `$BROWSER_PATH`, else `chromium`, `chromium-browser` or `google-chrome` on PATH"
+    if os.environ.get("BROWSER_PATH"): return os.environ["BROWSER_PATH"]
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+def save_png(fig:go.Figure, # a plotly figure (2D or 3D)
+             path:str|Path, # the .png to write
+             width:int=1200, # pixels
+             height:int|None=None, # pixels (None: the figure's height, else 520)
+             timeout:float=120) -> Path: # seconds before giving up
+    "Render `fig` to a PNG in headless Chromium, offline; the same picture as the HTML view"
+    exe = find_chromium()
+    if exe is None: raise RuntimeError("save_png needs Chromium: apt-get install -y chromium (or set BROWSER_PATH)")
+    height = int(height or fig.layout.height or 520)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        page, shot = Path(tmp)/"figure.html", Path(tmp)/"shot.png"
+        fig = go.Figure(fig).update_layout(width=width, height=height)
+        page.write_text(f"<html><head><meta charset='utf-8'></head><body style='margin:0'>{figure_html(fig)}</body></html>")
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--window-size={width},{height}",
+               "--virtual-time-budget=3000", f"--screenshot={shot}", page.as_uri()]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if not shot.is_file(): raise RuntimeError(f"{exe} wrote no screenshot (exit {r.returncode}): {r.stderr[-2000:]}")
+        shutil.copyfile(shot, path.with_name(f".{path.name}.tmp"))
+    os.replace(path.with_name(f".{path.name}.tmp"), path)
+    return path
