@@ -219,7 +219,7 @@ CONFIG_KEYS = ("model", "data", "optimizer", "scheduler", "dataset_type", "data_
                "resume", "evaluate", "test_only", "seed", "save_path", "num_worker", "batch_size", "batch_size_val",
                "batch_size_test", "epoch", "eval_epoch", "clip_grad", "sync_bn", "enable_amp", "amp_dtype", "empty_cache",
                "empty_cache_per_epoch", "find_unused_parameters", "enable_wandb", "wandb_project", "wandb_key",
-               "mix_prob", "param_dicts", "log_interval", "max_nonfinite_steps", "hooks", "train", "test")  # top-level keys the engine reads
+               "mix_prob", "param_dicts", "log_interval", "max_nonfinite_steps", "report", "hooks", "train", "test")  # top-level keys the engine reads
 
 def check_top_level_keys(cfg:dict, path): # the resolved config, and the file it came from
     "Raise for a top-level key that looks like a misspelt `CONFIG_KEYS` entry; warn for other unknown keys"

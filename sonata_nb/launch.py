@@ -4,16 +4,18 @@
 
 # %% ../nbs/25_launch.ipynb #c002
 from __future__ import annotations
-import argparse, os, sys
+import argparse, logging, os, sys
 
 import torch
 import torch.distributed as dist
 
 from .config import default_config_parser
+from .report import write_report
 from .trainer import ExperimentLocked, NonFiniteError, Trainer
 
 # %% auto #0
-__all__ = ['EPILOG', 'default_argument_parser', 'init_distributed', 'check_num_gpus', 'num_gpus_main', 'train_main']
+__all__ = ['EPILOG', 'default_argument_parser', 'init_distributed', 'check_num_gpus', 'num_gpus_main', 'train_main',
+           'report_after_training']
 
 # %% ../nbs/25_launch.ipynb #c005
 EPILOG = """examples:
@@ -97,3 +99,11 @@ def train_main(argv:list[str]|None=None): # command-line arguments (default: sys
     except (ExperimentLocked, NonFiniteError) as e: raise SystemExit(f"error: {e}") from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
+    if rank == 0 and cfg.get("report", True): report_after_training(cfg.save_path)
+
+def report_after_training(save_path): # the experiment folder
+    "Write `report.html` into `save_path`; a failure is logged with the command to retry (the results are saved)"
+    log = logging.getLogger("sonata_nb")
+    try: log.info(f"Report: {write_report(save_path)}")
+    except Exception as e: log.warning(f"Could not write the report ({type(e).__name__}: {e}); "
+                                       f"write it later with `sonata-report {save_path}`")

@@ -56,7 +56,8 @@ def test_demo_ft_trains(tmp_path, data_root):
     opts = demo_options(data_root, epoch=40, eval_epoch=2, **{"optimizer.lr": 0.01, "scheduler.max_lr": "[0.01,0.002]"})
     r = train_sh(tmp_path, "ft", opts, "-g", "1")
     exp = tmp_path/"demo"/"ft"
-    for f in ("model/model_last.pth", "model/model_best.pth", "log/train.log", "log/metrics.jsonl", "config/config.py"):
+    for f in ("model/model_last.pth", "model/model_best.pth", "log/train.log", "log/metrics.jsonl", "config/config.py",
+              "report.html"):  # sonata-train writes the report after training
         assert (exp/f).is_file(), f
     assert list((exp/"log").glob("events.out.tfevents.*")), "no TensorBoard events"
     from sonata_nb.config import Config

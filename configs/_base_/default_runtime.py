@@ -32,6 +32,7 @@ wandb_key = None
 mix_prob = 0  # Mix3D: probability of merging neighbouring scenes of a batch
 param_dicts = None  # lr groups by parameter-name keyword, e.g. [dict(keyword="block", lr=0.0002)]
 
+report = True  # sonata_nb addition: `sonata-train` writes report.html (curves, per-class table, 3D views) after training
 log_interval = 10  # sonata_nb addition: log a training line every this many iterations
 max_nonfinite_steps = 10  # sonata_nb addition: stop after this many skipped (NaN/Inf loss) steps in a row (0: never)
 
