@@ -74,7 +74,7 @@ def wait_for(lines, marker, timeout=120.0):
 def test_twenty_kills_resume_bit_exact(tmp_path, data_root):
     "SIGKILL scripts/train.sh 20+ times (in startup/loading, training, validation, saving), restart with -r true each "
     "time: the final weights and metrics.jsonl equal an uninterrupted run's bit for bit"
-    cycles = 40
+    cycles = 28
     opts = demo_options(data_root, epoch=cycles, eval_epoch=cycles)
     t0 = time.perf_counter()
     p, lines, log = start(tmp_path, "full", opts, resume=False)
@@ -88,7 +88,7 @@ def test_twenty_kills_resume_bit_exact(tmp_path, data_root):
     exp = tmp_path/"demo"/"cut"
     while kills < 20:
         p, lines, log = start(tmp_path, "cut", opts, resume=True)  # the first start finds nothing to resume
-        phase, nth = rng.choice(["startup", "train", "eval", "save"]), rng.randint(1, 3)
+        phase, nth = rng.choice(["startup", "train", "eval", "save"]), rng.randint(1, 2)
         if phase == "startup": time.sleep(rng.uniform(0.05, 1.1) * t_train); alive = True
         else:  # in the nth cycle of this start
             marker = {"train": "Train: [", "eval": "Start Evaluation", "save": "Currently Best mIoU"}[phase]
