@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_trainer.ipynb #c002
 from __future__ import annotations
-import json, logging, math, os, random, socket, sys, time, zlib
+import errno, json, logging, math, os, random, shutil, socket, sys, time, warnings, zlib
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import read_checkpoint
+from .checkpoint import UntrustedCheckpointError, read_checkpoint
 from .registry import Registry
 from .runtime import (LOG_FORMAT, all_reduce_sum, count_parameters, default_device, get_rank, get_world_size,
                                is_main_process, setup_logger, to_device, to_plain)
@@ -25,10 +25,11 @@ try: import fcntl
 except ImportError: fcntl = None  # Windows: no experiment lock
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'KNOWN_HOOKS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler',
-           'SampleSeeded', 'param_groups', 'build_optimizer', 'OneCycleLR', 'build_scheduler', 'amp_setup',
-           'save_atomic', 'load_checkpoint', 'strip_module', 'hook_config', 'ExperimentLocked', 'lock_holder',
-           'ExperimentLock', 'lock_experiment', 'NonFiniteError', 'check_finite_state', 'Trainer']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'RESUME_KEYS', 'KNOWN_HOOKS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state',
+           'EpochSampler', 'SeededBatch', 'SampleSeeded', 'BatchSeeded', 'param_groups', 'build_optimizer',
+           'OneCycleLR', 'build_scheduler', 'amp_setup', 'save_error', 'save_atomic', 'load_checkpoint', 'strip_module',
+           'resume_checkpoint', 'truncate_metrics', 'hook_config', 'ExperimentLocked', 'lock_holder', 'ExperimentLock',
+           'lock_experiment', 'NonFiniteError', 'check_finite_state', 'Trainer']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -61,6 +62,11 @@ class EpochSampler(DistributedSampler):
     "A `DistributedSampler` (shuffled by `seed` and the epoch) yielding `(epoch, index)` pairs"
     def __iter__(self): return ((self.epoch, i) for i in super().__iter__())
 
+class SeededBatch(list):
+    "The samples of one batch, with their `(epoch, index)` keys in `sample_keys`"
+    def __init__(self, samples, sample_keys): # samples, their keys
+        super().__init__(samples); self.sample_keys = list(sample_keys)
+
 class SampleSeeded(Dataset):
     "Wrap `dataset` so that sample `(epoch, i)` is drawn with generators seeded by `(seed, epoch, i)`"
     def __init__(self, dataset, seed:int): # the dataset to wrap, the run's seed
@@ -71,6 +77,19 @@ class SampleSeeded(Dataset):
         saved = rng_state(cuda=False)  # transforms draw from numpy/python/torch CPU generators only
         set_seed(zlib.crc32(f"{self.seed}/{epoch}/{index}".encode()))
         try: return self.dataset[index]
+        finally: set_rng_state(saved)
+    def __getitems__(self, keys): return SeededBatch([self[k] for k in keys], keys)  # DataLoader's batched fetch
+
+class BatchSeeded:
+    "Wrap `collate_fn` so that a `SeededBatch` is collated with generators seeded by `seed` and its samples' keys"
+    def __init__(self, collate_fn, seed:int): # e.g. point_collate_fn with Mix3D, the run's seed
+        self.collate_fn, self.seed = collate_fn, seed
+    def __call__(self, batch):
+        keys = getattr(batch, "sample_keys", None)
+        if keys is None: return self.collate_fn(batch)
+        saved = rng_state(cuda=False)
+        set_seed(zlib.crc32(f"{self.seed}/batch/{keys}".encode()))
+        try: return self.collate_fn(list(batch))
         finally: set_rng_state(saved)
 
 # %% ../nbs/24_trainer.ipynb #c016
@@ -137,13 +156,43 @@ def amp_setup(enable_amp:bool, amp_dtype:str, device:torch.device, logger=None):
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return True, dtype, scaler
 
+# %% ../nbs/24_trainer.ipynb #c028b
+def _nbytes(obj) -> int:
+    "Bytes of the tensors in `obj` (nested dicts, lists, tuples)"
+    if isinstance(obj, torch.Tensor): return obj.numel() * obj.element_size()
+    if isinstance(obj, dict): return sum(_nbytes(v) for v in obj.values())
+    return sum(_nbytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
+
+def save_error(path:Path, obj, e:Exception) -> OSError: # the checkpoint, what was saved, the error of torch.save
+    "The error of a failed checkpoint write: which file, whether the disk is full, the free space, what to do"
+    free, need = shutil.disk_usage(path.parent).free, _nbytes(obj)
+    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < need + 2**20
+    why = (f"the disk is full: {free / 2**20:.1f} MiB free in {path.parent}, the checkpoint needs about "
+           f"{need / 2**20:.1f} MiB" if full else f"{free / 2**20:.1f} MiB free in {path.parent}")
+    kept = f"the previous {path.name} is kept unchanged" if path.is_file() else f"no {path.name} exists yet"
+    return OSError(errno.ENOSPC if full else (getattr(e, "errno", None) or errno.EIO),
+                   f"Could not write the checkpoint {path} ({why}). The partial {path.name}.tmp was removed and {kept}. "
+                   f"Free some space or point save_path to a larger disk, then resume the run (scripts/train.sh ... "
+                   f"-r true). Cause: {type(e).__name__}: {e}")
+
 # %% ../nbs/24_trainer.ipynb #c029
 def save_atomic(obj, path):
-    "`torch.save(obj, path)` through a temporary file and `os.replace`"
+    "`torch.save(obj, path)` through a synced `<path>.tmp` and `os.replace`; a failed write removes the `.tmp`"
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
+    except BaseException as e:  # a full disk, an interrupt: never leave a partial file behind
+        tmp.unlink(missing_ok=True)
+        if not isinstance(e, Exception): raise
+        raise save_error(path, obj, e) from e
     os.replace(tmp, path)
+    try:  # make the rename durable where a folder can be synced
+        fd = os.open(path.parent, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
 
 def load_checkpoint(path) -> dict:
     "A trainer checkpoint (a file this trainer wrote), with a clear error when it is missing"
@@ -152,6 +201,47 @@ def load_checkpoint(path) -> dict:
 def strip_module(state_dict:dict) -> dict:
     "`state_dict` without DDP's `module.` key prefix"
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+# %% ../nbs/24_trainer.ipynb #c030d
+RESUME_KEYS = {"epoch", "state_dict", "optimizer", "scheduler"}
+
+def resume_checkpoint(path, logger=None) -> tuple[Path, dict]: # model_last.pth; a logger for the fallback warning
+    "`(file, checkpoint)` to resume from: `path`, or the newest loadable trainer checkpoint beside it"
+    path = Path(path)
+    try: return path, load_checkpoint(path)
+    except UntrustedCheckpointError: raise  # a file that would run code is refused, never skipped
+    except Exception as e: failed = [f"{path.name} ({type(e).__name__}: {str(e)[:200]})"]; error = e
+    best = None
+    for p in [path.parent/"model_best.pth", *sorted(path.parent.glob("epoch_*.pth"))]:
+        if p == path or not p.is_file(): continue
+        try: ckpt = load_checkpoint(p)
+        except Exception as e: failed.append(f"{p.name} ({type(e).__name__}: {str(e)[:200]})"); continue
+        if isinstance(ckpt, dict) and RESUME_KEYS <= set(ckpt) and (best is None or ckpt["epoch"] > best[1]["epoch"]):
+            best = (p, ckpt)
+    if best is None:
+        if isinstance(error, FileNotFoundError) and len(failed) == 1: raise error
+        raise RuntimeError(f"Cannot resume from {path.parent}: no checkpoint loads ({'; '.join(failed)}). Start a new "
+                           "run (scripts/train.sh -r false) or restore model_last.pth from a copy") from error
+    msg = (f"{failed[0]} does not load: resuming from {best[0]} (epoch {best[1]['epoch']}), the newest loadable "
+           f"checkpoint in {path.parent}" + (f"; unloadable too: {'; '.join(failed[1:])}" if failed[1:] else ""))
+    if logger is not None: logger.warning(msg)
+    else: warnings.warn(msg)
+    return best
+
+def truncate_metrics(path, epoch:int) -> int: # log/metrics.jsonl; completed cycles of the checkpoint resumed from
+    "Drop the records of cycles after `epoch` (and a torn last line) from `path`; returns how many were dropped"
+    path = Path(path)
+    if not path.is_file(): return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try: ok = json.loads(line).get("epoch", 0) <= epoch
+        except (json.JSONDecodeError, AttributeError): ok = False
+        if ok: keep.append(line)
+        else: dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(l + "\n" for l in keep)); os.replace(tmp, path)
+    return dropped
 
 # %% ../nbs/24_trainer.ipynb #c032
 KNOWN_HOOKS = {"CheckpointLoader", "ModelHook", "IterationTimer", "InformationWriter", "SemSegEvaluator",
@@ -349,10 +439,12 @@ class Trainer:
         self.logger.info(f"Totally {len(data)} samples in the train set (loop {self.cfg.data.train.get('loop', 1)})")
         self.train_sampler = EpochSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
         drop_last = len(self.train_sampler) >= self.batch_size
+        collate = BatchSeeded(partial(point_collate_fn, mix_prob=self.cfg.get("mix_prob", 0)), self.seed)  # Mix3D
         loader = DataLoader(
             SampleSeeded(data, self.seed), batch_size=self.batch_size, sampler=self.train_sampler,
-            num_workers=self.num_workers, collate_fn=partial(point_collate_fn, mix_prob=self.cfg.get("mix_prob", 0)),
-            pin_memory=self.device.type == "cuda", drop_last=drop_last, persistent_workers=self.num_workers > 0,
+            num_workers=self.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+            drop_last=drop_last, persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # its base seed is not drawn from the global generator
             worker_init_fn=partial(worker_init_fn, num_workers=self.num_workers, rank=self.rank, seed=self.seed))
         if len(loader) == 0: raise ValueError(f"The train set ({len(data)} samples) gives no batch of {self.batch_size}")
         return loader
@@ -513,9 +605,11 @@ class Trainer:
         return float(m["mIoU"])
 
     def log_metrics(self, record:dict):
-        "Append `record` to `log/metrics.jsonl` (rank 0) and W&B"
+        "Append `record` to `log/metrics.jsonl` (rank 0; a new run's first record starts the file anew) and W&B"
         if not is_main_process(): return
-        with open(self.save_path/"log"/"metrics.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
+        mode = "a" if self.resume or getattr(self, "_metrics_started", False) else "w"
+        with open(self.save_path/"log"/"metrics.jsonl", mode) as f: f.write(json.dumps(record) + "\n")
+        self._metrics_started = True
         if self.wandb: self.wandb.log({f"{record['type']}/{k}": v for k, v in record.items()
                                        if isinstance(v, (int, float)) and k != "type"}, step=self.step)
 
@@ -530,7 +624,7 @@ class Trainer:
                     best_metric_value=self.best_metric, step=self.step, config=to_plain(self.cfg), rng_state=states)
 
     def save(self, epoch:int, metric:float|None):
-        "Write `model_last.pth`, and `model_best.pth` when `metric` beats the best strictly"
+        "Write `epoch_<n>.pth` (`save_freq`), `model_best.pth` when `metric` beats the best strictly, then `model_last.pth`"
         check_finite_state(self.model.state_dict(), f"Refusing to save {self.save_path/'model'/'model_last.pth'} (the "
                            f"last good checkpoint stays: {self.last_checkpoint or 'none from this run'})")
         is_best = metric is not None and math.isfinite(metric) and metric > self.best_metric
@@ -541,18 +635,23 @@ class Trainer:
         ckpt = self.checkpoint(epoch)
         if not is_main_process(): return
         model_dir = self.save_path/"model"
-        save_atomic(ckpt, model_dir/"model_last.pth")
-        self.last_checkpoint = f"{model_dir/'model_last.pth'} (cycle {epoch + 1})"
-        if is_best: save_atomic(ckpt, model_dir/"model_best.pth")
         saver = hook_config(self.cfg, "CheckpointSaver") or {}
         if saver.get("save_freq") and (epoch + 1) % saver["save_freq"] == 0:
             save_atomic(ckpt, model_dir/f"epoch_{epoch + 1}.pth")
+        # last comes last: a kill before it resumes from the previous cycle, whose rerun rewrites the others identically
+        if is_best: save_atomic(ckpt, model_dir/"model_best.pth")
+        save_atomic(ckpt, model_dir/"model_last.pth")
+        self.last_checkpoint = f"{model_dir/'model_last.pth'} (cycle {epoch + 1})"
         self.logger.info(f"Saved {model_dir/'model_last.pth'}" + (" and model_best.pth" if is_best else ""))
 
     def load_resume_checkpoint(self):
-        "Restore model, optimizer, scheduler, scaler, epoch, best metric and generator states from `cfg.weight`"
-        ckpt = load_checkpoint(self.cfg.weight)
-        self.logger.info(f"=> Resuming from {self.cfg.weight} (epoch {ckpt['epoch']})")
+        "Restore model, optimizer, scheduler, scaler, epoch, best metric, generators and metrics from `cfg.weight`"
+        path, ckpt = resume_checkpoint(self.cfg.weight, self.logger)  # or the newest loadable one beside it
+        self.logger.info(f"=> Resuming from {path} (epoch {ckpt['epoch']})")
+        if is_main_process():
+            dropped = truncate_metrics(self.save_path/"log"/"metrics.jsonl", ckpt["epoch"])
+            if dropped: self.logger.info(f"Dropped {dropped} record(s) after epoch {ckpt['epoch']} from metrics.jsonl")
+            for tmp in (self.save_path/"model").glob("*.tmp"): tmp.unlink()  # partial writes of a killed run
         self.model.load_state_dict(strip_module(ckpt["state_dict"]), strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

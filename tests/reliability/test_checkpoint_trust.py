@@ -94,6 +94,7 @@ def test_resume_refuses_the_payload(evil, tmp_path, data_root):
     cfg.dump(exp / "config" / "config.py")
     (exp / "model").mkdir(parents=True)
     (exp / "model" / "model_last.pth").write_bytes(path.read_bytes())
+    torch.save({"epoch": 1}, exp / "model" / "model_best.pth")  # resume falls back from a corrupt model_last, never from this
     r = train_sh(tmp_path, "r", demo_options(data_root), "-g", "1", "-r", "true", check=False)
     assert r.returncode != 0 and "refers to posix.system" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
     assert not marker.exists()
