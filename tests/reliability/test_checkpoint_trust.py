@@ -13,7 +13,7 @@ from sonata_nb.checkpoint import (CorruptCheckpointError, UntrustedCheckpointErr
 from sonata_nb.config import default_config_parser
 from sonata_nb.model import PointTransformerV3, load_encoder, load_weights, save_checkpoint
 from sonata_nb.tester import load_record, load_test_weight
-from sonata_nb.trainer import load_checkpoint
+from sonata_nb.trainer import load_checkpoint, resume_checkpoint
 
 
 class Payload:
@@ -94,9 +94,22 @@ def test_resume_refuses_the_payload(evil, tmp_path, data_root):
     cfg.dump(exp / "config" / "config.py")
     (exp / "model").mkdir(parents=True)
     (exp / "model" / "model_last.pth").write_bytes(path.read_bytes())
-    torch.save({"epoch": 1}, exp / "model" / "model_best.pth")  # resume falls back from a corrupt model_last, never from this
     r = train_sh(tmp_path, "r", demo_options(data_root), "-g", "1", "-r", "true", check=False)
     assert r.returncode != 0 and "refers to posix.system" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    assert not marker.exists()
+
+
+def test_resume_never_skips_a_hostile_model_last(evil, tmp_path):
+    "Resume falls back from a corrupt model_last to an older checkpoint, but a file that would run code stops it"
+    path, marker = evil
+    model_dir = tmp_path / "model"; model_dir.mkdir()
+    good = dict(epoch=1, state_dict={}, optimizer={}, scheduler={})
+    torch.save(good, model_dir / "model_best.pth")
+    (model_dir / "model_last.pth").write_bytes(b"not a checkpoint")
+    assert resume_checkpoint(model_dir / "model_last.pth")[0] == model_dir / "model_best.pth"
+    (model_dir / "model_last.pth").write_bytes(path.read_bytes())
+    with pytest.raises(UntrustedCheckpointError, match="model_last.pth refers to posix.system"):
+        resume_checkpoint(model_dir / "model_last.pth")
     assert not marker.exists()
 
 
