@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+if "profile" not in sys.modules:  # bench/profile.py must not shadow the standard `profile` (cProfile, torch.compile need it)
+    _saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+    import profile  # noqa: F401  (the standard library's)
+    sys.path[:] = _saved
+sys.path.insert(0, str(HERE))
 from scan import DEFAULT_SCAN, issue_batch
 from sonata_nb.model import SONATA_CONFIG, PointTransformerV3, upcast
 
