@@ -11,9 +11,11 @@ distance to float32 is given for scale). Profiles (bench/steps.py) the baseline 
 skipped, and said so, when `--budget` seconds are spent. Writes gpu_all.json under $OUT (default bench/out/).
 Levers: half_ln = LayerNorm in the activation dtype; spconv_native / spconv_split = spconv algorithm Native /
 MaskSplitImplicitGemm (baseline: MaskImplicitGemm); compile_mlp = torch.compile(dynamic=True) of every block MLP;
-all = half_ln + the fastest spconv algorithm (by ft step) [+ compile_mlp when it helped].
+sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-efficient kernel (baseline: torch's pick);
+all = half_ln + the fastest spconv algorithm + the fastest SDPA kernel (by ft step); then compile_mlp and
+all+compile_mlp when time is left.
 """
-import argparse, json, os, sys, time, traceback
+import argparse, contextlib, json, os, sys, time, traceback
 from pathlib import Path
 
 import torch
@@ -38,6 +40,20 @@ def apply(model, lev:dict):
     compile_mlps(model, lev.get("compile", False))
 
 
+def sdpa_context(lev:dict):
+    "torch SDPA kernel choice of a variant (None: torch's own pick, cuDNN attention on an H200)"
+    if not lev.get("sdpa"): return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([dict(flash=SDPBackend.FLASH_ATTENTION, efficient=SDPBackend.EFFICIENT_ATTENTION,
+                             cudnn=SDPBackend.CUDNN_ATTENTION)[lev["sdpa"]]])
+
+
+def in_context(fn, lev):
+    def run():
+        with sdpa_context(lev): return fn()
+    return run
+
+
 def rel_l2(a, b) -> float: return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
@@ -51,9 +67,9 @@ def run_variant(name, lev, model, head, data, labels, args, ref) -> dict:
         for task in TASKS:
             if task == "ft" and dev.startswith("cuda"):
                 sync(dev); torch.cuda.reset_peak_memory_stats()
-            res[task] = time_fn(step_fn(task, model, head, data, labels), dev, args.repeats, args.warmup)
+            res[task] = time_fn(in_context(step_fn(task, model, head, data, labels), lev), dev, args.repeats, args.warmup)
             if task == "ft" and dev.startswith("cuda"): res["ft_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        out = step_fn("infer", model, head, data, labels)()
+        out = in_context(step_fn("infer", model, head, data, labels), lev)()
         res["rel_l2_vs_baseline"] = 0.0 if ref is None else rel_l2(out, ref)
     except Exception as e:  # a broken lever must not stop the others
         res["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -122,7 +138,8 @@ def main(argv=None):
                                           for t in TASKS}
         save()
     variants = [("half_ln", dict(half_ln=True)), ("spconv_native", dict(spconv="native")),
-                ("spconv_split", dict(spconv="mask_split_implicit_gemm"))]
+                ("spconv_split", dict(spconv="mask_split_implicit_gemm")), ("sdpa_flash", dict(sdpa="flash")),
+                ("sdpa_efficient", dict(sdpa="efficient"))]
     for name, lev in variants:
         if time.perf_counter() - start > args.budget: report["variants"].append(dict(variant=name, skipped="time budget")); continue
         r, _ = run_variant(name, lev, model, head, data, labels, args, ref_out)
@@ -130,12 +147,15 @@ def main(argv=None):
     ok = {r["variant"]: r for r in report["variants"] if "ft" in r}
     spconv_best = min((("spconv_native", "native"), ("spconv_split", "mask_split_implicit_gemm"), ("baseline", None)),
                       key=lambda v: ok[v[0]]["ft"]["median_ms"] if v[0] in ok else float("inf"))[1]
-    all_lev = dict(half_ln=True, spconv=spconv_best)
+    sdpa_best = min((("sdpa_flash", "flash"), ("sdpa_efficient", "efficient"), ("baseline", None)),
+                    key=lambda v: ok[v[0]]["ft"]["median_ms"] if v[0] in ok else float("inf"))[1]
+    all_lev = dict(half_ln=True, spconv=spconv_best, sdpa=sdpa_best)
     r, _ = run_variant("all", all_lev, model, head, data, labels, args, ref_out)
     report["variants"].append(r); save()
     if args.profile_steps and "error" not in r and time.perf_counter() - start < args.budget:
         apply(model, all_lev)
-        report["profiles"]["all"] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device, args.profile_steps)
+        report["profiles"]["all"] = {t: profile_fn(in_context(step_fn(t, model, head, data, labels), all_lev), args.device,
+                                                   args.profile_steps)
                                      for t in TASKS}
         save()
     print(table(report["variants"], args, env), flush=True)  # before the (slow to compile) optional variants
