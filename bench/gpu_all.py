@@ -94,6 +94,9 @@ def table(rows, args, env) -> str:
                      f"{r['ft']['median_ms']:.1f} | {r['ft_peak_gib']:.2f} | {r['rel_l2_vs_baseline']:.2e} |" if mem else
                      f"| {r['variant']} | {r['infer']['median_ms']:.1f} | {r['lin']['median_ms']:.1f} | "
                      f"{r['ft']['median_ms']:.1f} | n/a | {r['rel_l2_vs_baseline']:.2e} |")
+    if rows and "baseline_rel_l2_vs_fp32" in rows[0]:
+        lines += ["", f"Scale: the baseline's own {env['amp']} inference output is {rows[0]['baseline_rel_l2_vs_fp32']:.2e} "
+                      "(relative L2) from float32."]
     return "\n".join(lines)
 
 

@@ -87,14 +87,16 @@ def profile_fn(fn, device, steps:int=2, top:int=15) -> dict:
         for _ in range(steps): fn()
         sync(device)
     wall = (time.perf_counter() - t) * 1000 / steps
+    def device_us(e):
+        us = getattr(e, "self_device_time_total", None)
+        return e.self_cuda_time_total if us is None else us
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA] if cuda else []
+    if cuda and not kernels: kernels = events  # no kernel rows in this torch build: ops by their self device time
     rows = []
-    for e in prof.key_averages():
-        if cuda:
-            if e.device_type != DeviceType.CUDA: continue
-            us = getattr(e, "self_device_time_total", None)
-            if us is None: us = e.self_cuda_time_total
-        else: us = e.self_cpu_time_total
-        if us > 0: rows.append(dict(name=e.key, calls=e.count // steps, total_ms=us / 1000 / steps))
+    for e in (kernels if cuda else events):
+        us = device_us(e) if cuda else e.self_cpu_time_total
+        if us > 0: rows.append(dict(name=e.key, calls=max(1, e.count // steps), total_ms=us / 1000 / steps))
     busy = sum(r["total_ms"] for r in rows)
     rows.sort(key=lambda r: -r["total_ms"])
     for r in rows: r["pct"] = 100 * r["total_ms"] / busy if busy else 0.0
