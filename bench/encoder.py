@@ -12,6 +12,10 @@ point per 2 cm voxel, 9 features (coord, colour, normal). For batch 1 and 4, und
     python bench/encoder.py --json bench_encoder.json
     python bench/encoder.py --device cpu --points 5000 --tiny   # narrow model: checks the script on a CPU
 
+First (printed first, unless --no-issue-case) the issue's exact case: three copies of ScanNet scene0000_00 after 2 cm
+grid sampling (bench/scan.py, from the raw `_vh_clean_2.ply` in --scan, default .benchdata/scannet/scene0000_00),
+eval and train, fp16 autocast on CUDA (bf16 on the CPU); skipped with a note when the scan folder is absent.
+
 Needs only torch, spconv and this repository.
 """
 import argparse, json, sys, time
@@ -26,6 +30,9 @@ from sonata_nb import attention
 from sonata_nb.attention import SerializedAttention, get_attention_backend, set_attention_backend
 from sonata_nb.model import SONATA_CONFIG, GridPooling, PointTransformerV3, SubMConv3d, upcast
 from sonata_nb.structure import Point
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scan import DEFAULT_SCAN, issue_batch
 
 TINY = dict(enc_depths=(1, 1, 1, 1, 1), enc_channels=(16, 16, 32, 32, 64), enc_num_head=(1, 1, 2, 2, 4),
             enc_patch_size=(128,) * 5)
@@ -184,6 +191,9 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
     p.add_argument("--no-compare", action="store_true", help="skip the sdpa vs math comparison")
     p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder for the issue's case")
+    p.add_argument("--crop", type=int, default=None, help="issue case: keep this many points of the scan (CPU checks)")
+    p.add_argument("--no-issue-case", action="store_true", help="skip the issue's 3 x scene0000_00 case")
     args = p.parse_args(argv)
     device, amp = torch.device(args.device), DTYPES[args.dtype]
     if device.type == "cpu" and amp is torch.float16: p.error("fp16 autocast is for the GPU; use bf16 or fp32 on the CPU")
@@ -193,6 +203,7 @@ def main(argv=None):
     config = {**SONATA_CONFIG, **(TINY if args.tiny else {})}
     model = PointTransformerV3(**config).to(device)
     n_params = sum(q.numel() for q in model.parameters())
+    issue = None if args.no_issue_case else issue_case(model, args, device)
     scenes = [room(args.points, seed=i) for i in range(max(args.batches))]
     env = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__,
                dtype=args.dtype, backend=args.backend, params=n_params, tiny=args.tiny,
@@ -231,10 +242,32 @@ def main(argv=None):
             breakdown.append(dict(batch=bs, mode="train" if train else "eval", total_ms=total, **{f"{k}_ms": v for k, v in parts.items()}))
 
     comparison = [] if args.no_compare else compare_backends(model, batch_of(scenes[:1], device), amp, args.dtype)
-    report = dict(env=env, results=results, breakdown=breakdown, backend_agreement=comparison)
+    report = dict(env=env, issue_case=issue, results=results, breakdown=breakdown, backend_agreement=comparison)
     print(markdown(report))
     if args.json: Path(args.json).write_text(json.dumps(report, indent=1))
     return report
+
+
+def issue_case(model, args, device) -> dict|None:
+    "The issue's batch (3 x scene0000_00, 2 cm): eval and train timings, printed at once"
+    if not (Path(args.scan) / f"{Path(args.scan).name}_vh_clean_2.ply").exists():
+        print(f"issue case skipped: no scan in {args.scan} (pass --scan <scans/scene0000_00>)", flush=True)
+        return None
+    amp = torch.float16 if device.type == "cuda" else torch.bfloat16
+    data = issue_batch(args.scan, copies=3, crop=args.crop, device=device)
+    rows = []
+    for train in (False, True):
+        try: res = measure(model, data, train, amp, args.repeats, args.warmup, device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache(); res = dict(error="out of memory")
+        rows.append(dict(mode="train" if train else "eval", **res))
+    n = len(data["coord"])
+    print(f"Issue case: 3 x {Path(args.scan).name} ({n // 3:,} points each, {n:,} in all), autocast {str(amp)[6:]}, "
+          f"{'tiny' if args.tiny else 'Sonata'} encoder", flush=True)
+    for r in rows:
+        print(f"  {r['mode']}: " + (r.get("error") or f"{r['ms']:.1f} ms, {r['points_per_s']:,.0f} points/s, "
+                                     f"peak {r['peak_gib']:.2f} GiB"), flush=True)
+    return dict(scan=Path(args.scan).name, points=n, dtype=str(amp)[6:], rows=rows)
 
 
 def markdown(report) -> str:

@@ -141,6 +141,16 @@ class SerializedAttention(PointModule):
             layout = point[key] = patch_layout(point.offset, K)
         return layout
 
+    @torch.no_grad()
+    def _maps(self, point:Point, layout:PatchLayout, kind:str, make) -> tuple:
+        "Gather maps of `layout` composed with this block's order: made once per (layout, order, kind) and Point"
+        cache = point.get("attention_maps")
+        if cache is None or cache[0] is not point.serialized_order:  # new (or re-serialized) orders: start afresh
+            cache = point["attention_maps"] = (point.serialized_order, {})
+        key = (id(layout), self.order_index, kind)
+        if key not in cache[1] or cache[1][key][0] is not layout: cache[1][key] = (layout, make())
+        return cache[1][key][1]
+
     def _resolve_backend(self, device) -> str:
         name = _backend
         if name == "auto":
@@ -162,22 +172,25 @@ class SerializedAttention(PointModule):
         qkv = self.qkv(point.feat)
         dropout_p = self.attn_drop if self.training else 0.0
         backend = self._resolve_backend(qkv.device)
-        if backend == "flash":
+        if backend == "flash":  # q/k/v in float16 and back, as the reference (`qkv.half()`, `feat.to(qkv.dtype)`)
+            pad, unpad = self._maps(point, layout, "flash", lambda: (order[layout.pad], layout.unpad[inverse]))
             feat = flash_attn.flash_attn_varlen_qkvpacked_func(
-                qkv[order[layout.pad]].to(torch.bfloat16).reshape(-1, 3, H, C // H), layout.cu_seqlens,
+                qkv[pad].half().reshape(-1, 3, H, C // H), layout.cu_seqlens,
                 max_seqlen=layout.patch_size, dropout_p=dropout_p, softmax_scale=self.scale).reshape(-1, C)
-            feat = feat.to(qkv.dtype)[layout.unpad[inverse]]
+            feat = feat.to(qkv.dtype)[unpad]
         else:
             upcast = self.upcast_attention or self.upcast_softmax
             outs = []
+            full, short, out_index = self._maps(point, layout, "sdpa", lambda: (
+                order[layout.full_index], order[layout.short_index], layout.out_index[inverse]))
             with torch.autocast(qkv.device.type, enabled=False) if upcast else contextlib.nullcontext():
-                for index, mask in ((layout.full_index, None), (layout.short_index, layout.short_mask)):
+                for index, mask in ((full, None), (short, layout.short_mask)):
                     if index.numel() == 0: continue
-                    x = qkv[order[index]]  # (P, L, 3C)
+                    x = qkv[index]  # (P, L, 3C)
                     if upcast: x = x.float()
                     q, k, v = x.unflatten(-1, (3, H, C // H)).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, L, d) each
                     out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=backend == "math")
                     outs.append(out.transpose(1, 2).reshape(-1, C))
-            feat = (outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype)[layout.out_index[inverse]]
+            feat = (outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype)[out_index]
         point.feat = self.proj_drop(self.proj(feat))
         return point

@@ -21,11 +21,26 @@ from .structure import Point, PointModule, PointSequential
 from .attention import SerializedAttention
 
 # %% auto #0
-__all__ = ['MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'SubMConv3d', 'DropPath', 'LayerScale', 'MLP', 'Embedding',
-           'Block', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint', 'check_config',
-           'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+__all__ = ['SPCONV_ALGOS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo', 'SubMConv3d', 'DropPath',
+           'LayerScale', 'MLP', 'set_half_layernorm', 'LayerNorm', 'Embedding', 'Block', 'GridPooling', 'GridUnpooling',
+           'PointTransformerV3', 'upcast', 'split_checkpoint', 'check_config', 'LoadReport', 'load_weights',
+           'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
+SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
+                "mask_split_implicit_gemm": ConvAlgo.MaskSplitImplicitGemm}
+_spconv_algo = None
+
+def set_spconv_algo(name:str|None): # a key of SPCONV_ALGOS, or None: each module's own `algo`
+    "Choose the spconv algorithm of every `SubMConv3d` on CUDA (module-wide switch)"
+    global _spconv_algo
+    if name is not None and name not in SPCONV_ALGOS:
+        raise ValueError(f"Unknown spconv algorithm {name!r} (SONATA_SPCONV_ALGO or set_spconv_algo); "
+                         f"choose from {sorted(SPCONV_ALGOS)} or None")
+    _spconv_algo = name
+
+set_spconv_algo(os.environ.get("SONATA_SPCONV_ALGO") or None)
+
 class SubMConv3d(spconv.SubMConv3d):
     "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution"
     def forward(self, input:spconv.SparseConvTensor): # sparse tensor with `features` on any device
@@ -35,7 +50,8 @@ class SubMConv3d(spconv.SubMConv3d):
         # spconv's `training` flag only selects how the bias is applied: fused into the kernel (eval) or added after it.
         # The unfused path is required on the CPU and faster on the GPU under autocast, so it is always used.
         saved = self.algo, self.training
-        self.algo, self.training = ConvAlgo.Native if cpu else self.algo, True
+        algo = ConvAlgo.Native if cpu else SPCONV_ALGOS[_spconv_algo] if _spconv_algo else self.algo
+        self.algo, self.training = algo, True
         try:
             with torch.autocast("cpu", enabled=False): return super().forward(input)
         finally: self.algo, self.training = saved
@@ -80,6 +96,23 @@ class MLP(nn.Module):
 
     def forward(self, x): return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
+_half_layernorm = False
+
+def set_half_layernorm(on:bool=True): # True: LayerNorm keeps float16/bfloat16 inputs in their dtype
+    "Speed switch: LayerNorm in the activation dtype under autocast (module-wide)"
+    global _half_layernorm
+    _half_layernorm = bool(on)
+
+class LayerNorm(nn.LayerNorm):
+    "`nn.LayerNorm` that, with `set_half_layernorm(True)`, normalises half-precision inputs in their own dtype"
+    def forward(self, x):
+        if not (_half_layernorm and x.dtype in (torch.float16, torch.bfloat16)): return super().forward(x)
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+
 # %% ../nbs/04_model.ipynb #c014
 class Embedding(PointModule):
     "Point-wise stem: Linear → LayerNorm → GELU, with an optional learned mask token"
@@ -89,7 +122,7 @@ class Embedding(PointModule):
         super().__init__()
         self.in_channels, self.embed_channels = in_channels, embed_channels
         self.stem = PointSequential(linear=nn.Linear(in_channels, embed_channels),
-                                    norm=nn.LayerNorm(embed_channels), act=nn.GELU())
+                                    norm=LayerNorm(embed_channels), act=nn.GELU())
         self.mask_token = nn.Parameter(torch.zeros(1, embed_channels)) if mask_token else None
 
     def forward(self, point:Point):
@@ -125,14 +158,14 @@ class Block(PointModule):
         super().__init__()
         self.channels, self.pre_norm = channels, pre_norm
         self.cpe = PointSequential(SubMConv3d(channels, channels, kernel_size=3, bias=True, indice_key=cpe_indice_key),
-                                   nn.Linear(channels, channels), nn.LayerNorm(channels))
-        self.norm1 = PointSequential(nn.LayerNorm(channels))
+                                   nn.Linear(channels, channels), LayerNorm(channels))
+        self.norm1 = PointSequential(LayerNorm(channels))
         self.ls1 = PointSequential(LayerScale(channels, layer_scale) if layer_scale is not None else nn.Identity())
         self.attn = SerializedAttention(channels=channels, num_heads=num_heads, patch_size=patch_size, qkv_bias=qkv_bias,
                                         qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop, order_index=order_index,
                                         enable_rpe=enable_rpe, enable_flash=enable_flash,
                                         upcast_attention=upcast_attention, upcast_softmax=upcast_softmax)
-        self.norm2 = PointSequential(nn.LayerNorm(channels))
+        self.norm2 = PointSequential(LayerNorm(channels))
         self.ls2 = PointSequential(LayerScale(channels, layer_scale) if layer_scale is not None else nn.Identity())
         self.mlp = PointSequential(MLP(channels, int(channels * mlp_ratio), channels, nn.GELU, proj_drop))
         self.drop_path = PointSequential(DropPath(drop_path) if drop_path > 0.0 else nn.Identity())
@@ -169,7 +202,7 @@ class GridPooling(PointModule):
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.shuffle_orders, self.traceable = shuffle_orders, traceable
         self.proj = nn.Linear(in_channels, out_channels)
-        self.norm = PointSequential(nn.LayerNorm(out_channels))
+        self.norm = PointSequential(LayerNorm(out_channels))
         self.act = PointSequential(nn.GELU())
 
     def forward(self, point:Point):
@@ -210,8 +243,8 @@ class GridUnpooling(PointModule):
                  out_channels:int, # output width
                  traceable:bool=False): # keep the coarse Point as `unpooling_parent`
         super().__init__()
-        self.proj = PointSequential(nn.Linear(in_channels, out_channels), nn.LayerNorm(out_channels), nn.GELU())
-        self.proj_skip = PointSequential(nn.Linear(skip_channels, out_channels), nn.LayerNorm(out_channels), nn.GELU())
+        self.proj = PointSequential(nn.Linear(in_channels, out_channels), LayerNorm(out_channels), nn.GELU())
+        self.proj_skip = PointSequential(nn.Linear(skip_channels, out_channels), LayerNorm(out_channels), nn.GELU())
         self.traceable = traceable
 
     def forward(self, point:Point):

@@ -1,0 +1,48 @@
+"""torch.profiler of the issue's tasks (infer, lin, ft) on 3 x ScanNet scene0000_00 (2 cm grid), Sonata encoder.
+
+    PYTHONPATH=. python bench/profile.py                       # CUDA: full batch, fp16 autocast
+    PYTHONPATH=. python bench/profile.py --device cpu --tiny --crop 3000   # CPU check (tiny encoder, small crop)
+    PYTHONPATH=. python bench/profile.py --half-layernorm --spconv-algo native   # with speed levers
+
+Writes `profile.json` (top kernels by device time per task: name, calls per step, ms per step, % of the busy time)
+under $OUT (default bench/out/) and prints markdown tables.
+"""
+import argparse, json, os, sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steps import DEFAULT_SCAN, TASKS, build, profile_fn, profile_table, step_fn
+from sonata_nb.model import SPCONV_ALGOS, set_half_layernorm, set_spconv_algo
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder (raw _vh_clean_2.ply)")
+    p.add_argument("--copies", type=int, default=3, help="copies of the scene in the batch")
+    p.add_argument("--crop", type=int, default=None, help="keep this many points of the scene (CPU checks)")
+    p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--steps", type=int, default=2, help="profiled steps per task (after one warm-up)")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--half-layernorm", action="store_true", help="lever: LayerNorm in the activation dtype")
+    p.add_argument("--spconv-algo", choices=sorted(SPCONV_ALGOS), help="lever: spconv algorithm on CUDA")
+    p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out"))
+    args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = True
+    set_half_layernorm(args.half_layernorm); set_spconv_algo(args.spconv_algo)
+    model, head, data, labels = build(args.device, args.tiny, args.scan, args.copies, args.crop)
+    res = {t: profile_fn(step_fn(t, model, head, data, labels), args.device, args.steps, args.top) for t in args.tasks}
+    report = dict(device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+                  points=len(data["coord"]), tiny=args.tiny, levers=dict(half_layernorm=args.half_layernorm,
+                  spconv_algo=args.spconv_algo), tasks=res)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "profile.json").write_text(json.dumps(report, indent=1))
+    print("\n\n".join(profile_table(t, r) for t, r in res.items()))
+    return report
+
+
+if __name__ == "__main__":
+    main()

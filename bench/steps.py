@@ -1,0 +1,113 @@
+"""The issue's three tasks on one batch (shared by bench/profile.py and bench/gpu_all.py).
+
+- infer: encoder + up-cast, eval, no grad;
+- lin:   frozen encoder in train mode + up-cast + Linear, forward + backward (only the Linear learns);
+- ft:    encoder + up-cast + Linear, forward + backward (everything learns).
+Autocast float16 on CUDA (bfloat16 on the CPU, which has no float16 autocast), random weights, 20 classes.
+"""
+import statistics, sys, time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+if "profile" not in sys.modules:  # bench/profile.py must not shadow the standard `profile` (cProfile, torch.compile need it)
+    _saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+    import profile  # noqa: F401  (the standard library's)
+    sys.path[:] = _saved
+sys.path.insert(0, str(HERE))
+from scan import DEFAULT_SCAN, issue_batch
+from sonata_nb.model import SONATA_CONFIG, PointTransformerV3, upcast
+
+TINY = dict(enc_depths=(1, 1, 1, 1, 1), enc_channels=(16, 16, 32, 32, 64), enc_num_head=(1, 1, 2, 2, 4),
+            enc_patch_size=(128,) * 5)
+TASKS = ("infer", "lin", "ft")
+
+
+def amp_dtype(device) -> torch.dtype: return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+
+
+def sync(device):
+    if torch.device(device).type == "cuda": torch.cuda.synchronize()
+
+
+def build(device, tiny:bool=False, scan=DEFAULT_SCAN, copies:int=3, crop:int|None=None, classes:int=20, seed:int=0):
+    "(model, head, data, labels): the Sonata encoder (or a tiny one), a Linear head on its up-cast, the batch"
+    torch.manual_seed(seed)
+    model = PointTransformerV3(**{**SONATA_CONFIG, **(TINY if tiny else {})}).to(device)
+    data = issue_batch(scan, copies=copies, crop=crop, device=device)
+    with torch.no_grad(): width = upcast(model.eval()(data)).shape[1] if tiny else 1232
+    head = torch.nn.Linear(width, classes).to(device)
+    labels = torch.randint(0, classes, (len(data["coord"]),), generator=torch.Generator().manual_seed(seed)).to(device)
+    return model, head, data, labels
+
+
+def step_fn(task:str, model, head, data, labels):
+    "A no-argument callable running one `task` step (returns the up-cast features for infer)"
+    amp = amp_dtype(data["feat"].device)
+    dev = data["feat"].device.type
+    if task == "infer":
+        def run():
+            model.eval()
+            with torch.no_grad(), torch.autocast(dev, dtype=amp): return upcast(model(data))
+        return run
+    if task not in ("lin", "ft"): raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    def run():
+        model.train()
+        model.requires_grad_(task == "ft")
+        with torch.autocast(dev, dtype=amp):
+            loss = F.cross_entropy(head(upcast(model(data))).float(), labels)
+        loss.backward()
+        model.zero_grad(set_to_none=True); head.zero_grad(set_to_none=True)
+        model.requires_grad_(True)
+    return run
+
+
+def time_fn(fn, device, repeats:int=10, warmup:int=3) -> dict:
+    "Median (and all) wall times in ms of `repeats` synchronized calls after `warmup` calls"
+    for _ in range(warmup): fn()
+    sync(device)
+    ms = []
+    for _ in range(repeats):
+        t = time.perf_counter(); fn(); sync(device); ms.append((time.perf_counter() - t) * 1000)
+    return dict(median_ms=statistics.median(ms), ms=ms)
+
+
+def profile_fn(fn, device, steps:int=2, top:int=15) -> dict:
+    "torch.profiler of `steps` calls: the `top` kernels by device time (CPU ops by self time on the CPU)"
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.device(device).type == "cuda"
+    fn(); sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(steps): fn()
+        sync(device)
+    wall = (time.perf_counter() - t) * 1000 / steps
+    def device_us(e):
+        us = getattr(e, "self_device_time_total", None)
+        return e.self_cuda_time_total if us is None else us
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA] if cuda else []
+    if cuda and not kernels: kernels = events  # no kernel rows in this torch build: ops by their self device time
+    rows = []
+    for e in (kernels if cuda else events):
+        us = device_us(e) if cuda else e.self_cpu_time_total
+        if us > 0: rows.append(dict(name=e.key, calls=max(1, e.count // steps), total_ms=us / 1000 / steps))
+    busy = sum(r["total_ms"] for r in rows)
+    rows.sort(key=lambda r: -r["total_ms"])
+    for r in rows: r["pct"] = 100 * r["total_ms"] / busy if busy else 0.0
+    return dict(step_ms=wall, busy_ms=busy, kind="cuda kernels" if cuda else "cpu ops (self time)", top=rows[:top])
+
+
+def profile_table(task:str, res:dict) -> str:
+    "Markdown table of one task's profile"
+    lines = [f"**{task}**: {res['step_ms']:.1f} ms per step under the profiler, {res['busy_ms']:.1f} ms of {res['kind']}", "",
+             "| kernel | calls / step | ms / step | % of busy |", "|---|---|---|---|"]
+    for r in res["top"]:
+        name = r["name"] if len(r["name"]) <= 90 else r["name"][:87] + "..."
+        lines.append(f"| `{name.replace('|', '/')}` | {r['calls']} | {r['total_ms']:.2f} | {r['pct']:.1f} |")
+    return "\n".join(lines)
