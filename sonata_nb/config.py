@@ -219,19 +219,19 @@ CONFIG_KEYS = ("model", "data", "optimizer", "scheduler", "dataset_type", "data_
                "resume", "evaluate", "test_only", "seed", "save_path", "num_worker", "batch_size", "batch_size_val",
                "batch_size_test", "epoch", "eval_epoch", "clip_grad", "sync_bn", "enable_amp", "amp_dtype", "empty_cache",
                "empty_cache_per_epoch", "find_unused_parameters", "enable_wandb", "wandb_project", "wandb_key",
-               "mix_prob", "param_dicts", "log_interval", "max_nonfinite_steps", "report", "hooks", "train", "test")  # top-level keys the engine reads
+               "mix_prob", "param_dicts", "log_interval", "max_nonfinite_steps", "report", "gradient_accumulation_steps", "hooks", "train", "test")  # top-level keys the engine reads
 
 def check_top_level_keys(cfg:dict, path): # the resolved config, and the file it came from
     "Raise for a top-level key that looks like a misspelt `CONFIG_KEYS` entry; warn for other unknown keys"
     for key in cfg:
-        if key in CONFIG_KEYS or str(key).startswith("_"): continue
+        if key in CONFIG_KEYS or str(key).startswith("_") or str(key).isupper(): continue  # helpers, constants
         close = difflib.get_close_matches(str(key), CONFIG_KEYS, n=3, cutoff=0.75)
         defined = re.search(rf"^{re.escape(str(key))}\s*=", Path(path).read_text(encoding="utf-8"), re.M)
         where = f"{path}" if defined else f"a `_base_` file of {path}"
         if close: raise KeyError(f"Unknown top-level config key {key!r} in {where}: sonata_nb would ignore it. "
                                  f"Did you mean: {', '.join(close)}? Fix the name (valid keys: CONFIG_KEYS in sonata_nb.config)")
         warnings.warn(f"Top-level config key {key!r} in {where} is not read by sonata_nb's engine (kept); "
-                      "name helper variables with a leading `_`", stacklevel=2)
+                      "name helper variables with a leading `_` (or in UPPER_CASE, as imported constants)", stacklevel=2)
 
 # %% ../nbs/20_config.ipynb #c025
 def default_config_parser(path, options=None) -> Config: # options: {"a.b": v} or a list of "a.b=v" strings

@@ -246,4 +246,5 @@ def test_every_runtime_key_is_a_known_config_key():
     from sonata_nb.config import CONFIG_KEYS
     runtime = set(Config.fromfile(ROOT / "_base_/default_runtime.py"))
     assert runtime <= set(CONFIG_KEYS), sorted(runtime - set(CONFIG_KEYS))
-    assert set(CONFIG_KEYS) - runtime == {"model", "data", "optimizer", "scheduler", "dataset_type", "data_root", "epoch", "eval_epoch"} - runtime
+    assert set(CONFIG_KEYS) - runtime == {"model", "data", "optimizer", "scheduler", "dataset_type", "data_root", "epoch", "eval_epoch",
+                                          "gradient_accumulation_steps"} - runtime

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sonata_nb.runtime import default_device
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -39,7 +41,7 @@ def test_report_content(exp, report):
     text = report.read_text()
     assert report == exp/"report.html" and not list(exp.glob(".*.tmp"))
     assert text.count("plotly.js v") == 1 and "<script src" not in text
-    for s in ("protocol</td><td>ft", "1,022,532 trainable of 1,022,532", "1 process(es) on cpu", "best val mIoU",
+    for s in ("protocol</td><td>ft", "1,022,532 trainable of 1,022,532", f"1 process(es) on {default_device().type}", "best val mIoU",
               "test mIoU / mAcc / allAcc", 'id="curves"', 'id="iou"', 'id="confusion"', 'id="view-0"', "Nothing missing"):
         assert s in text, s
     s = scene_prediction(exp, "demo_val_000")

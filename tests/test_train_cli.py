@@ -21,9 +21,14 @@ def demo_options(data_root, **overrides) -> list[str]:
     return [f"{k}={v}" for k, v in opts.items()]
 
 
+# The runs here compare weights bit for bit and use `-g 2` with gloo: they run on the CPU (CUDA_VISIBLE_DEVICES=) on any
+# machine, since CUDA's atomic adds (scatter, sparse convolution) make two GPU runs differ in the last bits
+CPU_ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+
 def train_sh(exp_root, name, options, *flags, check=True) -> subprocess.CompletedProcess:
     "Run `sh scripts/train.sh -d demo -c semseg-demo-ft -n name flags -- options` with experiments under `exp_root`"
-    env = dict(os.environ, EXP_ROOT=str(exp_root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = dict(CPU_ENV, EXP_ROOT=str(exp_root))
     cmd = ["sh", "scripts/train.sh", "-p", sys.executable, "-d", "demo", "-c", CONFIG, "-n", name, *flags, "--", *options]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check: assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -82,7 +87,7 @@ def test_resume_equals_uninterrupted(tmp_path, data_root):
     script = ("import sys; from sonata_nb.config import default_config_parser; from sonata_nb.trainer import Trainer; "
               "Trainer(default_config_parser(sys.argv[1], sys.argv[2:])).train(stop_epoch=1)")
     opts_cut = opts + [f"save_path={tmp_path/'demo'/'cut'}"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")  # the same threads as train_sh: same float sums
+    env = CPU_ENV  # the same threads as train_sh: same float sums
     subprocess.run([sys.executable, "-c", script, str(ROOT/"configs"/"demo"/f"{CONFIG}.py"), *opts_cut],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     assert torch.load(tmp_path/"demo"/"cut"/"model"/"model_last.pth", weights_only=False)["epoch"] == 1
@@ -101,7 +106,7 @@ def test_two_processes_match_one(tmp_path, data_root):
     train_sh(tmp_path, "g2", demo_options(data_root, batch_size=2, **common), "-g", "2")
     accum = tmp_path/"accum.py"  # gradient_accumulation_steps is not in every _base_: set it in a child config
     accum.write_text(f"_base_ = {str(ROOT/'configs'/'demo'/(CONFIG + '.py'))!r}\ngradient_accumulation_steps = 2\n")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = CPU_ENV
     opts = demo_options(data_root, batch_size=1, save_path=tmp_path/"demo"/"g1", **common)
     subprocess.run([sys.executable, "tools/train.py", "--config-file", str(accum), "--options", *opts],
                    cwd=ROOT, env=env, check=True, capture_output=True)

@@ -84,5 +84,5 @@ def test_lin_probe_loads_the_trained_encoder(ft_run, tmp_path, data_root):
     ft = load_checkpoint(ft_run/"model"/"model_last.pth")["state_dict"]
     lin = t.model.state_dict()
     enc = [k for k in lin if k.startswith("backbone.")]
-    assert enc and all(torch.equal(lin[k], ft[k]) for k in enc)
+    assert enc and all(torch.equal(lin[k].cpu(), ft[k]) for k in enc)
     assert not any(p.requires_grad for p in t.model.backbone.parameters())

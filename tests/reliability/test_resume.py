@@ -49,7 +49,8 @@ def data_root(tmp_path_factory):
 # ----- the kill loop -----
 def start(exp_root, name, options, resume):
     "`sh scripts/train.sh` in its own process group, its output lines (with arrival times) on a queue"
-    env = dict(os.environ, EXP_ROOT=str(exp_root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, EXP_ROOT=str(exp_root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               CUDA_VISIBLE_DEVICES="")  # bit-exactness on the CPU: CUDA's atomic adds differ run to run in the last bits
     cmd = ["sh", "scripts/train.sh", "-p", sys.executable, "-g", "1", "-d", "demo", "-c", CONFIG, "-n", name,
            "-r", "true" if resume else "false", "--", *[f"{k}={v}" for k, v in options.items()]]
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -144,7 +145,7 @@ def run(data_root, save_path, fault=None, resume=False, check=True) -> subproces
         config = save_path/"config"/"config.py"
         opts = dict(save_path=save_path, resume=True, weight=save_path/"model"/"model_last.pth")
     else: config, opts = ROOT/"configs"/"demo"/f"{CONFIG}.py", demo_options(data_root, save_path=save_path, num_worker=0)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", FAULT=json.dumps(fault or {}))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", FAULT=json.dumps(fault or {}), CUDA_VISIBLE_DEVICES="")
     r = subprocess.run([sys.executable, "-c", DRIVER, str(config), *[f"{k}={v}" for k, v in opts.items()]],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check: assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

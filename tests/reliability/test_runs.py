@@ -17,7 +17,8 @@ from sonata_nb.trainer import ExperimentLocked, NonFiniteError, Trainer, load_ch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "semseg-demo-ft"
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+           PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 HOLD = ("import sys, time; from sonata_nb.trainer import lock_experiment; lock = lock_experiment(sys.argv[1]); "
         "print('held', flush=True); time.sleep(120)")
 
