@@ -24,7 +24,7 @@ from sonata_nb.transforms import Compose, GridSample
 LIN_CONFIG = ROOT / "configs/sonata/semseg-sonata-v1m1-0a-scannet-lin.py"  # the 18 train transforms come from here
 
 torch.set_num_threads(1)
-DEFAULT_SCENE = "/work/shared/data/scannet_raw/scans/scene0000_00/scene0000_00_vh_clean_2.ply"
+DEFAULT_SCENE = str(ROOT.parent / "shared/data/scannet_raw/scans/scene0000_00/scene0000_00_vh_clean_2.ply")  # ../shared beside the repo
 
 
 def vertex_normals(vertices, faces):
