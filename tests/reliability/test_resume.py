@@ -90,11 +90,13 @@ def test_twenty_kills_resume_bit_exact(tmp_path, data_root):
     while kills < 20:
         p, lines, log = start(tmp_path, "cut", opts, resume=True)  # the first start finds nothing to resume
         phase, nth = rng.choice(["startup", "train", "eval", "save"]), rng.randint(1, 2)
-        if phase == "startup": time.sleep(rng.uniform(0.05, 1.1) * t_train); alive = True
+        if phase == "startup":  # a random moment of the start-up, at the latest when training starts (fast machines)
+            try: alive = wait_for(lines, "Start Training", timeout=rng.uniform(0.05, 1.1) * t_train) or p.poll() is None
+            except queue.Empty: alive = True
         else:  # in the nth cycle of this start
             marker = {"train": "Train: [", "eval": "Start Evaluation", "save": "Currently Best mIoU"}[phase]
             alive = all(wait_for(lines, marker) for _ in range(nth))
-            time.sleep(rng.uniform(0, {"train": cycle, "eval": cycle / 2, "save": 0.15}[phase]))
+            time.sleep(rng.uniform(0, {"train": cycle, "eval": cycle / 2, "save": min(0.15, cycle)}[phase]))
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL); kills += 1; phases.append(phase)
         p.wait(60)
