@@ -12,7 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['logger', 'SAFE_GLOBALS', 'TRUST_HINT', 'HUB_REPO_ID', 'HUB_FILENAME', 'HUB_NAMES', 'UntrustedCheckpointError',
-           'CorruptCheckpointError', 'read_checkpoint', 'convert_checkpoint', 'checkpoint_cli', 'resolve_source']
+           'CorruptCheckpointError', 'InertObject', 'read_checkpoint', 'convert_checkpoint', 'checkpoint_cli',
+           'resolve_source']
 
 # %% ../nbs/03a_checkpoint.ipynb #c005
 logger = logging.getLogger("sonata_nb")
@@ -40,40 +41,67 @@ def _blocked_globals(path:Path, err:Exception) -> list[str]:
     try: names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # zip files: every global at once
     except Exception: names = []
     allowed = {n for g in SAFE_GLOBALS for n in ([g[1]] if isinstance(g, tuple) else [f"{g.__module__}.{g.__qualname__}"])}
-    return [n for n in names if n not in allowed] or re.findall(r"GLOBAL ([\w.]+)", str(err))
+    found = [n if "." in n else f"builtins.{n}"  # torch's message drops the `builtins.` of builtins
+             for n in re.findall(r"GLOBAL ([\w.]+)", str(err))]
+    return [n for n in names if n not in allowed] or found
 
 def _first_line(err:Exception) -> str:
     return next((l.strip() for l in str(err).splitlines() if l.strip()), type(err).__name__)
+class InertObject:
+    "Stands for an object of a class or function the file names outside `SAFE_GLOBALS`; none of its code runs"
+    qualname = "?"  # the global's name in the file, set on each placeholder class
+    def __new__(cls, *args, **kwargs): # what the file passed to the constructor or function
+        self = object.__new__(cls)
+        self.args, self.kwargs, self.state = args, kwargs, None
+        return self
+    def __setstate__(self, state): self.state = state  # the state the file stored, kept as data
+    def __repr__(self): return f"<inert {self.qualname}>"
+
+def _inert_class(name:str) -> type:
+    "A placeholder class registered under the global `name` (e.g. 'posix.system')"
+    module, _, short = name.rpartition(".")
+    return type(short, (InertObject,), {"qualname": name, "__module__": module, "__qualname__": short})
+
 
 # %% ../nbs/03a_checkpoint.ipynb #c008
 TRUST_HINT = ("If you trust this file, convert it once into a safe copy: `python -m sonata_nb.checkpoint convert "
               "{path} SAFE.pth --trust`, and use SAFE.pth; or load it as it is with trust=True (API) or "
               "`--options trust_checkpoint=True` (train/test commands)")
 
+_NEVER_MODULES = ("os", "sys", "posix", "nt")  # torch refuses their globals even when allow-listed
+
 def read_checkpoint(path:str|os.PathLike, # checkpoint file
-                    trust:bool=False): # unpickle everything (runs code the file names): only for files you trust
-    "The object in `path`, loaded on the CPU with `weights_only=True` and `SAFE_GLOBALS` (unless `trust`)"
+                    trust:bool=False): # load a file that names other globals, as `InertObject`s: only for files you trust
+    "The object in `path`, loaded on the CPU with `weights_only=True` and `SAFE_GLOBALS`; no code from the file runs"
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"Checkpoint not found: {path}")
     size = path.stat().st_size
     if size == 0: raise CorruptCheckpointError(f"{path} is empty (0 bytes): an interrupted save or copy? "
                                                "Copy or save it again")
-    if trust:
-        logger.warning(f"{path}: loading with full unpickling (trust=True): any code the file names runs")
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        blocked = _blocked_globals(path, e) if isinstance(e, pickle.UnpicklingError) else []
-        if blocked:
-            raise UntrustedCheckpointError(
-                f"{path} refers to {', '.join(blocked)}, which a checkpoint of the supported formats never needs; "
-                f"loading it could run code, so it was not loaded (nothing in it ran). "
-                + TRUST_HINT.format(path=path)) from None
-        raise CorruptCheckpointError(
-            f"{path} ({size:,} bytes) is not a readable PyTorch checkpoint: {type(e).__name__}: {_first_line(e)[:200]}. "
-            "It may be truncated (an interrupted save or copy) or another format; save or copy it again") from None
+    inert = {}  # global name -> placeholder class, grown while a trusted file names more
+    while True:
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS + [(c, n) for n, c in inert.items()]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            if inert: logger.warning(f"{path} (trust=True): kept {', '.join(inert)} as inert placeholders")
+            return obj
+        except Exception as e: err = e
+        blocked = [n for n in (_blocked_globals(path, err) if isinstance(err, pickle.UnpicklingError) else [])
+                   if n not in inert]
+        if not (trust and blocked) or any(n.split(".")[0] in _NEVER_MODULES for n in blocked): break
+        inert.update((n, _inert_class(n)) for n in blocked)
+    if blocked and trust:
+        raise UntrustedCheckpointError(
+            f"{path} refers to {', '.join(blocked)}: functions of the modules {', '.join(_NEVER_MODULES)} that no "
+            "checkpoint needs; it is refused even with trust=True (nothing in it ran). Do not use this file")
+    if blocked:
+        raise UntrustedCheckpointError(
+            f"{path} refers to {', '.join(blocked)}, which a checkpoint of the supported formats never needs; "
+            f"loading it could run code, so it was not loaded (nothing in it ran). " + TRUST_HINT.format(path=path))
+    raise CorruptCheckpointError(
+        f"{path} ({size:,} bytes) is not a readable PyTorch checkpoint: {type(err).__name__}: {_first_line(err)[:200]}. "
+        "It may be truncated (an interrupted save or copy) or another format; save or copy it again")
+
 
 # %% ../nbs/03a_checkpoint.ipynb #c014
 def _safe_copy(value, where:str, dropped:list):

@@ -40,7 +40,7 @@ def records(exp, kind):
 
 
 def weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,40 @@ def test_a_trusted_file_loads_only_with_the_opt_in_and_converts_once(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
+class ExecPayload:
+    "Unpickling this runs `exec`, which writes <marker> (a module torch does not block outright, unlike os/sys)"
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_trust_never_runs_code(tmp_path, legacy):
+    "Even opted in, a payload stays data: `exec` and `subprocess.call` become inert placeholders; os/sys are refused"
+    import subprocess as sp
+    from sonata_nb.checkpoint import InertObject
+    marker = tmp_path / "payload-ran"
+    class CallPayload:
+        def __reduce__(self): return (sp.call, (["touch", str(marker)],))
+    model = PointTransformerV3(in_channels=6, enc_depths=(1, 1), enc_channels=(8, 16), enc_num_head=(1, 2),
+                               enc_patch_size=(16, 16), stride=(2,), enc_mode=True)
+    save_checkpoint(model, tmp_path / "enc.pth")  # the released format: config + state_dict
+    ckpt = dict(torch.load(tmp_path / "enc.pth", weights_only=True), a=ExecPayload(marker), b=[CallPayload()])
+    torch.save(ckpt, tmp_path / "p.pth", _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UntrustedCheckpointError, match="builtins.exec"): read_checkpoint(tmp_path / "p.pth")
+    loaded = read_checkpoint(tmp_path / "p.pth", trust=True)
+    assert isinstance(loaded["a"], InertObject) and isinstance(loaded["b"][0], InertObject)
+    assert repr(loaded["b"][0]).endswith(".call>") and loaded["b"][0].args == (["touch", str(marker)],)
+    assert load_encoder(tmp_path / "p.pth", trust=True).load_report.missing == []
+    r = subprocess.run([sys.executable, "-m", "sonata_nb.checkpoint", "convert", str(tmp_path / "p.pth"),
+                        str(tmp_path / "safe.pth"), "--trust"], capture_output=True, text=True)
+    assert r.returncode == 0 and "dropped checkpoint['a'] (builtins.exec)" in r.stderr, r.stderr
+    assert not marker.exists()
+    write_evil(tmp_path, legacy=legacy)  # os.system: refused even with the opt-in
+    with pytest.raises(UntrustedCheckpointError, match="refused even with trust=True"):
+        read_checkpoint(tmp_path / "evil.pth", trust=True)
+    assert not marker.exists() and not (tmp_path / "payload-ran").exists()
+
+
 def test_train_sh_opt_in_loads_a_trusted_file(tmp_path, data_root):
     "`-- trust_checkpoint=True` lets `-w` read a file that needs full unpickling"
     import argparse
