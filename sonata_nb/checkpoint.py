@@ -126,12 +126,12 @@ def _safe_copy(value, where:str, dropped:list):
 _DROP = object()
 
 # %% ../nbs/03a_checkpoint.ipynb #c015
-def convert_checkpoint(src:str|os.PathLike, # a checkpoint you trust (it is fully unpickled)
+def convert_checkpoint(src:str|os.PathLike, # a checkpoint you trust (loaded with `trust=True`)
                        dst:str|os.PathLike, # where to write the safe copy (atomically)
                        trust:bool=False): # must be True: you state that you trust `src`
     "Write a copy of `src` that `read_checkpoint` loads without trust; returns the list of dropped entries"
     if not trust:
-        raise PermissionError(f"convert_checkpoint unpickles {src} fully, which runs any code it names: "
+        raise PermissionError(f"convert_checkpoint keeps what {src} holds beyond the allow-list (as inert data): "
                               "pass trust=True (--trust) only for a file you trust")
     src, dst = Path(src), Path(dst)
     dropped = []
@@ -152,9 +152,9 @@ def checkpoint_cli(argv:list[str]|None=None): # command-line arguments (default:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="write a copy of SRC that loads with weights_only=True")
     c.add_argument("src"); c.add_argument("dst")
-    c.add_argument("--trust", action="store_true", help="required: you trust SRC (it is fully unpickled)")
+    c.add_argument("--trust", action="store_true", help="required: you trust SRC")
     args = p.parse_args(argv)
-    if not args.trust: p.error(f"convert unpickles {args.src} fully, which runs any code it names; add --trust "
+    if not args.trust: p.error(f"convert keeps what {args.src} holds beyond the allow-list; add --trust "
                                "only for a file you trust")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     convert_checkpoint(args.src, args.dst, trust=True)

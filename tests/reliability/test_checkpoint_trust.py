@@ -180,7 +180,7 @@ def test_trust_never_runs_code(tmp_path, legacy):
 
 
 def test_train_sh_opt_in_loads_a_trusted_file(tmp_path, data_root):
-    "`-- trust_checkpoint=True` lets `-w` read a file that needs full unpickling"
+    "`-- trust_checkpoint=True` lets `-w` read a file that names globals outside the allow-list"
     import argparse
     from sonata_nb.segmentor import build_model
     cfg = default_config_parser(ROOT / "configs" / "demo" / "semseg-demo-ft.py", demo_options(data_root))
