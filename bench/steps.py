@@ -1,4 +1,4 @@
-"""The issue's three tasks on one batch (shared by bench/profile.py and bench/gpu_all.py).
+"""The issue's three tasks on one batch (shared by bench/profile_steps.py and bench/gpu_all.py).
 
 - infer: encoder + up-cast, eval, no grad;
 - lin:   frozen encoder in train mode + up-cast + Linear, forward + backward (only the Linear learns);
@@ -12,11 +12,6 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
-if "profile" not in sys.modules:  # bench/profile.py must not shadow the standard `profile` (cProfile, torch.compile need it)
-    _saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-    import profile  # noqa: F401  (the standard library's)
-    sys.path[:] = _saved
 sys.path.insert(0, str(HERE))
 from scan import DEFAULT_SCAN, issue_batch
 from sonata_nb.model import SONATA_CONFIG, PointTransformerV3, upcast

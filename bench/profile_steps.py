@@ -1,8 +1,8 @@
 """torch.profiler of the issue's tasks (infer, lin, ft) on 3 x ScanNet scene0000_00 (2 cm grid), Sonata encoder.
 
-    PYTHONPATH=. python bench/profile.py                       # CUDA: full batch, fp16 autocast
-    PYTHONPATH=. python bench/profile.py --device cpu --tiny --crop 3000   # CPU check (tiny encoder, small crop)
-    PYTHONPATH=. python bench/profile.py --half-layernorm --spconv-algo native   # with speed levers
+    PYTHONPATH=. python bench/profile_steps.py                       # CUDA: full batch, fp16 autocast
+    PYTHONPATH=. python bench/profile_steps.py --device cpu --tiny --crop 3000   # CPU check (tiny encoder, small crop)
+    PYTHONPATH=. python bench/profile_steps.py --half-layernorm --spconv-algo native   # with speed levers
 
 Writes `profile.json` (top kernels by device time per task: name, calls per step, ms per step, % of the busy time)
 under $OUT (default bench/out/) and prints markdown tables.

@@ -1,0 +1,131 @@
+"""How long the GPU waits for data in the `ft` recipe: loader wait as a share of the training step.
+
+The ScanNet `ft` recipe (configs/sonata/semseg-sonata-v1m1-0c-scannet-ft.py: 18 train transforms, Mix3D 0.8, fp16 AMP,
+AdamW with its lr groups) reads generated demo rooms at ScanNet density (2 cm spacing, ~170k points each) through the
+trainer's own loader pieces (sample-seeded dataset, batch-seeded Mix3D collate, persistent workers, pinned memory).
+Each step is timed in two parts: `wait`, the time blocked in `next(loader)` plus the host-to-device copy, and
+`compute`, forward + backward + optimizer step until the GPU is done. Reported: medians and the wait share
+`wait / (wait + compute)` over the timed steps, for each worker count asked.
+
+    python bench/datawait.py --json bench/results/datawait_h200.json          # GPU: recipe batch, 16 and 48 workers
+    python bench/datawait.py --tiny                                           # CPU check: tiny model, small rooms
+"""
+import argparse, json, os, statistics, sys, time
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
+from sonata_nb.config import default_config_parser
+from sonata_nb.datasets import build_dataset, point_collate_fn
+from sonata_nb.demo import make_demo_data
+from sonata_nb.runtime import to_device, to_plain
+from sonata_nb.segmentor import build_model
+from sonata_nb.trainer import BatchSeeded, EpochSampler, SampleSeeded, amp_setup, build_optimizer, worker_init_fn
+
+CONFIG = ROOT/"configs"/"sonata"/"semseg-sonata-v1m1-0c-scannet-ft.py"
+TINY_BACKBONE = dict(enc_depths=(1, 1, 1, 1, 1), enc_channels=(8, 8, 16, 16, 32), enc_num_head=(1, 1, 2, 2, 4),
+                     enc_patch_size=(64,) * 5, dec_depths=(1, 1, 1, 1), dec_channels=(8, 8, 16, 16),
+                     dec_num_head=(1, 1, 2, 2), dec_patch_size=(64,) * 4)
+
+
+def recipe(data_root:Path, spacing:float, n_train:int, tiny:bool):
+    "The ft recipe reading demo rooms (and a narrow model with --tiny)"
+    opts = ["enable_wandb=False", "data.train.type=DemoDataset", f"data.train.data_root={data_root}",
+            f"data.train.spacing={spacing}", f"data.train.n_train={n_train}", "data.train.n_val=1"]
+    if tiny:
+        opts += [f"model.backbone.{k}={v}".replace(" ", "") for k, v in TINY_BACKBONE.items()]
+        opts += ["model.backbone_out_channels=8"]
+    return default_config_parser(CONFIG, opts)
+
+
+def loader(cfg, workers:int, batch:int, seed:int=0) -> DataLoader:
+    "The trainer's train loader for one process: shuffled, sample-seeded, Mix3D in the batch-seeded collate"
+    data = build_dataset(to_plain(cfg.data.train))
+    sampler = EpochSampler(data, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    collate = BatchSeeded(partial(point_collate_fn, mix_prob=cfg.get("mix_prob", 0)), seed)
+    return DataLoader(SampleSeeded(data, seed), batch_size=batch, sampler=sampler, num_workers=workers,
+                      collate_fn=collate, pin_memory=torch.cuda.is_available(), drop_last=True,
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
+                      worker_init_fn=partial(worker_init_fn, num_workers=workers, rank=0, seed=seed))
+
+
+def measure(cfg, workers:int, batch:int, steps:int, warmup:int, device) -> dict:
+    "Median wait and compute per step, and the wait share, over `steps` steps after `warmup`"
+    model = build_model(cfg.model).to(device).train()
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.get("param_dicts"))
+    amp, dtype, scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"), device)
+    waits, computes, points = [], [], []
+    batches = loader(cfg, workers, batch)
+    it, epoch = iter(batches), 0
+    t_start = time.perf_counter()
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        try: b = next(it)
+        except StopIteration:
+            epoch += 1; batches.sampler.set_epoch(epoch); it = iter(batches); b = next(it)
+        b = to_device(b, device)
+        if device.type == "cuda": torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            loss = model(b)["loss"]
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler: scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        if scaler: scaler.step(optimizer); scaler.update()
+        else: optimizer.step()
+        if device.type == "cuda": torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        if step >= warmup: waits.append(t1 - t0); computes.append(t2 - t1); points.append(int(b["coord"].shape[0]))
+    wall = time.perf_counter() - t_start
+    del it, batches
+    w, c = statistics.median(waits), statistics.median(computes)
+    return dict(workers=workers, batch=batch, steps=steps, wait_s=w, compute_s=c, wait_share=w / (w + c),
+                wait_share_total=sum(waits) / (sum(waits) + sum(computes)), max_wait_s=max(waits),
+                points_per_batch=statistics.median(points), wall_s=wall, loss=loss.item(),
+                peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[16, 48], help="loader worker counts to measure")
+    p.add_argument("--batch", type=int, default=None, help="scenes per step (default: the recipe's batch_size)")
+    p.add_argument("--rooms", type=int, default=24, help="generated training rooms")
+    p.add_argument("--spacing", type=float, default=0.02, help="surface sampling step of the rooms (m)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (workers start, cuDNN tunes)")
+    p.add_argument("--data", default="/tmp/sonata_nb_datawait", help="where the rooms are generated (once)")
+    p.add_argument("--tiny", action="store_true", help="CPU check: narrow model, 4 rooms at 15 cm, 2 workers, 3 steps")
+    p.add_argument("--json", help="write the results to this file")
+    args = p.parse_args(argv)
+    if args.tiny: args.rooms, args.spacing, args.steps, args.warmup, args.workers = 4, 0.15, 3, 1, [2]
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    t0 = time.perf_counter()
+    root = make_demo_data(Path(args.data) / f"rooms{args.rooms}_{args.spacing}", args.rooms, 1, spacing=args.spacing)
+    gen_s = time.perf_counter() - t0
+    cfg = recipe(root, args.spacing, args.rooms, args.tiny)
+    batch = args.batch or (2 if args.tiny else cfg.batch_size)
+    rows = []
+    for w in args.workers:
+        while True:
+            try: rows.append(measure(cfg, w, batch, args.steps, args.warmup, device)); break
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache(); batch //= 2
+                print(f"batch does not fit, halving to {batch}", file=sys.stderr)
+                if batch < 1: raise
+        r = rows[-1]
+        print(f"workers {w:3d} batch {r['batch']}: wait {r['wait_s'] * 1e3:7.1f} ms, compute {r['compute_s'] * 1e3:7.1f} ms, "
+              f"wait share {100 * r['wait_share']:5.1f} % (all steps {100 * r['wait_share_total']:5.1f} %)", flush=True)
+    out = dict(config=CONFIG.name, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               cpu_cores=os.cpu_count(), rooms=args.rooms, spacing=args.spacing, generate_s=gen_s, results=rows,
+               torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
+    if args.json: Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
