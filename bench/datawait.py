@@ -4,10 +4,13 @@ The ScanNet `ft` recipe (configs/sonata/semseg-sonata-v1m1-0c-scannet-ft.py: 18 
 AdamW with its lr groups) reads generated demo rooms at ScanNet density (2 cm spacing, ~170k points each) through the
 trainer's own loader pieces (sample-seeded dataset, batch-seeded Mix3D collate, persistent workers, pinned memory).
 Each step is timed in two parts: `wait`, the time blocked in `next(loader)` plus the host-to-device copy, and
-`compute`, forward + backward + optimizer step until the GPU is done. Reported: medians and the wait share
-`wait / (wait + compute)` over the timed steps, for each worker count asked.
+`compute`, forward + backward + optimizer step until the GPU is done. The first `workers` steps are not timed (every
+worker delivers its first batch then; the steady state starts after). Reported per variant (loader workers, native
+threads per worker): medians, the wait share `sum(wait) / sum(wait + compute)` over the timed steps, and each step's
+times; and `compute_alone_s`, the step on one resident batch with no loader running (what the loader's CPU load costs
+the step itself).
 
-    python bench/datawait.py --json bench/results/datawait_h200.json          # GPU: recipe batch, 16 and 48 workers
+    python bench/datawait.py --json bench/results/datawait_h200.json          # GPU: recipe batch and workers
     python bench/datawait.py --tiny                                           # CPU check: tiny model, small rooms
 """
 import argparse, json, os, statistics, sys, time
@@ -25,6 +28,7 @@ from sonata_nb.demo import make_demo_data
 from sonata_nb.runtime import to_device, to_plain
 from sonata_nb.segmentor import build_model
 from sonata_nb.trainer import BatchSeeded, EpochSampler, SampleSeeded, amp_setup, build_optimizer, worker_init_fn
+from threadpoolctl import threadpool_limits
 
 CONFIG = ROOT/"configs"/"sonata"/"semseg-sonata-v1m1-0c-scannet-ft.py"
 TINY_BACKBONE = dict(enc_depths=(1, 1, 1, 1, 1), enc_channels=(8, 8, 16, 16, 32), enc_num_head=(1, 1, 2, 2, 4),
@@ -42,7 +46,13 @@ def recipe(data_root:Path, spacing:float, n_train:int, tiny:bool):
     return default_config_parser(CONFIG, opts)
 
 
-def loader(cfg, workers:int, batch:int, seed:int=0) -> DataLoader:
+def _worker_init(worker_id:int, threads:int|None, **kwargs):
+    "The trainer's worker set-up, then `threads` native (BLAS/OpenMP) threads in the worker (None: as it left them)"
+    worker_init_fn(worker_id, **kwargs)
+    if threads: threadpool_limits(threads)
+
+
+def loader(cfg, workers:int, batch:int, threads:int|None, seed:int=0) -> DataLoader:
     "The trainer's train loader for one process: shuffled, sample-seeded, Mix3D in the batch-seeded collate"
     data = build_dataset(to_plain(cfg.data.train))
     sampler = EpochSampler(data, num_replicas=1, rank=0, shuffle=True, seed=seed)
@@ -50,59 +60,71 @@ def loader(cfg, workers:int, batch:int, seed:int=0) -> DataLoader:
     return DataLoader(SampleSeeded(data, seed), batch_size=batch, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=torch.cuda.is_available(), drop_last=True,
                       persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
-                      worker_init_fn=partial(worker_init_fn, num_workers=workers, rank=0, seed=seed))
+                      worker_init_fn=partial(_worker_init, threads=threads, num_workers=workers, rank=0, seed=seed))
 
 
-def measure(cfg, workers:int, batch:int, steps:int, warmup:int, device) -> dict:
-    "Median wait and compute per step, and the wait share, over `steps` steps after `warmup`"
+def step(model, optimizer, b, amp, dtype, scaler, clip_grad):
+    "One optimizer step of the recipe: forward under autocast, backward, unscale, clip, step"
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(b["coord"].device.type, dtype=dtype, enabled=amp):
+        loss = model(b)["loss"]
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler: scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler: scaler.step(optimizer); scaler.update()
+    else: optimizer.step()
+    return loss.detach()
+
+
+def sync(device):
+    if device.type == "cuda": torch.cuda.synchronize(device)
+
+
+def measure(cfg, workers:int, threads:int|None, batch:int, steps:int, device) -> dict:
+    "Wait and compute of `steps` steps after `workers` untimed ones, with `threads` native threads per worker"
     model = build_model(cfg.model).to(device).train()
     optimizer = build_optimizer(cfg.optimizer, model, cfg.get("param_dicts"))
     amp, dtype, scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"), device)
-    waits, computes, points = [], [], []
-    batches = loader(cfg, workers, batch)
-    it, epoch = iter(batches), 0
-    t_start = time.perf_counter()
-    for step in range(warmup + steps):
+    batches = loader(cfg, workers, batch, threads)
+    it, epoch, waits, computes = iter(batches), 0, [], []
+    warmup, t_start = max(workers, 3), time.perf_counter()
+    for i in range(warmup + steps):
         t0 = time.perf_counter()
         try: b = next(it)
         except StopIteration:
             epoch += 1; batches.sampler.set_epoch(epoch); it = iter(batches); b = next(it)
-        b = to_device(b, device)
-        if device.type == "cuda": torch.cuda.synchronize(device)
+        b = to_device(b, device); sync(device)
         t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            loss = model(b)["loss"]
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler: scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        if scaler: scaler.step(optimizer); scaler.update()
-        else: optimizer.step()
-        if device.type == "cuda": torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
-        if step >= warmup: waits.append(t1 - t0); computes.append(t2 - t1); points.append(int(b["coord"].shape[0]))
+        loss = step(model, optimizer, b, amp, dtype, scaler, cfg.clip_grad); sync(device)
+        if i >= warmup: waits.append(t1 - t0); computes.append(time.perf_counter() - t1)
     wall = time.perf_counter() - t_start
-    del it, batches
-    w, c = statistics.median(waits), statistics.median(computes)
-    return dict(workers=workers, batch=batch, steps=steps, wait_s=w, compute_s=c, wait_share=w / (w + c),
-                wait_share_total=sum(waits) / (sum(waits) + sum(computes)), max_wait_s=max(waits),
-                points_per_batch=statistics.median(points), wall_s=wall, loss=loss.item(),
+    del it, batches  # the workers stop
+    alone = []
+    for _ in range(5):
+        t0 = time.perf_counter(); step(model, optimizer, b, amp, dtype, scaler, cfg.clip_grad); sync(device)
+        alone.append(time.perf_counter() - t0)
+    return dict(workers=workers, worker_threads=threads or "default", batch=batch, steps=steps,
+                wait_s=statistics.median(waits), compute_s=statistics.median(computes),
+                wait_share=sum(waits) / (sum(waits) + sum(computes)), max_wait_s=max(waits),
+                compute_alone_s=statistics.median(alone[1:]), points_per_batch=int(b["coord"].shape[0]), wall_s=wall,
+                loss=loss.item(), waits_ms=[round(w * 1e3, 1) for w in waits],
+                computes_ms=[round(c * 1e3, 1) for c in computes],
                 peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, nargs="+", default=[16, 48], help="loader worker counts to measure")
+    p.add_argument("--variants", nargs="+", default=["16:default", "16:1", "48:1"],
+                   help="WORKERS:THREADS pairs: loader workers, native threads per worker ('default': left as is)")
     p.add_argument("--batch", type=int, default=None, help="scenes per step (default: the recipe's batch_size)")
     p.add_argument("--rooms", type=int, default=24, help="generated training rooms")
     p.add_argument("--spacing", type=float, default=0.02, help="surface sampling step of the rooms (m)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (workers start, cuDNN tunes)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps (after one untimed step per worker)")
     p.add_argument("--data", default="/tmp/sonata_nb_datawait", help="where the rooms are generated (once)")
     p.add_argument("--tiny", action="store_true", help="CPU check: narrow model, 4 rooms at 15 cm, 2 workers, 3 steps")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
-    if args.tiny: args.rooms, args.spacing, args.steps, args.warmup, args.workers = 4, 0.15, 3, 1, [2]
+    if args.tiny: args.rooms, args.spacing, args.steps, args.variants = 4, 0.15, 3, ["2:default", "2:1"]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     t0 = time.perf_counter()
     root = make_demo_data(Path(args.data) / f"rooms{args.rooms}_{args.spacing}", args.rooms, 1, spacing=args.spacing)
@@ -110,16 +132,19 @@ def main(argv=None):
     cfg = recipe(root, args.spacing, args.rooms, args.tiny)
     batch = args.batch or (2 if args.tiny else cfg.batch_size)
     rows = []
-    for w in args.workers:
+    for v in args.variants:
+        w, threads = v.split(":")
+        w, threads = int(w), None if threads == "default" else int(threads)
         while True:
-            try: rows.append(measure(cfg, w, batch, args.steps, args.warmup, device)); break
+            try: rows.append(measure(cfg, w, threads, batch, args.steps, device)); break
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache(); batch //= 2
                 print(f"batch does not fit, halving to {batch}", file=sys.stderr)
                 if batch < 1: raise
         r = rows[-1]
-        print(f"workers {w:3d} batch {r['batch']}: wait {r['wait_s'] * 1e3:7.1f} ms, compute {r['compute_s'] * 1e3:7.1f} ms, "
-              f"wait share {100 * r['wait_share']:5.1f} % (all steps {100 * r['wait_share_total']:5.1f} %)", flush=True)
+        print(f"workers {w:3d} threads {r['worker_threads']}, batch {r['batch']}: wait {r['wait_s'] * 1e3:7.1f} ms, "
+              f"compute {r['compute_s'] * 1e3:7.1f} ms (alone {r['compute_alone_s'] * 1e3:7.1f} ms), "
+              f"wait share {100 * r['wait_share']:5.1f} %, max wait {r['max_wait_s']:.2f} s", flush=True)
     out = dict(config=CONFIG.name, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                cpu_cores=os.cpu_count(), rooms=args.rooms, spacing=args.spacing, generate_s=gen_s, results=rows,
                torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
