@@ -28,7 +28,10 @@ def _nbytes(obj) -> int:
     if isinstance(obj, dict): return sum(_nbytes(v) for v in obj.values())
     return sum(_nbytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
 
-def save_error(path:Path, obj, e:Exception) -> OSError: # the checkpoint, what was saved, the error of torch.save
+def save_error(path:Path,    # the checkpoint
+               obj,          # what was saved
+               e:Exception,  # the error of torch.save
+              ) -> OSError:
     "The error of a failed checkpoint write: which file, whether the disk is full, the free space, what to do"
     free, need = shutil.disk_usage(path.parent).free, _nbytes(obj)
     full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < need + 2**20
@@ -70,7 +73,9 @@ def strip_module(state_dict:dict) -> dict:
 # %% ../nbs/23b_experiment.ipynb #c030d
 RESUME_KEYS = {"epoch", "state_dict", "optimizer", "scheduler"}
 
-def resume_checkpoint(path, logger=None) -> tuple[Path, dict]: # model_last.pth; a logger for the fallback warning
+def resume_checkpoint(path,       # model_last.pth of the run
+                      logger=None, # a logger for the fallback warning (None: `warnings.warn`)
+                     ) -> tuple[Path, dict]:
     "`(file, checkpoint)` to resume from: `path`, or the newest loadable trainer checkpoint beside it"
     path = Path(path)
     try: return path, load_checkpoint(path)
@@ -93,7 +98,9 @@ def resume_checkpoint(path, logger=None) -> tuple[Path, dict]: # model_last.pth;
     else: warnings.warn(msg)
     return best
 
-def truncate_metrics(path, epoch:int) -> int: # log/metrics.jsonl; completed cycles of the checkpoint resumed from
+def truncate_metrics(path,      # log/metrics.jsonl
+                     epoch:int, # completed cycles of the checkpoint resumed from
+                    ) -> int:
     "Drop the records of cycles after `epoch` (and a torn last line) from `path`; returns how many were dropped"
     path = Path(path)
     if not path.is_file(): return 0
@@ -124,9 +131,12 @@ def lock_holder(folder) -> str:
     except ValueError: return f"unknown (see {path})"
     return f"pid {h.get('pid')} on host {h.get('host')}, started {h.get('started')} ({h.get('command')})"
 
+
+# %% ../nbs/23b_experiment.ipynb #t101b
 class ExperimentLock:
     "Exclusive, re-entrant lock on `folder/.lock`, held by this process until `release` (or its death)"
-    def __init__(self, folder): # the experiment folder (created when missing)
+    def __init__(self, folder, # the experiment folder (created when missing)
+                ):
         self.folder, self.key, self.settled = Path(folder), None, False  # settled: acquired, or by `lock_experiment`
 
     def acquire(self):
@@ -160,6 +170,8 @@ class ExperimentLock:
     def __exit__(self, *exc): self.release()
     def __del__(self): self.release()
 
+
+# %% ../nbs/23b_experiment.ipynb #t101c
 def lock_experiment(folder) -> ExperimentLock:
     "Lock `folder` on rank 0 and share the outcome, so that every process of a refused run raises `ExperimentLocked`"
     lock, error = ExperimentLock(folder), None
@@ -177,7 +189,9 @@ def lock_experiment(folder) -> ExperimentLock:
 class NonFiniteError(RuntimeError):
     "Training stopped, or a checkpoint was refused, because of NaN/Inf values"
 
-def check_finite_state(state_dict:dict, what:str="state dict"): # tensors by name; what they are, for the message
+def check_finite_state(state_dict:dict,        # tensors by name
+                       what:str="state dict",  # what they are, for the message
+                      ):
     "Raise `NonFiniteError` naming the first floating tensor of `state_dict` holding a NaN or Inf"
     tensors = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()]
     if not tensors or bool(torch.stack([torch.isfinite(v).all() for _, v in tensors]).all()): return

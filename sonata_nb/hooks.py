@@ -49,7 +49,8 @@ class HookBase:
 HOOKS = Registry("hooks")
 
 # %% ../nbs/26a_hooks.ipynb #h008
-def resolve_hook(name:str) -> type: # a registered name, or a dotted path `package.module.Class`
+def resolve_hook(name:str, # a registered name, or a dotted path `package.module.Class`
+                ) -> type:
     "The hook class of a config's `type`: a registered hook, or a dotted path imported on demand"
     if name in HOOKS: return HOOKS.get(name)
     known = sorted(HOOKS._items)
@@ -125,7 +126,8 @@ for _event in EVENTS[1:]:
 @HOOKS.register_module()
 class IterationTimer(HookBase):
     "Time the steps: `comm_info['batch_time']` (mean of this cycle) and `['remain']` (seconds left in the run)"
-    def __init__(self, warmup_iter:int=1): # first steps of the run left out of the remaining-time estimate
+    def __init__(self, warmup_iter:int=1, # first steps of the run left out of the remaining-time estimate
+                ):
         self.warmup_iter, self.t_start = warmup_iter, None
 
     def before_train(self): self.t_start, self.done, self.t_warm = time.perf_counter(), 0, None
@@ -153,7 +155,8 @@ def fmt_time(seconds:float) -> str:
 @HOOKS.register_module()
 class InformationWriter(HookBase):
     "Progress bar, train log lines, `metrics.jsonl` train records, TensorBoard and W&B (rank 0)"
-    def __init__(self, interval:int|None=None): # log every this many steps; None: the config's `log_interval` (10)
+    def __init__(self, interval:int|None=None, # log every this many steps; None: the config's `log_interval` (10)
+                ):
         self.interval, self.bar = interval, None
 
     def before_train(self):
@@ -234,7 +237,8 @@ class SemSegEvaluator(HookBase):
 @HOOKS.register_module()
 class CheckpointSaver(HookBase):
     "After each cycle: `model_last.pth`, `model_best.pth` on a strictly better mIoU, `epoch_<n>.pth` every `save_freq`"
-    def __init__(self, save_freq:int|None=None): # keep `epoch_<n>.pth` every this many cycles; None: never
+    def __init__(self, save_freq:int|None=None, # keep `epoch_<n>.pth` every this many cycles; None: never
+                ):
         self.save_freq = save_freq
 
     def after_epoch(self):
@@ -245,7 +249,8 @@ class CheckpointSaver(HookBase):
 @HOOKS.register_module()
 class PreciseEvaluator(HookBase):
     "After training: load `model_best.pth` strictly (or keep the last weights) and run the config's tester"
-    def __init__(self, test_last:bool=False): # True: test the last weights instead of model_best.pth
+    def __init__(self, test_last:bool=False, # True: test the last weights instead of model_best.pth
+                ):
         self.test_last = test_last
 
     def after_train(self):

@@ -24,7 +24,8 @@ __all__ = ['logger', 'report_hooks', 'train_main', 'test_main', 'run_s3dis_6fold
 logger = logging.getLogger("sonata_nb")
 
 # %% ../nbs/27_recipes.ipynb #r007
-def report_hooks(cfg) -> list[dict]: # a resolved config
+def report_hooks(cfg, # a resolved config
+                ) -> list[dict]:
     "`[dict(type='ReportWriter')]` when `cfg.report` is on and its hooks do not already write the report"
     listed = any(h.get("type") == "ReportWriter" for h in cfg.get("hooks") or [])
     return [dict(type="ReportWriter")] if cfg.get("report", True) and not listed else []

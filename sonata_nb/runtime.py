@@ -55,7 +55,8 @@ def show_progress() -> bool:
     "Whether this process draws progress bars: rank 0, in a notebook or with a terminal on stdout"
     return is_main_process() and (in_notebook() or sys.stdout.isatty())
 
-def _console_filter(notebook:bool): # in a notebook: warnings and summary lines only
+def _console_filter(notebook:bool, # in a notebook: warnings and summary lines only
+                   ):
     "Console filter: drop lines a progress bar shows; in a notebook keep only warnings and `summary` records"
     if notebook: return lambda r: r.levelno >= logging.WARNING or getattr(r, "summary", False)
     return lambda r: not getattr(r, "bar_shown", False)

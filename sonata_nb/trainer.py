@@ -41,11 +41,16 @@ def set_seed(seed:int):
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
-def worker_init_fn(worker_id:int, num_workers:int, rank:int, seed:int): # DataLoader worker id, workers per process
+def worker_init_fn(worker_id:int,   # DataLoader worker id
+                   num_workers:int, # workers per process
+                   rank:int,        # this process's rank
+                   seed:int,        # the run's seed
+                  ):
     "Seed a data-loader worker with `seed + rank * num_workers + worker_id` (the reference's rule)"
     set_seed(seed + rank * num_workers + worker_id)
 
-def rng_state(cuda:bool=True) -> dict: # cuda=False in data-loader workers (no CUDA in forked processes)
+def rng_state(cuda:bool=True, # False in data-loader workers (no CUDA in forked processes)
+             ) -> dict:
     "The python, numpy, torch and CUDA generator states of this process"
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return dict(python=random.getstate(), numpy=(name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
@@ -67,12 +72,16 @@ class EpochSampler(DistributedSampler):
 
 class SeededBatch(list):
     "The samples of one batch, with their `(epoch, index)` keys in `sample_keys`"
-    def __init__(self, samples, sample_keys): # samples, their keys
+    def __init__(self, samples, # the samples
+                 sample_keys, # their `(epoch, index)` keys
+                ):
         super().__init__(samples); self.sample_keys = list(sample_keys)
 
 class SampleSeeded(Dataset):
     "Wrap `dataset` so that sample `(epoch, i)` is drawn with generators seeded by `(seed, epoch, i)`"
-    def __init__(self, dataset, seed:int): # the dataset to wrap, the run's seed
+    def __init__(self, dataset, # the dataset to wrap
+                 seed:int, # the run's seed
+                ):
         self.dataset, self.seed = dataset, seed
     def __len__(self): return len(self.dataset)
     def __getitem__(self, key):
@@ -85,7 +94,9 @@ class SampleSeeded(Dataset):
 
 class BatchSeeded:
     "Wrap `collate_fn` so that a `SeededBatch` is collated with generators seeded by `seed` and its samples' keys"
-    def __init__(self, collate_fn, seed:int): # e.g. point_collate_fn with Mix3D, the run's seed
+    def __init__(self, collate_fn, # e.g. point_collate_fn with Mix3D
+                 seed:int,   # the run's seed
+                ):
         self.collate_fn, self.seed = collate_fn, seed
     def __call__(self, batch):
         keys = getattr(batch, "sample_keys", None)
@@ -99,7 +110,10 @@ class BatchSeeded:
 OPTIMIZERS = Registry("optimizers")
 for _opt in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD): OPTIMIZERS.register_module()(_opt)
 
-def param_groups(model:torch.nn.Module, lr:float, param_dicts=None) -> list[dict]: # base lr, [dict(keyword, lr, ...)]
+def param_groups(model:torch.nn.Module, # the model whose trainable parameters are grouped
+                 lr:float,              # base lr (group 0)
+                 param_dicts=None,      # [dict(keyword, lr, ...)]: one group each
+                ) -> list[dict]:
     "Trainable parameters split by name keyword: group 0 (the rest, at `lr`), then one group per `param_dicts` entry"
     groups = [dict(names=[], params=[], lr=lr)]
     for pd in param_dicts or []:
@@ -138,7 +152,10 @@ def OneCycleLR(optimizer, max_lr, total_steps:int, pct_start:float=0.3, anneal_s
         cycle_momentum=cycle_momentum, base_momentum=base_momentum, max_momentum=max_momentum,
         div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase)
 
-def build_scheduler(cfg:dict, optimizer, total_steps:int): # cfg: `type` + arguments; steps over the whole run
+def build_scheduler(cfg:dict,        # `type` + arguments
+                    optimizer,       # the optimizer it schedules
+                    total_steps:int, # optimizer steps over the whole run
+                   ):
     "The learning-rate scheduler of `cfg` stepping `total_steps` times"
     if total_steps < 1: raise ValueError(f"The schedule needs at least one optimizer step, got total_steps={total_steps}")
     if cfg.get("type") == "OneCycleLR" and float(cfg.get("pct_start", 0.3) * total_steps) == 1:
@@ -205,7 +222,8 @@ class Trainer:
         self.comm_info = {}  # what the hooks share about the current step and cycle
         self.call_hooks("after_build")  # CheckpointLoader: the pretrained weight, or the state to resume
 
-    def call_hooks(self, event:str): # one of `hooks.EVENTS`
+    def call_hooks(self, event:str, # one of `hooks.EVENTS`
+                  ):
         "Run `event` of every hook, in the config's order"
         for hook in self.hooks: getattr(hook, event)()
 
@@ -334,7 +352,8 @@ def optimizer_step(self:Trainer):
 
 # %% ../nbs/24_trainer.ipynb #s010
 @patch
-def skip_step(self:Trainer, reason:str): # why, for the log
+def skip_step(self:Trainer, reason:str, # why, for the log
+             ):
     "Count a skipped step and undo its buffer updates; after `max_nonfinite_steps` in a row raise `NonFiniteError`"
     with torch.no_grad():
         for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
@@ -353,7 +372,8 @@ def skip_step(self:Trainer, reason:str): # why, for the log
 
 # %% ../nbs/24_trainer.ipynb #s012b
 @patch
-def log_metrics(self:Trainer, record:dict): # a JSON-ready dict with `type` ("train", "val") and `epoch`
+def log_metrics(self:Trainer, record:dict, # a JSON-ready dict with `type` ("train", "val") and `epoch`
+               ):
     "Append `record` to `log/metrics.jsonl` (rank 0; a new run's first record starts the file anew) and W&B"
     if not is_main_process(): return
     mode = "a" if self.resume or getattr(self, "_metrics_started", False) else "w"
@@ -364,13 +384,15 @@ def log_metrics(self:Trainer, record:dict): # a JSON-ready dict with `type` ("tr
 
 # %% ../nbs/24_trainer.ipynb #s013
 @patch
-def train(self:Trainer, stop_epoch:int|None=None): # stop after this many cycles (a time-boxed job; resume continues)
+def train(self:Trainer, stop_epoch:int|None=None, # stop after this many cycles (a time-boxed job; resume continues)
+         ):
     "Run the train/eval cycles from `start_epoch` with the hooks; releases the folder's lock"
     try: return self.run_cycles(stop_epoch)
     finally: self.lock.release()
 
 @patch
-def run_cycles(self:Trainer, stop_epoch:int|None=None): # as in `train`
+def run_cycles(self:Trainer, stop_epoch:int|None=None, # as in `train`
+              ):
     "`before_train`, then per cycle `train_epoch` and `after_epoch`, then `after_train`; returns the best mIoU"
     self.logger.info(">>>>>>>>>>>>>>>> Start Training >>>>>>>>>>>>>>>>")
     self.call_hooks("before_train")
@@ -385,7 +407,8 @@ def run_cycles(self:Trainer, stop_epoch:int|None=None): # as in `train`
     return self.best_metric
 
 @patch
-def train_epoch(self:Trainer, epoch:int): # the cycle, from 0
+def train_epoch(self:Trainer, epoch:int, # the cycle, from 0
+               ):
     "One train cycle (`loop` passes over the train set): `before_epoch`, then each step between its hooks"
     self.ddp.train()
     self.train_sampler.set_epoch(epoch)
@@ -402,7 +425,8 @@ def train_epoch(self:Trainer, epoch:int): # the cycle, from 0
 # %% ../nbs/24_trainer.ipynb #s016
 @patch
 @torch.no_grad()
-def validate(self:Trainer, epoch:int) -> float: # the cycle just trained, from 0
+def validate(self:Trainer, epoch:int, # the cycle just trained, from 0
+            ) -> float:
     "mIoU on the original points of the val set (via `inverse`), without autocast; the whole record in `val_record`"
     self.logger.info(">>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>")
     names = self.cfg.data.get("names")
@@ -442,7 +466,8 @@ def validate(self:Trainer, epoch:int) -> float: # the cycle just trained, from 0
 
 # %% ../nbs/24_trainer.ipynb #s019
 @patch
-def checkpoint(self:Trainer, epoch:int) -> dict: # the cycle just completed, from 0
+def checkpoint(self:Trainer, epoch:int, # the cycle just completed, from 0
+              ) -> dict:
     "The state after `epoch + 1` completed cycles (collects every process's generator states)"
     states = [None] * self.world
     if self.world > 1: dist.all_gather_object(states, rng_state())
