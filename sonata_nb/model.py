@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .runtime import silence_library_warnings
+silence_library_warnings()  # before spconv is imported
 import spconv.pytorch as spconv
 from spconv.pytorch import ConvAlgo
 

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00a_runtime.ipynb #c002
 from __future__ import annotations
-import logging, os, sys
+import logging, os, sys, warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'get_rank', 'get_world_size', 'is_main_process', 'all_reduce_sum', 'default_device', 'to_device',
-           'setup_logger', 'to_plain', 'count_parameters']
+__all__ = ['LOG_FORMAT', 'LIBRARY_WARNINGS', 'get_rank', 'get_world_size', 'is_main_process', 'all_reduce_sum', 'default_device',
+           'to_device', 'in_notebook', 'show_progress', 'setup_logger', 'to_plain', 'count_parameters',
+           'silence_library_warnings']
 
 # %% ../nbs/00a_runtime.ipynb #c005
 def get_rank() -> int:
@@ -44,9 +45,28 @@ def to_device(batch:dict, # tensors and anything else
 # %% ../nbs/00a_runtime.ipynb #c011
 LOG_FORMAT = "[%(asctime)s %(levelname)s %(filename)s line %(lineno)d %(process)d] %(message)s"
 
-def setup_logger(log_file=None, # the log file (rank 0 only); None: console only
-                 rank:int=0, # this process's rank
-                 file_mode:str="w") -> logging.Logger: # "a" appends (resume)
+def in_notebook() -> bool:
+    "True inside a Jupyter kernel (JupyterLab, notebook, VS Code, papermill); False in a terminal or a script"
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and (type(shell).__name__ == "ZMQInteractiveShell" or "IPKernelApp" in shell.config)
+
+def show_progress() -> bool:
+    "Whether this process draws progress bars: rank 0, in a notebook or with a terminal on stdout"
+    return is_main_process() and (in_notebook() or sys.stdout.isatty())
+
+def _console_filter(notebook:bool, # in a notebook: warnings and summary lines only
+                   ):
+    "Console filter: drop lines a progress bar shows; in a notebook keep only warnings and `summary` records"
+    if notebook: return lambda r: r.levelno >= logging.WARNING or getattr(r, "summary", False)
+    return lambda r: not getattr(r, "bar_shown", False)
+
+# %% ../nbs/00a_runtime.ipynb #c011b
+def setup_logger(log_file=None,        # the log file (rank 0 only); None: console only
+                 rank:int=0,           # this process's rank
+                 file_mode:str="w",    # "a" appends (resume)
+                 notebook:bool|None=None, # console shows warnings and summaries only; None: `in_notebook()`
+                ) -> logging.Logger:
     "The `sonata_nb` logger: console + `log_file` on rank 0, errors only on other ranks"
     logger = logging.getLogger("sonata_nb")
     for h in list(logger.handlers):
@@ -55,7 +75,7 @@ def setup_logger(log_file=None, # the log file (rank 0 only); None: console only
     logger.propagate = False
     fmt = logging.Formatter(LOG_FORMAT)
     console = logging.StreamHandler(sys.stdout)
-    console.addFilter(lambda record: not getattr(record, "bar_shown", False))  # the progress bar shows these lines
+    console.addFilter(_console_filter(in_notebook() if notebook is None else notebook))
     handlers = [console]
     if log_file is not None and rank == 0:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -75,3 +95,13 @@ def count_parameters(model:torch.nn.Module, # any module
                      trainable:bool=True) -> int: # only those with `requires_grad`
     "Number of (trainable) parameters of `model`"
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+# %% ../nbs/00a_runtime.ipynb #c017
+LIBRARY_WARNINGS = [  # (message regex, category, module regex) of warnings users cannot act on
+    (r"`torch\.cuda\.amp\.custom_(fwd|bwd)", FutureWarning, r"spconv\."),
+]
+
+def silence_library_warnings():
+    "Ignore the warnings of `LIBRARY_WARNINGS` (and only those)"
+    for message, category, module in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)

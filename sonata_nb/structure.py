@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import OrderedDict
 import torch
 from torch import nn
+from .runtime import silence_library_warnings
+silence_library_warnings()  # before spconv is imported
 import spconv.pytorch as spconv
 from .serialization import encode, MAX_DEPTH
 

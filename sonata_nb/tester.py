@@ -15,22 +15,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fastcore.basics import patch
+from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint
 from .classes import S3DIS_NAMES, VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
-from .config import default_config_parser, parse_options
-from .datasets import S3DIS_AREAS, build_dataset, collate_fn, s3dis_6fold
-from .launch import default_argument_parser, init_distributed
+from .datasets import S3DIS_AREAS, build_dataset, collate_fn
+from .experiment import lock_experiment, strip_module
 from .metrics import intersection_and_union, summarize
 from .registry import Registry
 from .segmentor import build_model
-from .runtime import LOG_FORMAT, count_parameters, default_device, get_rank, get_world_size, setup_logger, to_device
-from .trainer import ExperimentLocked, Trainer, lock_experiment, strip_module
+from .runtime import (LOG_FORMAT, count_parameters, default_device, get_rank, get_world_size, setup_logger,
+                               show_progress, to_device)
 
 # %% auto #0
 __all__ = ['logger', 'TESTERS', 'SUBMISSION_CLASS_IDS', 'LogFile', 'unwrap', 'load_test_weight', 'vote_fragments', 'log_summary',
-           'summary_json', 'SemSegTester', 'derive_save_path', 'test_main', 'load_record', 's3dis_6fold_table',
-           'run_s3dis_6fold', 's3dis_6fold_table_main', 'tester_cli']
+           'summary_json', 'SemSegTester', 'derive_save_path', 'load_record', 's3dis_6fold_table',
+           's3dis_6fold_table_main']
 
 # %% ../nbs/26_tester.ipynb #c006
 logger = logging.getLogger("sonata_nb")
@@ -106,7 +107,8 @@ def vote_fragments(model:torch.nn.Module,  # a segmentor returning `seg_logits`,
 # %% ../nbs/26_tester.ipynb #c015
 def log_summary(summary:dict, names:list[str]):
     "Log a `summarize` result in the reference format"
-    logger.info("Val result: mIoU/mAcc/allAcc {:.4f}/{:.4f}/{:.4f}".format(summary["mIoU"], summary["mAcc"], summary["allAcc"]))
+    logger.info("Val result: mIoU/mAcc/allAcc {:.4f}/{:.4f}/{:.4f}".format(summary["mIoU"], summary["mAcc"], summary["allAcc"]),
+                extra=dict(summary=True))
     for k, name in enumerate(names):
         logger.info(f"Class_{k} - {name} Result: iou/accuracy {summary['iou'][k]:.4f}/{summary['acc'][k]:.4f}")
 
@@ -144,110 +146,135 @@ class SemSegTester:
         self.fragment_batch_size, self.reuse_predictions = int(opts["fragment_batch_size"]), bool(opts["reuse_predictions"])
         self.num_workers = int(opts["num_workers"])
         self.amp_dtype = getattr(torch, opts["amp_dtype"]) if opts["amp_dtype"] else None
+        self.log_extra = {}  # of the per-scene log lines: `bar_shown` while a progress bar shows the scenes
         self.save_path = Path(cfg["save_path"])
         self.data_cfg = cfg["data"]
         self.names = list(self.data_cfg["names"])
         self.num_classes, self.ignore_index = int(self.data_cfg["num_classes"]), int(self.data_cfg.get("ignore_index", -1))
 
-    def build_model(self) -> torch.nn.Module:
-        "The segmentor of `cfg.model` with `cfg.weight` loaded strictly"
-        logger.info("=> Building model ...")
-        model = build_model(self.cfg["model"])
-        logger.info(f"Num params: {count_parameters(model)}")
-        self.checkpoint = load_test_weight(model, self.cfg.get("weight"), trust=bool(self.cfg.get("trust_checkpoint", False)))
-        return model.to(self.device)
+# %% ../nbs/26_tester.ipynb #m101
+@patch
+def build_model(self:SemSegTester) -> torch.nn.Module:
+    "The segmentor of `cfg.model` with `cfg.weight` loaded strictly"
+    logger.info("=> Building model ...")
+    model = build_model(self.cfg["model"])
+    logger.info(f"Num params: {count_parameters(model)}")
+    self.checkpoint = load_test_weight(model, self.cfg.get("weight"), trust=bool(self.cfg.get("trust_checkpoint", False)))
+    return model.to(self.device)
 
-    def class2id(self, dataset) -> np.ndarray|None:
-        "Raw benchmark label id of each class, or None when the dataset has no benchmark files"
-        ids = getattr(dataset, "class2id", None)
-        if ids is None: ids = SUBMISSION_CLASS_IDS.get(self.data_cfg["test"]["type"])
-        return None if ids is None else np.asarray(ids)
+@patch
+def class2id(self:SemSegTester, dataset) -> np.ndarray|None: # the test dataset
+    "Raw benchmark label id of each class, or None when the dataset has no benchmark files"
+    ids = getattr(dataset, "class2id", None)
+    if ids is None: ids = SUBMISSION_CLASS_IDS.get(self.data_cfg["test"]["type"])
+    return None if ids is None else np.asarray(ids)
 
-    def test(self) -> dict|None:
-        "Evaluate every test scene; returns the metrics on rank 0 (None on other ranks)"
-        rank, world = get_rank(), get_world_size()
-        result_dir = self.save_path/"result"
-        with lock_experiment(self.save_path), LogFile(self.save_path/"log"/"test.log"):  # no test into a running training
-            if self.model is None: self.model = self.build_model()
-            logger.info(">>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>")
-            dataset = build_dataset(self.data_cfg["test"])
-            class2id = self.class2id(dataset)
-            result_dir.mkdir(parents=True, exist_ok=True)
-            if class2id is not None: (result_dir/"submit").mkdir(exist_ok=True)
-            self.model.eval()
-            self.net = unwrap(self.model)  # no DDP forward: ranks run different numbers of fragments
-            mine = list(range(rank, len(dataset), world))
-            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=1, shuffle=False,
-                                                 num_workers=self.num_workers, collate_fn=_first)
-            records, times = {}, []
-            for i, data in enumerate(loader):
-                start = time.time()
-                name, pred, segment = self.predict_scene(data, f"{i + 1}/{len(mine)}", result_dir)
-                if class2id is not None:
-                    np.savetxt(result_dir/"submit"/f"{name}.txt", class2id[pred].reshape(-1, 1), fmt="%d")
-                inter, union, target = (np.asarray(a) for a in intersection_and_union(pred, segment, self.num_classes, self.ignore_index))
-                records[name] = dict(intersection=inter, union=union, target=target)
-                times.append(time.time() - start)
-                self.log_scene(name, i, len(mine), segment.size, times, inter, union, target, records)
-            if world > 1:
-                logger.info("Syncing ...")
-                gathered = [None] * world
-                dist.all_gather_object(gathered, records)
-                records = {k: v for r in gathered for k, v in r.items()}
-            metrics = self.finish(records, result_dir) if rank == 0 else None
-            if world > 1: dist.barrier()
-        return metrics
+# %% ../nbs/26_tester.ipynb #m104
+@patch
+def predict_scene(self:SemSegTester, data:dict, # one test-mode scene: `fragment_list`, `name`, `segment` (+ `inverse`, `origin_segment`)
+                  progress:str,                 # "i/n", for the log
+                  result_dir:Path,              # where `<name>_pred.npy` goes
+                 ) -> tuple[str, np.ndarray, np.ndarray]:
+    "Name, per-raw-point prediction and labels of one test-mode scene; saves `<name>_pred.npy`"
+    fragments, name = data.pop("fragment_list"), data.pop("name")
+    segment = np.asarray(data.pop("segment")).reshape(-1)
+    pred_file = result_dir/f"{name}_pred.npy"
+    if self.reuse_predictions and pred_file.is_file():
+        logger.info(f"{progress}: {name}, loaded pred and label.")
+        pred = np.load(pred_file)
+    else:
+        probs = vote_fragments(self.net, fragments, segment.size, self.num_classes, self.fragment_batch_size,
+                               self.device, self.amp_dtype)
+        pred = probs.argmax(1).cpu().numpy()
+        if "origin_segment" in data: pred = pred[np.asarray(data["inverse"]).reshape(-1)]
+        np.save(pred_file, pred)
+        if self.verbose: logger.info(f"Test: {progress}-{name}, Batch: {len(fragments)} fragments", extra=self.log_extra)
+    if "origin_segment" in data: segment = np.asarray(data["origin_segment"]).reshape(-1)
+    if pred.shape != segment.shape:
+        raise ValueError(f"'{pred_file}' has {pred.size} predictions for {segment.size} points: it belongs to other "
+                         f"data; delete it or test without reuse_predictions")
+    return name, pred, segment
 
-    def predict_scene(self, data:dict, progress:str, result_dir:Path) -> tuple[str, np.ndarray, np.ndarray]:
-        "Name, per-raw-point prediction and labels of one test-mode scene; saves `<name>_pred.npy`"
-        fragments, name = data.pop("fragment_list"), data.pop("name")
-        segment = np.asarray(data.pop("segment")).reshape(-1)
-        pred_file = result_dir/f"{name}_pred.npy"
-        if self.reuse_predictions and pred_file.is_file():
-            logger.info(f"{progress}: {name}, loaded pred and label.")
-            pred = np.load(pred_file)
-        else:
-            probs = vote_fragments(self.net, fragments, segment.size, self.num_classes, self.fragment_batch_size,
-                                   self.device, self.amp_dtype)
-            pred = probs.argmax(1).cpu().numpy()
-            if "origin_segment" in data: pred = pred[np.asarray(data["inverse"]).reshape(-1)]
-            np.save(pred_file, pred)
-            if self.verbose: logger.info(f"Test: {progress}-{name}, Batch: {len(fragments)} fragments")
-        if "origin_segment" in data: segment = np.asarray(data["origin_segment"]).reshape(-1)
-        if pred.shape != segment.shape:
-            raise ValueError(f"'{pred_file}' has {pred.size} predictions for {segment.size} points: it belongs to other "
-                             f"data; delete it or test without reuse_predictions")
-        return name, pred, segment
+# %% ../nbs/26_tester.ipynb #m107
+@patch
+def log_scene(self:SemSegTester, name:str, # the scene
+              i:int, n:int,                # its position among this process's `n` scenes
+              npts:int,                    # its raw points
+              times:list[float],           # seconds per scene so far
+              inter, union, target,        # its per-class counts
+              records:dict):               # every scene's counts so far
+    "The reference per-scene line: scene accuracy and mIoU (running values in brackets)"
+    present = union != 0
+    iou = float(np.mean(inter[present] / union[present])) if present.any() else 0.0
+    acc = inter.sum() / (target.sum() + 1e-10)
+    tot = {k: np.sum([r[k] for r in records.values()], axis=0) for k in ("intersection", "union", "target")}
+    logger.info(f"Test: {name} [{i + 1}/{n}]-{npts} Batch {times[-1]:.3f} ({np.mean(times):.3f}) "
+                f"Accuracy {acc:.4f} ({np.mean(tot['intersection'] / (tot['target'] + 1e-10)):.4f}) "
+                f"mIoU {iou:.4f} ({np.mean(tot['intersection'] / (tot['union'] + 1e-10)):.4f})", extra=self.log_extra)
 
-    def log_scene(self, name, i, n, npts, times, inter, union, target, records):
-        "The reference per-scene line: scene accuracy and mIoU (running values in brackets)"
-        present = union != 0
-        iou = float(np.mean(inter[present] / union[present])) if present.any() else 0.0
-        acc = inter.sum() / (target.sum() + 1e-10)
-        tot = {k: np.sum([r[k] for r in records.values()], axis=0) for k in ("intersection", "union", "target")}
-        logger.info(f"Test: {name} [{i + 1}/{n}]-{npts} Batch {times[-1]:.3f} ({np.mean(times):.3f}) "
-                    f"Accuracy {acc:.4f} ({np.mean(tot['intersection'] / (tot['target'] + 1e-10)):.4f}) "
-                    f"mIoU {iou:.4f} ({np.mean(tot['intersection'] / (tot['union'] + 1e-10)):.4f})")
+# %% ../nbs/26_tester.ipynb #m108
+@patch
+def finish(self:SemSegTester, records:dict, # scene -> dict(intersection, union, target), every process's
+           result_dir:Path) -> dict:        # where metrics.json (and S3DIS's `<split>.pth`) go
+    "Sum the per-scene records, log the table, write `metrics.json` (and S3DIS's `<split>.pth`)"
+    names = sorted(records)
+    total = {k: np.sum([records[n][k] for n in names], axis=0) for k in ("intersection", "union", "target")}
+    if self.data_cfg["test"]["type"] == "S3DISDataset":
+        split = self.data_cfg["test"]["split"]
+        split = split if isinstance(split, str) else "+".join(split)
+        torch.save({k: torch.as_tensor(v, dtype=torch.int64) for k, v in total.items()}, result_dir/f"{split}.pth")
+    summary = summarize(**total)
+    log_summary(summary, self.names)
+    if total["target"].sum() == 0:
+        logger.warning("The test scenes have no labels (e.g. the ScanNet test split): the metrics are 0; the "
+                       "predictions and benchmark files in result/ are the output")
+    logger.info("<<<<<<<<<<<<<<<<< End Evaluation <<<<<<<<<<<<<<<<<")
+    weight = self.cfg.get("weight")
+    info = summary_json(summary, self.names, num_scenes=len(names), weight=None if weight is None else str(weight),
+                        **{k: v.tolist() for k, v in total.items()})
+    (result_dir/"metrics.json").write_text(json.dumps(info, indent=1))
+    return {**summary, **total, "num_scenes": len(names)}
 
-    def finish(self, records:dict, result_dir:Path) -> dict:
-        "Sum the per-scene records, log the table, write `metrics.json` (and S3DIS's `<split>.pth`)"
-        names = sorted(records)
-        total = {k: np.sum([records[n][k] for n in names], axis=0) for k in ("intersection", "union", "target")}
-        if self.data_cfg["test"]["type"] == "S3DISDataset":
-            split = self.data_cfg["test"]["split"]
-            split = split if isinstance(split, str) else "+".join(split)
-            torch.save({k: torch.as_tensor(v, dtype=torch.int64) for k, v in total.items()}, result_dir/f"{split}.pth")
-        summary = summarize(**total)
-        log_summary(summary, self.names)
-        if total["target"].sum() == 0:
-            logger.warning("The test scenes have no labels (e.g. the ScanNet test split): the metrics are 0; the "
-                           "predictions and benchmark files in result/ are the output")
-        logger.info("<<<<<<<<<<<<<<<<< End Evaluation <<<<<<<<<<<<<<<<<")
-        weight = self.cfg.get("weight")
-        info = summary_json(summary, self.names, num_scenes=len(names), weight=None if weight is None else str(weight),
-                            **{k: v.tolist() for k, v in total.items()})
-        (result_dir/"metrics.json").write_text(json.dumps(info, indent=1))
-        return {**summary, **total, "num_scenes": len(names)}
+# %% ../nbs/26_tester.ipynb #m111
+@patch
+def test(self:SemSegTester) -> dict|None:
+    "Evaluate every test scene; returns the metrics on rank 0 (None on other ranks)"
+    rank, world = get_rank(), get_world_size()
+    result_dir = self.save_path/"result"
+    with lock_experiment(self.save_path), LogFile(self.save_path/"log"/"test.log"):  # no test into a running training
+        if self.model is None: self.model = self.build_model()
+        logger.info(">>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>")
+        dataset = build_dataset(self.data_cfg["test"])
+        class2id = self.class2id(dataset)
+        result_dir.mkdir(parents=True, exist_ok=True)
+        if class2id is not None: (result_dir/"submit").mkdir(exist_ok=True)
+        self.model.eval()
+        self.net = unwrap(self.model)  # no DDP forward: ranks run different numbers of fragments
+        mine = list(range(rank, len(dataset), world))
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=1, shuffle=False,
+                                             num_workers=self.num_workers, collate_fn=_first)
+        bar = tqdm(total=len(mine), desc="Test", unit="scene", disable=not show_progress(), leave=False)
+        self.log_extra = dict(bar_shown=not bar.disable)
+        records, times = {}, []
+        for i, data in enumerate(loader):
+            start = time.time()
+            name, pred, segment = self.predict_scene(data, f"{i + 1}/{len(mine)}", result_dir)
+            if class2id is not None:
+                np.savetxt(result_dir/"submit"/f"{name}.txt", class2id[pred].reshape(-1, 1), fmt="%d")
+            inter, union, target = (np.asarray(a) for a in intersection_and_union(pred, segment, self.num_classes, self.ignore_index))
+            records[name] = dict(intersection=inter, union=union, target=target)
+            times.append(time.time() - start)
+            self.log_scene(name, i, len(mine), segment.size, times, inter, union, target, records)
+            bar.update(); bar.set_postfix_str(name)
+        bar.close()
+        if world > 1:
+            logger.info("Syncing ...")
+            gathered = [None] * world
+            dist.all_gather_object(gathered, records)
+            records = {k: v for r in gathered for k, v in r.items()}
+        metrics = self.finish(records, result_dir) if rank == 0 else None
+        if world > 1: dist.barrier()
+    return metrics
 
 # %% ../nbs/26_tester.ipynb #c027
 def derive_save_path(weight:str|Path) -> str:
@@ -257,19 +284,6 @@ def derive_save_path(weight:str|Path) -> str:
         raise ValueError(f"Cannot derive save_path from weight '{weight}' (it is not in an exp/<d>/<name>/model/ folder): "
                          f"pass --options save_path=DIR")
     return str(path.parent.parent)
-
-def test_main(argv:list[str]|None=None) -> dict|None:
-    "Entry point of `sonata-test` and `tools/test.py`: test `weight` on the config's test split"
-    args = default_argument_parser().parse_args(argv)
-    options = parse_options(args.options or [])
-    if "save_path" not in options:
-        if options.get("weight") in (None, "None"):
-            raise SystemExit("sonata-test: pass the checkpoint to test with --options weight=exp/<d>/<name>/model/model_best.pth")
-        options["save_path"] = derive_save_path(options["weight"])
-    cfg = default_config_parser(args.config_file, options)
-    setup_logger(rank=init_distributed()[0])
-    try: return TESTERS.get((cfg.get("test") or {}).get("type", "SemSegTester"))(cfg).test()
-    except ExperimentLocked as e: raise SystemExit(f"error: {e}") from None
 
 # %% ../nbs/26_tester.ipynb #c030
 def load_record(path:str|Path) -> dict:
@@ -308,32 +322,8 @@ def s3dis_6fold_table(record_root:str|Path, # folder holding Area_k.pth files, o
     (root/"6-fold.json").write_text(json.dumps(info, indent=1))
     return {**summary, **total}
 
-# %% ../nbs/26_tester.ipynb #c034
-def run_s3dis_6fold(config:str|Path,            # an S3DIS config, e.g. configs/sonata/semseg-sonata-v1m1-3a-s3dis-lin.py
-                    exp_root:str|Path,          # the six fold experiments go to exp_root/Area_k
-                    options:dict|list|None=None, # config overrides for every fold (e.g. {"weight": ".../sonata.pth"})
-                    areas:tuple[str, ...]=S3DIS_AREAS, # the test areas to run
-                   ) -> dict|None:              # the 6-fold table once all six areas have a record
-    "Train and test the S3DIS folds whose test area is in `areas`, then write the 6-fold table"
-    options = parse_options(options) if isinstance(options, (list, tuple)) else dict(options or {})
-    unknown = set(areas) - set(S3DIS_AREAS)
-    if unknown: raise ValueError(f"Unknown S3DIS areas {sorted(unknown)}; choose from {S3DIS_AREAS}")
-    for train_areas, test_area in s3dis_6fold():
-        if test_area not in areas: continue
-        fold = {**options, "save_path": str(Path(exp_root)/test_area), "data.train.split": list(train_areas),
-                "data.val.split": test_area, "data.test.split": test_area}
-        cfg = default_config_parser(config, fold)
-        if cfg.data.test.type != "S3DISDataset": raise ValueError(f"{config}: data.test.type is {cfg.data.test.type}, not S3DISDataset")
-        logger.info(f"S3DIS 6-fold: training on {', '.join(train_areas)}, testing on {test_area}")
-        Trainer(cfg).train()
-        if not (Path(exp_root)/test_area/"result"/f"{test_area}.pth").is_file():
-            raise RuntimeError(f"Fold {test_area} finished without {exp_root}/{test_area}/result/{test_area}.pth "
-                               f"(the precise evaluation after training did not run)")
-    done = [a for a in S3DIS_AREAS if (Path(exp_root)/a/"result"/f"{a}.pth").is_file()]
-    return s3dis_6fold_table(exp_root) if len(done) == len(S3DIS_AREAS) else None
-
 # %% ../nbs/26_tester.ipynb #c036
-def s3dis_6fold_table_main(argv:list[str]|None=None) -> dict:
+def s3dis_6fold_table_main(argv:list[str]|None=None) -> dict: # command-line arguments (default: sys.argv[1:])
     "Entry point of `tools/test_s3dis_6fold.py`: the 6-fold table of the records under --record_root"
     parser = argparse.ArgumentParser(description="S3DIS 6-fold table from the Area_k.pth records of the six folds")
     parser.add_argument("--record_root", "--record-root", required=True,
@@ -342,23 +332,7 @@ def s3dis_6fold_table_main(argv:list[str]|None=None) -> dict:
     setup_logger()
     return s3dis_6fold_table(args.record_root)
 
-def tester_cli(argv:list[str]|None=None):
-    "`python -m sonata_nb.tester {test,s3dis-6fold,s3dis-6fold-table} ...`"
-    parser = argparse.ArgumentParser(prog="python -m sonata_nb.tester")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("test", help="test a checkpoint (same arguments as sonata-test)", add_help=False)
-    run = sub.add_parser("s3dis-6fold", help="train and test the six S3DIS folds, then write the 6-fold table")
-    run.add_argument("--config-file", required=True, help="an S3DIS config")
-    run.add_argument("--exp-root", required=True, help="the folds go to EXP_ROOT/Area_k")
-    run.add_argument("--areas", nargs="+", default=list(S3DIS_AREAS), help="test areas to run (default: all six)")
-    run.add_argument("--options", nargs="+", default=[], help="config overrides for every fold, key=value")
-    sub.add_parser("s3dis-6fold-table", help="the 6-fold table alone (same arguments as tools/test_s3dis_6fold.py)", add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "test": return test_main(rest)
-    if args.command == "s3dis-6fold-table": return s3dis_6fold_table_main(rest)
-    if rest: parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    setup_logger(rank=init_distributed()[0])
-    return run_s3dis_6fold(args.config_file, args.exp_root, args.options, tuple(args.areas))
-
 # %% ../nbs/26_tester.ipynb #c037
-if __name__ == "__main__" and Path(sys.argv[0]).name == "tester.py": tester_cli()  # `python -m sonata_nb.tester`, not a notebook
+if __name__ == "__main__" and Path(sys.argv[0]).name == "tester.py":  # `python -m sonata_nb.tester`, not an import
+    from sonata_nb.recipes import tester_cli  # the program's entry, above every module: no cycle
+    tester_cli()

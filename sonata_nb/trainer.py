@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_trainer.ipynb #c002
 from __future__ import annotations
-import errno, json, logging, math, os, random, shutil, socket, sys, time, warnings, zlib
+import json, math, os, random, time, zlib
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -12,24 +12,27 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import UntrustedCheckpointError, read_checkpoint
+from .checkpoint import resolve_source
+from .datasets import build_dataset, collate_fn, point_collate_fn
+from .experiment import (ExperimentLocked, NonFiniteError, check_finite_state, load_checkpoint, lock_experiment,
+                                  resume_checkpoint, save_atomic, strip_module, truncate_metrics)
+from .hooks import build_hooks
+from .metrics import SegMetrics
+from .model import load_weights
 from .registry import Registry
-from .runtime import (LOG_FORMAT, all_reduce_sum, count_parameters, default_device, get_rank, get_world_size,
-                               is_main_process, setup_logger, to_device, to_plain)
-
-try: import fcntl
-except ImportError: fcntl = None  # Windows: no experiment lock
+from .runtime import (all_reduce_sum, count_parameters, default_device, get_rank, get_world_size,
+                               is_main_process, setup_logger, show_progress, to_device, to_plain)
+from .segmentor import build_model
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'RESUME_KEYS', 'KNOWN_HOOKS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state',
-           'EpochSampler', 'SeededBatch', 'SampleSeeded', 'BatchSeeded', 'param_groups', 'build_optimizer',
-           'OneCycleLR', 'build_scheduler', 'amp_setup', 'save_error', 'save_atomic', 'load_checkpoint', 'strip_module',
-           'resume_checkpoint', 'truncate_metrics', 'hook_config', 'ExperimentLocked', 'lock_holder', 'ExperimentLock',
-           'lock_experiment', 'NonFiniteError', 'check_finite_state', 'Trainer']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler', 'SeededBatch',
+           'SampleSeeded', 'BatchSeeded', 'param_groups', 'build_optimizer', 'OneCycleLR', 'build_scheduler',
+           'amp_setup', 'Trainer']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -38,11 +41,16 @@ def set_seed(seed:int):
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
-def worker_init_fn(worker_id:int, num_workers:int, rank:int, seed:int): # DataLoader worker id, workers per process
+def worker_init_fn(worker_id:int,   # DataLoader worker id
+                   num_workers:int, # workers per process
+                   rank:int,        # this process's rank
+                   seed:int,        # the run's seed
+                  ):
     "Seed a data-loader worker with `seed + rank * num_workers + worker_id` (the reference's rule)"
     set_seed(seed + rank * num_workers + worker_id)
 
-def rng_state(cuda:bool=True) -> dict: # cuda=False in data-loader workers (no CUDA in forked processes)
+def rng_state(cuda:bool=True, # False in data-loader workers (no CUDA in forked processes)
+             ) -> dict:
     "The python, numpy, torch and CUDA generator states of this process"
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return dict(python=random.getstate(), numpy=(name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
@@ -64,12 +72,16 @@ class EpochSampler(DistributedSampler):
 
 class SeededBatch(list):
     "The samples of one batch, with their `(epoch, index)` keys in `sample_keys`"
-    def __init__(self, samples, sample_keys): # samples, their keys
+    def __init__(self, samples, # the samples
+                 sample_keys, # their `(epoch, index)` keys
+                ):
         super().__init__(samples); self.sample_keys = list(sample_keys)
 
 class SampleSeeded(Dataset):
     "Wrap `dataset` so that sample `(epoch, i)` is drawn with generators seeded by `(seed, epoch, i)`"
-    def __init__(self, dataset, seed:int): # the dataset to wrap, the run's seed
+    def __init__(self, dataset, # the dataset to wrap
+                 seed:int, # the run's seed
+                ):
         self.dataset, self.seed = dataset, seed
     def __len__(self): return len(self.dataset)
     def __getitem__(self, key):
@@ -82,7 +94,9 @@ class SampleSeeded(Dataset):
 
 class BatchSeeded:
     "Wrap `collate_fn` so that a `SeededBatch` is collated with generators seeded by `seed` and its samples' keys"
-    def __init__(self, collate_fn, seed:int): # e.g. point_collate_fn with Mix3D, the run's seed
+    def __init__(self, collate_fn, # e.g. point_collate_fn with Mix3D
+                 seed:int,   # the run's seed
+                ):
         self.collate_fn, self.seed = collate_fn, seed
     def __call__(self, batch):
         keys = getattr(batch, "sample_keys", None)
@@ -96,7 +110,10 @@ class BatchSeeded:
 OPTIMIZERS = Registry("optimizers")
 for _opt in (torch.optim.AdamW, torch.optim.Adam, torch.optim.SGD): OPTIMIZERS.register_module()(_opt)
 
-def param_groups(model:torch.nn.Module, lr:float, param_dicts=None) -> list[dict]: # base lr, [dict(keyword, lr, ...)]
+def param_groups(model:torch.nn.Module, # the model whose trainable parameters are grouped
+                 lr:float,              # base lr (group 0)
+                 param_dicts=None,      # [dict(keyword, lr, ...)]: one group each
+                ) -> list[dict]:
     "Trainable parameters split by name keyword: group 0 (the rest, at `lr`), then one group per `param_dicts` entry"
     groups = [dict(names=[], params=[], lr=lr)]
     for pd in param_dicts or []:
@@ -135,7 +152,10 @@ def OneCycleLR(optimizer, max_lr, total_steps:int, pct_start:float=0.3, anneal_s
         cycle_momentum=cycle_momentum, base_momentum=base_momentum, max_momentum=max_momentum,
         div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase)
 
-def build_scheduler(cfg:dict, optimizer, total_steps:int): # cfg: `type` + arguments; steps over the whole run
+def build_scheduler(cfg:dict,        # `type` + arguments
+                    optimizer,       # the optimizer it schedules
+                    total_steps:int, # optimizer steps over the whole run
+                   ):
     "The learning-rate scheduler of `cfg` stepping `total_steps` times"
     if total_steps < 1: raise ValueError(f"The schedule needs at least one optimizer step, got total_steps={total_steps}")
     if cfg.get("type") == "OneCycleLR" and float(cfg.get("pct_start", 0.3) * total_steps) == 1:
@@ -156,195 +176,19 @@ def amp_setup(enable_amp:bool, amp_dtype:str, device:torch.device, logger=None):
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return True, dtype, scaler
 
-# %% ../nbs/24_trainer.ipynb #c028b
-def _nbytes(obj) -> int:
-    "Bytes of the tensors in `obj` (nested dicts, lists, tuples)"
-    if isinstance(obj, torch.Tensor): return obj.numel() * obj.element_size()
-    if isinstance(obj, dict): return sum(_nbytes(v) for v in obj.values())
-    return sum(_nbytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
-
-def save_error(path:Path, obj, e:Exception) -> OSError: # the checkpoint, what was saved, the error of torch.save
-    "The error of a failed checkpoint write: which file, whether the disk is full, the free space, what to do"
-    free, need = shutil.disk_usage(path.parent).free, _nbytes(obj)
-    full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < need + 2**20
-    why = (f"the disk is full: {free / 2**20:.1f} MiB free in {path.parent}, the checkpoint needs about "
-           f"{need / 2**20:.1f} MiB" if full else f"{free / 2**20:.1f} MiB free in {path.parent}")
-    kept = f"the previous {path.name} is kept unchanged" if path.is_file() else f"no {path.name} exists yet"
-    return OSError(errno.ENOSPC if full else (getattr(e, "errno", None) or errno.EIO),
-                   f"Could not write the checkpoint {path} ({why}). The partial {path.name}.tmp was removed and {kept}. "
-                   f"Free some space or point save_path to a larger disk, then resume the run (scripts/train.sh ... "
-                   f"-r true). Cause: {type(e).__name__}: {e}")
-
-# %% ../nbs/24_trainer.ipynb #c029
-def save_atomic(obj, path):
-    "`torch.save(obj, path)` through a synced `<path>.tmp` and `os.replace`; a failed write removes the `.tmp`"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-    except BaseException as e:  # a full disk, an interrupt: never leave a partial file behind
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, Exception): raise
-        raise save_error(path, obj, e) from e
-    os.replace(tmp, path)
-    try:  # make the rename durable where a folder can be synced
-        fd = os.open(path.parent, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass
-
-def load_checkpoint(path) -> dict:
-    "A trainer checkpoint (a file this trainer wrote), with a clear error when it is missing"
-    return read_checkpoint(path)  # weights_only: tensors and plain containers only
-
-def strip_module(state_dict:dict) -> dict:
-    "`state_dict` without DDP's `module.` key prefix"
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-
-# %% ../nbs/24_trainer.ipynb #c030d
-RESUME_KEYS = {"epoch", "state_dict", "optimizer", "scheduler"}
-
-def resume_checkpoint(path, logger=None) -> tuple[Path, dict]: # model_last.pth; a logger for the fallback warning
-    "`(file, checkpoint)` to resume from: `path`, or the newest loadable trainer checkpoint beside it"
-    path = Path(path)
-    try: return path, load_checkpoint(path)
-    except UntrustedCheckpointError: raise  # a file that would run code is refused, never skipped
-    except Exception as e: failed = [f"{path.name} ({type(e).__name__}: {str(e)[:200]})"]; error = e
-    best = None
-    for p in [path.parent/"model_best.pth", *sorted(path.parent.glob("epoch_*.pth"))]:
-        if p == path or not p.is_file(): continue
-        try: ckpt = load_checkpoint(p)
-        except Exception as e: failed.append(f"{p.name} ({type(e).__name__}: {str(e)[:200]})"); continue
-        if isinstance(ckpt, dict) and RESUME_KEYS <= set(ckpt) and (best is None or ckpt["epoch"] > best[1]["epoch"]):
-            best = (p, ckpt)
-    if best is None:
-        if isinstance(error, FileNotFoundError) and len(failed) == 1: raise error
-        raise RuntimeError(f"Cannot resume from {path.parent}: no checkpoint loads ({'; '.join(failed)}). Start a new "
-                           "run (scripts/train.sh -r false) or restore model_last.pth from a copy") from error
-    msg = (f"{failed[0]} does not load: resuming from {best[0]} (epoch {best[1]['epoch']}), the newest loadable "
-           f"checkpoint in {path.parent}" + (f"; unloadable too: {'; '.join(failed[1:])}" if failed[1:] else ""))
-    if logger is not None: logger.warning(msg)
-    else: warnings.warn(msg)
-    return best
-
-def truncate_metrics(path, epoch:int) -> int: # log/metrics.jsonl; completed cycles of the checkpoint resumed from
-    "Drop the records of cycles after `epoch` (and a torn last line) from `path`; returns how many were dropped"
-    path = Path(path)
-    if not path.is_file(): return 0
-    keep, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try: ok = json.loads(line).get("epoch", 0) <= epoch
-        except (json.JSONDecodeError, AttributeError): ok = False
-        if ok: keep.append(line)
-        else: dropped += 1
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(l + "\n" for l in keep)); os.replace(tmp, path)
-    return dropped
-
-# %% ../nbs/24_trainer.ipynb #c032
-KNOWN_HOOKS = {"CheckpointLoader", "ModelHook", "IterationTimer", "InformationWriter", "SemSegEvaluator",
-               "CheckpointSaver", "PreciseEvaluator"}
-
-def hook_config(cfg, name:str) -> dict|None:
-    "The entry of `cfg.hooks` of type `name` (None when absent); unknown hook types are an error"
-    hooks = cfg.get("hooks") or []
-    unknown = [h["type"] for h in hooks if h["type"] not in KNOWN_HOOKS]
-    if unknown: raise ValueError(f"Unknown hooks {unknown} in the config; known: {sorted(KNOWN_HOOKS)}")
-    return next((dict(h) for h in hooks if h["type"] == name), None)
-
-def _fmt_time(seconds:float) -> str:
-    s = int(max(seconds, 0)); return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-# %% ../nbs/24_trainer.ipynb #t101
-class ExperimentLocked(RuntimeError):
-    "The experiment folder is in use by another live process"
-
-_HELD = {}  # lock file -> [file descriptor, count]: the locks this process holds (re-entrant)
-
-def lock_holder(folder) -> str:
-    "Who holds (or last held) `folder/.lock`: pid, host, start time and command"
-    path = Path(folder)/".lock"
-    entry = _HELD.get(str(path.resolve()))
-    try: text = os.pread(entry[0], 4096, 0).decode() if entry else path.read_text()  # no close of a held file
-    except OSError: return "unknown (no lock file)"
-    try: h = json.loads(text)
-    except ValueError: return f"unknown (see {path})"
-    return f"pid {h.get('pid')} on host {h.get('host')}, started {h.get('started')} ({h.get('command')})"
-
-class ExperimentLock:
-    "Exclusive, re-entrant lock on `folder/.lock`, held by this process until `release` (or its death)"
-    def __init__(self, folder): # the experiment folder (created when missing)
-        self.folder, self.key, self.settled = Path(folder), None, False  # settled: acquired, or by `lock_experiment`
-
-    def acquire(self):
-        "Take the lock, or raise `ExperimentLocked` naming the folder and its holder"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        key = str((self.folder/".lock").resolve())
-        if key not in _HELD and fcntl is not None:
-            fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
-            try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)  # this process held no lock on the file: closing drops nothing
-                raise ExperimentLocked(
-                    f"{self.folder} is in use by another run: {lock_holder(self.folder)}. One experiment folder holds "
-                    "one live run (two would mix their checkpoints, config and logs). Wait for it to end or stop it, "
-                    "or use another folder (scripts/train.sh -n NAME, or --options save_path=DIR)") from None
-            info = dict(pid=os.getpid(), host=socket.gethostname(), command=" ".join(sys.argv),
-                        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-            os.ftruncate(fd, 0); os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-            _HELD[key] = [fd, 0]
-        if key in _HELD: _HELD[key][1] += 1
-        self.key, self.settled = key, True
-        return self
-
-    def release(self):
-        "Give the lock back (the file stays; only a live lock counts)"
-        key, self.key = self.key, None
-        if key is None or key not in _HELD: return
-        _HELD[key][1] -= 1
-        if _HELD[key][1] == 0: os.close(_HELD.pop(key)[0])  # closing the file drops the POSIX lock
-    def __enter__(self): return self if self.settled else self.acquire()
-    def __exit__(self, *exc): self.release()
-    def __del__(self): self.release()
-
-def lock_experiment(folder) -> ExperimentLock:
-    "Lock `folder` on rank 0 and share the outcome, so that every process of a refused run raises `ExperimentLocked`"
-    lock, error = ExperimentLock(folder), None
-    if get_rank() == 0:
-        try: lock.acquire()
-        except ExperimentLocked as e: error = str(e)
-    if get_world_size() > 1:
-        box = [error]; dist.broadcast_object_list(box, src=0); error = box[0]
-    if error: raise ExperimentLocked(error)
-    lock.settled = True  # held on rank 0 only: `with lock_experiment(...)` must not lock on other ranks
-    return lock
-
-
-# %% ../nbs/24_trainer.ipynb #t105
-class NonFiniteError(RuntimeError):
-    "Training stopped, or a checkpoint was refused, because of NaN/Inf values"
-
-def check_finite_state(state_dict:dict, what:str="state dict"): # tensors by name; what they are, for the message
-    "Raise `NonFiniteError` naming the first floating tensor of `state_dict` holding a NaN or Inf"
-    tensors = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()]
-    if not tensors or bool(torch.stack([torch.isfinite(v).all() for _, v in tensors]).all()): return
-    name, bad = next((k, v) for k, v in tensors if not torch.isfinite(v).all())
-    raise NonFiniteError(f"{what}: tensor '{name}' holds {int((~torch.isfinite(bad)).sum())} NaN/Inf value(s) of "
-                         f"{bad.numel()}")
-
-
-# %% ../nbs/24_trainer.ipynb #c033
+# %% ../nbs/24_trainer.ipynb #s001
 class Trainer:
-    "Train the segmentor of `cfg`: loaders, optimizer groups, OneCycle, AMP, validation, checkpoints, resume"
-    def __init__(self, cfg, model:torch.nn.Module|None=None): # a resolved `Config`; a model to use instead of `cfg.model` (moved to `device`)
+    "Train the segmentor of `cfg`: loaders, optimizer groups, OneCycle, AMP, and the config's hooks around the loop"
+    def __init__(self, cfg,                       # a resolved `Config` (`config.default_config_parser`)
+                 model:torch.nn.Module|None=None, # a model to use instead of `cfg.model` (moved to `device`)
+                 hooks:list|None=None):           # hook configs run after `cfg.hooks`, e.g. [dict(type="ReportWriter")]
         self.cfg, self.rank, self.world = cfg, get_rank(), get_world_size()
         self.device = default_device()
         self.save_path, self.resume = Path(cfg.save_path), bool(cfg.get("resume", False))
         self.lock = lock_experiment(self.save_path)  # one live run per folder, taken before anything is written
         self.logger = setup_logger(self.save_path/"log"/"train.log", self.rank, "a" if self.resume else "w")
         self._check_config()
+        self.hooks = build_hooks([*(cfg.get("hooks") or []), *(hooks or [])], self)  # unknown types fail here
         self.seed = int(cfg.seed)
         self.num_workers = (cfg.get("num_worker") or 0) // self.world
         self.batch_size = cfg.batch_size // self.world
@@ -356,13 +200,11 @@ class Trainer:
         self.model = (model if model is not None else self.build_model()).to(self.device)
         self.logger.info(f"Num params: {count_parameters(self.model):,} trainable "
                          f"of {count_parameters(self.model, trainable=False):,}")
-        if not self.resume: self.load_weight()
         self.ddp = self.model
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
-        self.writer, self.wandb = self.build_writers()
         self.logger.info("=> Building train and val loaders ...")
         self.train_loader = self.build_train_loader()
         self.val_loader = self.build_val_loader()
@@ -372,313 +214,287 @@ class Trainer:
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
         self.amp, self.amp_dtype, self.scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"),
                                                           self.device, self.logger)
-        self.start_epoch, self.best_metric, self.step = 0, -math.inf, 0
+        self.start_epoch, self.best_metric, self.step, self.epoch = 0, -math.inf, 0, 0
         self.max_nonfinite = int(cfg.get("max_nonfinite_steps", 10) or 0)  # skipped steps in a row that stop the run
-        self.skipped_steps, self.skipped_in_a_row, self.epoch = 0, 0, 0
+        self.skipped_steps, self.skipped_in_a_row = 0, 0
         self.last_checkpoint = cfg.weight if self.resume else None  # the last good checkpoint, named when stopping
-        self.t_start, self.iters_done = time.perf_counter(), 0
-        if self.resume: self.load_resume_checkpoint()
+        self.writer = self.wandb = self.val_record = None  # TensorBoard / W&B: opened by InformationWriter on rank 0
+        self.comm_info = {}  # what the hooks share about the current step and cycle
+        self.call_hooks("after_build")  # CheckpointLoader: the pretrained weight, or the state to resume
 
-    def _check_config(self):
-        "Clear errors for settings that would fail (or silently mislead) later"
-        cfg = self.cfg
-        if cfg.epoch % cfg.eval_epoch:
-            raise ValueError(f"epoch ({cfg.epoch}) must be a multiple of eval_epoch ({cfg.eval_epoch})")
-        if cfg.get("seed") is None: raise ValueError("cfg.seed is None: load configs with config.default_config_parser")
-        if cfg.batch_size % self.world:
-            raise ValueError(f"batch_size ({cfg.batch_size}) is the total over processes and must be divisible by "
-                             f"the number of processes ({self.world})")
-        if cfg.get("weight") in ("None", ""): cfg.weight = None
-        if self.resume and cfg.get("weight") is None:
-            raise ValueError("resume=True needs weight=<save_path>/model/model_last.pth (scripts/train.sh -r true sets it)")
-        for name in ("SemSegEvaluator", "CheckpointSaver", "PreciseEvaluator"): hook_config(cfg, name)
+    def call_hooks(self, event:str, # one of `hooks.EVENTS`
+                  ):
+        "Run `event` of every hook, in the config's order"
+        for hook in self.hooks: getattr(hook, event)()
 
-    # ----- building -----
-    def build_model(self) -> torch.nn.Module:
-        "The segmentor of `cfg.model`"
-        from sonata_nb.segmentor import build_model
-        return build_model(self.cfg.model)
+# %% ../nbs/24_trainer.ipynb #s003
+@patch
+def _check_config(self:Trainer):
+    "Clear errors, before anything is built, for settings that would fail (or silently mislead) later"
+    cfg = self.cfg
+    if cfg.epoch % cfg.eval_epoch:
+        raise ValueError(f"epoch ({cfg.epoch}) must be a multiple of eval_epoch ({cfg.eval_epoch})")
+    if cfg.get("seed") is None: raise ValueError("cfg.seed is None: load configs with config.default_config_parser")
+    if cfg.batch_size % self.world:
+        raise ValueError(f"batch_size ({cfg.batch_size}) is the total over processes and must be divisible by "
+                         f"the number of processes ({self.world})")
+    if cfg.get("weight") in ("None", ""): cfg.weight = None
+    if self.resume and cfg.get("weight") is None:
+        raise ValueError("resume=True needs weight=<save_path>/model/model_last.pth (scripts/train.sh -r true sets it)")
+    if not self.resume and cfg.get("weight") is None and cfg.model.get("freeze_backbone", False):
+        raise ValueError("weight is None but the config freezes the backbone (freeze_backbone=True, a linear "
+                         "probe of random features). Pass the pretrained weight: scripts/train.sh -w PATH or "
+                         "--options weight=PATH")
+    if not self.resume and cfg.get("weight") is not None: resolve_source(cfg.weight)  # a missing file, named, now
 
-    def load_weight(self):
-        "Load `cfg.weight` into the backbone strictly; `None` trains from scratch (an error for a frozen backbone)"
-        weight, frozen = self.cfg.get("weight"), bool(self.cfg.model.get("freeze_backbone", False))
-        if weight is None:
-            if frozen:
-                raise ValueError("weight is None but the config freezes the backbone (freeze_backbone=True, a linear "
-                                 "probe of random features). Pass the pretrained weight: scripts/train.sh -w PATH or "
-                                 "--options weight=PATH")
-            self.logger.info("=> No pretrained weight (weight=None): training from scratch")
-            return
-        from sonata_nb.model import load_weights  # a missing file is a FileNotFoundError naming it
-        target = getattr(self.model, "backbone", self.model)
-        self.logger.info(f"=> Loading weight at: {weight}")
-        report = load_weights(target, weight, strict=True, trust=bool(self.cfg.get("trust_checkpoint", False)))
-        self.logger.info(f"Loaded pretrained backbone weight: {report}")
+@patch
+def build_model(self:Trainer) -> torch.nn.Module:
+    "The segmentor of `cfg.model`"
+    return build_model(self.cfg.model)
 
-    def build_writers(self):
-        "TensorBoard writer (rank 0) and, when enabled with a key, a W&B run"
-        if not is_main_process(): return None, None
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(self.save_path/"log"))
-        run = None
-        if self.cfg.get("enable_wandb", False):
-            key = self.cfg.get("wandb_key") or os.environ.get("WANDB_API_KEY")
-            if not key: self.logger.info("W&B disabled: enable_wandb=True but no wandb_key / WANDB_API_KEY")
-            else:
-                import wandb
-                wandb.login(key=key)
-                run = wandb.init(project=self.cfg.get("wandb_project", "sonata_nb"), dir=str(self.save_path),
-                                 name=f"{self.save_path.parent.name}/{self.save_path.name}", config=to_plain(self.cfg),
-                                 resume="allow")
-        return writer, run
+@patch
+def load_weight(self:Trainer):
+    "Load `cfg.weight` into the backbone strictly (`CheckpointLoader`); `None` trains from scratch"
+    weight = self.cfg.get("weight")
+    if weight is None: return self.logger.info("=> No pretrained weight (weight=None): training from scratch")
+    target = getattr(self.model, "backbone", self.model)
+    self.logger.info(f"=> Loading weight at: {weight}")
+    report = load_weights(target, weight, strict=True, trust=bool(self.cfg.get("trust_checkpoint", False)))
+    self.logger.info(f"Loaded pretrained backbone weight: {report}")
 
-    def build_train_loader(self) -> DataLoader:
-        "Shuffled, sample-seeded, per-process batches of the (looped) train set, collated with Mix3D"
-        from sonata_nb.datasets import build_dataset, point_collate_fn
-        data = build_dataset(to_plain(self.cfg.data.train))
-        self.logger.info(f"Totally {len(data)} samples in the train set (loop {self.cfg.data.train.get('loop', 1)})")
-        self.train_sampler = EpochSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
-        drop_last = len(self.train_sampler) >= self.batch_size
-        collate = BatchSeeded(partial(point_collate_fn, mix_prob=self.cfg.get("mix_prob", 0)), self.seed)  # Mix3D
-        loader = DataLoader(
-            SampleSeeded(data, self.seed), batch_size=self.batch_size, sampler=self.train_sampler,
-            num_workers=self.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
-            drop_last=drop_last, persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),  # its base seed is not drawn from the global generator
-            worker_init_fn=partial(worker_init_fn, num_workers=self.num_workers, rank=self.rank, seed=self.seed))
-        if len(loader) == 0: raise ValueError(f"The train set ({len(data)} samples) gives no batch of {self.batch_size}")
-        return loader
+# %% ../nbs/24_trainer.ipynb #s006
+@patch
+def build_train_loader(self:Trainer) -> DataLoader:
+    "Shuffled, sample-seeded, per-process batches of the (looped) train set, collated with Mix3D"
+    data = build_dataset(to_plain(self.cfg.data.train))
+    self.logger.info(f"Totally {len(data)} samples in the train set (loop {self.cfg.data.train.get('loop', 1)})")
+    self.train_sampler = EpochSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
+    drop_last = len(self.train_sampler) >= self.batch_size
+    collate = BatchSeeded(partial(point_collate_fn, mix_prob=self.cfg.get("mix_prob", 0)), self.seed)  # Mix3D
+    loader = DataLoader(
+        SampleSeeded(data, self.seed), batch_size=self.batch_size, sampler=self.train_sampler,
+        num_workers=self.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+        drop_last=drop_last, persistent_workers=self.num_workers > 0,
+        generator=torch.Generator().manual_seed(self.seed),  # its base seed is not drawn from the global generator
+        worker_init_fn=partial(worker_init_fn, num_workers=self.num_workers, rank=self.rank, seed=self.seed))
+    if len(loader) == 0: raise ValueError(f"The train set ({len(data)} samples) gives no batch of {self.batch_size}")
+    return loader
 
-    def build_val_loader(self) -> DataLoader|None:
-        "One scene per step, split over processes without padding; None when validation is off"
-        if not (self.cfg.get("evaluate", True) and hook_config(self.cfg, "SemSegEvaluator")): return None
-        from sonata_nb.datasets import build_dataset, collate_fn
-        data = build_dataset(to_plain(self.cfg.data.val))
-        self.logger.info(f"Totally {len(data)} samples in the val set")
-        return DataLoader(data, batch_size=1, sampler=list(range(self.rank, len(data), self.world)),
-                          num_workers=self.num_workers, collate_fn=collate_fn, pin_memory=self.device.type == "cuda")
+@patch
+def build_val_loader(self:Trainer) -> DataLoader|None:
+    "One scene per step, split over processes without padding; None without `evaluate` or a hook that validates"
+    if not (self.cfg.get("evaluate", True) and any(h.uses_val_loader for h in self.hooks)): return None
+    data = build_dataset(to_plain(self.cfg.data.val))
+    self.logger.info(f"Totally {len(data)} samples in the val set")
+    return DataLoader(data, batch_size=1, sampler=list(range(self.rank, len(data), self.world)),
+                      num_workers=self.num_workers, collate_fn=collate_fn, pin_memory=self.device.type == "cuda")
 
-    # ----- one step -----
-    def run_step(self, batch:dict, first:bool, last:bool) -> torch.Tensor: # first/last micro-batch of an optimizer step
-        "Forward + backward of one micro-batch; on the `last` one, clip, step and schedule"
-        batch = to_device(batch, self.device)
-        if first:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_loss = torch.zeros((), device=self.device)
-            self.saved_buffers = [b.detach().clone() for b in self.model.buffers()]  # restored if the step is skipped
-        sync = self.ddp.no_sync() if self.world > 1 and not last else nullcontext()
-        with sync:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                loss = self.ddp(batch)["loss"]
-            scaled = loss / self.accum
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        self.nonfinite_loss += ~torch.isfinite(loss.detach())
-        if last: self.optimizer_step()
-        return loss.detach()
+# %% ../nbs/24_trainer.ipynb #s023
+@patch
+def load_resume_checkpoint(self:Trainer):
+    "Restore model, optimizer, scheduler, scaler, epoch, best metric, generators and metrics from `cfg.weight`"
+    path, ckpt = resume_checkpoint(self.cfg.weight, self.logger)  # or the newest loadable one beside it
+    self.logger.info(f"=> Resuming from {path} (epoch {ckpt['epoch']})")
+    if is_main_process():
+        dropped = truncate_metrics(self.save_path/"log"/"metrics.jsonl", ckpt["epoch"])
+        if dropped: self.logger.info(f"Dropped {dropped} record(s) after epoch {ckpt['epoch']} from metrics.jsonl")
+        for tmp in (self.save_path/"model").glob("*.tmp"): tmp.unlink()  # partial writes of a killed run
+    self.model.load_state_dict(strip_module(ckpt["state_dict"]), strict=True)
+    self.optimizer.load_state_dict(ckpt["optimizer"])
+    self.scheduler.load_state_dict(ckpt["scheduler"])
+    if self.scaler and ckpt.get("scaler"): self.scaler.load_state_dict(ckpt["scaler"])
+    self.start_epoch, self.best_metric = ckpt["epoch"], ckpt["best_metric_value"]
+    self.step = ckpt.get("step", 0)
+    states = ckpt.get("rng_state") or []
+    if len(states) == self.world: set_rng_state(states[self.rank])
+    else: self.logger.warning(f"Generator states saved by {len(states)} process(es), resuming with {self.world}: "
+                              "the data stays the same, model randomness (drop path) differs")
 
-    def optimizer_step(self):
-        "Unscale, clip, step and schedule, unless a loss or the gradient norm is not finite (then `skip_step`)"
-        stepped, reason = False, "a non-finite loss"
-        if all_reduce_sum(self.nonfinite_loss.clone()).item() == 0:  # every process skips together
-            if self.scaler: self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.get("clip_grad") or math.inf)
-            stepped = bool(torch.isfinite(norm))  # as the GradScaler's own check: no NaN/Inf gradient
-            if stepped and self.scaler: self.scaler.step(self.optimizer)
-            elif stepped: self.optimizer.step()
-            if self.scaler: self.scaler.update()  # lowers the scale after an overflow
-            reason = f"a non-finite gradient norm ({norm.item()})" + (
-                ", gradients overflowing float16: the GradScaler lowers its scale" if self.scaler else "")
-        if stepped: self.scheduler.step(); self.skipped_in_a_row = 0
-        else: self.skip_step(reason)
-        self.step += 1
-        if self.cfg.get("empty_cache") and self.device.type == "cuda": torch.cuda.empty_cache()
-
-    def skip_step(self, reason:str): # why, for the log
-        "Count a skipped step and undo its buffer updates; after `max_nonfinite_steps` in a row raise `NonFiniteError`"
-        with torch.no_grad():
-            for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
+# %% ../nbs/24_trainer.ipynb #s009
+@patch
+def run_step(self:Trainer, batch:dict, # a collated batch (moved to `device` here)
+             first:bool,               # the first micro-batch of an optimizer step: zero the gradients
+             last:bool,                # the last one: clip, step and schedule
+            ) -> torch.Tensor:         # the micro-batch's loss (detached)
+    "Forward + backward of one micro-batch; on the `last` one, clip, step and schedule"
+    batch = to_device(batch, self.device)
+    if first:
         self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps += 1; self.skipped_in_a_row += 1
-        self.logger.warning(f"Step {self.step + 1} (cycle {self.epoch + 1}) skipped: {reason}; the weights, optimizer "
-                            f"and schedule did not move ({self.skipped_in_a_row} in a row, {self.skipped_steps} in this run)")
-        if self.max_nonfinite and self.skipped_in_a_row >= self.max_nonfinite:
-            last = (f"the last good checkpoint is {self.last_checkpoint} (nothing was saved after it)"
-                    if self.last_checkpoint else "this run has saved no checkpoint")
-            msg = (f"Stopping: {self.skipped_in_a_row} optimizer steps in a row were skipped (max_nonfinite_steps="
-                   f"{self.max_nonfinite}), the last for {reason}. Look for NaN/Inf in the input features and check "
-                   f"the learning rate; {last}.")
-            self.logger.error(msg)
-            raise NonFiniteError(msg)
+        self.nonfinite_loss = torch.zeros((), device=self.device)
+        self.saved_buffers = [b.detach().clone() for b in self.model.buffers()]  # restored if the step is skipped
+    sync = self.ddp.no_sync() if self.world > 1 and not last else nullcontext()
+    with sync:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            loss = self.ddp(batch)["loss"]
+        scaled = loss / self.accum
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+    self.nonfinite_loss += ~torch.isfinite(loss.detach())
+    if last: self.optimizer_step()
+    return loss.detach()
 
-    # ----- loop -----
-    def train(self, stop_epoch:int|None=None): # stop after this many cycles (a time-boxed job; resume continues)
-        "Run the train/eval cycles from `start_epoch`, then the precise evaluation; releases the folder's lock"
-        try: return self.run_cycles(stop_epoch)
-        finally: self.lock.release()
+@patch
+def optimizer_step(self:Trainer):
+    "Unscale, clip, step and schedule, unless a loss or the gradient norm is not finite (then `skip_step`)"
+    stepped, reason = False, "a non-finite loss"
+    if all_reduce_sum(self.nonfinite_loss.clone()).item() == 0:  # every process skips together
+        if self.scaler: self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.get("clip_grad") or math.inf)
+        stepped = bool(torch.isfinite(norm))  # as the GradScaler's own check: no NaN/Inf gradient
+        if stepped and self.scaler: self.scaler.step(self.optimizer)
+        elif stepped: self.optimizer.step()
+        if self.scaler: self.scaler.update()  # lowers the scale after an overflow
+        reason = f"a non-finite gradient norm ({norm.item()})" + (
+            ", gradients overflowing float16: the GradScaler lowers its scale" if self.scaler else "")
+    if stepped: self.scheduler.step(); self.skipped_in_a_row = 0
+    else: self.skip_step(reason)
+    self.step += 1
+    if self.cfg.get("empty_cache") and self.device.type == "cuda": torch.cuda.empty_cache()
 
-    def run_cycles(self, stop_epoch:int|None=None):
-        "The cycles of `train`"
-        self.logger.info(">>>>>>>>>>>>>>>> Start Training >>>>>>>>>>>>>>>>")
-        self.t_start, self.iters_done = time.perf_counter(), 0
-        for epoch in range(self.start_epoch, self.cfg.eval_epoch):
-            self.train_epoch(epoch)
-            metric = self.validate(epoch) if self.val_loader is not None else None
-            self.save(epoch, metric)
-            if stop_epoch is not None and epoch + 1 >= stop_epoch and epoch + 1 < self.cfg.eval_epoch:
-                self.logger.info(f"Stopping after cycle {epoch + 1} (stop_epoch); resume=True continues the run")
-                return self.best_metric
-        self.logger.info(f"Best mIoU: {self.best_metric:.4f}")
-        if self.writer: self.writer.close()
-        if self.wandb: self.wandb.finish()
-        self.precise_evaluate()
-        return self.best_metric
+# %% ../nbs/24_trainer.ipynb #s010
+@patch
+def skip_step(self:Trainer, reason:str, # why, for the log
+             ):
+    "Count a skipped step and undo its buffer updates; after `max_nonfinite_steps` in a row raise `NonFiniteError`"
+    with torch.no_grad():
+        for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
+    self.optimizer.zero_grad(set_to_none=True)
+    self.skipped_steps += 1; self.skipped_in_a_row += 1
+    self.logger.warning(f"Step {self.step + 1} (cycle {self.epoch + 1}) skipped: {reason}; the weights, optimizer "
+                        f"and schedule did not move ({self.skipped_in_a_row} in a row, {self.skipped_steps} in this run)")
+    if self.max_nonfinite and self.skipped_in_a_row >= self.max_nonfinite:
+        last = (f"the last good checkpoint is {self.last_checkpoint} (nothing was saved after it)"
+                if self.last_checkpoint else "this run has saved no checkpoint")
+        msg = (f"Stopping: {self.skipped_in_a_row} optimizer steps in a row were skipped (max_nonfinite_steps="
+               f"{self.max_nonfinite}), the last for {reason}. Look for NaN/Inf in the input features and check "
+               f"the learning rate; {last}.")
+        self.logger.error(msg)
+        raise NonFiniteError(msg)
 
-    def train_epoch(self, epoch:int):
-        "One train cycle (`loop` passes over the train set)"
-        self.ddp.train()
-        self.train_sampler.set_epoch(epoch)
-        self.epoch, skipped_before = epoch, self.skipped_steps
-        n, losses, t0 = len(self.train_loader), [], time.perf_counter()
-        show_bar = is_main_process() and sys.stdout.isatty()
-        interval = int(self.cfg.get("log_interval", 10))
-        bar = tqdm(total=n, desc=f"Train [{epoch + 1}/{self.cfg.eval_epoch}]", disable=not show_bar, leave=False)
-        for it, batch in enumerate(self.train_loader):
-            loss = self.run_step(batch, first=it % self.accum == 0, last=(it + 1) % self.accum == 0).item()
-            losses.append(loss)
-            self.iters_done += 1
-            lr = self.optimizer.param_groups[0]["lr"]
-            remain = (time.perf_counter() - self.t_start) / self.iters_done * ((self.cfg.eval_epoch - epoch) * n - it - 1)
-            bar.update(); bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", eta=_fmt_time(remain))
-            gstep = epoch * n + it
-            if self.writer:
-                self.writer.add_scalar("train_batch/loss", loss, gstep); self.writer.add_scalar("params/lr", lr, gstep)
-            if (it + 1) % interval == 0 or it + 1 == n:
-                msg = (f"Train: [{epoch + 1}/{self.cfg.eval_epoch}][{it + 1}/{n}] loss: {loss:.4f} Lr: {lr:.5f} "
-                       f"Batch {(time.perf_counter() - t0) / (it + 1):.3f}s Remain {_fmt_time(remain)}")
-                self.logger.info(msg, extra=dict(bar_shown=show_bar))
-                self.log_metrics(dict(type="train", epoch=epoch + 1, iter=it + 1, step=gstep + 1, loss=loss, lr=lr,
-                                      skipped=self.skipped_steps))
-        bar.close()
-        finite, skipped = [l for l in losses if math.isfinite(l)], self.skipped_steps - skipped_before
-        mean = float(np.mean(finite)) if finite else math.nan
-        self.logger.info(f"Train result: loss: {mean:.4f} ({time.perf_counter() - t0:.1f}s)" + (
-            f"; {skipped} step(s) skipped for non-finite losses or gradients" if skipped else ""))
-        if self.writer: self.writer.add_scalar("train/loss", mean, epoch + 1)
+# %% ../nbs/24_trainer.ipynb #s012b
+@patch
+def log_metrics(self:Trainer, record:dict, # a JSON-ready dict with `type` ("train", "val") and `epoch`
+               ):
+    "Append `record` to `log/metrics.jsonl` (rank 0; a new run's first record starts the file anew) and W&B"
+    if not is_main_process(): return
+    mode = "a" if self.resume or getattr(self, "_metrics_started", False) else "w"
+    with open(self.save_path/"log"/"metrics.jsonl", mode) as f: f.write(json.dumps(record) + "\n")
+    self._metrics_started = True
+    if self.wandb: self.wandb.log({f"{record['type']}/{k}": v for k, v in record.items()
+                                   if isinstance(v, (int, float)) and k != "type"}, step=self.step)
 
-    @torch.no_grad()
-    def validate(self, epoch:int) -> float:
-        "mIoU over the val set on the original points (through `inverse` / `origin_segment`), without autocast"
-        from sonata_nb.metrics import SegMetrics
-        self.logger.info(">>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>")
-        names = self.cfg.data.get("names")
-        metrics = SegMetrics(self.cfg.data.num_classes, self.cfg.data.get("ignore_index", -1), names)
-        self.model.eval()
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
-        nonfinite = torch.zeros((), device=self.device)  # scenes with NaN/Inf logits
-        for i, batch in enumerate(self.val_loader):
-            batch = to_device(batch, self.device)
-            out = self.model(batch)
-            nonfinite += ~torch.isfinite(out["seg_logits"]).all()
-            pred, segment = out["seg_logits"].argmax(1), batch["segment"]
-            if "inverse" in batch: pred, segment = pred[batch["inverse"]], batch["origin_segment"]
-            name = batch.get("name")
-            metrics.add(pred, segment, name=name[0] if isinstance(name, (list, tuple)) else name)
-            if "loss" in out: loss_sum += torch.tensor([out["loss"].item(), 1.0], dtype=torch.float64, device=self.device)
-        all_reduce_sum(loss_sum); all_reduce_sum(nonfinite)
-        m = metrics.compute()
-        val_loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
-        self.logger.info(f"Val result: mIoU/mAcc/allAcc {m['mIoU']:.4f}/{m['mAcc']:.4f}/{m['allAcc']:.4f} "
-                         f"(loss {val_loss:.4f})")
-        for k in range(self.cfg.data.num_classes):
-            self.logger.info(f"Class_{k}-{names[k] if names else k} Result: iou/accuracy {m['iou'][k]:.4f}/{m['acc'][k]:.4f}")
-        self.logger.info("<<<<<<<<<<<<<<<<< End Evaluation <<<<<<<<<<<<<<<<<")
-        if self.writer:
-            for key in ("mIoU", "mAcc", "allAcc"): self.writer.add_scalar(f"val/{key}", m[key], epoch + 1)
-            self.writer.add_scalar("val/loss", val_loss, epoch + 1)
-        self.log_metrics(dict(type="val", epoch=epoch + 1, step=self.step, loss=val_loss,
-                              **{k: float(m[k]) for k in ("mIoU", "mAcc", "allAcc")},
-                              iou=[float(x) for x in m["iou"]], acc=[float(x) for x in m["acc"]]))
-        if nonfinite.item():
-            self.logger.warning(f"{int(nonfinite.item())} validation scene(s) gave NaN/Inf logits: this mIoU is not "
-                                "trusted and counts as NaN (never the best)")
-            return math.nan
-        return float(m["mIoU"])
+# %% ../nbs/24_trainer.ipynb #s013
+@patch
+def train(self:Trainer, stop_epoch:int|None=None, # stop after this many cycles (a time-boxed job; resume continues)
+         ):
+    "Run the train/eval cycles from `start_epoch` with the hooks; releases the folder's lock"
+    try: return self.run_cycles(stop_epoch)
+    finally: self.lock.release()
 
-    def log_metrics(self, record:dict):
-        "Append `record` to `log/metrics.jsonl` (rank 0; a new run's first record starts the file anew) and W&B"
-        if not is_main_process(): return
-        mode = "a" if self.resume or getattr(self, "_metrics_started", False) else "w"
-        with open(self.save_path/"log"/"metrics.jsonl", mode) as f: f.write(json.dumps(record) + "\n")
-        self._metrics_started = True
-        if self.wandb: self.wandb.log({f"{record['type']}/{k}": v for k, v in record.items()
-                                       if isinstance(v, (int, float)) and k != "type"}, step=self.step)
+@patch
+def run_cycles(self:Trainer, stop_epoch:int|None=None, # as in `train`
+              ):
+    "`before_train`, then per cycle `train_epoch` and `after_epoch`, then `after_train`; returns the best mIoU"
+    self.logger.info(">>>>>>>>>>>>>>>> Start Training >>>>>>>>>>>>>>>>")
+    self.call_hooks("before_train")
+    for epoch in range(self.start_epoch, self.cfg.eval_epoch):
+        self.train_epoch(epoch)
+        self.call_hooks("after_epoch")  # SemSegEvaluator validates, CheckpointSaver saves
+        if stop_epoch is not None and epoch + 1 >= stop_epoch and epoch + 1 < self.cfg.eval_epoch:
+            self.logger.info(f"Stopping after cycle {epoch + 1} (stop_epoch); resume=True continues the run")
+            return self.best_metric
+    self.logger.info(f"Best mIoU: {self.best_metric:.4f}", extra=dict(summary=True))
+    self.call_hooks("after_train")  # PreciseEvaluator tests model_best.pth
+    return self.best_metric
 
-    # ----- checkpoints -----
-    def checkpoint(self, epoch:int) -> dict:
-        "The state after `epoch + 1` completed cycles (collects every process's generator states)"
-        states = [None] * self.world
-        if self.world > 1: dist.all_gather_object(states, rng_state())
-        else: states = [rng_state()]
-        return dict(epoch=epoch + 1, state_dict=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
-                    best_metric_value=self.best_metric, step=self.step, config=to_plain(self.cfg), rng_state=states)
+@patch
+def train_epoch(self:Trainer, epoch:int, # the cycle, from 0
+               ):
+    "One train cycle (`loop` passes over the train set): `before_epoch`, then each step between its hooks"
+    self.ddp.train()
+    self.train_sampler.set_epoch(epoch)
+    self.epoch, self.comm_info = epoch, dict(current_metric_value=None)
+    self.call_hooks("before_epoch")
+    for it, batch in enumerate(self.train_loader):
+        self.comm_info.update(iter=it, batch=batch)
+        self.call_hooks("before_step")
+        loss = self.run_step(batch, first=it % self.accum == 0, last=(it + 1) % self.accum == 0).item()
+        self.comm_info.update(loss=loss, lr=self.optimizer.param_groups[0]["lr"])
+        self.call_hooks("after_step")
+    self.comm_info.pop("batch", None)
 
-    def save(self, epoch:int, metric:float|None):
-        "Write `epoch_<n>.pth` (`save_freq`), `model_best.pth` when `metric` beats the best strictly, then `model_last.pth`"
-        check_finite_state(self.model.state_dict(), f"Refusing to save {self.save_path/'model'/'model_last.pth'} (the "
-                           f"last good checkpoint stays: {self.last_checkpoint or 'none from this run'})")
-        is_best = metric is not None and math.isfinite(metric) and metric > self.best_metric
-        if is_best:
-            self.best_metric = metric
-            self.logger.info(f"Best validation mIoU updated to: {metric:.4f}")
-        if metric is not None: self.logger.info(f"Currently Best mIoU: {self.best_metric:.4f}")
-        ckpt = self.checkpoint(epoch)
-        if not is_main_process(): return
-        model_dir = self.save_path/"model"
-        saver = hook_config(self.cfg, "CheckpointSaver") or {}
-        if saver.get("save_freq") and (epoch + 1) % saver["save_freq"] == 0:
-            save_atomic(ckpt, model_dir/f"epoch_{epoch + 1}.pth")
-        # last comes last: a kill before it resumes from the previous cycle, whose rerun rewrites the others identically
-        if is_best: save_atomic(ckpt, model_dir/"model_best.pth")
-        save_atomic(ckpt, model_dir/"model_last.pth")
-        self.last_checkpoint = f"{model_dir/'model_last.pth'} (cycle {epoch + 1})"
-        self.logger.info(f"Saved {model_dir/'model_last.pth'}" + (" and model_best.pth" if is_best else ""))
+# %% ../nbs/24_trainer.ipynb #s016
+@patch
+@torch.no_grad()
+def validate(self:Trainer, epoch:int, # the cycle just trained, from 0
+            ) -> float:
+    "mIoU on the original points of the val set (via `inverse`), without autocast; the whole record in `val_record`"
+    self.logger.info(">>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>")
+    names = self.cfg.data.get("names")
+    metrics = SegMetrics(self.cfg.data.num_classes, self.cfg.data.get("ignore_index", -1), names)
+    self.model.eval()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+    nonfinite = torch.zeros((), device=self.device)  # scenes with NaN/Inf logits
+    bar = tqdm(total=len(self.val_loader), desc=f"Val [{epoch + 1}/{self.cfg.eval_epoch}]", unit="scene", leave=False,
+               disable=not show_progress())
+    for batch in self.val_loader:
+        batch = to_device(batch, self.device)
+        out = self.model(batch)
+        nonfinite += ~torch.isfinite(out["seg_logits"]).all()
+        pred, segment = out["seg_logits"].argmax(1), batch["segment"]
+        if "inverse" in batch: pred, segment = pred[batch["inverse"]], batch["origin_segment"]
+        name = batch.get("name")
+        metrics.add(pred, segment, name=name[0] if isinstance(name, (list, tuple)) else name)
+        if "loss" in out: loss_sum += torch.tensor([out["loss"].item(), 1.0], dtype=torch.float64, device=self.device)
+        bar.update()
+    bar.close()
+    all_reduce_sum(loss_sum); all_reduce_sum(nonfinite)
+    m = metrics.compute()
+    val_loss = (loss_sum[0] / loss_sum[1].clamp(min=1)).item()
+    self.logger.info(f"Val result: mIoU/mAcc/allAcc {m['mIoU']:.4f}/{m['mAcc']:.4f}/{m['allAcc']:.4f} "
+                     f"(loss {val_loss:.4f})", extra=dict(summary=True))
+    for k in range(self.cfg.data.num_classes):
+        self.logger.info(f"Class_{k}-{names[k] if names else k} Result: iou/accuracy {m['iou'][k]:.4f}/{m['acc'][k]:.4f}")
+    self.logger.info("<<<<<<<<<<<<<<<<< End Evaluation <<<<<<<<<<<<<<<<<")
+    self.val_record = dict(type="val", epoch=epoch + 1, step=self.step, loss=val_loss,
+                           **{k: float(m[k]) for k in ("mIoU", "mAcc", "allAcc")},
+                           iou=[float(x) for x in m["iou"]], acc=[float(x) for x in m["acc"]])
+    if nonfinite.item():
+        self.logger.warning(f"{int(nonfinite.item())} validation scene(s) gave NaN/Inf logits: this mIoU is not "
+                            "trusted and counts as NaN (never the best)")
+        return math.nan
+    return float(m["mIoU"])
 
-    def load_resume_checkpoint(self):
-        "Restore model, optimizer, scheduler, scaler, epoch, best metric, generators and metrics from `cfg.weight`"
-        path, ckpt = resume_checkpoint(self.cfg.weight, self.logger)  # or the newest loadable one beside it
-        self.logger.info(f"=> Resuming from {path} (epoch {ckpt['epoch']})")
-        if is_main_process():
-            dropped = truncate_metrics(self.save_path/"log"/"metrics.jsonl", ckpt["epoch"])
-            if dropped: self.logger.info(f"Dropped {dropped} record(s) after epoch {ckpt['epoch']} from metrics.jsonl")
-            for tmp in (self.save_path/"model").glob("*.tmp"): tmp.unlink()  # partial writes of a killed run
-        self.model.load_state_dict(strip_module(ckpt["state_dict"]), strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler and ckpt.get("scaler"): self.scaler.load_state_dict(ckpt["scaler"])
-        self.start_epoch, self.best_metric = ckpt["epoch"], ckpt["best_metric_value"]
-        self.step = ckpt.get("step", 0)
-        states = ckpt.get("rng_state") or []
-        if len(states) == self.world: set_rng_state(states[self.rank])
-        else: self.logger.warning(f"Generator states saved by {len(states)} process(es), resuming with {self.world}: "
-                                  "the data stays the same, model randomness (drop path) differs")
+# %% ../nbs/24_trainer.ipynb #s019
+@patch
+def checkpoint(self:Trainer, epoch:int, # the cycle just completed, from 0
+              ) -> dict:
+    "The state after `epoch + 1` completed cycles (collects every process's generator states)"
+    states = [None] * self.world
+    if self.world > 1: dist.all_gather_object(states, rng_state())
+    else: states = [rng_state()]
+    return dict(epoch=epoch + 1, state_dict=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
+                best_metric_value=self.best_metric, step=self.step, config=to_plain(self.cfg), rng_state=states)
 
-    def precise_evaluate(self):
-        "With a `PreciseEvaluator` hook: load `model_best.pth` strictly and run `tester.SemSegTester`"
-        hook = hook_config(self.cfg, "PreciseEvaluator")
-        if hook is None: return
-        try: from sonata_nb.tester import SemSegTester
-        except ImportError as e:
-            raise ImportError("The config's hooks include PreciseEvaluator but sonata_nb.tester is not available "
-                              f"({e}); remove the hook or install the tester") from e
-        self.logger.info(">>>>>>>>>>>>>>>> Start Precise Evaluation >>>>>>>>>>>>>>>>")
-        if self.world > 1: dist.barrier()  # rank 0 has written model_best.pth
-        if not hook.get("test_last", False):
-            best = self.save_path/"model"/"model_best.pth"
-            if not best.is_file():
-                raise FileNotFoundError(f"{best} does not exist (no validation ran, or none gave a finite mIoU); set PreciseEvaluator test_last=True "
-                                        "or enable validation (evaluate=True and a SemSegEvaluator hook)")
-            self.logger.info("=> Testing on model_best ...")
-            self.model.load_state_dict(strip_module(load_checkpoint(best)["state_dict"]), strict=True)
-        else: self.logger.info("=> Testing on the last weights ...")
-        SemSegTester(self.cfg, model=self.model).test()
+# %% ../nbs/24_trainer.ipynb #s020
+@patch
+def save(self:Trainer, epoch:int,   # the cycle just completed, from 0
+         metric:float|None,         # its validation mIoU (None: no validation; NaN: not trusted)
+         save_freq:int|None=None):  # also keep `epoch_<n>.pth` every this many cycles
+    "Write `epoch_<n>.pth` (`save_freq`), `model_best.pth` when `metric` beats the best strictly, then `model_last.pth`"
+    check_finite_state(self.model.state_dict(), f"Refusing to save {self.save_path/'model'/'model_last.pth'} (the "
+                       f"last good checkpoint stays: {self.last_checkpoint or 'none from this run'})")
+    is_best = metric is not None and math.isfinite(metric) and metric > self.best_metric
+    if is_best:
+        self.best_metric = metric
+        self.logger.info(f"Best validation mIoU updated to: {metric:.4f}")
+    if metric is not None: self.logger.info(f"Currently Best mIoU: {self.best_metric:.4f}")
+    ckpt = self.checkpoint(epoch)
+    if not is_main_process(): return
+    model_dir = self.save_path/"model"
+    if save_freq and (epoch + 1) % save_freq == 0: save_atomic(ckpt, model_dir/f"epoch_{epoch + 1}.pth")
+    # last comes last: a kill before it resumes from the previous cycle, whose rerun rewrites the others identically
+    if is_best: save_atomic(ckpt, model_dir/"model_best.pth")
+    save_atomic(ckpt, model_dir/"model_last.pth")
+    self.last_checkpoint = f"{model_dir/'model_last.pth'} (cycle {epoch + 1})"
+    self.logger.info(f"Saved {model_dir/'model_last.pth'}" + (" and model_best.pth" if is_best else ""))

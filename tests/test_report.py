@@ -17,7 +17,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 def exp(tmp_path_factory):
     "A finished demo ft run: config, log, metrics.jsonl, model, result/ (the tester's predictions)"
     from sonata_nb.demo import make_demo_data
-    from sonata_nb.launch import train_main
+    from sonata_nb.recipes import train_main
     tmp = tmp_path_factory.mktemp("report")
     data = make_demo_data(tmp/"data", n_train=2, n_val=1, seed=0, spacing=0.15)
     opts = dict(save_path=tmp/"exp"/"demo"/"ft", seed=0, num_worker=0, batch_size=2, epoch=2, eval_epoch=2,

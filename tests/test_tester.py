@@ -13,7 +13,7 @@ from sonata_nb.config import Config
 from sonata_nb.datasets import S3DIS_AREAS, build_dataset
 from sonata_nb.model import MODELS
 from sonata_nb.tester import (SemSegTester, derive_save_path, load_test_weight, s3dis_6fold_table, vote_fragments)
-from sonata_nb.tester import test_main as sonata_test  # aliased: pytest would collect `test_main`
+from sonata_nb.recipes import test_main as sonata_test  # aliased: pytest would collect `test_main`
 
 K = 20
 
@@ -389,7 +389,7 @@ def test_s3dis_6fold_runner_trains_each_fold_and_writes_table(tmp_path):
                       {**sample[0], "return_inverse": True}] + tail + [
                       dict(type="Collect", keys=keys + ("origin_segment", "inverse"), feat_keys=feats)])))
     (tmp_path/"cfg.py").write_text(f"_base_ = [{str(REPO/'configs'/'_base_'/'default_runtime.py')!r}]\n" + Config(config).dump())
-    from sonata_nb.tester import run_s3dis_6fold
+    from sonata_nb.recipes import run_s3dis_6fold
     exp_root = tmp_path/"exp"/"s3dis"/"tiny-6fold"
     assert run_s3dis_6fold(tmp_path/"cfg.py", exp_root, areas=("Area_2",)) is None  # one fold: no table yet
     saved = Config.fromfile(exp_root/"Area_2"/"config"/"config.py")

@@ -1,5 +1,5 @@
-"Train from a config: `python tools/train.py --config-file CFG [--options k=v ...]` (see `sonata_nb.launch`)."
-from sonata_nb.launch import train_main
+"Train from a config: `python tools/train.py --config-file CFG [--options k=v ...]` (see `sonata_nb.recipes`)."
+from sonata_nb.recipes import train_main
 
 if __name__ == "__main__":
     train_main()
