@@ -47,9 +47,9 @@ def recipe(data_root:Path, spacing:float, n_train:int, tiny:bool):
 
 
 def _worker_init(worker_id:int, threads:int|None, **kwargs):
-    "The trainer's worker set-up, then `threads` native (BLAS/OpenMP) threads in the worker (None: as it left them)"
+    "The trainer's worker set-up (one native thread), then `threads` native threads (None: the trainer's choice)"
     worker_init_fn(worker_id, **kwargs)
-    if threads: threadpool_limits(threads)
+    if threads: threadpool_limits(threads)  # e.g. one per core: how workers ran before worker_init_fn limited them
 
 
 def loader(cfg, workers:int, batch:int, threads:int|None, seed:int=0) -> DataLoader:
@@ -114,8 +114,8 @@ def measure(cfg, workers:int, threads:int|None, batch:int, steps:int, device) ->
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["16:default", "16:1", "48:1"],
-                   help="WORKERS:THREADS pairs: loader workers, native threads per worker ('default': left as is)")
+    p.add_argument("--variants", nargs="+", default=["16:default", "48:default", f"16:{os.cpu_count()}"],
+                   help="WORKERS:THREADS pairs: loader workers, native threads per worker ('default': the trainer's, 1)")
     p.add_argument("--batch", type=int, default=None, help="scenes per step (default: the recipe's batch_size)")
     p.add_argument("--rooms", type=int, default=24, help="generated training rooms")
     p.add_argument("--spacing", type=float, default=0.02, help="surface sampling step of the rooms (m)")
@@ -124,7 +124,7 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="CPU check: narrow model, 4 rooms at 15 cm, 2 workers, 3 steps")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
-    if args.tiny: args.rooms, args.spacing, args.steps, args.variants = 4, 0.15, 3, ["2:default", "2:1"]
+    if args.tiny: args.rooms, args.spacing, args.steps, args.variants = 4, 0.15, 3, ["2:default", "2:2"]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     t0 = time.perf_counter()
     root = make_demo_data(Path(args.data) / f"rooms{args.rooms}_{args.spacing}", args.rooms, 1, spacing=args.spacing)

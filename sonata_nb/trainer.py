@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fastcore.basics import patch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
@@ -46,8 +47,9 @@ def worker_init_fn(worker_id:int,   # DataLoader worker id
                    rank:int,        # this process's rank
                    seed:int,        # the run's seed
                   ):
-    "Seed a data-loader worker with `seed + rank * num_workers + worker_id` (the reference's rule)"
+    "Seed a data-loader worker with `seed + rank * num_workers + worker_id` (the reference's rule); one native thread"
     set_seed(seed + rank * num_workers + worker_id)
+    threadpool_limits(1)  # numpy's BLAS would start a thread per core in every worker: N workers x N threads thrash
 
 def rng_state(cuda:bool=True, # False in data-loader workers (no CUDA in forked processes)
              ) -> dict:

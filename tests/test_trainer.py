@@ -86,3 +86,23 @@ def test_lin_probe_loads_the_trained_encoder(ft_run, tmp_path, data_root):
     enc = [k for k in lin if k.startswith("backbone.")]
     assert enc and all(torch.equal(lin[k].cpu(), ft[k]) for k in enc)
     assert not any(p.requires_grad for p in t.model.backbone.parameters())
+
+
+class _ThreadCounts(torch.utils.data.Dataset):
+    "Each item: the native thread pools (BLAS, OpenMP) of the worker that loads it, with their thread counts"
+    def __len__(self): return 2
+    def __getitem__(self, i):
+        from threadpoolctl import threadpool_info
+        return {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
+
+
+def test_loader_workers_use_one_native_thread():
+    "worker_init_fn limits numpy's BLAS (and OpenMP) to one thread per worker: workers x cores threads would thrash"
+    from functools import partial
+    from threadpoolctl import threadpool_limits
+    from sonata_nb.trainer import worker_init_fn
+    with threadpool_limits(2):  # the parent's pools have 2 threads; the workers inherit that unless limited
+        loader = torch.utils.data.DataLoader(_ThreadCounts(), batch_size=None, num_workers=2,
+                                             worker_init_fn=partial(worker_init_fn, num_workers=2, rank=0, seed=0))
+        counts = list(loader)
+    assert all(c and set(c.values()) == {1} for c in counts), counts
