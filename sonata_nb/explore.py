@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
+import torch
 from .viz import (ERROR_PALETTE, IGNORED_RGB, OfflineFigure, class_palette, experiment_config, pca_colors,
                            prediction_figure, prediction_names, subsample, test_scene_dataset)
 from .zero_shot import encode, similarity, similarity_colors
@@ -114,7 +115,8 @@ def features(self:SceneSource, scene) -> dict: # a scene name or its index
             raise ViewUnavailable(f"scene '{name}' has no {'color' if s['color'] is None else 'normal'}: the encoder needs coord, color and normal")
         if not isinstance(self.encoder, torch.nn.Module):
             from sonata_nb.model import load_encoder
-            self.encoder = load_encoder(self.encoder)
+            from sonata_nb.runtime import default_device
+            self.encoder = load_encoder(self.encoder).to(default_device())
         self._features[name] = encode(s, self.encoder, levels=2, grid_size=self.grid_size)
     return self._features[name]
 

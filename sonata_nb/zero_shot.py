@@ -71,6 +71,8 @@ def _encoder(encoder, **overrides) -> nn.Module:
     if not getattr(model, "enc_mode", True):
         raise ValueError("encode needs an encoder (enc_mode=True), got a U-Net whose output is the decoder's: "
                          "load it with load_encoder(source) (a segmentor checkpoint gives its encoder)")
+    c = getattr(model, "config", {}).get("in_channels", 9)
+    if c != 9: raise ValueError(f"The encoder takes {c} input channels; the Sonata pipeline feeds 9 (coord + color + normal)")
     return model.eval()
 
 def encode(scan, # a scan (see `as_scan`)
