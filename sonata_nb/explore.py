@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from fastcore.basics import patch
 from .viz import (ERROR_PALETTE, IGNORED_RGB, OfflineFigure, class_palette, experiment_config, pca_colors,
                            prediction_figure, prediction_names, subsample, test_scene_dataset)
 from .zero_shot import encode, similarity, similarity_colors
@@ -76,8 +77,6 @@ class SceneSource:
     def __repr__(self): return f"SceneSource({self.exp or type(self.dataset).__name__}: {len(self.scenes)} scenes, {len(self.predicted)} predicted)"
 
 # %% ../nbs/33_explore.ipynb #c007
-from fastcore.basics import patch
-
 @patch
 def name(self:SceneSource, scene) -> str: # a scene name or its index
     "The scene's name, with a clear error for an unknown one"

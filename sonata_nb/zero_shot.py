@@ -15,7 +15,7 @@ from .checkpoint import read_checkpoint, resolve_source
 from .classes import SCANNET20_NAMES, SCANNET20_PALETTE, distinct_palette
 from .model import load_encoder, upcast
 from .transforms import Compose
-from .viz import OfflineFigure, cloud_figure, pca_colors, subsample
+from .viz import OfflineFigure, cloud_figure, pca_colors
 
 # %% auto #0
 __all__ = ['SONATA_TRANSFORM', 'sonata_transform', 'as_scan', 'encode', 'pca_figure', 'similarity', 'similarity_heat',
