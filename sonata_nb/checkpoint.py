@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['logger', 'SAFE_GLOBALS', 'TRUST_HINT', 'HUB_REPO_ID', 'HUB_FILENAME', 'HUB_NAMES', 'UntrustedCheckpointError',
-           'CorruptCheckpointError', 'InertObject', 'read_checkpoint', 'convert_checkpoint', 'checkpoint_cli',
-           'resolve_source']
+__all__ = ['logger', 'SAFE_GLOBALS', 'TRUST_HINT', 'HUB_REPO_ID', 'HUB_FILENAME', 'HUB_MODELS', 'HUB_NAMES', 'REFERENCE_CKPT_DIR',
+           'UntrustedCheckpointError', 'CorruptCheckpointError', 'InertObject', 'read_checkpoint', 'convert_checkpoint',
+           'checkpoint_cli', 'hub_filename', 'resolve_source']
 
 # %% ../nbs/03a_checkpoint.ipynb #c005
 logger = logging.getLogger("sonata_nb")
@@ -163,7 +163,9 @@ if __name__ == "__main__" and Path(sys.argv[0]).name == "checkpoint.py": checkpo
 
 # %% ../nbs/03a_checkpoint.ipynb #c019
 HUB_REPO_ID, HUB_FILENAME = "facebook/sonata", "sonata.pth"
-HUB_NAMES = ("facebook/sonata", "sonata")  # `source` values that mean the released weights on the Hugging Face hub
+HUB_MODELS = ("sonata", "sonata_small", "sonata_linear_prob_head_sc")  # the reference's `MODELS`: `<name>.pth` in HUB_REPO_ID
+HUB_NAMES = ("facebook/sonata",) + HUB_MODELS  # `source` values that mean a released file on the Hugging Face hub
+REFERENCE_CKPT_DIR = "~/.cache/sonata/ckpt"  # where the reference's `sonata.load` downloads (`download_root` default)
 
 def _hf_cache_dir() -> Path:
     "The hub cache folder, read from the environment at call time (HF_HUB_CACHE, else HF_HOME/hub)"
@@ -173,25 +175,34 @@ def _hf_cache_dir() -> Path:
 
 def _hf_offline() -> bool: return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
-def _hub_download() -> Path:
-    "Path of the released `sonata.pth` in the hub cache, downloading it unless HF_HUB_OFFLINE is set"
+def hub_filename(name:str) -> str: # a hub name of `HUB_NAMES`
+    "The file of hub name `name` in `HUB_REPO_ID`: `facebook/sonata` and `sonata` are `sonata.pth`, others `<name>.pth`"
+    if name not in HUB_NAMES: raise KeyError(f"Unknown hub name {name!r}; the released files are {list(HUB_NAMES)}")
+    return HUB_FILENAME if name == HUB_REPO_ID else f"{name}.pth"
+
+def _hub_download(filename:str=HUB_FILENAME) -> Path:
+    "Path of a released file in the hub cache (downloading it unless HF_HUB_OFFLINE is set), else the reference's cache"
     from huggingface_hub import hf_hub_download
     cache = _hf_cache_dir()
-    try: return Path(hf_hub_download(HUB_REPO_ID, HUB_FILENAME, cache_dir=cache, local_files_only=_hf_offline()))
+    try: return Path(hf_hub_download(HUB_REPO_ID, filename, cache_dir=cache, local_files_only=_hf_offline()))
     except OSError as e:  # huggingface_hub's not-found, offline and HTTP errors are all OSErrors
-        where = cache / f"models--{HUB_REPO_ID.replace('/', '--')}" / "snapshots" / "<revision>" / HUB_FILENAME
+        theirs = Path(REFERENCE_CKPT_DIR).expanduser() / filename
+        if theirs.is_file(): return theirs
+        where = cache / f"models--{HUB_REPO_ID.replace('/', '--')}" / "snapshots" / "<revision>" / filename
         why = ("HF_HUB_OFFLINE is set, so nothing was downloaded" if _hf_offline()
                else f"the download failed ({type(e).__name__})")
+        use = (f"segment(scan, head='/path/to/{filename}')" if "head" in filename else f"load_encoder('/path/to/{filename}')")
         raise FileNotFoundError(
-            f"The released Sonata weights ({HUB_REPO_ID}/{HUB_FILENAME}) are not in the Hugging Face cache "
-            f"(expected at {where}); {why}. With network access, download them once: "
-            f"`hf download {HUB_REPO_ID} {HUB_FILENAME}` (same HF_HOME), or put the file anywhere and pass its path, "
-            f"e.g. load_encoder('/path/to/{HUB_FILENAME}'). The weights are licensed CC-BY-NC-4.0.") from e
+            f"The released file {HUB_REPO_ID}/{filename} is not in the Hugging Face cache (expected at {where}) nor in "
+            f"the reference's {theirs}; {why}. With network access, download it once: "
+            f"`hf download {HUB_REPO_ID} {filename}` (same HF_HOME), or put the file anywhere and pass its path, "
+            f"e.g. {use}. The weights are licensed CC-BY-NC-4.0.") from e
 
-def resolve_source(source:str|os.PathLike) -> Path: # checkpoint path or hub name
+def resolve_source(source:str|os.PathLike) -> Path: # checkpoint path or hub name (`HUB_NAMES`)
     "The local checkpoint file for `source`: an existing path, or the hub name fetched through the hub cache"
     path = Path(source).expanduser()
     if path.is_file(): return path
-    if str(source) in HUB_NAMES: return _hub_download()
+    if str(source) in HUB_NAMES: return _hub_download(hub_filename(str(source)))
     if path.exists(): raise IsADirectoryError(f"{path} is a folder; pass the checkpoint file inside it (e.g. model/model_best.pth)")
-    raise FileNotFoundError(f"Checkpoint not found: {path}. Pass an existing .pth file or the hub name 'facebook/sonata'")
+    raise FileNotFoundError(f"Checkpoint not found: {path}. Pass an existing .pth file or a hub name: {', '.join(HUB_NAMES)}")
+

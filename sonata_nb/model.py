@@ -511,8 +511,16 @@ def load_encoder(source, # checkpoint path or hub name ('facebook/sonata')
     "A PointTransformerV3 built from `source`'s config (or `SONATA_CONFIG`) with its weights, in eval mode"
     path = resolve_source(source)
     ckpt = read_checkpoint(path, trust=trust)
-    _, _, config = split_checkpoint(ckpt, str(path))
-    config = check_config({**(config if config is not None else SONATA_CONFIG), **overrides})
+    state, prefix, config = split_checkpoint(ckpt, str(path))
+    config = dict(config if config is not None else SONATA_CONFIG)
+    if prefix and "enc_mode" not in overrides and not config.get("enc_mode", False):  # a segmentor's U-Net backbone
+        has_dec = any(k.startswith(prefix + "dec.") for k in state)
+        config["enc_mode"] = True
+        logger.info(f"{path}: a model checkpoint whose backbone (under {prefix!r}) is a U-Net"
+                    f"{' with a trained decoder' if has_dec else ''}: loaded its encoder only (enc_mode=True), whose "
+                    f"features are {sum(config['enc_channels'])}-d after `upcast`. Pass enc_mode=False for the backbone "
+                    f"with its decoder ({config.get('dec_channels', ['?'])[0]}-d features per point)")
+    config = check_config({**config, **overrides})
     with torch.device("meta"): skeleton = PointTransformerV3(**config)
     _match(skeleton.state_dict(), ckpt, strict, str(path))  # fail fast, before allocating and initialising the model
     model = PointTransformerV3(**config)

@@ -15,7 +15,7 @@ from .viz import (OfflineFigure, class_palette, cloud_figure, experiment_config,
 
 # %% auto #0
 __all__ = ['check_experiment', 'read_metrics', 'protocol', 'log_span', 'summary_rows', 'curves_figure', 'confusion_matrix',
-           'confusion_figure', 'class_table', 'iou_figure', 'write_report', 'report_main']
+           'confusion_figure', 'class_table', 'iou_figure', 'pca_view', 'write_report', 'report_main']
 
 # %% ../nbs/31_report.ipynb #c005
 def check_experiment(exp_dir:str|Path) -> Path: # an experiment folder exp/<d>/<name>
@@ -196,13 +196,40 @@ def _views(exp, cfg, names, palette, views, max_points, seed, notes):
         out.append((name, fig))
     return out
 
+def pca_view(exp:Path, # an experiment folder
+             max_points:int=30_000, # point budget of the figure (seeded subsample)
+             seed:int=0, # seed of the subsample
+             notes:list|None=None) -> tuple[OfflineFigure, str]|None: # collects why there is no view
+    "(figure, description) of the PCA colouring of the checkpoint encoder's features on the first tested scene"
+    from sonata_nb.explore import SceneSource, _experiment_checkpoint, show
+    notes = [] if notes is None else notes
+    ckpt = _experiment_checkpoint(exp)
+    if ckpt is None:
+        notes.append("no model/model_best.pth or model/model_last.pth: no PCA view of the encoder's features"); return None
+    try:
+        src = SceneSource(exp)
+        scene = next((s for s in src.scenes if s in src.predicted), src.scenes[0] if src.scenes else None)
+        if scene is None: notes.append("the test dataset has no scenes: no PCA view"); return None
+        fig = show(src, scene, view="pca", max_points=max_points, seed=seed)
+        f = src.features(scene)
+    except Exception as e:
+        notes.append(f"PCA view not drawn ({type(e).__name__}: {e})"); return None
+    n = len(f["coord"])
+    return fig, (f"Scene {html.escape(scene)} through the encoder of <code>{html.escape(str(ckpt.relative_to(exp)))}</code>: "
+                 f"{len(f['grid']):,} grid points ({src.grid_size} m), {f['feat'].shape[1]}-d features (two coarsest levels "
+                 f"up-cast), coloured by their first six principal components as in Sonata's PCA demo. At most "
+                 f"{max_points:,} points shown ({min(n, max_points):,} of {n:,}, seeded subsample, seed {seed}); "
+                 "click a legend entry to hide a class.")
+
+
 # %% ../nbs/31_report.ipynb #c018
 def write_report(exp_dir:str|Path, # an experiment folder exp/<d>/<name>
                  path:str|Path|None=None, # where to write (None: exp_dir/report.html)
                  views:int=2, # 3D views of the first this many tested scenes
                  max_points:int=30_000, # point budget per 3D panel (seeded subsample)
                  seed:int=0, # seed of the subsample
-                 max_scenes:int|None=None) -> Path: # scenes counted in the confusion matrix (None: all)
+                 max_scenes:int|None=None, # scenes counted in the confusion matrix (None: all)
+                 pca:bool=True) -> Path: # draw the PCA view of the checkpoint encoder's features (runs the encoder on one scene)
     "Write one self-contained offline `report.html` for an experiment; returns its path"
     exp = check_experiment(exp_dir)
     cfg = experiment_config(exp)
@@ -236,6 +263,10 @@ def write_report(exp_dir:str|Path, # an experiment folder exp/<d>/<name>
                          f"a seeded random subsample (seed {seed}). Click a legend entry to hide a class.</p>"
                          + "".join(fig_html(f, f"view-{i}") for i, (n, f) in enumerate(shown))) if shown
             else "<p class='note'>No 3D views (see below).</p>")
+    if pca:
+        shown_pca = pca_view(exp, max_points, seed, notes)
+        section("Encoder features (PCA)", f"<p>{shown_pca[1]}</p>" + fig_html(shown_pca[0], "pca") if shown_pca
+                else "<p class='note'>No PCA view (see below).</p>")
     note_html = "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else "<p>Nothing missing.</p>"
     section("Not in this report", note_html)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(exp.name)} · sonata_nb report</title>"
@@ -256,9 +287,10 @@ def report_main(argv:list[str]|None=None) -> Path: # command-line arguments (def
     p.add_argument("--views", type=int, default=2, help="3D views of the first N tested scenes (default 2)")
     p.add_argument("--max-points", type=int, default=30_000, help="point budget per 3D panel (default 30000)")
     p.add_argument("--ply", action="store_true", help="also write result/<scene>_pred.ply for every tested scene")
+    p.add_argument("--no-pca", action="store_true", help="leave out the PCA view (it runs the encoder on one scene)")
     a = p.parse_args(argv)
     try:
-        out = write_report(a.exp_dir, a.output, views=a.views, max_points=a.max_points)
+        out = write_report(a.exp_dir, a.output, views=a.views, max_points=a.max_points, pca=not a.no_pca)
         if a.ply:
             from sonata_nb.viz import export_predictions
             for f in export_predictions(a.exp_dir): print(f)

@@ -117,23 +117,23 @@ def _default_palette(k):
     return (np.random.default_rng(0).integers(40, 256, size=(max(k, 1), 3))).astype(np.uint8)
 
 # %% ../nbs/30_viz.ipynb #c013
-def pca_colors(feat, # (N, D) features (numpy or torch)
-               brightness:float=1.2, # multiplier after blending
-               seed:int=0): # seed of the randomised PCA
-    "(N, 3) colours in [0, 1] from the first six principal components of `feat`"
+def pca_colors(feat, # (N, D) features (numpy or torch), e.g. `encode(scan)["feat"]`
+               brightness:float=1.2, # multiplier after scaling (the demo passes 1.2)
+               seed:int=0, # seed of the randomised PCA (the global torch generator is left as it was)
+               center:bool=True): # centre the features in the PCA (the projection itself is not centred, as in the demo)
+    "(N, 3) colours in [0, 1] from the first six principal components of `feat`, as the Sonata PCA demo"
     import torch
     x = torch.as_tensor(np.asarray(feat) if not isinstance(feat, torch.Tensor) else feat.detach().cpu()).float()
     if x.ndim != 2 or len(x) < 2: raise ValueError(f"feat must be (N, D) with N >= 2, got {tuple(x.shape)}")
-    q = min(6, x.shape[1], len(x))
-    gen_state = torch.random.get_rng_state(); torch.manual_seed(seed)
-    try: u, s, v = torch.pca_lowrank(x, q=q, center=True)
-    finally: torch.random.set_rng_state(gen_state)
-    proj = (x - x.mean(0)) @ v
-    proj = torch.nn.functional.pad(proj, (0, max(0, 6 - proj.shape[1])))
-    lo, hi = proj.min(0).values, proj.max(0).values
-    proj = (proj - lo) / (hi - lo).clamp_min(1e-12)
-    col = proj[:, :3] * 0.6 + proj[:, 3:6] * 0.4
-    return (col * brightness).clamp(0, 1).numpy()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, _, v = torch.pca_lowrank(x, center=center, q=min(6, *x.shape), niter=5)
+    projection = torch.nn.functional.pad(x @ v, (0, max(0, 6 - v.shape[1])))  # fewer than 6 dims: zero components
+    projection = projection[:, :3] * 0.6 + projection[:, 3:6] * 0.4
+    lo, hi = projection.min(dim=-2, keepdim=True)[0], projection.max(dim=-2, keepdim=True)[0]
+    color = (projection - lo) / torch.clamp(hi - lo, min=1e-6) * brightness
+    return color.clamp(0.0, 1.0).numpy()
+
 
 # %% ../nbs/30_viz.ipynb #c016
 ERROR_PALETTE = np.array([[200, 200, 200], [220, 30, 30]], np.uint8)  # correct, wrong

@@ -131,6 +131,24 @@ def test_encoder_from_a_unet_file_drops_the_decoder(tmp_path):
     assert same_weights(full, unet) and not full.load_report.new_decoder
 
 
+@pytest.mark.parametrize("prefix", ["backbone.", "module.backbone."])
+def test_encoder_from_an_ft_checkpoint_is_the_encoder_not_the_decoder(tmp_path, caplog, prefix):
+    "A trainer checkpoint of an ft run (U-Net backbone + head): the encoder part, unless enc_mode=False is asked for"
+    torch.manual_seed(4)
+    unet = PointTransformerV3(**UNET).eval()
+    run_config = {"model": {"type": "DefaultSegmentorV2", "backbone_out_channels": 8, "backbone": {"type": "PT-v3m2", **UNET}}}
+    torch.save({"epoch": 2, "config": run_config, "state_dict": {**{f"{prefix}{k}": v for k, v in unet.state_dict().items()},
+                f"{prefix[:-len('backbone.')]}seg_head.weight": torch.zeros(20, 8)}}, tmp_path / "model_best.pth")
+    with caplog.at_level(logging.INFO, logger="sonata_nb"): enc = load_encoder(tmp_path / "model_best.pth")
+    assert enc.enc_mode and not hasattr(enc, "dec") and same_weights(enc, unet, prefix="enc.")
+    assert features(enc).shape[1] == sum(TINY["enc_channels"])  # 40-d encoder features, not the decoder's 8
+    assert sorted(k for k in enc.load_report.dropped if ".dec." in k) == sorted(f"{prefix}{k}" for k in unet.state_dict() if k.startswith("dec."))
+    assert any("encoder only (enc_mode=True)" in r.message and "enc_mode=False" in r.message for r in caplog.records)
+    full = load_encoder(tmp_path / "model_best.pth", enc_mode=False)
+    assert hasattr(full, "dec") and same_weights(full, unet)
+    with torch.no_grad(): assert torch.equal(full(cloud()).feat, unet(cloud()).feat) and full(cloud()).feat.shape[1] == 8
+
+
 def test_load_weights_accepts_a_loaded_checkpoint_dict(model):
     target = PointTransformerV3(**TINY)
     report = load_weights(target, {"state_dict": model.state_dict()})

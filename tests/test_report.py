@@ -48,6 +48,31 @@ def test_report_content(exp, report):
     walls = int(((s["segment"] == 0)).sum())
     assert f"<tr><td>wall</td><td>" in text and f"{walls:,}" in text  # ground-truth points of the class
     assert f"{min(30_000, len(s['coord'])):,} of {len(s['coord']):,} points per panel" in text
+    # the PCA view: the checkpoint's encoder (the ft U-Net's encoder part: 96 + 64 + 48 channels), with its point budget
+    assert 'id="pca"' in text and "Encoder features (PCA)" in text and "model/model_best.pth" in text
+    assert "208-d features" in text and f"({min(30_000, len(s['coord'])):,} of {len(s['coord']):,}, seeded subsample, seed 0)" in text
+
+
+def test_report_pca_view_is_the_encoders(exp, report):
+    "The report's PCA view: the demo PCA of the checkpoint encoder's features on every point, grouped by class"
+    from sonata_nb.explore import SceneSource, show
+    from sonata_nb.model import load_encoder
+    from sonata_nb.report import write_report
+    from sonata_nb.viz import pca_colors
+    from sonata_nb.zero_shot import encode
+    src = SceneSource(exp)
+    s = src.scene("demo_val_000")
+    enc = load_encoder(exp/"model"/"model_best.pth")
+    assert enc.enc_mode  # an ft checkpoint: its encoder, not the decoder
+    f = encode(s, enc, levels=2)
+    want = np.round(pca_colors(f["feat"]) * 255).astype(int)[f["inverse"]]
+    fig = show(exp, "demo_val_000", view="pca")
+    assert [t.name for t in fig.data] == [("ignored" if c < 0 else src.names[c]) for c in np.unique(s["segment"])]
+    for t, c in zip(fig.data, np.unique(s["segment"])):
+        assert sorted(t.marker.color) == sorted(f"rgb({r},{g},{b})" for r, g, b in want[s["segment"] == c]), t.name
+    assert "208-d" in fig.layout.title.text
+    no_pca = write_report(exp, exp/"r_nopca.html", views=0, pca=False).read_text()
+    assert 'id="pca"' not in no_pca and "Encoder features (PCA)" not in no_pca
 
 
 def test_report_states_missing_pieces(exp, tmp_path):
@@ -107,7 +132,8 @@ def test_report_renders_offline(exp, report, tmp_path):
     dom = render(report, tmp_path, "--window-size=1400,4000", f"--screenshot={shot}", "--dump-dom").stdout
     curves = ["train loss", "lr", "val loss", "val mIoU", "val mAcc", "val allAcc"]  # the first figure's legend
     gt, pr, err = legends(dom)["legend"], legends(dom)["legend2"], legends(dom)["legend3"]
-    assert gt == curves + [("ignored" if c < 0 else SCANNET20_NAMES[c]) for c in np.unique(seg)]
+    truth = [("ignored" if c < 0 else SCANNET20_NAMES[c]) for c in np.unique(seg)]
+    assert gt == curves + truth + truth  # the curves, the ground-truth panel, then the PCA view (grouped by class)
     assert pr == [SCANNET20_NAMES[c] for c in np.unique(pred)]
     assert err == ["ignored", "correct", "wrong"][(0 if (seg < 0).any() else 1):]
     im = np.asarray(Image.open(shot).convert("RGB")).astype(int)
@@ -115,6 +141,7 @@ def test_report_renders_offline(exp, report, tmp_path):
     wrong = near(ERROR_PALETTE[1])
     rows = np.flatnonzero(wrong.sum(1) > 0)
     assert len(rows), "the errors panel drew no wrong points"
+    rows = rows[: (np.flatnonzero(np.diff(rows) > 200).tolist() + [len(rows) - 1])[0] + 1]  # the first figure with red: the 3D views
     band = slice(max(rows.min() - 300, 0), rows.max() + 300)  # the row of the three panels
     third = im.shape[1] // 3
     wall, floor_ = near(SCANNET20_PALETTE[0])[band], near(SCANNET20_PALETTE[1])[band]
@@ -122,3 +149,10 @@ def test_report_renders_offline(exp, report, tmp_path):
         cols = slice(panel * third, (panel + 1) * third)
         assert wall[:, cols].sum() > 50 and floor_[:, cols].sum() > 50, (panel, wall[:, cols].sum(), floor_[:, cols].sum())
     assert wrong[band, 2 * third:].sum() > 50 and wrong[band, :2 * third].sum() == 0
+    # the PCA view below the 3D views draws its points in their PCA colours
+    from sonata_nb.explore import show
+    pca = show(exp, "demo_val_000", view="pca")
+    colours = {tuple(int(v) for v in c[4:-1].split(",")) for t in pca.data for c in t.marker.color}
+    below = im[band.stop:].reshape(-1, 3)
+    drawn = sum(1 for p in map(tuple, below[::3]) if p in colours)
+    assert drawn > 100, drawn
