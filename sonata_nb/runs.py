@@ -129,7 +129,10 @@ class Run:
                 for i, n in enumerate(names)]
         display(iou_figure(rows, palette))
         m = self.metrics
-        head = f"<p>mIoU/mAcc/allAcc {m['mIoU']:.4f}/{m['mAcc']:.4f}/{m['allAcc']:.4f}</p>"
+        head = f"<p>mIoU/mAcc/allAcc {m['mIoU']:.4f}/{m['mAcc']:.4f}/{m['allAcc']:.4f}"
+        if self.folds: head += " (6-fold: the six held-out areas summed); per area mIoU " + ", ".join(
+            f"{a} {v['mIoU']:.4f}" for a, v in m.get("areas", {}).items())
+        head += "</p>"
         return HTML(head + _table(["class", "IoU", "accuracy", "points"], [(r["cls"], f"{r['iou']:.4f}", f"{r['acc']:.4f}",
                                   "–" if r["points"] is None else f"{int(r['points']):,}") for r in rows]))
 
