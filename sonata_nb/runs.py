@@ -157,7 +157,7 @@ def _options(dataset, protocol, config, smoke, options, data_root, tmp):
     if data_root:
         if not Path(data_root).is_dir(): raise FileNotFoundError(f"data_root {data_root} does not exist: prepare the data "
                                                                  "(python -m sonata_nb.preprocess ...) or fix the parameter")
-        opts.update({f"data.{s}.data_root": str(data_root) for s in ("train", "val", "test")})
+        opts.update({f"data.{s}.data_root": str(Path(data_root).resolve()) for s in ("train", "val", "test")})  # the saved config works from anywhere
     return config, opts
 
 def _tiny_encoder(cfg, path):
@@ -181,7 +181,7 @@ def probe_run(dataset:str, # scannet, scannet200, s3dis or custom
               test_area:str="Area_5") -> Run: # S3DIS: the held-out area, or "6fold"
     "Train and evaluate one probe; returns the `Run` (report.html and metrics.json are in its folder)"
     from sonata_nb.config import default_config_parser
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"sonata-{dataset}-{protocol}-"))
+    out = (Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"sonata-{dataset}-{protocol}-"))).resolve()
     config, opts = _options(dataset, protocol, config, smoke, options, data_root, out/".smoke")
     six = dataset == "s3dis" and test_area == "6fold"
     if dataset == "s3dis" and not six: opts.update({"data.val.split": test_area, "data.test.split": test_area,
