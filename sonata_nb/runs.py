@@ -181,11 +181,14 @@ def probe_run(dataset:str, # scannet, scannet200, s3dis or custom
               test_area:str="Area_5") -> Run: # S3DIS: the held-out area, or "6fold"
     "Train and evaluate one probe; returns the `Run` (report.html and metrics.json are in its folder)"
     from sonata_nb.config import default_config_parser
+    areas = tuple(f"Area_{i}" for i in range(1, 7))
+    if dataset == "s3dis" and test_area not in (*areas, "6fold"):
+        raise ValueError(f"test_area={test_area!r}: choose one of Area_1 ... Area_6, or 6fold")
     out = (Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"sonata-{dataset}-{protocol}-"))).resolve()
     config, opts = _options(dataset, protocol, config, smoke, options, data_root, out/".smoke")
     six = dataset == "s3dis" and test_area == "6fold"
     if dataset == "s3dis" and not six: opts.update({"data.val.split": test_area, "data.test.split": test_area,
-        "data.train.split": [a for a in ("Area_1", "Area_2", "Area_3", "Area_4", "Area_5", "Area_6") if a != test_area]})
+        "data.train.split": [a for a in areas if a != test_area]})
     opts.update(seed=seed, weight=weight)
     cfg = default_config_parser(config, dict(opts, save_path=str(out/"Area_5" if six else out)))
     if smoke and weight is not None:
