@@ -22,10 +22,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 
 def cdn_uses(page: str) -> list[str]:
-    "What a page would fetch from the network: remote src/href, CDN hosts, require.js, MathJax, the widget manager"
+    "What a page would fetch from the network: external scripts, remote stylesheets/images/frames, quoted CDN URLs in code"
     page = re.sub(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v.*?</script>", "", page, flags=re.S)  # the inlined bundle's own strings
-    return re.findall(r"src\s*=\s*[\"']?(?:https?:)?//[^\"'> ]+|<link[^>]+href\s*=\s*[\"']?(?:https?:)?//[^\"'> ]+|cdn\.plot\.ly|cdnjs|unpkg\.com|jsdelivr|require(?:\.min)?\.js|"
-                      r"MathJax\.js|embed-amd\.js|<script src", page)
+    return re.findall(r"<script[^>]*\bsrc\s*=[^>]*>|<(?:link|img|iframe)[^>]*\b(?:href|src)\s*=\s*[\"']?(?:https?:)?//[^>]*>|"
+                      r"[\"'`](?:https?:)?//[^\"'`\s]*(?:cdn|unpkg|jsdelivr|mathjax)[^\"'`\s]*[\"'`]", page, flags=re.I)
 
 
 def execute(name, exp, **parameters):

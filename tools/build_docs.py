@@ -51,13 +51,21 @@ def title(nb) -> str:
     return ""
 
 
+def skip_reason(d: dict) -> str | None:
+    "Why a cell with directives `d` is not run: a `tst_flags` flag, or `#| eval: false` (as nbdev_test)"
+    flag = next((f for f in SKIP_FLAGS if f in d), None)
+    if flag: return f"#| {flag}"
+    if d.get("eval", "").lower() == "false": return "#| eval: false"
+    return None
+
+
 def execute(nb_path: Path, timeout: int):
     "The executed notebook: flagged cells tagged skip-execution (nbclient leaves them), run in the notebook's folder"
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(str(nb_path), as_version=4)
     for c in nb.cells:
-        if c.cell_type == "code" and set(directives(c.source)) & set(SKIP_FLAGS):
+        if c.cell_type == "code" and skip_reason(directives(c.source)):
             c.metadata.setdefault("tags", []).append("skip-execution")
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}},
                             skip_cells_with_tag="skip-execution")
@@ -93,8 +101,7 @@ def for_reading(nb):
         if "hide" in d or not code: continue
         c.source = code
         if "skip-execution" in c.metadata.get("tags", []):
-            flag = next(f for f in SKIP_FLAGS if f in d)
-            c.outputs = [nbformat.v4.new_output("display_data", data={"text/html": f"<div class='sonata-skipped'>not run in the docs build (#| {flag})</div>"})]
+            c.outputs = [nbformat.v4.new_output("display_data", data={"text/html": f"<div class='sonata-skipped'>not run in the docs build ({skip_reason(d)})</div>"})]
         cells.append(c)
     nb.cells = cells
     return nb
