@@ -43,8 +43,8 @@ def test_navigation_reaches_every_notebook(site):
     assert pages[0].name == "index.ipynb" and {p.parent.name for p in pages} == {"nbs", "runs"}
     for page in ("index.html", "30_viz.html", "runs/scannet.html"):
         text = (site/page).read_text()
-        hrefs = re.findall(r"<nav class='sonata-nav'>.*?</nav>", text, re.S)[0]
-        links = re.findall(r"href='([^']+)'", hrefs)
+        hrefs = re.findall(r"<nav class=[\"']sonata-nav[\"']>.*?</nav>", text, re.S)[0]
+        links = re.findall(r"href=[\"']([^\"']+)[\"']", hrefs)
         assert len(links) == len(pages), page
         targets = {os.path.normpath((site/page).parent/l) for l in links}
         assert targets == {os.path.normpath(build_docs.out_path(p, site)) for p in pages}, page
