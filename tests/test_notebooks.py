@@ -1,4 +1,5 @@
-"Run every notebook in nbs/ with `nbdev_test` (cells flagged with `tst_flags` are skipped), each in its own process."
+"""Run every notebook in nbs/ with `nbdev_test` (cells flagged with `tst_flags` are skipped), each in its own process.
+The run notebooks in nbs/runs/ are executed by tests/test_papermill.py (with their defaults, as nbdev_test would), not twice."""
 import subprocess, sys
 from pathlib import Path
 
@@ -7,7 +8,8 @@ from nbdev.config import get_config
 
 cfg = get_config()
 NBS = sorted(p for p in cfg.nbs_path.rglob("*.ipynb")
-             if not any(s.startswith(("_", ".")) for s in p.relative_to(cfg.nbs_path).parts))
+             if not any(s.startswith(("_", ".")) for s in p.relative_to(cfg.nbs_path).parts)
+             and p.relative_to(cfg.nbs_path).parts[0] != "runs")
 NBDEV_TEST = Path(sys.executable).parent / "nbdev_test"  # the venv's console script
 
 

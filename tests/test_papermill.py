@@ -1,74 +1,159 @@
-"""nbs/40_probe_run.ipynb as papermill runs it: the tagged parameters cell, one real execution with its defaults
-(a tiny CPU run on generated demo rooms) writing metrics.json, and a bad parameter failing with a clear error."""
-import json, math, os
+"""The run notebooks in nbs/runs/ as papermill runs them (`sonata_nb.runs.execute_run`): the tagged parameters cell,
+one real execution of each with its defaults (a smoke run on generated rooms, CPU) writing the executed notebook, its
+offline HTML, report.html and metrics.json into the experiment folder; the S3DIS 6-fold protocol; bad parameters
+failing with clear errors; and the executed HTML drawn by headless Chromium with the network off."""
+import json, math, os, re, shutil, subprocess
 from pathlib import Path
 
+import nbformat
+import numpy as np
 import pytest
 
 pm = pytest.importorskip("papermill")
 from papermill.exceptions import PapermillExecutionError
 
 REPO = Path(__file__).resolve().parents[1]
-NBS = REPO/"nbs"
-NB = NBS/"40_probe_run.ipynb"
-PARAMS = ("config", "weight", "data_root", "options", "out_dir", "seed")
+RUNS = REPO/"nbs"/"runs"
+NUM_CLASSES = {"scannet": 20, "scannet200": 200, "s3dis": 13, "custom": 20}
+PARAMS = ("protocol", "weight", "out_dir", "smoke", "options", "seed")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--hide-scrollbars", "--proxy-server=127.0.0.1:9"]  # 127.0.0.1:9: no network
 
 
-def run(tmp_path, **parameters):
+def cdn_uses(page: str) -> list[str]:
+    "What a page would fetch from the network: external scripts, remote stylesheets/images/frames, quoted CDN URLs in code"
+    page = re.sub(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v.*?</script>", "", page, flags=re.S)  # the inlined bundle's own strings
+    return re.findall(r"<script[^>]*\bsrc\s*=[^>]*>|<(?:link|img|iframe)[^>]*\b(?:href|src)\s*=\s*[\"']?(?:https?:)?//[^>]*>|"
+                      r"[\"'`](?:https?:)?//[^\"'`\s]*(?:cdn|unpkg|jsdelivr|mathjax)[^\"'`\s]*[\"'`]", page, flags=re.I)
+
+
+def execute(name, exp, **parameters):
+    from sonata_nb.runs import execute_run
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the kernel
-    out = tmp_path/"run.ipynb"
-    pm.execute_notebook(str(NB), str(out), kernel_name="python3", cwd=str(NBS), progress_bar=False,
-                        parameters=parameters)
-    return json.loads(out.read_text())
+    return execute_run(RUNS/f"{name}.ipynb", exp, parameters)
 
 
-def test_parameters_cell_is_tagged_and_documented():
-    params = pm.inspect_notebook(str(NB))
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    "name -> (experiment folder, executed notebook, html): each run notebook executed once with its defaults"
+    cache, root = {}, tmp_path_factory.mktemp("runs")
+    def get(name):
+        if name not in cache: cache[name] = (root/name, *execute(name, root/name))
+        return cache[name]
+    return get
+
+
+def test_every_run_notebook_is_tested():
+    assert sorted(p.stem for p in RUNS.glob("*.ipynb")) == sorted(NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(NUM_CLASSES))
+def test_parameters_cell_is_tagged_and_documented(name):
+    nb = nbformat.read(str(RUNS/f"{name}.ipynb"), as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert first.metadata.get("tags") == ["parameters"], "the first code cell must be the tagged parameters cell"
+    params = pm.inspect_notebook(str(RUNS/f"{name}.ipynb"))
     assert set(PARAMS) <= set(params), sorted(params)
-    for name in PARAMS: assert params[name]["help"], f"parameter {name} has no help comment"
-    assert params["weight"]["default"] == "None"
-    assert params["out_dir"]["default"] == '""'
-    assert params["config"]["default"].strip('"').endswith("semseg-demo-ft.py")
-    assert (NBS/params["config"]["default"].strip('"')).is_file()  # the default config exists, relative to nbs/
+    for p, v in params.items(): assert v["help"], f"parameter {p} has no help comment"
+    assert params["smoke"]["default"] == "True" and params["protocol"]["default"] == '"lin"'
+    assert params["weight"]["default"] == '"facebook/sonata"' and params["out_dir"]["default"] == '""'
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "outputs stay out of git (nbdev_clean)"
 
 
-def test_default_run_writes_metrics(tmp_path):
-    "The defaults with the outputs (and the generated demo rooms) in tmp_path"
-    out_dir = tmp_path/"exp"
-    nb = run(tmp_path, out_dir=str(out_dir), data_root=str(tmp_path/"demo"))
-    metrics = json.loads((out_dir/"metrics.json").read_text())
-    for key in ("mIoU", "mAcc", "allAcc"):
-        assert 0 <= metrics[key] <= 1 and math.isfinite(metrics[key]), (key, metrics[key])
-    assert len(metrics["iou"]) == len(metrics["acc"]) == len(metrics["names"]) == 20
-    assert all(0 <= v <= 1 for v in metrics["iou"])
-    assert metrics["mIoU"] == pytest.approx(sum(metrics["iou"]) / 20)
-    assert metrics["config"].endswith("semseg-demo-ft.py") and metrics["weight"] is None and metrics["seed"] == 0
-    # the summary is the tester's precise evaluation of the experiment written in out_dir
-    tester = json.loads((out_dir/"result"/"metrics.json").read_text())
-    assert metrics["mIoU"] == pytest.approx(tester["mIoU"]) and metrics["allAcc"] == pytest.approx(tester["allAcc"])
-    for f in ("model/model_best.pth", "log/train.log", "log/metrics.jsonl", "config/config.py", "val_scene.html"):
-        assert (out_dir/f).is_file(), f"missing {f}"
-    val = [json.loads(l) for l in (out_dir/"log"/"metrics.jsonl").read_text().splitlines() if '"val"' in l]
-    assert metrics["best_val_mIoU"] == pytest.approx(max(r["mIoU"] for r in val))
-    # the executed copy: papermill's injected parameters, the per-class table and the 3D figure
+@pytest.mark.parametrize("name", sorted(NUM_CLASSES))
+def test_default_run(name, executed):
+    "Defaults: a smoke run whose experiment folder holds the executed notebook, its HTML, the report and the metrics"
+    exp, nb_path, html = executed(name)
+    if name == "custom": exp = exp/"exp"  # custom.ipynb keeps data/ and exp/ in out_dir
+    assert nb_path == executed(name)[0]/f"{name}.ipynb" and html == nb_path.with_suffix(".html")
+    metrics = json.loads((exp/"metrics.json").read_text())
+    k = NUM_CLASSES[name]
+    for key in ("mIoU", "mAcc", "allAcc"): assert 0 <= metrics[key] <= 1 and math.isfinite(metrics[key]), (key, metrics[key])
+    assert len(metrics["iou"]) == len(metrics["acc"]) == k
+    assert metrics["mIoU"] == pytest.approx(sum(metrics["iou"].values()) / k)
+    tester = json.loads((exp/"result"/"metrics.json").read_text())  # the precise evaluation of the experiment
+    assert metrics["mIoU"] == pytest.approx(tester["mIoU"])
+    for f in ("model/model_best.pth", "log/metrics.jsonl", "config/config.py", "report.html"): assert (exp/f).is_file(), f
+    nb = json.loads(nb_path.read_text())
+    assert "widgets" not in nb["metadata"]
     cells = nb["cells"]
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in cells)
     outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
-    text = "".join("".join(o.get("text", "")) for o in outputs)
-    assert "otherfurniture" in text and "mIoU/mAcc/allAcc" in text
-    assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
+    text = lambda v: "".join(v) if isinstance(v, list) else v  # nbformat stores multi-line strings as lists of lines
+    figs = [{k: text(v) for k, v in o["data"].items()} for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(figs) == 3 + (name == "custom"), len(figs)  # curves, IoU bars, test scene (+ the scan before training)
+    assert all("text/html" in d for d in figs), "a plotly output without its offline HTML"
+    assert sum("plotly.js v" in d["text/html"] for d in figs) == 1  # plotly.js once per notebook
+    table = "".join(text(o["data"].get("text/html", "")) for o in outputs if o["output_type"] == "execute_result")
+    assert "mIoU/mAcc/allAcc" in table and all(f"<td>{n}</td>" in table for n in tester["iou"])
+    page = html.read_text()
+    assert page.count("* plotly.js v") == 1 and page.count("Plotly.newPlot(") == len(figs)
+    assert cdn_uses(page) == [] and "widget-state" not in page
 
 
-def test_missing_config_names_the_file(tmp_path):
-    missing = "../configs/demo/semseg-demo-nope.py"
+def test_s3dis_6fold(tmp_path):
+    "test_area=6fold: six folds, each area held out once, summed into 6-fold.json; the notebook shows the summed table"
+    exp = tmp_path/"s3dis-6fold"
+    nb_path, _ = execute("s3dis", exp, test_area="6fold")
+    six = json.loads((exp/"6-fold.json").read_text())
+    metrics = json.loads((exp/"metrics.json").read_text())
+    assert metrics["mIoU"] == pytest.approx(six["mIoU"]) and len(metrics["folds"]) == 6
+    for k in range(1, 7): assert (exp/f"Area_{k}"/"result"/f"Area_{k}.pth").is_file()
+    total = sum(json.loads((exp/f"Area_{k}"/"result"/"metrics.json").read_text())["target"][2] for k in range(1, 7))
+    assert six["target"][2] == total > 0  # wall points of the six test areas
+    text = nb_path.read_text()
+    assert "(6-fold)" in text and f"{six['mIoU']:.4f}" in text
+
+
+def test_bad_protocol_names_the_choices(tmp_path):
+    "A wrong protocol stops the run with the choices; the executed copy and its HTML still show the error"
+    with pytest.raises(PapermillExecutionError) as err: execute("scannet", tmp_path/"exp", protocol="linear")
+    assert "protocol='linear': choose one of lin" in str(err.value)
+    assert "choose one of lin" in (tmp_path/"exp"/"scannet.html").read_text()
+
+
+def test_missing_data_root_names_it(tmp_path):
+    "A real run (smoke=False) on a data root that does not exist names it and how to make it, before any training"
     with pytest.raises(PapermillExecutionError) as err:
-        run(tmp_path, config=missing, out_dir=str(tmp_path/"exp"), data_root=str(tmp_path/"demo"))
-    assert "FileNotFoundError" in str(err.value) and "semseg-demo-nope.py" in str(err.value)
-    assert not (tmp_path/"exp"/"metrics.json").exists()
+        execute("scannet200", tmp_path/"exp", smoke=False, data_root="../../data/no-such-scannet")
+    assert "data_root ../../data/no-such-scannet does not exist" in str(err.value) and "preprocess" in str(err.value)
+    assert not (tmp_path/"exp"/"model").exists()
 
 
-def test_missing_weight_names_the_file(tmp_path):
-    with pytest.raises(PapermillExecutionError) as err:
-        run(tmp_path, weight="../exp/no-such-run/model_best.pth", out_dir=str(tmp_path/"exp"),
-            data_root=str(tmp_path/"demo"))
-    assert "no-such-run/model_best.pth" in str(err.value)
+def legends(dom: str) -> dict[str, list[str]]:
+    "Entries of every plotly legend in a dumped DOM, by legend id (legend, legend2, ...), in page order"
+    out = {}
+    for key, name in re.findall(r'class="(legend\d*)text"[^>]*>([^<]*)<', dom): out.setdefault(key, []).append(name)
+    return out
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_executed_html_renders_offline(executed, tmp_path):
+    "The executed run notebook's HTML in headless Chromium, network off: plotly loads, legends name the classes, 3D points drawn"
+    from PIL import Image
+    from sonata_nb.classes import SCANNET20_NAMES, SCANNET20_PALETTE
+    from sonata_nb.viz import ERROR_PALETTE, scene_prediction, subsample
+    exp, _, html = executed("scannet")
+    s = scene_prediction(exp, "demo_val_000")
+    idx = subsample(len(s["coord"]), 30_000)
+    seg, pred = s["segment"][idx], s["pred"][idx]
+    shot = tmp_path/"page.png"
+    r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path}/profile", "--virtual-time-budget=8000", "--window-size=1400,7000",
+                        f"--screenshot={shot}", "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=180)
+    found = legends(r.stdout)
+    curves = ["train loss", "lr", "val loss", "val mIoU", "val mAcc", "val allAcc"]  # the first figure's legend
+    assert found["legend"] == curves + [("ignored" if c < 0 else SCANNET20_NAMES[c]) for c in np.unique(seg)]
+    assert found["legend2"] == [SCANNET20_NAMES[c] for c in np.unique(pred)]
+    assert found["legend3"] == ["ignored", "correct", "wrong"][(0 if (seg < 0).any() else 1):]
+    im = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    near = lambda rgb: np.abs(im - np.asarray(rgb, int)).max(-1) <= 6
+    wrong = near(ERROR_PALETTE[1])
+    rows = np.flatnonzero(wrong.sum(1) > 0)
+    assert len(rows), "the errors panel drew no wrong points"
+    band = slice(max(rows.min() - 300, 0), rows.max() + 300)  # the row of the three panels
+    left, width = 250, im.shape[1] - 250  # the notebook's left margin holds the prompts
+    third = width // 3
+    common = np.bincount(seg[seg >= 0]).argmax()  # the most frequent ground-truth class: drawn in the first panel
+    assert near(SCANNET20_PALETTE[common])[band, left:left + third].sum() > 50
+    assert wrong[band, left + 2 * third - 100:].sum() > 50
