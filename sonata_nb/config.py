@@ -4,14 +4,15 @@
 
 # %% ../nbs/20_config.ipynb #c002
 from __future__ import annotations
-import copy, difflib, keyword, math, os, random, re, types, warnings
+import copy, difflib, importlib, keyword, math, os, random, re, types, warnings
 from pathlib import Path
 
 from .runtime import to_plain
 
 # %% auto #0
-__all__ = ['BASE_KEY', 'DELETE_KEY', 'CONFIG_KEYS', 'ConfigDict', 'merge_into', 'load_file', 'format_config', 'Config',
-           'parse_value', 'parse_options', 'check_option_keys', 'check_top_level_keys', 'default_config_parser']
+__all__ = ['BASE_KEY', 'DELETE_KEY', 'CONFIG_KEYS', 'ConfigDict', 'merge_into', 'load_file', 'format_config',
+           'resolve_option_key', 'Config', 'parse_value', 'parse_options', 'check_option_keys', 'check_top_level_keys',
+           'import_custom_modules', 'default_config_parser']
 
 # %% ../nbs/20_config.ipynb #c005
 def _to_config(value):
@@ -120,6 +121,28 @@ def format_config(cfg:dict) -> str:
     "The Python source of a config file that loads back to `cfg`"
     return "".join(f"{k} = {_fmt(v, k)}\n" for k, v in cfg.items())
 
+# %% ../nbs/20_config.ipynb #r001
+def resolve_option_key(cfg:dict, # the config the option applies to
+                       full_key:str) -> str: # a dotted option key, e.g. "data.train.transform.SphereCrop.point_max"
+    "`full_key` with every component type that indexes a list replaced by its position (digits are kept)"
+    node, parts = cfg, full_key.split(".")
+    for depth, part in enumerate(parts):
+        if isinstance(node, (list, tuple)) and not part.isdigit():
+            types_ = [item.get("type") if isinstance(item, dict) else None for item in node]
+            hits = [i for i, t in enumerate(types_) if t == part]
+            where = ".".join(parts[:depth])
+            if len(hits) != 1:
+                listed = ", ".join(f"{i}: {t}" for i, t in enumerate(types_))
+                why = f"has no item of type {part!r}" if not hits else f"has {len(hits)} items of type {part!r} (positions {hits})"
+                raise KeyError(f"Config option {full_key!r}: {where} {why}; its items are [{listed}]. Name a type that "
+                               f"occurs once, or the position (e.g. {where}.{hits[0] if hits else 0}.{'.'.join(parts[depth + 1:])})")
+            parts[depth] = str(hits[0])
+            part = parts[depth]
+        if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node): node = node[int(part)]
+        elif isinstance(node, dict) and part in node: node = node[part]
+        else: break  # an unknown key: `check_option_keys` names it
+    return ".".join(parts)
+
 # %% ../nbs/20_config.ipynb #c016
 class Config(ConfigDict):
     "An experiment config: a `ConfigDict` loaded from a Python file, with merging and dumping"
@@ -133,7 +156,8 @@ class Config(ConfigDict):
         return cls(load_file(path), filename=Path(path).absolute())
 
     def merge_from_dict(self, options:dict, strict:bool=False): # {"a.b.c": value}; `strict`: reject unknown keys
-        "Apply `{dotted.key: value}` overrides in place (digits index lists: `data.train.transform.3.p`)"
+        "Apply `{dotted.key: value}` overrides in place (list items by position `transform.3.p` or type `transform.SphereCrop.p`)"
+        options = {resolve_option_key(self, k): v for k, v in options.items()}
         if strict: check_option_keys(self, options)
         nested = {}
         for full_key, v in options.items():
@@ -219,7 +243,7 @@ CONFIG_KEYS = ("model", "data", "optimizer", "scheduler", "dataset_type", "data_
                "resume", "evaluate", "test_only", "seed", "save_path", "num_worker", "batch_size", "batch_size_val",
                "batch_size_test", "epoch", "eval_epoch", "clip_grad", "sync_bn", "enable_amp", "amp_dtype", "empty_cache",
                "empty_cache_per_epoch", "find_unused_parameters", "enable_wandb", "wandb_project", "wandb_key",
-               "mix_prob", "param_dicts", "log_interval", "max_nonfinite_steps", "report", "gradient_accumulation_steps", "hooks", "train", "test")  # top-level keys the engine reads
+               "mix_prob", "param_dicts", "log_interval", "max_nonfinite_steps", "report", "gradient_accumulation_steps", "hooks", "train", "test", "custom_imports")  # top-level keys the engine reads
 
 def check_top_level_keys(cfg:dict, path): # the resolved config, and the file it came from
     "Raise for a top-level key that looks like a misspelt `CONFIG_KEYS` entry; warn for other unknown keys"
@@ -233,6 +257,23 @@ def check_top_level_keys(cfg:dict, path): # the resolved config, and the file it
         warnings.warn(f"Top-level config key {key!r} in {where} is not read by sonata_nb's engine (kept); "
                       "name helper variables with a leading `_` (or in UPPER_CASE, as imported constants)", stacklevel=2)
 
+# %% ../nbs/20_config.ipynb #i001
+def import_custom_modules(modules, # module names, e.g. ["my_pkg.my_dataset"] (None: nothing)
+                          path="the config"): # the config file, named in errors
+    "Import the modules of `custom_imports`, so that the components they register can be built; clear error per module"
+    if modules is None: return []
+    if isinstance(modules, str) or not all(isinstance(m, str) for m in modules):
+        raise TypeError(f"custom_imports in {path} must be a list of module names, e.g. custom_imports = "
+                        f"['my_pkg.my_dataset'], got {modules!r}")
+    out = []
+    for name in modules:
+        try: out.append(importlib.import_module(name))
+        except Exception as e:
+            raise ImportError(f"custom_imports in {path}: cannot import {name!r} ({type(e).__name__}: {e}). Make the "
+                              "module importable (install it, run from the folder that holds it, or add that folder to "
+                              "PYTHONPATH) or fix its name in custom_imports") from e
+    return out
+
 # %% ../nbs/20_config.ipynb #c025
 def default_config_parser(path, options=None) -> Config: # options: {"a.b": v} or a list of "a.b=v" strings
     "Load the config at `path`, apply `options`, derive `data.train.loop` and `seed`, and validate"
@@ -243,6 +284,7 @@ def default_config_parser(path, options=None) -> Config: # options: {"a.b": v} o
     cfg = Config.fromfile(path)
     if isinstance(options, (list, tuple)): options = parse_options(options)
     if options: cfg.merge_from_dict(options, strict=True)
+    import_custom_modules(cfg.get("custom_imports"), path)
     check_top_level_keys(cfg, path)
     for key in ("model", "data", "epoch", "eval_epoch"):
         if key not in cfg: raise KeyError(f"Config {path} has no {key!r}; every experiment config needs it")

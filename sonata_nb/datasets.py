@@ -15,23 +15,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
+from fastcore.basics import patch
 
 from .registry import Registry
 from .transforms import Compose, TRANSFORMS
 from .classes import VALID_CLASS_IDS_20, VALID_CLASS_IDS_200
+from .demo import make_demo_data
 
 # %% auto #0
 __all__ = ['DATASETS', 'logger', 'PER_POINT_ASSETS', 'S3DIS_AREAS', 'build_dataset', 'read_npy', 'value_problems', 'check_scene',
            'DefaultDataset', 'ScanNetDataset', 'ScanNet200Dataset', 's3dis_6fold', 'S3DISDataset', 'CustomDataset',
-           'collate_fn', 'point_collate_fn']
+           'DemoDataset', 'collate_fn', 'point_collate_fn']
 
 # %% ../nbs/12_datasets.ipynb #c007
 DATASETS = Registry("datasets")
 logger = logging.getLogger("sonata_nb")
 
 def build_dataset(cfg:dict): # a dataset config with a `type` key
-    "Build a dataset from its config dict (any registered type, `DemoDataset` included)"
-    import sonata_nb.demo  # registers DemoDataset; sonata_nb.demo imports this module, so not at the top
+    "Build a dataset from its config dict (any registered type)"
     cfg = dict(cfg)
     params = inspect.signature(DATASETS.get(cfg["type"])).parameters if "type" in cfg and cfg["type"] in DATASETS else {}
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # a dataset of yours without these arguments
@@ -149,108 +150,125 @@ class DefaultDataset(Dataset):
         if check != "off": self.check_scenes()
         logger.info(f"Totally {len(self.data_list)} x {self.loop} samples in {os.path.basename(self.data_root)} {split} set.")
 
-    def get_data_list(self) -> list[str]:
-        "Sorted scene folders of every split"
-        splits = [self.split] if isinstance(self.split, str) else list(self.split)
-        data_list = []
-        for split in splits:
-            path = os.path.join(self.data_root, split)
-            if os.path.isfile(path):
-                with open(path) as f: data_list += [os.path.join(self.data_root, d) for d in json.load(f)]
-                continue
-            if not os.path.isdir(path):
-                raise FileNotFoundError(f"Dataset split folder {path!r} does not exist. Preprocess the data into "
-                                        f"{self.data_root}/<split>/<scene>/*.npy (see sonata_nb.preprocess) or fix data_root/split.")
-            scenes = sorted(p.path for p in os.scandir(path) if p.is_dir())
-            if not scenes: raise FileNotFoundError(f"Dataset split folder {path!r} has no scene folders (expected <scene>/coord.npy, ...).")
-            data_list += scenes
-        return data_list
+# %% ../nbs/12_datasets.ipynb #c009c
+@patch
+def get_data_list(self:DefaultDataset) -> list[str]:
+    "Sorted scene folders of every split"
+    splits = [self.split] if isinstance(self.split, str) else list(self.split)
+    data_list = []
+    for split in splits:
+        path = os.path.join(self.data_root, split)
+        if os.path.isfile(path):
+            with open(path) as f: data_list += [os.path.join(self.data_root, d) for d in json.load(f)]
+            continue
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"Dataset split folder {path!r} does not exist. Preprocess the data into "
+                                    f"{self.data_root}/<split>/<scene>/*.npy (see sonata_nb.preprocess) or fix data_root/split.")
+        scenes = sorted(p.path for p in os.scandir(path) if p.is_dir())
+        if not scenes: raise FileNotFoundError(f"Dataset split folder {path!r} has no scene folders (expected <scene>/coord.npy, ...).")
+        data_list += scenes
+    return data_list
 
-    def subset_scenes(self, data_list:list[str]) -> list[str]:
-        "Keep a seeded `scene_fraction` of the scenes (in their original order)"
-        if self.scene_fraction >= 1: return data_list
-        keep = max(1, round(self.scene_fraction * len(data_list)))
-        chosen = np.random.default_rng(self.subset_seed).permutation(len(data_list))[:keep]
-        return [data_list[i] for i in sorted(chosen)]
+@patch
+def subset_scenes(self:DefaultDataset, data_list:list[str]) -> list[str]:
+    "Keep a seeded `scene_fraction` of the scenes (in their original order)"
+    if self.scene_fraction >= 1: return data_list
+    keep = max(1, round(self.scene_fraction * len(data_list)))
+    chosen = np.random.default_rng(self.subset_seed).permutation(len(data_list))[:keep]
+    return [data_list[i] for i in sorted(chosen)]
 
-    def check_scenes(self):
-        "Check every scene (`check_scene`, a few threads); one ValueError listing all problems and the fix"
-        folders = list(dict.fromkeys(self.data_list))
-        job = partial(check_scene, assets=self.VALID_ASSETS, num_classes=self.num_classes,
-                      ignore_index=self.ignore_index, full=self.check == "full")
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(folders)))) as pool: results = list(pool.map(job, folders))
-        problems = [p for r in results for p in r]
-        if not problems: return
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(
-            f"{type(self).__name__}(split={self.split!r}, data_root={self.data_root!r}): {sum(map(bool, results))} of "
-            f"{len(folders)} scene(s) cannot be used:\n  {shown}\nFix: preprocess their sources again (python -m "
-            f"sonata_nb.preprocess; for your own scans with --num-classes {self.num_classes or 'N'}, mapping other labels "
-            f"to a class or to {self.ignore_index}), or remove those scene folders; if the class count is wrong, set "
-            "data.num_classes (and model.num_classes) in the config.")
+# %% ../nbs/12_datasets.ipynb #c009e
+@patch
+def check_scenes(self:DefaultDataset):
+    "Check every scene (`check_scene`, a few threads); one ValueError listing all problems and the fix"
+    folders = list(dict.fromkeys(self.data_list))
+    job = partial(check_scene, assets=self.VALID_ASSETS, num_classes=self.num_classes,
+                  ignore_index=self.ignore_index, full=self.check == "full")
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(folders)))) as pool: results = list(pool.map(job, folders))
+    problems = [p for r in results for p in r]
+    if not problems: return
+    shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+    raise ValueError(
+        f"{type(self).__name__}(split={self.split!r}, data_root={self.data_root!r}): {sum(map(bool, results))} of "
+        f"{len(folders)} scene(s) cannot be used:\n  {shown}\nFix: preprocess their sources again (python -m "
+        f"sonata_nb.preprocess; for your own scans with --num-classes {self.num_classes or 'N'}, mapping other labels "
+        f"to a class or to {self.ignore_index}), or remove those scene folders; if the class count is wrong, set "
+        "data.num_classes (and model.num_classes) in the config.")
 
-    def get_data_name(self, idx:int) -> str: return os.path.basename(self.data_list[idx % len(self.data_list)])
-    def get_split_name(self, idx:int) -> str: return os.path.basename(os.path.dirname(self.data_list[idx % len(self.data_list)]))
+@patch
+def get_data_name(self:DefaultDataset, idx:int) -> str: return os.path.basename(self.data_list[idx % len(self.data_list)])
 
-    def load_assets(self, folder:str) -> dict:
-        "The `VALID_ASSETS` arrays of one scene folder, checked for a `coord` and matching lengths"
-        data = {f[:-4]: np.load(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
-                if f.endswith(".npy") and f[:-4] in self.VALID_ASSETS}
-        if "coord" not in data: raise FileNotFoundError(f"Scene folder {folder!r} has no coord.npy (found: {sorted(os.listdir(folder))}).")
-        n = len(data["coord"])
-        for key, value in data.items():
-            if key.startswith(self.PER_POINT) and len(value) != n:
-                raise ValueError(f"Scene folder {folder!r}: {key}.npy has {len(value)} rows but coord.npy has {n} points.")
-        return data
+@patch
+def get_split_name(self:DefaultDataset, idx:int) -> str: return os.path.basename(os.path.dirname(self.data_list[idx % len(self.data_list)]))
 
-    def get_data(self, idx:int) -> dict:
-        "Load scene `idx` as a dict of numpy arrays plus `name` and `split`"
-        folder = self.data_list[idx % len(self.data_list)]
-        data = self.load_assets(folder)
-        n = len(data["coord"])
-        if self.check == "lengths":  # values were not checked when the dataset was built
-            problems = [p for k, v in data.items() if k in self.VALID_ASSETS and k.startswith(self.PER_POINT)
-                        for p in value_problems(k, v, os.path.join(folder, f"{k}.npy"), self.num_classes, self.ignore_index)]
-            if problems: raise ValueError("; ".join(problems))
-        for key in ("coord", "color", "normal"):
-            if key in data: data[key] = data[key].astype(np.float32)
-        for key in ("segment", "instance"):
-            data[key] = data[key].reshape(-1).astype(np.int64) if key in data else np.full(n, -1, dtype=np.int64)
-        data["name"], data["split"] = self.get_data_name(idx), self.get_split_name(idx)
-        if self.points_per_scene is not None: data["segment"] = self.sparse_labels(data["segment"], data["name"])
-        return data
+# %% ../nbs/12_datasets.ipynb #c009g
+@patch
+def load_assets(self:DefaultDataset, folder:str) -> dict:
+    "The `VALID_ASSETS` arrays of one scene folder, checked for a `coord` and matching lengths"
+    data = {f[:-4]: np.load(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
+            if f.endswith(".npy") and f[:-4] in self.VALID_ASSETS}
+    if "coord" not in data: raise FileNotFoundError(f"Scene folder {folder!r} has no coord.npy (found: {sorted(os.listdir(folder))}).")
+    n = len(data["coord"])
+    for key, value in data.items():
+        if key.startswith(self.PER_POINT) and len(value) != n:
+            raise ValueError(f"Scene folder {folder!r}: {key}.npy has {len(value)} rows but coord.npy has {n} points.")
+    return data
 
-    def sparse_labels(self, segment:np.ndarray, name:str) -> np.ndarray:
-        "Keep `points_per_scene` labelled points (chosen from `subset_seed` and the scene name), ignore the rest"
-        labelled = np.flatnonzero(segment != self.ignore_index)
-        rng = np.random.default_rng([self.subset_seed, zlib.crc32(name.encode())])
-        keep = rng.choice(labelled, min(self.points_per_scene, len(labelled)), replace=False)
-        out = np.full_like(segment, self.ignore_index)
-        out[keep] = segment[keep]
-        return out
+@patch
+def get_data(self:DefaultDataset, idx:int) -> dict:
+    "Load scene `idx` as a dict of numpy arrays plus `name` and `split`"
+    folder = self.data_list[idx % len(self.data_list)]
+    data = self.load_assets(folder)
+    n = len(data["coord"])
+    if self.check == "lengths":  # values were not checked when the dataset was built
+        problems = [p for k, v in data.items() if k in self.VALID_ASSETS and k.startswith(self.PER_POINT)
+                    for p in value_problems(k, v, os.path.join(folder, f"{k}.npy"), self.num_classes, self.ignore_index)]
+        if problems: raise ValueError("; ".join(problems))
+    for key in ("coord", "color", "normal"):
+        if key in data: data[key] = data[key].astype(np.float32)
+    for key in ("segment", "instance"):
+        data[key] = data[key].reshape(-1).astype(np.int64) if key in data else np.full(n, -1, dtype=np.int64)
+    data["name"], data["split"] = self.get_data_name(idx), self.get_split_name(idx)
+    if self.points_per_scene is not None: data["segment"] = self.sparse_labels(data["segment"], data["name"])
+    return data
 
-    def prepare_train_data(self, idx:int) -> dict: return self.transform(self.get_data(idx))
+@patch
+def sparse_labels(self:DefaultDataset, segment:np.ndarray, name:str) -> np.ndarray:
+    "Keep `points_per_scene` labelled points (chosen from `subset_seed` and the scene name), ignore the rest"
+    labelled = np.flatnonzero(segment != self.ignore_index)
+    rng = np.random.default_rng([self.subset_seed, zlib.crc32(name.encode())])
+    keep = rng.choice(labelled, min(self.points_per_scene, len(labelled)), replace=False)
+    out = np.full_like(segment, self.ignore_index)
+    out[keep] = segment[keep]
+    return out
 
-    def prepare_test_data(self, idx:int) -> dict:
-        "dict(fragment_list, segment, name[, origin_segment, inverse]) for test-time augmentation"
-        data = self.transform(self.get_data(idx))
-        result = dict(segment=data.pop("segment"), name=data.pop("name"))
-        if "origin_segment" in data:
-            if "inverse" not in data: raise KeyError("test transform produced origin_segment without inverse (GridSample needs return_inverse=True)")
-            result["origin_segment"], result["inverse"] = data.pop("origin_segment"), data.pop("inverse")
-        fragments = []
-        for aug in self.aug_transform:
-            view = aug(deepcopy(data))
-            if self.test_voxelize is not None: parts = self.test_voxelize(view)
-            else: view["index"], parts = np.arange(len(view["coord"])), [view]
-            for part in parts: fragments += self.test_crop(part) if self.test_crop is not None else [part]
-        result["fragment_list"] = [self.post_transform(f) for f in fragments]
-        return result
+# %% ../nbs/12_datasets.ipynb #c009i
+@patch
+def prepare_train_data(self:DefaultDataset, idx:int) -> dict: return self.transform(self.get_data(idx))
 
-    def __getitem__(self, idx:int) -> dict:
-        return self.prepare_test_data(idx) if self.test_mode else self.prepare_train_data(idx)
+@patch
+def prepare_test_data(self:DefaultDataset, idx:int) -> dict:
+    "dict(fragment_list, segment, name[, origin_segment, inverse]) for test-time augmentation"
+    data = self.transform(self.get_data(idx))
+    result = dict(segment=data.pop("segment"), name=data.pop("name"))
+    if "origin_segment" in data:
+        if "inverse" not in data: raise KeyError("test transform produced origin_segment without inverse (GridSample needs return_inverse=True)")
+        result["origin_segment"], result["inverse"] = data.pop("origin_segment"), data.pop("inverse")
+    fragments = []
+    for aug in self.aug_transform:
+        view = aug(deepcopy(data))
+        if self.test_voxelize is not None: parts = self.test_voxelize(view)
+        else: view["index"], parts = np.arange(len(view["coord"])), [view]
+        for part in parts: fragments += self.test_crop(part) if self.test_crop is not None else [part]
+    result["fragment_list"] = [self.post_transform(f) for f in fragments]
+    return result
 
-    def __len__(self): return len(self.data_list) * self.loop
+@patch
+def __getitem__(self:DefaultDataset, idx:int) -> dict:
+    return self.prepare_test_data(idx) if self.test_mode else self.prepare_train_data(idx)
+
+@patch
+def __len__(self:DefaultDataset): return len(self.data_list) * self.loop
 
 # %% ../nbs/12_datasets.ipynb #c013
 @DATASETS.register_module()
@@ -300,6 +318,21 @@ class S3DISDataset(DefaultDataset):
 class CustomDataset(DefaultDataset):
     "Your own scans in the layout; `segment.npy` is optional"
     def __init__(self, split="train", data_root="data/custom", **kwargs):
+        super().__init__(split=split, data_root=data_root, **kwargs)
+
+# %% ../nbs/12_datasets.ipynb #c032
+@DATASETS.register_module()
+class DemoDataset(ScanNetDataset):
+    "Generated demo rooms in the ScanNet layout, written to `data_root` on first use"
+    def __init__(self,
+                 split="train", # "train" or "val"
+                 data_root="data/demo", # where the rooms are (or will be) written
+                 n_train:int=24, # rooms in train/
+                 n_val:int=6, # rooms in val/
+                 seed:int=0, # seed of the generated dataset
+                 spacing:float=0.05, # surface sampling step in metres
+                 **kwargs): # `DefaultDataset` arguments (transform, loop, test_mode, ...)
+        make_demo_data(data_root, n_train=n_train, n_val=n_val, seed=seed, spacing=spacing)
         super().__init__(split=split, data_root=data_root, **kwargs)
 
 # %% ../nbs/12_datasets.ipynb #c026

@@ -140,6 +140,19 @@ def _run_one(job:Job, out:Path) -> dict:
     res["warnings"] = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     return res
 
+def _collect(summary:PreprocessSummary, res:dict, bar):
+    "Fold one scene's outcome into `summary`, re-issuing its warnings here"
+    rel = res["rel"]
+    for msg in res["warnings"]: warnings.warn(f"{rel}: {msg}", PreprocessWarning, stacklevel=3)
+    if res["warnings"]: summary.warnings[rel] = res["warnings"]
+    if res["unknown"]: summary.unknown[rel] = res["unknown"]
+    if res["ok"]: summary.done.append(rel); summary.points += res["points"]
+    else:
+        summary.failed[rel] = res["error"]
+        warnings.warn(f"{rel} failed: {res['error']}", PreprocessWarning, stacklevel=3)
+    bar.update(1)
+
+# %% ../nbs/14_preprocess.ipynb #c010c
 def run_jobs(jobs:list[Job], # scenes to process
              out:Path|str, # the output root
              workers:int=1, # processes; 1 runs in this process
@@ -181,18 +194,6 @@ def run_jobs(jobs:list[Job], # scenes to process
         raise DiskFullError(errno.ENOSPC, f"{fatal['error']} Stopped after {len(summary.done)} scene(s) written by this run "
                             f"({len(summary.skipped)} were already there).")
     return summary
-
-def _collect(summary:PreprocessSummary, res:dict, bar):
-    "Fold one scene's outcome into `summary`, re-issuing its warnings here"
-    rel = res["rel"]
-    for msg in res["warnings"]: warnings.warn(f"{rel}: {msg}", PreprocessWarning, stacklevel=3)
-    if res["warnings"]: summary.warnings[rel] = res["warnings"]
-    if res["unknown"]: summary.unknown[rel] = res["unknown"]
-    if res["ok"]: summary.done.append(rel); summary.points += res["points"]
-    else:
-        summary.failed[rel] = res["error"]
-        warnings.warn(f"{rel} failed: {res['error']}", PreprocessWarning, stacklevel=3)
-    bar.update(1)
 
 # %% ../nbs/14_preprocess.ipynb #c014
 def mesh_vertex_normals(vertex:np.ndarray, # (N,3) vertex positions
@@ -401,6 +402,7 @@ def scannet_jobs(raw:Path|str, # ScanNet root holding `scans/` (and `scans_test/
         jobs.append(Job(f"{split}/{s.name}", load_scannet_scene, s, dict(table=table if has_labels else None, normals=normals)))
     return jobs
 
+# %% ../nbs/14_preprocess.ipynb #c027c
 def preprocess_scannet(raw:Path|str, # ScanNet root holding `scans/` (and `scans_test/`)
                        out:Path|str, # output root: `out/{train,val,test}/<scene>/`
                        tsv:Path|str|None=None, # label table; default: `raw/*labels.combined.tsv`
@@ -632,6 +634,7 @@ def _read_pcd(path:Path) -> dict[str, np.ndarray]:
     if "instance" in names: out["instance"] = pcd.point["instance"].numpy().reshape(-1)
     return out
 
+# %% ../nbs/14_preprocess.ipynb #c039b3
 def _npy_problem(path:Path, e:Exception) -> str:
     "What is wrong with an .npy file that `np.load` refused"
     try:

@@ -10,6 +10,13 @@ import copy
 __all__ = ['Registry']
 
 # %% ../nbs/00_registry.ipynb #c005
+def _origin(obj) -> str: return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+def _redefinition(old, new) -> bool:
+    "Whether `new` is `old` defined again: same name, same module, or a notebook (`__main__`) re-running its cell"
+    return (getattr(old, "__qualname__", None) == getattr(new, "__qualname__", 0)
+            and getattr(new, "__module__", None) in (getattr(old, "__module__", None), "__main__"))
+
 class Registry:
     "A named table of classes or functions, built from config dicts by their `type` key"
     def __init__(self, name:str): # what the registry holds, used in error messages
@@ -18,9 +25,10 @@ class Registry:
     def register_module(self, name:str|None=None, force:bool=False): # `name` defaults to the class name
         "Decorator adding a class (or function) under `name`"
         def _register(obj):
-            key = name or obj.__name__
-            if key in self._items and not force and self._items[key] is not obj:
-                raise KeyError(f"{key!r} is already registered in the {self.name} registry")
+            key, old = name or obj.__name__, self._items.get(name or obj.__name__)
+            if old is not None and not force and old is not obj and not _redefinition(old, obj):
+                raise KeyError(f"{key!r} is already registered in the {self.name} registry (by "
+                               f"{_origin(old)}); register {_origin(obj)} under another name")
             self._items[key] = obj
             return obj
         return _register

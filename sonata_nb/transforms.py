@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 import numpy as np
+from fastcore.basics import patch
 import torch
 from .registry import Registry
 
@@ -197,6 +198,7 @@ def rotate_scene(data_dict:dict, # the scene (coord, and normal if present, are 
         data_dict["normal"] = data_dict["normal"] @ rot.T.astype(data_dict["normal"].dtype)
     return data_dict
 
+# %% ../nbs/10_transforms.ipynb #c029c
 @TRANSFORMS.register_module()
 class RandomRotate(RandomTransform):
     "With probability `p`, rotate about `axis` by a uniform angle in `angle`×π around `center` (bbox centre if None)"
@@ -329,6 +331,7 @@ def trilinear(grid:np.ndarray, # (C, nx, ny, nz) values on a regular grid
             out[c, s:s + chunk] = _lerp(at_x0, at_x1, fx)
     return out
 
+# %% ../nbs/10_transforms.ipynb #c035c
 @TRANSFORMS.register_module()
 class ElasticDistortion(RandomTransform):
     "With probability 0.95, displace `coord` by blurred grid noise for each (granularity, magnitude) pair"
@@ -395,6 +398,7 @@ class ChromaticTranslation(RandomTransform):
                 np.clip(column, 0, 255, out=column)
         return data_dict
 
+# %% ../nbs/10_transforms.ipynb #c038c
 @TRANSFORMS.register_module()
 class ChromaticJitter(RandomTransform):
     "With probability `p`, add per-point N(0, (std·255)²) noise to the colours and clip to 0..255"
@@ -481,67 +485,73 @@ class GridSample(RandomTransform):
         self.return_min_coord, self.return_displacement = return_min_coord, return_displacement
         self.project_displacement = project_displacement
 
-    def voxelize(self, coord:np.ndarray, # (N, 3) points
-                 exact:bool=False): # sort as `np.argsort` does (see `sort_by_key`)
-        "Grid coord columns, their minimum before the shift, the key sort order, voxel starts, counts, new-voxel flags"
-        grid_size = np.broadcast_to(np.asarray(self.grid_size, np.float64), (coord.shape[1],))
-        cols, min_coord = [], np.empty(coord.shape[1], np.int64)
-        for k in range(coord.shape[1]):  # floor(coord / grid_size) in float64, as the reference's division by an array
-            col = np.divide(coord[:, k], grid_size[k], dtype=np.float64)
-            np.floor(col, out=col)
-            min_coord[k] = col.min()
-            col -= min_coord[k]
-            cols.append(col.astype(np.int64))
-        order, key_sorted = sort_by_key(self.hash(cols), exact=exact)
-        new_voxel = np.empty(len(order), bool)
-        new_voxel[:1] = True
-        np.not_equal(key_sorted[1:], key_sorted[:-1], out=new_voxel[1:])
-        start = np.flatnonzero(new_voxel)
-        count = np.diff(start, append=len(order))
-        return cols, min_coord, order, start, count, new_voxel
+# %% ../nbs/10_transforms.ipynb #c046b
+@patch
+def voxelize(self:GridSample, coord:np.ndarray, # (N, 3) points
+             exact:bool=False): # sort as `np.argsort` does (see `sort_by_key`)
+    "Grid coord columns, their minimum before the shift, the key sort order, voxel starts, counts, new-voxel flags"
+    grid_size = np.broadcast_to(np.asarray(self.grid_size, np.float64), (coord.shape[1],))
+    cols, min_coord = [], np.empty(coord.shape[1], np.int64)
+    for k in range(coord.shape[1]):  # floor(coord / grid_size) in float64, as the reference's division by an array
+        col = np.divide(coord[:, k], grid_size[k], dtype=np.float64)
+        np.floor(col, out=col)
+        min_coord[k] = col.min()
+        col -= min_coord[k]
+        cols.append(col.astype(np.int64))
+    order, key_sorted = sort_by_key(self.hash(cols), exact=exact)
+    new_voxel = np.empty(len(order), bool)
+    new_voxel[:1] = True
+    np.not_equal(key_sorted[1:], key_sorted[:-1], out=new_voxel[1:])
+    start = np.flatnonzero(new_voxel)
+    count = np.diff(start, append=len(order))
+    return cols, min_coord, order, start, count, new_voxel
 
-    def extras(self, part:dict, # the sub-sampled scene (a fragment in test mode)
-               idx:np.ndarray, # its points' indices in the input
-               coord:np.ndarray, # the input points
-               grid_cols, min_coord, inverse): # from `voxelize` (`inverse` None unless requested)
-        "Add the requested `inverse`, `grid_coord`, `min_coord` and `displacement` keys to `part`"
-        if self.return_inverse: part["inverse"] = inverse
-        grid_coord = np.stack([col.take(idx) for col in grid_cols], 1)
-        if self.return_grid_coord:
-            part["grid_coord"] = grid_coord
-            if "grid_coord" not in part["index_valid_keys"]: part["index_valid_keys"].append("grid_coord")
-        if self.return_min_coord: part["min_coord"] = (min_coord * np.asarray(self.grid_size)).reshape(1, 3)
-        if self.return_displacement:  # in voxels, -0.5..0.5 from the voxel centre
-            disp = coord[idx] / np.asarray(self.grid_size, np.float64) - min_coord - grid_coord - 0.5
-            if self.project_displacement: disp = np.sum(disp * part["normal"], axis=-1, keepdims=True)
-            part["displacement"] = disp
-            if "displacement" not in part["index_valid_keys"]: part["index_valid_keys"].append("displacement")
-        return part
+# %% ../nbs/10_transforms.ipynb #c046e
+@patch
+def extras(self:GridSample, part:dict, # the sub-sampled scene (a fragment in test mode)
+           idx:np.ndarray, # its points' indices in the input
+           coord:np.ndarray, # the input points
+           grid_cols, min_coord, inverse): # from `voxelize` (`inverse` None unless requested)
+    "Add the requested `inverse`, `grid_coord`, `min_coord` and `displacement` keys to `part`"
+    if self.return_inverse: part["inverse"] = inverse
+    grid_coord = np.stack([col.take(idx) for col in grid_cols], 1)
+    if self.return_grid_coord:
+        part["grid_coord"] = grid_coord
+        if "grid_coord" not in part["index_valid_keys"]: part["index_valid_keys"].append("grid_coord")
+    if self.return_min_coord: part["min_coord"] = (min_coord * np.asarray(self.grid_size)).reshape(1, 3)
+    if self.return_displacement:  # in voxels, -0.5..0.5 from the voxel centre
+        disp = coord[idx] / np.asarray(self.grid_size, np.float64) - min_coord - grid_coord - 0.5
+        if self.project_displacement: disp = np.sum(disp * part["normal"], axis=-1, keepdims=True)
+        part["displacement"] = disp
+        if "displacement" not in part["index_valid_keys"]: part["index_valid_keys"].append("displacement")
+    return part
 
-    def __call__(self, data_dict):
-        if "coord" not in data_dict: raise KeyError("GridSample needs a 'coord' key in the data dict")
-        coord = data_dict["coord"]
-        grid_cols, min_coord, order, start, count, new_voxel = self.voxelize(coord, exact=self.mode == "test")
-        inverse = None
-        if self.return_inverse:
-            inverse = np.empty(len(order), np.int64)
-            inverse[order] = np.cumsum(new_voxel) - 1
-        if self.mode == "train":
-            idx = np.take(order, start + self.generator().integers(0, count.max(), count.size) % count)
-            if "sampled_index" in data_dict:
-                idx = np.unique(np.append(idx, data_dict["sampled_index"]))
-                mask = np.zeros(len(order), bool); mask[data_dict["sampled_index"]] = True
-                data_dict["sampled_index"] = np.flatnonzero(mask[idx])
-            data_dict = index_operator(data_dict, idx)
-            return self.extras(data_dict, idx, coord, grid_cols, min_coord, inverse)
-        parts = []
-        for i in range(count.max()):
-            idx = np.take(order, start + i % count)
-            part = index_operator(data_dict, idx, duplicate=True)
-            part["index"] = idx
-            parts.append(self.extras(part, idx, coord, grid_cols, min_coord,
-                                     None if inverse is None else inverse.copy()))
-        return parts
+# %% ../nbs/10_transforms.ipynb #c046g
+@patch
+def __call__(self:GridSample, data_dict):
+    if "coord" not in data_dict: raise KeyError("GridSample needs a 'coord' key in the data dict")
+    coord = data_dict["coord"]
+    grid_cols, min_coord, order, start, count, new_voxel = self.voxelize(coord, exact=self.mode == "test")
+    inverse = None
+    if self.return_inverse:
+        inverse = np.empty(len(order), np.int64)
+        inverse[order] = np.cumsum(new_voxel) - 1
+    if self.mode == "train":
+        idx = np.take(order, start + self.generator().integers(0, count.max(), count.size) % count)
+        if "sampled_index" in data_dict:
+            idx = np.unique(np.append(idx, data_dict["sampled_index"]))
+            mask = np.zeros(len(order), bool); mask[data_dict["sampled_index"]] = True
+            data_dict["sampled_index"] = np.flatnonzero(mask[idx])
+        data_dict = index_operator(data_dict, idx)
+        return self.extras(data_dict, idx, coord, grid_cols, min_coord, inverse)
+    parts = []
+    for i in range(count.max()):
+        idx = np.take(order, start + i % count)
+        part = index_operator(data_dict, idx, duplicate=True)
+        part["index"] = idx
+        parts.append(self.extras(part, idx, coord, grid_cols, min_coord,
+                                 None if inverse is None else inverse.copy()))
+    return parts
 
 # %% ../nbs/10_transforms.ipynb #c049
 def nearest_k(dist:np.ndarray, # (N,) distances

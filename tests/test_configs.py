@@ -10,7 +10,7 @@ from sonata_nb.runtime import count_parameters
 from sonata_nb.segmentor import build_model
 from sonata_nb.transforms import Compose
 from sonata_nb.datasets import build_dataset, collate_fn, point_collate_fn
-import sonata_nb.demo  # noqa: F401  (registers DemoDataset)
+import sonata_nb  # noqa: F401  (registers every built-in component, DemoDataset included)
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 SONATA = sorted((ROOT / "sonata").glob("semseg-sonata-v1m1-*.py"))

@@ -8,7 +8,8 @@ from scipy.spatial import cKDTree
 
 from sonata_nb.classes import SCANNET20_NAMES, SCANNET200_NAMES
 from sonata_nb.datasets import ScanNet200Dataset, build_dataset, point_collate_fn
-from sonata_nb.demo import DEMO_ASSETS, KINDS, ROOM_TYPES, DemoDataset, generate_room, make_demo_data
+from sonata_nb.demo import DEMO_ASSETS, KINDS, ROOM_TYPES, generate_room, make_demo_data
+from sonata_nb.datasets import DemoDataset
 
 C20 = {name: i for i, name in enumerate(SCANNET20_NAMES)}
 

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def demo_cfg(save_path, data_root, **overrides):
     "The demo ft config on 2 tiny train rooms and 1 val room: 2 cycles of 1 step"
     opts = dict(seed=0, num_worker=0, batch_size=2, epoch=2, eval_epoch=2, save_path=save_path, log_interval=1)
-    opts["data.train.transform.13.point_max"] = 512
+    opts["data.train.transform.SphereCrop.point_max"] = 512
     for split in ("train", "val", "test"):
         opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
                      f"data.{split}.spacing": 0.15})

@@ -21,7 +21,7 @@ def exp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     data = make_demo_data(tmp/"data", n_train=2, n_val=1, seed=0, spacing=0.15)
     opts = dict(save_path=tmp/"exp"/"demo"/"ft", seed=0, num_worker=0, batch_size=2, epoch=2, eval_epoch=2,
-                enable_wandb=False, log_interval=1, **{"data.train.transform.13.point_max": 512, "test.num_workers": 0})
+                enable_wandb=False, log_interval=1, **{"data.train.transform.SphereCrop.point_max": 512, "test.num_workers": 0})
     for split in ("train", "val", "test"):
         opts.update({f"data.{split}.data_root": data, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
                      f"data.{split}.spacing": 0.15})

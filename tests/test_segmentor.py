@@ -1,10 +1,13 @@
 "DefaultSegmentorV2: up-cast features, head, frozen-backbone semantics, outputs per mode, Sonata parameter counts."
+from functools import partial
+
 import pytest
 import torch
 from sonata_nb.losses import build_criteria
 from sonata_nb.model import MODELS, SONATA_CONFIG, PointTransformerV3
 from sonata_nb.runtime import count_parameters
 from sonata_nb.segmentor import DefaultSegmentorV2, build_model
+from sonata_nb.testing import tiny_cloud
 
 CRITERIA = [dict(type="CrossEntropyLoss", loss_weight=1.0, ignore_index=-1),
             dict(type="LovaszLoss", mode="multiclass", loss_weight=1.0, ignore_index=-1)]
@@ -13,12 +16,7 @@ TINY = dict(type="PT-v3m2", in_channels=9, order=("z", "z-trans"), stride=(2, 2)
             dec_channels=(8, 16), dec_num_head=(1, 2), dec_patch_size=(32, 32), shuffle_orders=False)
 
 
-def cloud(n=300, classes=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    grid = torch.unique(torch.randint(0, 30, (n, 3), generator=g), dim=0)
-    coord = grid.float() * 0.02
-    return dict(coord=coord, grid_coord=grid, feat=torch.cat([coord, torch.rand(len(grid), 6, generator=g)], 1),
-                offset=torch.tensor([len(grid) // 3, len(grid)]), segment=torch.randint(-1, classes, (len(grid),), generator=g))
+cloud = partial(tiny_cloud, n=300, classes=4)  # sonata_nb.testing: random voxels with labels (-1 ignored)
 
 
 def segmentor(mode, classes=4, **kw):

@@ -13,7 +13,7 @@ CONFIG = "semseg-demo-ft"
 def demo_options(data_root, **overrides) -> list[str]:
     "Options shrinking the demo ft recipe to seconds on a CPU: 2 small train rooms, 1 val room, 512-point crops"
     opts = dict(seed=0, num_worker=0, batch_size=2, epoch=8, eval_epoch=2, enable_wandb=False, log_interval=1)
-    opts["data.train.transform.13.point_max"] = 512  # SphereCrop (recipe 102400, demo 4096)
+    opts["data.train.transform.SphereCrop.point_max"] = 512  # SphereCrop (recipe 102400, demo 4096)
     for split in ("train", "val", "test"):
         opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
                      f"data.{split}.spacing": 0.15})

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def demo_cfg(mode, save_path, data_root=None, **overrides):
     "The demo `mode` config (lin/dec/ft) with 2 tiny train rooms, 1 val room, 1 step per cycle"
     opts = dict(seed=0, num_worker=0, batch_size=2, epoch=1, eval_epoch=1, save_path=save_path, log_interval=1)
-    opts["data.train.transform.13.point_max"] = 512
+    opts["data.train.transform.SphereCrop.point_max"] = 512
     if data_root is not None:
         for split in ("train", "val", "test"):
             opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,

@@ -17,7 +17,7 @@ TIMING = {"time", "data_time", "batch_time", "eta"}  # fields that may differ be
 def demo_options(data_root, **overrides) -> dict:
     "The demo ft recipe (Mix3D 0.8, drop path, shuffled orders) shrunk to 2 rooms, 512-point crops, 1 step per cycle"
     opts = dict(seed=0, num_worker=2, batch_size=2, epoch=4, eval_epoch=4, enable_wandb=False, log_interval=1)
-    opts["data.train.transform.13.point_max"] = 512  # SphereCrop
+    opts["data.train.transform.SphereCrop.point_max"] = 512  # SphereCrop
     for split in ("train", "val", "test"):
         opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
                      f"data.{split}.spacing": 0.15})

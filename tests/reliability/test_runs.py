@@ -26,7 +26,7 @@ HOLD = ("import sys, time; from sonata_nb.trainer import lock_experiment; lock =
 def options(data_root, **overrides) -> dict:
     "The demo ft recipe shrunk to 2 rooms of 512-point crops; epoch=8, eval_epoch=2: 2 cycles of 4 steps"
     opts = dict(seed=0, num_worker=0, batch_size=2, epoch=8, eval_epoch=2, enable_wandb=False, log_interval=1)
-    opts["data.train.transform.13.point_max"] = 512
+    opts["data.train.transform.SphereCrop.point_max"] = 512
     for split in ("train", "val", "test"):
         opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
                      f"data.{split}.spacing": 0.15})
