@@ -14,6 +14,11 @@ from fastcore.basics import patch
 from .viz import (ERROR_PALETTE, IGNORED_RGB, OfflineFigure, class_palette, experiment_config, pca_colors,
                            prediction_figure, prediction_names, subsample, test_scene_dataset)
 from .zero_shot import encode, similarity, similarity_colors
+from .classes import SCANNET20_NAMES, SCANNET200_NAMES, S3DIS_NAMES
+from .datasets import build_dataset
+from .model import load_encoder
+from .runtime import default_device
+
 
 # %% auto #0
 __all__ = ['VIEWS', 'ViewUnavailable', 'SceneSource', 'scene_view', 'show', 'Explorer']
@@ -37,7 +42,6 @@ def _grid_size(cfg, default=0.02) -> float:
 
 def _dataset_classes(dataset) -> tuple[list[str], np.ndarray]:
     "Class names and colours of a dataset, from its type (ScanNet-20/200, S3DIS) or its class count"
-    from sonata_nb.classes import SCANNET20_NAMES, SCANNET200_NAMES, S3DIS_NAMES
     kinds = {"ScanNet200Dataset": SCANNET200_NAMES, "ScanNetDataset": SCANNET20_NAMES, "S3DISDataset": S3DIS_NAMES}
     names = next((kinds[c.__name__] for c in type(dataset).__mro__ if c.__name__ in kinds), None)
     k = getattr(dataset, "num_classes", None) or getattr(dataset, "NUM_CLASSES", None)
@@ -62,7 +66,6 @@ class SceneSource:
             encoder = encoder if encoder is not None else _experiment_checkpoint(self.exp)
             grid_size = grid_size or _grid_size(self.cfg)
         else:
-            from sonata_nb.datasets import build_dataset
             self.dataset = build_dataset(dict(source, transform=None, test_mode=False, test_cfg=None)) if isinstance(source, Mapping) else source
             if not all(hasattr(self.dataset, a) for a in ("get_data", "get_data_name", "data_list")):
                 raise TypeError(f"show/explore take an experiment folder, a dataset or a dataset config dict; got {type(source).__name__}")
@@ -113,8 +116,6 @@ def features(self:SceneSource, scene) -> dict: # a scene name or its index
         if s["color"] is None or s["normal"] is None:
             raise ViewUnavailable(f"scene '{name}' has no {'color' if s['color'] is None else 'normal'}: the encoder needs coord, color and normal")
         if not isinstance(self.encoder, torch.nn.Module):
-            from sonata_nb.model import load_encoder
-            from sonata_nb.runtime import default_device
             self.encoder = load_encoder(self.encoder).to(default_device())
         self._features[name] = encode(s, self.encoder, levels=2, grid_size=self.grid_size)
     return self._features[name]

@@ -11,7 +11,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from .viz import (OfflineFigure, class_palette, cloud_figure, experiment_config, figure_html, prediction_figure,
-                           prediction_names, scene_prediction, test_scene_dataset)
+                           prediction_names, scene_prediction, test_scene_dataset, export_predictions)
+from .segmentor import build_model
+from .runtime import count_parameters
+from .explore import SceneSource, _experiment_checkpoint, show
+
 
 # %% auto #0
 __all__ = ['check_experiment', 'read_metrics', 'protocol', 'log_span', 'summary_rows', 'curves_figure', 'confusion_matrix',
@@ -60,8 +64,6 @@ def _hms(s): return f"{int(s) // 3600}:{int(s) % 3600 // 60:02d}:{int(s) % 60:02
 # %% ../nbs/31_report.ipynb #c009
 def _params(cfg) -> str:
     import torch
-    from sonata_nb.segmentor import build_model
-    from sonata_nb.runtime import count_parameters
     with torch.device("meta"): model = build_model(cfg["model"])
     return f"{count_parameters(model):,} trainable of {count_parameters(model, trainable=False):,}"
 
@@ -201,7 +203,6 @@ def pca_view(exp:Path, # an experiment folder
              seed:int=0, # seed of the subsample
              notes:list|None=None) -> tuple[OfflineFigure, str]|None: # collects why there is no view
     "(figure, description) of the PCA colouring of the checkpoint encoder's features on the first tested scene"
-    from sonata_nb.explore import SceneSource, _experiment_checkpoint, show
     notes = [] if notes is None else notes
     ckpt = _experiment_checkpoint(exp)
     if ckpt is None:
@@ -292,7 +293,6 @@ def report_main(argv:list[str]|None=None) -> Path: # command-line arguments (def
     try:
         out = write_report(a.exp_dir, a.output, views=a.views, max_points=a.max_points, pca=not a.no_pca)
         if a.ply:
-            from sonata_nb.viz import export_predictions
             for f in export_predictions(a.exp_dir): print(f)
     except (FileNotFoundError, ValueError, KeyError) as e: raise SystemExit(f"sonata-report: {e}")
     print(out)

@@ -9,6 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import sonata_nb
+from .config import Config, default_config_parser
+from .classes import S3DIS_NAMES, SCANNET20_NAMES
+from .demo import generate_room, make_demo_data
+from .report import curves_figure, read_metrics, _table, iou_figure, write_report
+from .viz import class_palette, cloud_figure, prediction_figure, prediction_names, scene_prediction
+from .model import save_checkpoint
+from .segmentor import build_model
+from .trainer import Trainer
+from .tester import SemSegTester
+from .recipes import run_s3dis_6fold
+
 
 # %% auto #0
 __all__ = ['DATASETS', 'PROTOCOLS', 'SMOKE_OPTIONS', 'configs_dir', 'recipe_config', 'smoke_options', 's3dis_labels',
@@ -41,7 +52,6 @@ SMOKE_OPTIONS = {"epoch": 1, "eval_epoch": 1, "batch_size": 2, "num_worker": 0, 
 def smoke_options(config:str|Path, # the recipe config
                   protocol:str) -> dict: # its protocol: the demo backbone of configs/demo/semseg-demo-<protocol>.py
     "Config overrides that make `config` a CPU smoke run: tiny backbone, one short cycle, small crops, one test view"
-    from sonata_nb.config import Config
     cfg, demo = Config.fromfile(config), Config.fromfile(configs_dir()/"demo"/f"semseg-demo-{protocol}.py")
     opts = {"model.backbone_out_channels": demo.model.backbone_out_channels}
     for k, v in demo.model.backbone.items():
@@ -56,7 +66,6 @@ _TO_S3DIS = {"wall": "wall", "floor": "floor", "chair": "chair", "table": "table
 
 def s3dis_labels(segment20:np.ndarray) -> np.ndarray: # ScanNet-20 labels, -1 ignored
     "ScanNet-20 labels as S3DIS labels: same-named classes kept (bookshelf → bookcase, desk → table), the rest clutter"
-    from sonata_nb.classes import S3DIS_NAMES, SCANNET20_NAMES
     lut = np.array([S3DIS_NAMES.index(_TO_S3DIS.get(n, "clutter")) for n in SCANNET20_NAMES] + [-1])
     return lut[np.asarray(segment20)].astype(np.int64)  # index -1 → the last entry: ignored stays ignored
 
@@ -65,7 +74,6 @@ def smoke_data(dataset:str, # scannet, scannet200, s3dis or custom
                spacing:float=0.15, # surface sampling step of the rooms, metres
                seed:int=0) -> Path: # seed of the rooms
     "A few generated rooms in the layout of `dataset`: 2 train + 1 val (ScanNet, custom), one room per area (S3DIS)"
-    from sonata_nb.demo import generate_room, make_demo_data
     root = Path(root)
     if dataset in ("scannet", "scannet200"): return make_demo_data(root, n_train=2, n_val=1, seed=seed, spacing=spacing)
     if dataset not in DATASETS: raise ValueError(f"dataset={dataset!r}: choose one of {', '.join(DATASETS)}")
@@ -115,14 +123,11 @@ class Run:
 
     def curves(self):
         "Loss, learning rate and validation metrics of the run (`sonata_nb.report.curves_figure`)"
-        from sonata_nb.report import curves_figure, read_metrics
         return curves_figure(read_metrics(self.exp)[0])
 
     def classes(self):
         "Per-class IoU bars (shown) and a table of IoU, accuracy and labelled points (returned, HTML)"
         from IPython.display import HTML, display
-        from sonata_nb.report import _table, iou_figure
-        from sonata_nb.viz import class_palette
         names, palette = class_palette(self.cfg)
         target = self.metrics.get("target") or [None] * len(names)
         rows = [dict(cls=n, iou=self.metrics["iou"][n], acc=self.metrics["acc"][n], points=target[i], predicted=None)
@@ -138,7 +143,6 @@ class Run:
 
     def scene(self, name:str|None=None, max_points:int=30_000):
         "Ground truth | prediction | errors of one tested scene (the first by default), cameras linked"
-        from sonata_nb.viz import class_palette, cloud_figure, prediction_figure, prediction_names, scene_prediction
         scenes = prediction_names(self.exp)
         if not scenes: raise FileNotFoundError(f"No result/*_pred.npy in {self.exp}: the precise evaluation did not run")
         s = scene_prediction(self.exp, name or scenes[0])
@@ -163,8 +167,6 @@ def _options(dataset, protocol, config, smoke, options, data_root, tmp):
 def _tiny_encoder(cfg, path):
     "Save a seeded random encoder of `cfg.model.backbone` (the smoke stand-in for a pretrained weight)"
     import torch
-    from sonata_nb.model import save_checkpoint
-    from sonata_nb.segmentor import build_model
     torch.manual_seed(0)
     return save_checkpoint(build_model(cfg.model).backbone, path)
 
@@ -180,7 +182,6 @@ def probe_run(dataset:str, # scannet, scannet200, s3dis or custom
               config:str|Path|None=None, # a config file instead of the recipe
               test_area:str="Area_5") -> Run: # S3DIS: the held-out area, or "6fold"
     "Train and evaluate one probe; returns the `Run` (report.html and metrics.json are in its folder)"
-    from sonata_nb.config import default_config_parser
     areas = tuple(f"Area_{i}" for i in range(1, 7))
     if dataset == "s3dis" and test_area not in (*areas, "6fold"):
         raise ValueError(f"test_area={test_area!r}: choose one of Area_1 ... Area_6, or 6fold")
@@ -200,10 +201,6 @@ def probe_run(dataset:str, # scannet, scannet200, s3dis or custom
 
 # %% ../nbs/40_runs.ipynb #r019
 def _train_one(config, opts, out) -> Run:
-    from sonata_nb.config import default_config_parser
-    from sonata_nb.trainer import Trainer
-    from sonata_nb.tester import SemSegTester
-    from sonata_nb.report import write_report
     cfg = default_config_parser(config, dict(opts, save_path=str(out)))
     trainer = Trainer(cfg)
     best = trainer.train()
@@ -216,9 +213,6 @@ def _train_one(config, opts, out) -> Run:
     return run
 
 def _train_six(config, opts, out) -> Run:
-    from sonata_nb.config import default_config_parser
-    from sonata_nb.recipes import run_s3dis_6fold
-    from sonata_nb.report import write_report
     run_s3dis_6fold(config, out, opts)
     folds = [out/f"Area_{i}" for i in range(1, 7)]
     metrics = json.loads((out/"6-fold.json").read_text())

@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
+from .classes import (SCANNET20_NAMES, SCANNET20_PALETTE, SCANNET200_NAMES, SCANNET200_PALETTE,
+                               S3DIS_NAMES, S3DIS_PALETTE, distinct_palette)
+from .config import Config
+from .datasets import build_dataset
+
 
 # %% auto #0
 __all__ = ['ERROR_PALETTE', 'IGNORED_RGB', 'CHROMIUM_FLAGS', 'subsample', 'reset_plotlyjs', 'figure_html', 'OfflineFigure',
@@ -226,7 +231,6 @@ def write_ply(path:str|Path, # the .ply file to write (atomically)
 # %% ../nbs/30_viz.ipynb #c025
 def experiment_config(exp_dir:str|Path): # an experiment folder exp/<d>/<name>
     "The resolved config saved in `exp_dir/config/config.py`, or a clear error naming what is missing"
-    from sonata_nb.config import Config
     exp = Path(exp_dir)
     if not exp.is_dir(): raise FileNotFoundError(f"Experiment folder '{exp}' does not exist")
     cfg_file = exp/"config"/"config.py"
@@ -237,8 +241,6 @@ def experiment_config(exp_dir:str|Path): # an experiment folder exp/<d>/<name>
 
 def class_palette(cfg) -> tuple[list[str], np.ndarray]: # a resolved config with `data.names` / `data.num_classes`
     "Class names and colours of a config: the dataset's own palette for ScanNet-20/200 and S3DIS, else distinct colours"
-    from sonata_nb.classes import (SCANNET20_NAMES, SCANNET20_PALETTE, SCANNET200_NAMES, SCANNET200_PALETTE,
-                                   S3DIS_NAMES, S3DIS_PALETTE, distinct_palette)
     names = list(cfg["data"].get("names") or [f"class {i}" for i in range(int(cfg["data"]["num_classes"]))])
     for known, pal in ((SCANNET20_NAMES, SCANNET20_PALETTE), (SCANNET200_NAMES, SCANNET200_PALETTE), (S3DIS_NAMES, S3DIS_PALETTE)):
         if tuple(names) == tuple(known): return names, pal
@@ -251,7 +253,6 @@ def prediction_names(exp_dir:str|Path) -> list[str]: # an experiment folder
 # %% ../nbs/30_viz.ipynb #c026
 def test_scene_dataset(cfg): # a resolved experiment config
     "The experiment's test dataset (`cfg.data.test`) without transforms: raw scenes by name"
-    from sonata_nb.datasets import build_dataset
     return build_dataset(dict(cfg["data"]["test"], transform=None, test_mode=False, test_cfg=None))
 
 def scene_prediction(exp_dir:str|Path, # an experiment folder with result/<scene>_pred.npy

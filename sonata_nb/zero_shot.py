@@ -16,6 +16,8 @@ from .classes import SCANNET20_NAMES, SCANNET20_PALETTE, distinct_palette
 from .model import load_encoder, upcast
 from .transforms import Compose
 from .viz import OfflineFigure, cloud_figure, pca_colors
+from .preprocess import load_custom_scan
+
 
 # %% auto #0
 __all__ = ['SONATA_TRANSFORM', 'sonata_transform', 'as_scan', 'encode', 'pca_figure', 'similarity', 'similarity_heat',
@@ -49,7 +51,6 @@ def as_scan(scan, # dict of arrays, a scene folder of .npy files, or a scan file
             scan = {f.stem: np.load(f) for f in sorted(path.glob("*.npy"))}
             if "coord" not in scan: raise FileNotFoundError(f"{path} has no coord.npy: pass a scene folder of the Pointcept layout or a scan file")
         else:
-            from sonata_nb.preprocess import load_custom_scan
             scan = load_custom_scan(path)[0]
     if not isinstance(scan, Mapping): raise TypeError(f"{name}: expected a dict of arrays, a folder or a file, got {type(scan).__name__}")
     fixes = dict(color="pass color=np.zeros((N, 3)) for a scan without colour (the encoder saw colours in training)",

@@ -21,11 +21,14 @@ def package_modules() -> set[str]:
     return {p.stem for p in PKG.glob("*.py") if not p.stem.startswith("_")}
 
 
-def imported_modules(module:str) -> list[tuple[str, int]]:
-    "Every sonata_nb module `module` imports, anywhere in the file (top level or inside functions), with the line"
+def imported_modules(module:str) -> list[tuple[str, int, bool]]:
+    "Every sonata_nb module `module` imports (module, line, whether at the top level), outside a `__main__` block"
     tree = ast.parse((PKG / f"{module}.py").read_text())
+    main_guards = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    entry = {id(x) for g in main_guards for x in ast.walk(g)}  # `python -m` entry code is a program, not a dependency
     found = []
     for node in ast.walk(tree):
+        if id(node) in entry: continue
         if isinstance(node, ast.ImportFrom):
             if node.level == 1: names = [node.module] if node.module else [a.name for a in node.names]
             elif (node.module or "").startswith("sonata_nb."): names = [node.module.split(".")[1]]
@@ -34,7 +37,7 @@ def imported_modules(module:str) -> list[tuple[str, int]]:
         elif isinstance(node, ast.Import):
             names = [a.name.split(".")[1] for a in node.names if a.name.startswith("sonata_nb.")]
         else: continue
-        found += [(n.split(".")[0], node.lineno) for n in names if n.split(".")[0] in package_modules()]
+        found += [(n.split(".")[0], node.lineno, node in tree.body) for n in names if n.split(".")[0] in package_modules()]
     return found
 
 
@@ -49,14 +52,18 @@ def test_the_order_names_every_module_once():
 def test_imports_follow_the_order(module):
     "No import of a later module, not even one deferred into a function (that is how a cycle hides)"
     order = stated_order()
-    later = [f"{m} (line {line})" for m, line in imported_modules(module)
-             if m != module and order.index(m) > order.index(module)]
+    imports = imported_modules(module)
+    later = [f"{m} (line {line})" for m, line, _ in imports if m != module and order.index(m) > order.index(module)]
     assert not later, f"sonata_nb/{module}.py imports modules stated after it: {later}"
+    deferred = [f"{m} (line {line})" for m, line, top in imports if not top]
+    assert not deferred, f"sonata_nb/{module}.py imports package modules inside functions (import them at the top): {deferred}"
 
 
 def test_each_module_imports_alone():
-    "A fresh interpreter imports each module by itself (no import cycle breaks it)"
-    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module('sonata_nb.' + m)\n"
-    for module in stated_order():
-        r = subprocess.run([sys.executable, "-c", code, module], cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 0, f"import sonata_nb.{module} alone failed:\n{r.stderr[-2000:]}"
+    "Each module imported first, with no sonata_nb module loaded before it (one process: torch and spconv load once)"
+    code = ("import importlib, sys\n"
+            "for m in sys.argv[1:]:\n"
+            "    for k in [k for k in sys.modules if k == 'sonata_nb' or k.startswith('sonata_nb.')]: del sys.modules[k]\n"
+            "    importlib.import_module('sonata_nb.' + m)\n")
+    r = subprocess.run([sys.executable, "-c", code, *stated_order()], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, f"importing a module alone failed:\n{r.stderr[-2000:]}"
