@@ -35,6 +35,7 @@ param_dicts = None  # lr groups by parameter-name keyword, e.g. [dict(keyword="b
 report = True  # sonata_nb addition: `sonata-train` writes report.html (curves, per-class table, 3D views) after training
 log_interval = 10  # sonata_nb addition: log a training line every this many iterations
 max_nonfinite_steps = 10  # sonata_nb addition: stop after this many skipped (NaN/Inf loss) steps in a row (0: never)
+custom_imports = []  # sonata_nb addition: your modules imported before anything is built, e.g. ["my_pkg.my_dataset"]
 
 # hooks
 hooks = [
