@@ -458,7 +458,7 @@ def _is_expected_drop(key:str, model_keys) -> bool:
 def load_weights(model:nn.Module, # a PointTransformerV3
                  source, # checkpoint path, hub name, or an already loaded checkpoint dict
                  strict:bool=True, # missing / unexpected backbone keys raise (else they are logged)
-                 trust:bool=False): # unpickle fully (runs code the file names): only for files you trust
+                 trust:bool=False): # load a file naming other globals (as inert data, no code runs): only for files you trust
     "Load the backbone weights of `source` into `model` in place; returns a `LoadReport`"
     if isinstance(source, Mapping): return _load_backbone(model, source, strict, "checkpoint dict")
     path = resolve_source(source)
@@ -506,7 +506,7 @@ def _load_backbone(model, ckpt, strict, name) -> LoadReport:
 # %% ../nbs/04_model.ipynb #c051
 def load_encoder(source, # checkpoint path or hub name ('facebook/sonata')
                  strict:bool=True, # missing / unexpected backbone keys raise
-                 trust:bool=False, # unpickle fully (runs code the file names): only for files you trust
+                 trust:bool=False, # load a file naming other globals (as inert data, no code runs): only for files you trust
                  **overrides): # PTv3 config keys replacing the checkpoint's (e.g. enc_patch_size, enc_mode)
     "A PointTransformerV3 built from `source`'s config (or `SONATA_CONFIG`) with its weights, in eval mode"
     path = resolve_source(source)

@@ -14,7 +14,7 @@ from .classes import S3DIS_NAMES, SCANNET20_NAMES
 from .demo import generate_room, make_demo_data
 from .report import curves_figure, read_metrics, _table, iou_figure, write_report
 from .viz import class_palette, cloud_figure, prediction_figure, prediction_names, scene_prediction
-from .model import save_checkpoint
+from .model import PointTransformerV3, save_checkpoint
 from .segmentor import build_model
 from .trainer import Trainer
 from .tester import SemSegTester
@@ -22,9 +22,9 @@ from .recipes import run_s3dis_6fold
 
 
 # %% auto #0
-__all__ = ['DATASETS', 'PROTOCOLS', 'SMOKE_OPTIONS', 'configs_dir', 'recipe_config', 'smoke_options', 's3dis_labels',
-           'smoke_data', 'custom_options', 'Run', 'probe_run', 'strip_widgets', 'notebook_html', 'execute_run',
-           'run_main']
+__all__ = ['DATASETS', 'PROTOCOLS', 'SMOKE_OPTIONS', 'ZERO_SHOT_TINY', 'configs_dir', 'recipe_config', 'smoke_options',
+           's3dis_labels', 'smoke_data', 'custom_options', 'Run', 'zero_shot_models', 'probe_run', 'strip_widgets',
+           'notebook_html', 'execute_run', 'run_main']
 
 # %% ../nbs/40_runs.ipynb #r006
 DATASETS = ("scannet", "scannet200", "s3dis", "custom")
@@ -169,6 +169,26 @@ def _tiny_encoder(cfg, path):
     import torch
     torch.manual_seed(0)
     return save_checkpoint(build_model(cfg.model).backbone, path)
+
+# %% ../nbs/40_runs.ipynb #r017b
+ZERO_SHOT_TINY = dict(in_channels=9, enc_depths=(1, 1, 1, 1, 1), enc_channels=(16, 32, 48, 64, 96),
+                      enc_num_head=(1, 2, 3, 4, 6), enc_patch_size=(128,) * 5, stride=(2, 2, 2, 2), enc_mode=True)
+
+def zero_shot_models(smoke:bool, # True: tiny random stand-ins written to `folder` (nothing is downloaded)
+                     folder:str|Path, # where the stand-ins go
+                    ) -> tuple[str, str]: # (encoder, head) for `zero_shot.encode`/`segment`: hub names or files
+    "The encoder and ScanNet-20 head of the zero-training demos: Sonata's released ones, or seeded tiny stand-ins"
+    if not smoke: return "sonata", "sonata_linear_prob_head_sc"
+    import torch
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_checkpoint(PointTransformerV3(**ZERO_SHOT_TINY), folder/"tiny_encoder.pth")
+    lin = torch.nn.Linear(sum(ZERO_SHOT_TINY["enc_channels"]), 20)
+    torch.save({"config": {"backbone_out_channels": lin.in_features, "num_classes": 20},
+                "state_dict": {"seg_head.weight": lin.weight.detach(), "seg_head.bias": lin.bias.detach()}},
+               folder/"tiny_head.pth")
+    return str(folder/"tiny_encoder.pth"), str(folder/"tiny_head.pth")
+
 
 # %% ../nbs/40_runs.ipynb #r018
 def probe_run(dataset:str, # scannet, scannet200, s3dis or custom

@@ -63,7 +63,7 @@ def unwrap(model:torch.nn.Module) -> torch.nn.Module:
 
 def load_test_weight(model:torch.nn.Module, # the segmentor (or its DDP wrapper)
                     path:str|Path|None,    # a trainer checkpoint, e.g. exp/<d>/<name>/model/model_best.pth
-                    trust:bool=False,      # unpickle fully (runs code the file names): only for files you trust
+                    trust:bool=False,      # load a file naming other globals (as inert data, no code runs): only for files you trust
                    ) -> dict:
     "Load a trainer checkpoint's `state_dict` into `model` strictly; returns the checkpoint"
     if path is None or str(path) in ("", "None"):

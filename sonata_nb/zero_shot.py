@@ -176,7 +176,7 @@ class SegHead(nn.Module):
     def forward(self, x): return self.seg_head(x)
 
 def load_head(source="sonata_linear_prob_head_sc", # a hub name or a file in the head format
-              trust:bool=False) -> SegHead: # unpickle fully (runs code the file names): only for files you trust
+              trust:bool=False) -> SegHead: # load a file naming other globals (as inert data, no code runs): only for files you trust
     "The linear-probe head of `source`, in eval mode; errors name the file, the field and what was expected"
     path = resolve_source(source)
     ckpt = read_checkpoint(path, trust=trust)
