@@ -37,6 +37,13 @@ def state_digest(module:torch.nn.Module) -> str: # e.g. the frozen backbone
         h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
+def _file_sha(path, chunk:int=2**24) -> str:
+    "sha256 of a file, read in chunks"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""): h.update(block)
+    return h.hexdigest()
+
 def scene_digest(dataset) -> str: # a built train dataset
     "sha256 of the scene folders of `dataset` and the sizes of their files"
     entries = [(os.path.basename(d), sorted((f.name, f.stat().st_size) for f in Path(d).iterdir() if f.is_file()))
@@ -107,12 +114,6 @@ def build_cache(folder, # the cache folder (replaced when complete)
     log.info(f"Cached {len(rows)} views, {start:,} points x {meta['channels']} channels: {sum(sizes.values()) / 2**20:.1f} MiB "
              f"in {folder} ({meta['build_seconds']:.1f}s)")
     return FeatureCache(folder)
-
-def _file_sha(path, chunk:int=2**24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""): h.update(block)
-    return h.hexdigest()
 
 # %% ../nbs/28_lincache.ipynb #c010
 class FeatureCache:
