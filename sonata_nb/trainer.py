@@ -28,7 +28,7 @@ from .model import load_weights
 from .registry import Registry
 from .runtime import (all_reduce_sum, count_parameters, default_device, get_rank, get_world_size,
                                is_main_process, setup_logger, show_progress, to_device, to_plain)
-from .segmentor import build_model
+from .segmentor import backbone_of, build_model
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler', 'SeededBatch',
@@ -259,7 +259,7 @@ def load_weight(self:Trainer):
     "Load `cfg.weight` into the backbone strictly (`CheckpointLoader`); `None` trains from scratch"
     weight = self.cfg.get("weight")
     if weight is None: return self.logger.info("=> No pretrained weight (weight=None): training from scratch")
-    target = getattr(self.model, "backbone", self.model)
+    target = backbone_of(self.model)  # the backbone contract: a clear error without one
     self.logger.info(f"=> Loading weight at: {weight}")
     report = load_weights(target, weight, strict=True, trust=bool(self.cfg.get("trust_checkpoint", False)))
     self.logger.info(f"Loaded pretrained backbone weight: {report}")

@@ -82,7 +82,9 @@ def test_default_run(name, executed):
     outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
     text = lambda v: "".join(v) if isinstance(v, list) else v  # nbformat stores multi-line strings as lists of lines
     figs = [{k: text(v) for k, v in o["data"].items()} for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
-    assert len(figs) == 3 + (name == "custom"), len(figs)  # curves, IoU bars, test scene (+ the scan before training)
+    # curves, IoU bars, test scene (custom: + the scan before training and the three zero-training views)
+    assert len(figs) == 3 + 4 * (name == "custom"), len(figs)
+    if name == "custom": assert any("ScanNet-20 classes, zero training" in d["text/html"] for d in figs)
     assert all("text/html" in d for d in figs), "a plotly output without its offline HTML"
     assert sum("plotly.js v" in d["text/html"] for d in figs) == 1  # plotly.js once per notebook
     table = "".join(text(o["data"].get("text/html", "")) for o in outputs if o["output_type"] == "execute_result")
