@@ -27,4 +27,6 @@ pip install -q --upgrade pip
 pip install -q "$TORCH_SPEC"
 pip install -q "$OPEN3D_SPEC"
 pip install -q -e ".[dev]"
+# open3d brings dash, whose JupyterLab extension asks for a "Build" at every JupyterLab start; nothing here uses it
+"$VENV/bin/jupyter" labextension uninstall --no-build @plotly/dash-jupyterlab >/dev/null 2>&1 || true
 "$VENV/bin/python" -c "import torch, spconv.pytorch, open3d, sonata_nb; print('sonata_nb', sonata_nb.__version__, 'torch', torch.__version__, 'ready')" 2>&1 | grep -v -i warn
