@@ -145,10 +145,10 @@ def main(argv=None):
         print(f"workers {w:3d} threads {r['worker_threads']}, batch {r['batch']}: wait {r['wait_s'] * 1e3:7.1f} ms, "
               f"compute {r['compute_s'] * 1e3:7.1f} ms (alone {r['compute_alone_s'] * 1e3:7.1f} ms), "
               f"wait share {100 * r['wait_share']:5.1f} %, max wait {r['max_wait_s']:.2f} s", flush=True)
-    out = dict(config=CONFIG.name, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               cpu_cores=os.cpu_count(), rooms=args.rooms, spacing=args.spacing, generate_s=gen_s, results=rows,
-               torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
-    if args.json: Path(args.json).write_text(json.dumps(out, indent=1))
+        out = dict(config=CONFIG.name, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   cpu_cores=os.cpu_count(), rooms=args.rooms, spacing=args.spacing, generate_s=gen_s, results=rows,
+                   torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
+        if args.json: Path(args.json).write_text(json.dumps(out, indent=1))  # after each variant: a cut run keeps its rows
     return out
 
 
