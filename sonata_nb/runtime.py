@@ -4,16 +4,16 @@
 
 # %% ../nbs/00a_runtime.ipynb #c002
 from __future__ import annotations
-import logging, os, sys, warnings
+import logging, os, re, sys, warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'LIBRARY_WARNINGS', 'get_rank', 'get_world_size', 'is_main_process', 'all_reduce_sum', 'default_device',
-           'to_device', 'in_notebook', 'show_progress', 'setup_logger', 'to_plain', 'count_parameters',
-           'silence_library_warnings']
+__all__ = ['LOG_FORMAT', 'LIBRARY_WARNINGS', 'LIBRARY_LOG_MESSAGES', 'get_rank', 'get_world_size', 'is_main_process',
+           'all_reduce_sum', 'default_device', 'to_device', 'in_notebook', 'show_progress', 'setup_logger', 'to_plain',
+           'count_parameters', 'silence_library_warnings']
 
 # %% ../nbs/00a_runtime.ipynb #c005
 def get_rank() -> int:
@@ -101,7 +101,20 @@ LIBRARY_WARNINGS = [  # (message regex, category, module regex) of warnings user
     (r"`torch\.cuda\.amp\.custom_(fwd|bwd)", FutureWarning, r"spconv\."),
 ]
 
+LIBRARY_LOG_MESSAGES = [  # (logger, message regex) of log records users cannot act on
+    ("torch.fx._symbolic_trace", r"is_fx_tracing will return true"),  # torch's own deprecation note, printed once
+]
+
+class _DropMessages(logging.Filter):
+    "Drop the records whose message matches `pattern`"
+    def __init__(self, pattern:str): super().__init__(); self.pattern = re.compile(pattern)
+    def filter(self, record): return not self.pattern.search(record.getMessage())
+
 def silence_library_warnings():
-    "Ignore the warnings of `LIBRARY_WARNINGS` (and only those)"
+    "Ignore the warnings of `LIBRARY_WARNINGS` and the log records of `LIBRARY_LOG_MESSAGES` (and only those)"
     for message, category, module in LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, pattern in LIBRARY_LOG_MESSAGES:
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) and f.pattern.pattern == pattern for f in lg.filters):
+            lg.addFilter(_DropMessages(pattern))
