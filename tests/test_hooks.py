@@ -10,6 +10,7 @@ import sonata_nb.runtime as R
 import sonata_nb.tester as TS
 import sonata_nb.trainer as TR
 from sonata_nb.config import default_config_parser
+from test_train_cli import demo_options  # the tiny demo run of the command-line tests
 from sonata_nb.hooks import EVENTS, HOOKS, HookBase, build_hooks
 from sonata_nb.trainer import Trainer
 
@@ -19,13 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def demo_cfg(save_path, data_root, **overrides):
     "The demo ft config on 2 tiny train rooms and 1 val room: 2 cycles of 1 step"
-    opts = dict(seed=0, num_worker=0, batch_size=2, epoch=2, eval_epoch=2, save_path=save_path, log_interval=1)
-    opts["data.train.transform.SphereCrop.point_max"] = 512
-    for split in ("train", "val", "test"):
-        opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
-                     f"data.{split}.spacing": 0.15})
-    opts.update(overrides)
-    return default_config_parser(ROOT/"configs"/"demo"/"semseg-demo-ft.py", [f"{k}={v}" for k, v in opts.items()])
+    opts = demo_options(data_root, **{"epoch": 2, "eval_epoch": 2, "save_path": save_path, **overrides})
+    return default_config_parser(ROOT/"configs"/"demo"/"semseg-demo-ft.py", opts)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_train_cli import demo_options  # the tiny demo run of the command-line tests
+
 from sonata_nb.config import default_config_parser
 from sonata_nb.launch import check_num_gpus, num_gpus_main
 from sonata_nb.segmentor import build_model
@@ -23,22 +26,10 @@ HOLD = ("import sys, time; from sonata_nb.trainer import lock_experiment; lock =
         "print('held', flush=True); time.sleep(120)")
 
 
-def options(data_root, **overrides) -> dict:
-    "The demo ft recipe shrunk to 2 rooms of 512-point crops; epoch=8, eval_epoch=2: 2 cycles of 4 steps"
-    opts = dict(seed=0, num_worker=0, batch_size=2, epoch=8, eval_epoch=2, enable_wandb=False, log_interval=1)
-    opts["data.train.transform.SphereCrop.point_max"] = 512
-    for split in ("train", "val", "test"):
-        opts.update({f"data.{split}.data_root": data_root, f"data.{split}.n_train": 2, f"data.{split}.n_val": 1,
-                     f"data.{split}.spacing": 0.15})
-    opts.update(overrides)
-    return opts
-
-
-def as_list(opts:dict) -> list[str]: return [f"{k}={v}" for k, v in opts.items()]
 
 
 def demo_cfg(save_path, data_root, **overrides):
-    return default_config_parser(ROOT/"configs"/"demo"/f"{CONFIG}.py", as_list(options(data_root, save_path=save_path, **overrides)))
+    return default_config_parser(ROOT/"configs"/"demo"/f"{CONFIG}.py", demo_options(data_root, save_path=save_path, **overrides))
 
 
 def train_cmd(name, opts, *flags) -> list[str]:
@@ -107,13 +98,13 @@ def state(model) -> dict: return {k: v.detach().cpu().clone() for k, v in model.
 
 def test_second_run_in_a_running_folder_is_refused(tmp_path, data_root):
     "Run B with the same -n while run A trains: B exits non-zero naming the folder and A's pid; A's files untouched"
-    a = start_train_sh(tmp_path, "same", as_list(options(data_root)), "-g", "1")
+    a = start_train_sh(tmp_path, "same", demo_options(data_root), "-g", "1")
     exp = tmp_path/"demo"/"same"
     try:
         wait_for(exp/"log"/"train.log", "Start Training", a)
         os.kill(a.pid, signal.SIGSTOP)  # A holds the folder, frozen mid-run
         before = digest(exp)
-        b = train_sh(tmp_path, "same", as_list(options(data_root, seed=1, epoch=4)), "-g", "1")
+        b = train_sh(tmp_path, "same", demo_options(data_root, seed=1, epoch=4), "-g", "1")
         assert b.returncode != 0, b.stdout + b.stderr
         assert f"{exp} is in use by another run: pid {a.pid}" in b.stderr, b.stderr
         assert "Traceback" not in b.stderr
@@ -127,12 +118,12 @@ def test_second_run_in_a_running_folder_is_refused(tmp_path, data_root):
 
 def test_killed_run_leaves_no_stuck_lock(tmp_path, data_root):
     "kill -9 a run mid-training: the next run in its folder starts and finishes"
-    a = start_train_sh(tmp_path, "killed", as_list(options(data_root)), "-g", "1")
+    a = start_train_sh(tmp_path, "killed", demo_options(data_root), "-g", "1")
     exp = tmp_path/"demo"/"killed"
     wait_for(exp/"log"/"train.log", "Start Training", a)
     os.kill(a.pid, signal.SIGKILL); a.wait()
     assert json.loads((exp/".lock").read_text())["pid"] == a.pid  # the stale file stays, harmless
-    b = train_sh(tmp_path, "killed", as_list(options(data_root, epoch=2)), "-g", "1")
+    b = train_sh(tmp_path, "killed", demo_options(data_root, epoch=2), "-g", "1")
     assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-2000:]
     assert load_checkpoint(exp/"model"/"model_last.pth")["epoch"] == 2
 
