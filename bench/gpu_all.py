@@ -4,16 +4,18 @@
     PYTHONPATH=. python bench/gpu_all.py --scan /path/to/scans/scene0000_00
     PYTHONPATH=. python bench/gpu_all.py --device cpu --tiny --crop 500 --repeats 1 --warmup 0   # CPU check
 
-Builds the batch once (3 copies of the grid-sampled scan), then for each variant: median of `--repeats` (after
-`--warmup`) synchronized runs of infer / lin / ft, the ft peak memory (reset between variants), and the relative L2
-distance of the variant's inference output to the baseline's (a broken lever shows up there; the baseline's own
-distance to float32 is given for scale). Profiles (bench/steps.py) the baseline and "all" (short). Variants are
-skipped, and said so, when `--budget` seconds are spent. Writes gpu_all.json under $OUT (default bench/out/).
-Levers: half_ln = LayerNorm in the activation dtype; spconv_native / spconv_split = spconv algorithm Native /
-MaskSplitImplicitGemm (baseline: MaskImplicitGemm); compile_mlp = torch.compile(dynamic=True) of every block MLP;
+Builds the batch once (3 copies of the grid-sampled scan), then, `--rounds` times (interleaved, medians over the
+rounds since the card is shared), the baseline and each of `--variants`: median of `--repeats` (after `--warmup`)
+synchronized runs of infer / lin / ft with their host time (until the call returns, before the synchronize), the ft
+peak memory and the memory kept from the ft forward for the backward, and the relative L2 distance of the variant's
+inference output to the baseline's (a broken lever shows up there; the baseline's own distance to float32 is given for
+scale). Profiles (bench/steps.py: kernels; cProfile: Python host side) of the baseline and of fused_ln_half in the first
+round. Variants are skipped, and said so, when `--budget` seconds are spent. Writes gpu_all.json under $OUT (default
+bench/out/) after every variant. Levers (VARIANTS): fused_ln = Triton LayerNorm (`set_fused_layernorm`); half_ln =
+LayerNorm in the activation dtype; mlp_recompute = MLP GELU recomputed in backward (`set_mlp_recompute`);
+spconv_native / spconv_split = spconv algorithm Native / MaskSplitImplicitGemm (baseline: MaskImplicitGemm);
 sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-efficient kernel (baseline: torch's pick);
-all = half_ln + the fastest spconv algorithm + the fastest SDPA kernel (by ft step); then compile_mlp and
-all+compile_mlp when time is left.
+compile_mlp = torch.compile(dynamic=True) of every block MLP.
 """
 import argparse, contextlib, json, os, sys, time, traceback
 from pathlib import Path
@@ -21,7 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import DEFAULT_SCAN, TASKS, amp_dtype, build, profile_fn, profile_table, step_fn, sync, time_fn
+from steps import (DEFAULT_SCAN, TASKS, amp_dtype, build, ft_memory, host_profile, profile_fn, profile_table, step_fn,
+                   sync, time_fn)
+import sonata_nb.model as M
 from sonata_nb.model import MLP, set_half_layernorm, set_spconv_algo, upcast
 
 
@@ -38,6 +42,9 @@ def apply(model, lev:dict):
     set_half_layernorm(lev.get("half_ln", False))
     set_spconv_algo(lev.get("spconv"))
     compile_mlps(model, lev.get("compile", False))
+    for key, switch in (("fused_ln", "set_fused_layernorm"), ("mlp_recompute", "set_mlp_recompute")):
+        if hasattr(M, switch): getattr(M, switch)(lev.get(key, False))
+        elif lev.get(key): raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
 
 
 def sdpa_context(lev:dict):
@@ -59,16 +66,18 @@ def rel_l2(a, b) -> float: return ((a.float() - b.float()).norm() / b.float().no
 
 def run_variant(name, lev, model, head, data, labels, args, ref) -> dict:
     dev = args.device
-    apply(model, lev)
     if dev.startswith("cuda"): torch.cuda.empty_cache()
     res = dict(variant=name, levers=lev)
     t0 = time.perf_counter()
     try:
+        apply(model, lev)
         for task in TASKS:
             if task == "ft" and dev.startswith("cuda"):
                 sync(dev); torch.cuda.reset_peak_memory_stats()
             res[task] = time_fn(in_context(step_fn(task, model, head, data, labels), lev), dev, args.repeats, args.warmup)
-            if task == "ft" and dev.startswith("cuda"): res["ft_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if task == "ft" and dev.startswith("cuda"):
+                res["ft_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                with sdpa_context(lev): res["ft_memory"] = ft_memory(model, head, data, labels)
         out = in_context(step_fn("infer", model, head, data, labels), lev)()
         res["rel_l2_vs_baseline"] = 0.0 if ref is None else rel_l2(out, ref)
     except Exception as e:  # a broken lever must not stop the others
@@ -77,27 +86,59 @@ def run_variant(name, lev, model, head, data, labels, args, ref) -> dict:
         out = None
     res["seconds"] = time.perf_counter() - t0
     print(f"[{time.strftime('%H:%M:%S')}] {name}: " + (res.get("error") or " ".join(
-        f"{t} {res[t]['median_ms']:.1f} ms" for t in TASKS)), file=sys.stderr, flush=True)
+        f"{t} {res[t]['median_ms']:.1f} ms (host {res[t]['host_ms']:.1f})" for t in TASKS)), file=sys.stderr, flush=True)
     return res, out
+
+
+def median_rows(rounds) -> list:
+    "One row per variant: medians over the rounds of each timing (and the first round's other fields)"
+    import statistics
+    out = []
+    for name in dict.fromkeys(r["variant"] for rs in rounds for r in rs):
+        runs = [r for rs in rounds for r in rs if r["variant"] == name]
+        good = [r for r in runs if "ft" in r]
+        if not good: out.append(runs[0]); continue
+        row = dict(good[0], rounds=len(good))
+        for t in TASKS:
+            row[t] = dict(median_ms=statistics.median(r[t]["median_ms"] for r in good),
+                          host_ms=statistics.median(r[t]["host_ms"] for r in good),
+                          round_medians=[r[t]["median_ms"] for r in good])
+        if "ft_peak_gib" in row: row["ft_peak_gib"] = max(r["ft_peak_gib"] for r in good)
+        out.append(row)
+    return out
 
 
 def table(rows, args, env) -> str:
     mem = args.device.startswith("cuda")
     lines = [f"{env['device']}, torch {env['torch']}, {env['points']:,} points ({env['copies']} x {env['scan_points']:,}), "
-             f"autocast {env['amp']}, median of {args.repeats} after {args.warmup} warm-ups", "",
-             "| variant | inference ms | `lin` step ms | `ft` step ms | `ft` peak GiB | rel. L2 to baseline (infer) |",
-             "|---|---|---|---|---|---|"]
+             f"autocast {env['amp']}, median of {args.repeats} after {args.warmup} warm-ups, median over "
+             f"{args.rounds} round(s) of all variants (host = time to launch, before the final synchronize)", "",
+             "| variant | inference ms (host) | `lin` step ms (host) | `ft` step ms (host) | `ft` peak GiB | "
+             "`ft` kept for backward GiB | rel. L2 to baseline (infer) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r or "skipped" in r:
-            lines.append(f"| {r['variant']} | {r.get('error') or r['skipped']} | | | | |"); continue
-        lines.append(f"| {r['variant']} | {r['infer']['median_ms']:.1f} | {r['lin']['median_ms']:.1f} | "
-                     f"{r['ft']['median_ms']:.1f} | {r['ft_peak_gib']:.2f} | {r['rel_l2_vs_baseline']:.2e} |" if mem else
-                     f"| {r['variant']} | {r['infer']['median_ms']:.1f} | {r['lin']['median_ms']:.1f} | "
-                     f"{r['ft']['median_ms']:.1f} | n/a | {r['rel_l2_vs_baseline']:.2e} |")
+            lines.append(f"| {r['variant']} | {r.get('error') or r['skipped']} | | | | | |"); continue
+        cell = lambda t: f"{r[t]['median_ms']:.1f} ({r[t]['host_ms']:.1f})"
+        saved = f"{r['ft_memory']['saved_gib']:.2f}" if "ft_memory" in r else "n/a"
+        lines.append(f"| {r['variant']} | {cell('infer')} | {cell('lin')} | {cell('ft')} | "
+                     f"{r['ft_peak_gib']:.2f} | {saved} | {r['rel_l2_vs_baseline']:.2e} |" if mem else
+                     f"| {r['variant']} | {cell('infer')} | {cell('lin')} | {cell('ft')} | n/a | n/a | "
+                     f"{r['rel_l2_vs_baseline']:.2e} |")
     if rows and "baseline_rel_l2_vs_fp32" in rows[0]:
         lines += ["", f"Scale: the baseline's own {env['amp']} inference output is {rows[0]['baseline_rel_l2_vs_fp32']:.2e} "
                       "(relative L2) from float32."]
     return "\n".join(lines)
+
+
+VARIANTS = dict(  # name -> levers (everything else at the baseline)
+    fused_ln=dict(fused_ln=True), fused_ln_half=dict(fused_ln=True, half_ln=True), half_ln=dict(half_ln=True),
+    mlp_recompute=dict(mlp_recompute=True), fused_ln_recompute=dict(fused_ln=True, mlp_recompute=True),
+    fused_ln_half_recompute=dict(fused_ln=True, half_ln=True, mlp_recompute=True),
+    spconv_native=dict(spconv="native"), spconv_split=dict(spconv="mask_split_implicit_gemm"),
+    sdpa_flash=dict(sdpa="flash"), sdpa_efficient=dict(sdpa="efficient"),
+    compile_mlp=dict(compile=True))
+DEFAULT_VARIANTS = "fused_ln,fused_ln_half,half_ln,mlp_recompute,fused_ln_recompute,fused_ln_half_recompute,sdpa_flash"
 
 
 def main(argv=None):
@@ -109,11 +150,15 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="repeat all variants this many times (interleaved); medians")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--profile-steps", type=int, default=2, help="0: no profiles")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--budget", type=float, default=330, help="seconds after which remaining variants are skipped")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out"))
     args = p.parse_args(argv)
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown: p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     start = time.perf_counter()
     torch.backends.cudnn.benchmark = True
     out_dir = Path(args.out); out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,54 +170,47 @@ def main(argv=None):
     try:
         import spconv; env["spconv"] = getattr(spconv, "__version__", "?")
     except ImportError: pass
-    report = dict(env=env, variants=[], profiles={})
+    report = dict(env=env, rounds=[], variants=[], profiles={}, host_profile={})
     def save(): (out_dir / "gpu_all.json").write_text(json.dumps(report, indent=1))
 
     apply(model, {})
     with torch.no_grad():  # the baseline's own float32 distance, for scale
         fp32 = upcast(model.eval()(data))
-    base, ref = run_variant("baseline", {}, model, head, data, labels, args, None)
-    ref_out = ref
-    if ref is not None: base["baseline_rel_l2_vs_fp32"] = rel_l2(ref, fp32)
-    del fp32
-    report["variants"].append(base); save()
-    if args.profile_steps:
-        report["profiles"]["baseline"] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device, args.profile_steps)
-                                          for t in TASKS}
-        save()
-    variants = [("half_ln", dict(half_ln=True)), ("spconv_native", dict(spconv="native")),
-                ("spconv_split", dict(spconv="mask_split_implicit_gemm")), ("sdpa_flash", dict(sdpa="flash")),
-                ("sdpa_efficient", dict(sdpa="efficient"))]
-    for name, lev in variants:
-        if time.perf_counter() - start > args.budget: report["variants"].append(dict(variant=name, skipped="time budget")); continue
-        r, _ = run_variant(name, lev, model, head, data, labels, args, ref_out)
-        report["variants"].append(r); save()
-    ok = {r["variant"]: r for r in report["variants"] if "ft" in r}
-    spconv_best = min((("spconv_native", "native"), ("spconv_split", "mask_split_implicit_gemm"), ("baseline", None)),
-                      key=lambda v: ok[v[0]]["ft"]["median_ms"] if v[0] in ok else float("inf"))[1]
-    sdpa_best = min((("sdpa_flash", "flash"), ("sdpa_efficient", "efficient"), ("baseline", None)),
-                    key=lambda v: ok[v[0]]["ft"]["median_ms"] if v[0] in ok else float("inf"))[1]
-    all_lev = dict(half_ln=True, spconv=spconv_best, sdpa=sdpa_best)
-    r, _ = run_variant("all", all_lev, model, head, data, labels, args, ref_out)
-    report["variants"].append(r); save()
-    if args.profile_steps and "error" not in r and time.perf_counter() - start < args.budget:
-        apply(model, all_lev)
-        report["profiles"]["all"] = {t: profile_fn(in_context(step_fn(t, model, head, data, labels), all_lev), args.device,
-                                                   args.profile_steps)
-                                     for t in TASKS}
-        save()
-    print(table(report["variants"], args, env), flush=True)  # before the (slow to compile) optional variants
-    if not args.no_compile:
-        for name, lev in (("compile_mlp", dict(compile=True)), ("all+compile_mlp", {**all_lev, "compile": True})):
-            if time.perf_counter() - start > args.budget: report["variants"].append(dict(variant=name, skipped="time budget")); continue
-            r, _ = run_variant(name, lev, model, head, data, labels, args, ref_out)
-            report["variants"].append(r); save()
+    for rnd in range(args.rounds):
+        rows = []
+        report["rounds"].append(rows)
+        base, ref = run_variant("baseline", {}, model, head, data, labels, args, None)
+        if rnd == 0:
+            ref_out = ref
+            if ref is not None: base["baseline_rel_l2_vs_fp32"] = rel_l2(ref, fp32)
+            del fp32
+        rows.append(base); save()
+        if rnd == 0 and args.profile_steps:
+            report["host_profile"]["baseline_infer"] = host_profile(step_fn("infer", model, head, data, labels))
+            report["profiles"]["baseline"] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device,
+                                                            args.profile_steps) for t in TASKS}
+            save()
+        for name in names:
+            if time.perf_counter() - start > args.budget: rows.append(dict(variant=name, skipped="time budget")); continue
+            r, _ = run_variant(name, VARIANTS[name], model, head, data, labels, args, ref_out)
+            rows.append(r); save()
+            if rnd == 0 and args.profile_steps and name == "fused_ln_half" and "error" not in r:
+                apply(model, VARIANTS[name])
+                report["profiles"][name] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device,
+                                                          args.profile_steps) for t in TASKS}
+                report["host_profile"][name + "_infer"] = host_profile(step_fn("infer", model, head, data, labels))
+                apply(model, {}); save()
+        report["variants"] = median_rows(report["rounds"]); save()
+        print(table(report["variants"], args, env), flush=True)
     apply(model, {})
     report["seconds"] = time.perf_counter() - start
     save()
     for key, prof in report["profiles"].items():  # shortened here; gpu_all.json holds the top 15 per task
         print(f"\n### Profile: {key}\n")
         print("\n\n".join(profile_table(t, {**r, "top": r["top"][:8]}) for t, r in prof.items()))
+    for key, rows in report["host_profile"].items():
+        print(f"\n### Host (Python) profile: {key}, top functions by own time, ms per call\n")
+        for r in rows[:15]: print(f"{r['own_ms']:8.2f} own {r['cum_ms']:8.2f} cum {r['calls']:6d}x {r['fn']}")
     print(f"\n{report['seconds']:.0f} s in all; {out_dir / 'gpu_all.json'}\n")
     print(table(report["variants"], args, env))  # last, so that it survives a truncated log
     return report

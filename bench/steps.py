@@ -64,10 +64,41 @@ def time_fn(fn, device, repeats:int=10, warmup:int=3) -> dict:
     "Median (and all) wall times in ms of `repeats` synchronized calls after `warmup` calls"
     for _ in range(warmup): fn()
     sync(device)
-    ms = []
+    ms, host = [], []
     for _ in range(repeats):
-        t = time.perf_counter(); fn(); sync(device); ms.append((time.perf_counter() - t) * 1000)
-    return dict(median_ms=statistics.median(ms), ms=ms)
+        t = time.perf_counter(); fn(); h = time.perf_counter(); sync(device); e = time.perf_counter()
+        ms.append((e - t) * 1000); host.append((h - t) * 1000)
+    # host_ms: until the call returned, before the final synchronize (on CUDA: the time to launch the work; close to
+    # median_ms means the CPU, not the GPU, sets the pace)
+    return dict(median_ms=statistics.median(ms), ms=ms, host_ms=statistics.median(host))
+
+
+def host_profile(fn, steps:int=3, top:int=25) -> list:
+    "cProfile of `steps` calls (Python side): the `top` functions by own time, with their cumulative time, ms per call"
+    import cProfile, pstats
+    fn()
+    pr = cProfile.Profile(); pr.enable()
+    for _ in range(steps): fn()
+    pr.disable()
+    st = pstats.Stats(pr).stats
+    rows = [dict(fn=f"{Path(f).name}:{line}:{name}", calls=cc // steps, own_ms=tt * 1000 / steps, cum_ms=ct * 1000 / steps)
+            for (f, line, name), (cc, nc, tt, ct, callers) in st.items()]
+    return sorted(rows, key=lambda r: -r["own_ms"])[:top]
+
+
+def ft_memory(model, head, data, labels) -> dict:
+    "GiB held after the ft forward (activations kept for backward) and the peak of the whole ft step (CUDA)"
+    amp = amp_dtype(data["feat"].device)
+    model.train(); model.requires_grad_(True)
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
+    with torch.autocast("cuda", dtype=amp):
+        loss = F.cross_entropy(head(upcast(model(data))).float(), labels)
+    torch.cuda.synchronize(); after_fwd = torch.cuda.memory_allocated(); fwd_peak = torch.cuda.max_memory_allocated()
+    loss.backward(); torch.cuda.synchronize()
+    res = dict(base_gib=before / 2**30, saved_gib=(after_fwd - before) / 2**30, fwd_peak_gib=fwd_peak / 2**30,
+               step_peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    model.zero_grad(set_to_none=True); head.zero_grad(set_to_none=True)
+    return res
 
 
 def profile_fn(fn, device, steps:int=2, top:int=15) -> dict:
