@@ -115,12 +115,16 @@ def sync(device):
 
 
 def measure(cfg, workers:int, threads:int|None, mode:str, main_threads:int, nice:int, batch:int, steps:int,
-            device) -> dict:
+            device, sleep:float|None=None) -> dict:
     "Wait and compute of `steps` steps after `workers` untimed ones; `mode` 'epoch' (a pass per epoch) or 'stream'"
     torch.set_num_threads(main_threads)
-    model = build_model(cfg.model).to(device).train()
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.get("param_dicts"))
-    amp, dtype, scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"), device)
+    if sleep:  # the loader alone: a fixed-length idle step stands for the GPU's work
+        run = lambda b: (time.sleep(sleep), torch.zeros(()))[1]
+    else:
+        model = build_model(cfg.model).to(device).train()
+        optimizer = build_optimizer(cfg.optimizer, model, cfg.get("param_dicts"))
+        amp, dtype, scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"), device)
+        run = lambda b: step(model, optimizer, b, amp, dtype, scaler, cfg.clip_grad)
     batches = loader(cfg, workers, batch, threads, nice)
     if mode == "stream": batches.batch_sampler.until = 10**6  # one pass over all epochs, as Trainer.epoch_batches
     t_start = time.monotonic()
@@ -135,7 +139,7 @@ def measure(cfg, workers:int, threads:int|None, mode:str, main_threads:int, nice
         timing = b.pop("_timing")
         b = to_device(b, device); sync(device)
         t1 = time.monotonic()
-        loss = step(model, optimizer, b, amp, dtype, scaler, cfg.clip_grad); sync(device)
+        loss = run(b); sync(device)
         t2 = time.monotonic()
         resident.append(b)
         if i >= warmup: waits.append(t1 - t0); computes.append(t2 - t1)
@@ -152,10 +156,10 @@ def measure(cfg, workers:int, threads:int|None, mode:str, main_threads:int, nice
     del it, batches  # the workers stop
     alone, varied = [], []
     for _ in range(4):
-        t0 = time.monotonic(); step(model, optimizer, b, amp, dtype, scaler, cfg.clip_grad); sync(device)
+        t0 = time.monotonic(); run(b); sync(device)
         alone.append(time.monotonic() - t0)
     for k in range(2 * len(resident)):  # new shapes each step, as with the loader, but no worker running
-        t0 = time.monotonic(); step(model, optimizer, resident[k % len(resident)], amp, dtype, scaler, cfg.clip_grad)
+        t0 = time.monotonic(); run(resident[k % len(resident)])
         sync(device); varied.append(time.monotonic() - t0)
     timed = [r for r in timeline if r["timed"]]
     return dict(workers=workers, worker_threads=threads or "default", mode=mode, main_threads=main_threads,
@@ -185,11 +189,12 @@ def main(argv=None):
     p.add_argument("--spacing", type=float, default=0.02, help="surface sampling step of the rooms (m)")
     p.add_argument("--steps", type=int, default=30, help="timed steps (after one untimed step per worker)")
     p.add_argument("--data", default="/tmp/sonata_nb_datawait", help="where the rooms are generated (once)")
-    p.add_argument("--tiny", action="store_true", help="CPU check: narrow model, 4 rooms at 15 cm, 2 workers, 6 steps")
+    p.add_argument("--sleep", type=float, help="no model: each step sleeps this long (the loader's dynamics on a CPU)")
+    p.add_argument("--tiny", action="store_true", help="CPU check: narrow model, 2 rooms at 15 cm, 2 workers, 10 steps")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
-    if args.tiny: args.rooms, args.spacing, args.steps = 2, 0.15, 10  # 8 steps an epoch: one boundary timed
-    if args.tiny: args.variants = ["2:default:epoch:1", "2:default:stream:1"]  # 1 torch thread: a loaded 2-core host
+    if args.tiny:  # 8 steps an epoch: one boundary timed; 1 torch thread (2 threads on 2 loaded cores thrash)
+        args.rooms, args.spacing, args.steps, args.variants = 2, 0.15, 10, ["2:default:epoch:1", "2:default:stream:1"]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     t0 = time.perf_counter()
     root = make_demo_data(Path(args.data) / f"rooms{args.rooms}_{args.spacing}", args.rooms, 1, spacing=args.spacing)
@@ -205,7 +210,9 @@ def main(argv=None):
         main_threads = default_threads if main_threads == "default" else int(main_threads)
         if mode not in ("epoch", "stream"): raise ValueError(f"--variants {v}: mode must be 'epoch' or 'stream'")
         while True:
-            try: rows.append(measure(cfg, w, threads, mode, main_threads, nice, batch, args.steps, device)); break
+            try:
+                rows.append(measure(cfg, w, threads, mode, main_threads, nice, batch, args.steps, device, args.sleep))
+                break
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache(); batch //= 2
                 print(f"batch does not fit, halving to {batch}", file=sys.stderr)
@@ -218,7 +225,8 @@ def main(argv=None):
               f"max wait {r['max_wait_s']:.2f} s, at epoch starts {r['waits_at_epoch_start_s']:.2f} s; "
               f"batch build {r['batch_build_s']:.2f} s ({r['sample_s'] * 1e3:.0f} ms/sample, collate "
               f"{r['collate_s'] * 1e3:.0f} ms, {r['batch_mb']:.0f} MB); wall {r['wall_s']:.0f} s", flush=True)
-        out = dict(command=" ".join(["python", *sys.argv]), config=CONFIG.name, device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        out = dict(command=" ".join(["python", *sys.argv]), config=CONFIG.name,
+                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    cpu_cores=os.cpu_count(), rooms=args.rooms, spacing=args.spacing, generate_s=gen_s, results=rows,
                    torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
         if args.json: Path(args.json).write_text(json.dumps(out, indent=1))  # after each variant: a cut run keeps its rows
