@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_trainer.ipynb #c002
 from __future__ import annotations
-import json, math, os, random, time, zlib
+import copy, json, math, os, random, time, zlib
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from fastcore.basics import patch
 from threadpoolctl import threadpool_limits
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
@@ -32,8 +32,8 @@ from .segmentor import backbone_of, build_model
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler', 'SeededBatch',
-           'SampleSeeded', 'BatchSeeded', 'param_groups', 'build_optimizer', 'OneCycleLR', 'build_scheduler',
-           'amp_setup', 'Trainer']
+           'SampleSeeded', 'BatchSeeded', 'EpochBatches', 'param_groups', 'build_optimizer', 'OneCycleLR',
+           'build_scheduler', 'amp_setup', 'Trainer']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -107,6 +107,25 @@ class BatchSeeded:
         set_seed(zlib.crc32(f"{self.seed}/batch/{keys}".encode()))
         try: return self.collate_fn(list(batch))
         finally: set_rng_state(saved)
+
+# %% ../nbs/24_trainer.ipynb #c014b
+class EpochBatches(Sampler):
+    "Batches of the `(epoch, index)` keys of `sampler`: its current epoch, or every epoch up to `until` in one pass"
+    def __init__(self, sampler:EpochSampler, # the per-epoch sampler (its `epoch` is where a pass starts)
+                 batch_size:int, # samples per batch
+                 drop_last:bool, # drop each epoch's last, smaller batch
+                ):
+        self.sampler, self.batch_size, self.drop_last, self.until = sampler, batch_size, drop_last, None
+    def __len__(self): # batches per epoch
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+    def epoch_keys(self, epoch:int) -> list: # the batches of `epoch`
+        "The key batches of `epoch`, leaving `sampler` at its own epoch"
+        s = copy.copy(self.sampler); s.set_epoch(epoch); keys = list(s)
+        return [keys[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size, self.batch_size)]
+    def __iter__(self):
+        first = self.sampler.epoch  # read now, when the loader's iterator is made
+        return (b for e in range(first, max(self.until or 0, first + 1)) for b in self.epoch_keys(e))
 
 # %% ../nbs/24_trainer.ipynb #c016
 OPTIMIZERS = Registry("optimizers")
@@ -274,9 +293,9 @@ def build_train_loader(self:Trainer) -> DataLoader:
     drop_last = len(self.train_sampler) >= self.batch_size
     collate = BatchSeeded(partial(point_collate_fn, mix_prob=self.cfg.get("mix_prob", 0)), self.seed)  # Mix3D
     loader = DataLoader(
-        SampleSeeded(data, self.seed), batch_size=self.batch_size, sampler=self.train_sampler,
+        SampleSeeded(data, self.seed), batch_sampler=EpochBatches(self.train_sampler, self.batch_size, drop_last),
         num_workers=self.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
-        drop_last=drop_last, persistent_workers=self.num_workers > 0,
+        persistent_workers=self.num_workers > 0,
         generator=torch.Generator().manual_seed(self.seed),  # its base seed is not drawn from the global generator
         worker_init_fn=partial(worker_init_fn, num_workers=self.num_workers, rank=self.rank, seed=self.seed))
     if len(loader) == 0: raise ValueError(f"The train set ({len(data)} samples) gives no batch of {self.batch_size}")
@@ -413,16 +432,31 @@ def train_epoch(self:Trainer, epoch:int, # the cycle, from 0
                ):
     "One train cycle (`loop` passes over the train set): `before_epoch`, then each step between its hooks"
     self.ddp.train()
-    self.train_sampler.set_epoch(epoch)
     self.epoch, self.comm_info = epoch, dict(current_metric_value=None)
     self.call_hooks("before_epoch")
-    for it, batch in enumerate(self.train_loader):
+    for it, batch in enumerate(self.epoch_batches(epoch)):
         self.comm_info.update(iter=it, batch=batch)
         self.call_hooks("before_step")
         loss = self.run_step(batch, first=it % self.accum == 0, last=(it + 1) % self.accum == 0).item()
         self.comm_info.update(loss=loss, lr=self.optimizer.param_groups[0]["lr"])
         self.call_hooks("after_step")
     self.comm_info.pop("batch", None)
+
+@patch
+def epoch_batches(self:Trainer, epoch:int, # the cycle, from 0
+                 ):
+    "The batches of cycle `epoch`; with workers and `EpochBatches`, from one pass over all cycles (prefetch across)"
+    bs, workers = self.train_loader.batch_sampler, self.train_loader.num_workers
+    self.train_sampler.set_epoch(epoch)
+    if not (workers and isinstance(bs, EpochBatches)):  # e.g. a subclass's own loader: a new pass per cycle
+        yield from self.train_loader; return
+    stream, self._stream = getattr(self, "_stream", None), None  # (iterator, its next cycle); None after a cut cycle
+    if stream is None or stream[1] != epoch:
+        bs.until = self.cfg.eval_epoch
+        try: stream = (iter(self.train_loader), epoch)
+        finally: bs.until = None  # a plain `for b in train_loader` stays one cycle
+    for _ in range(len(bs)): yield next(stream[0])
+    self._stream = (stream[0], epoch + 1)
 
 # %% ../nbs/24_trainer.ipynb #s016
 @patch
