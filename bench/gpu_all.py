@@ -12,8 +12,11 @@ skipped, and said so, when `--budget` seconds are spent. Writes gpu_all.json und
 Levers: half_ln = LayerNorm in the activation dtype; spconv_native / spconv_split = spconv algorithm Native /
 MaskSplitImplicitGemm (baseline: MaskImplicitGemm); compile_mlp = torch.compile(dynamic=True) of every block MLP;
 sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-efficient kernel (baseline: torch's pick);
-all = half_ln + the fastest spconv algorithm + the fastest SDPA kernel (by ft step); then compile_mlp and
-all+compile_mlp when time is left.
+fused_ln = Triton LayerNorm (model.set_fused_layernorm); mlp_recompute = MLPs save fc1's output only and recompute
+the GELU in the backward (model.set_mlp_recompute, a memory lever);
+all = half_ln + the fastest spconv algorithm + the fastest SDPA kernel (by ft step) + fused_ln and mlp_recompute when
+they ran; then compile_mlp and all+compile_mlp when time is left. `--variants` picks the single-lever variants
+(default: all of them), e.g. `--variants fused_ln,mlp_recompute --no-compile` for the new levers only.
 """
 import argparse, contextlib, json, os, sys, time, traceback
 from pathlib import Path
@@ -22,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from steps import DEFAULT_SCAN, TASKS, amp_dtype, build, profile_fn, profile_table, step_fn, sync, time_fn
-from sonata_nb.model import MLP, set_half_layernorm, set_spconv_algo, upcast
+from sonata_nb.model import MLP, set_fused_layernorm, set_half_layernorm, set_mlp_recompute, set_spconv_algo, upcast
 
 
 def compile_mlps(model, on:bool):
@@ -36,6 +39,8 @@ def compile_mlps(model, on:bool):
 def apply(model, lev:dict):
     "Set the levers of a variant (everything else at the baseline)"
     set_half_layernorm(lev.get("half_ln", False))
+    set_fused_layernorm(lev.get("fused_ln", False))
+    set_mlp_recompute(lev.get("mlp_recompute", False))
     set_spconv_algo(lev.get("spconv"))
     compile_mlps(model, lev.get("compile", False))
 
@@ -52,6 +57,13 @@ def in_context(fn, lev):
     def run():
         with sdpa_context(lev): return fn()
     return run
+
+
+VARIANTS = dict(half_ln=dict(half_ln=True), fused_ln=dict(fused_ln=True), mlp_recompute=dict(mlp_recompute=True),
+                **{"fused_ln+half_ln": dict(fused_ln=True, half_ln=True),
+                   "fused_ln+mlp_recompute": dict(fused_ln=True, mlp_recompute=True)},
+                spconv_native=dict(spconv="native"), spconv_split=dict(spconv="mask_split_implicit_gemm"),
+                sdpa_flash=dict(sdpa="flash"), sdpa_efficient=dict(sdpa="efficient"))
 
 
 def rel_l2(a, b) -> float: return ((a.float() - b.float()).norm() / b.float().norm()).item()
@@ -111,9 +123,12 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--profile-steps", type=int, default=2, help="0: no profiles")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
     p.add_argument("--budget", type=float, default=330, help="seconds after which remaining variants are skipped")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out"))
     args = p.parse_args(argv)
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if [v for v in chosen if v not in VARIANTS]: p.error(f"unknown --variants {[v for v in chosen if v not in VARIANTS]}; choose from {list(VARIANTS)}")
     start = time.perf_counter()
     torch.backends.cudnn.benchmark = True
     out_dir = Path(args.out); out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,9 +155,7 @@ def main(argv=None):
         report["profiles"]["baseline"] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device, args.profile_steps)
                                           for t in TASKS}
         save()
-    variants = [("half_ln", dict(half_ln=True)), ("spconv_native", dict(spconv="native")),
-                ("spconv_split", dict(spconv="mask_split_implicit_gemm")), ("sdpa_flash", dict(sdpa="flash")),
-                ("sdpa_efficient", dict(sdpa="efficient"))]
+    variants = [(name, VARIANTS[name]) for name in chosen]
     for name, lev in variants:
         if time.perf_counter() - start > args.budget: report["variants"].append(dict(variant=name, skipped="time budget")); continue
         r, _ = run_variant(name, lev, model, head, data, labels, args, ref_out)
@@ -152,7 +165,8 @@ def main(argv=None):
                       key=lambda v: ok[v[0]]["ft"]["median_ms"] if v[0] in ok else float("inf"))[1]
     sdpa_best = min((("sdpa_flash", "flash"), ("sdpa_efficient", "efficient"), ("baseline", None)),
                     key=lambda v: ok[v[0]]["ft"]["median_ms"] if v[0] in ok else float("inf"))[1]
-    all_lev = dict(half_ln=True, spconv=spconv_best, sdpa=sdpa_best)
+    all_lev = dict(half_ln=True, spconv=spconv_best, sdpa=sdpa_best, fused_ln="error" not in ok.get("fused_ln", {"error": 1}),
+                   mlp_recompute="error" not in ok.get("mlp_recompute", {"error": 1}))
     r, _ = run_variant("all", all_lev, model, head, data, labels, args, ref_out)
     report["variants"].append(r); save()
     if args.profile_steps and "error" not in r and time.perf_counter() - start < args.budget:
