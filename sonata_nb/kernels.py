@@ -95,7 +95,7 @@ def _blocks(C:int, # row width
     "Rows per program, padded width and warps for rows of `C` channels"
     block_c = triton.next_power_of_2(C)
     block_r = max(1, (tile or TILE) // block_c)
-    return block_r, block_c, 4 if block_r * block_c <= 4096 else 8
+    return block_r, block_c, min(16, max(4, block_r * block_c // 512))  # about 16 elements a thread
 
 def _n_programs(device:torch.device, # where the kernel runs
                 tiles:int) -> int: # row tiles
