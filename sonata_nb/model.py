@@ -21,12 +21,14 @@ from .checkpoint import read_checkpoint, resolve_source
 from .registry import Registry
 from .structure import Point, PointModule, PointSequential
 from .attention import SerializedAttention
+from .kernels import fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
+    interpreted as _triton_interpreted
 
 # %% auto #0
 __all__ = ['SPCONV_ALGOS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo', 'SubMConv3d', 'DropPath',
-           'LayerScale', 'MLP', 'set_half_layernorm', 'LayerNorm', 'Embedding', 'Block', 'GridPooling', 'GridUnpooling',
-           'PointTransformerV3', 'upcast', 'split_checkpoint', 'check_config', 'LoadReport', 'load_weights',
-           'load_encoder', 'save_checkpoint']
+           'LayerScale', 'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm',
+           'Embedding', 'Block', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint',
+           'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -82,6 +84,45 @@ class LayerScale(nn.Module):
 
     def forward(self, x): return x * self.gamma
 
+_mlp_recompute = False
+
+def set_mlp_recompute(on:bool=True): # True: MLPs save fc1's output only and recompute the GELU in the backward
+    "Memory switch: every `MLP` with a GELU keeps one hidden activation instead of two for the backward (module-wide)"
+    global _mlp_recompute
+    _mlp_recompute = bool(on)
+
+class _MLPRecompute(torch.autograd.Function):
+    "`fc2(gelu(fc1(x)))` saving `h = fc1(x)` (not `gelu(h)`); autocast's casts replicated by hand in the backward"
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, approximate):
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        xc = x.to(dt) if dt is not None else x  # what autocast hands fc1 (and autograd saves)
+        h = F.linear(xc, w1, b1)
+        y = F.linear(F.gelu(h, approximate=approximate), w2, b2)
+        ctx.save_for_backward(xc, w1, h, w2)
+        ctx.dt, ctx.approximate, ctx.x_dtype = dt, approximate, x.dtype
+        ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xc, w1, h, w2 = ctx.saved_tensors
+        cast = (lambda t: t.to(ctx.dt)) if ctx.dt is not None else (lambda t: t)
+        with torch.autocast(xc.device.type, enabled=False):
+            w1c, w2c = cast(w1), cast(w2)
+            a = F.gelu(h, approximate=ctx.approximate)
+            dy2, a2, x2 = dy.reshape(-1, dy.shape[-1]), a.reshape(-1, a.shape[-1]), xc.reshape(-1, xc.shape[-1])
+            da = dy.matmul(w2c)
+            dw2 = a2.t().mm(dy2).t().to(w2.dtype)
+            db2 = dy2.sum(0).to(ctx.b_dtypes[1]) if ctx.b_dtypes[1] is not None else None
+            dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate)
+            dh2 = dh.reshape(-1, dh.shape[-1])
+            dw1 = x2.t().mm(dh2).t().to(w1.dtype)
+            db1 = dh2.sum(0).to(ctx.b_dtypes[0]) if ctx.b_dtypes[0] is not None else None
+            dx = dh.matmul(w1c).to(ctx.x_dtype)
+        return dx, dw1, db1, dw2, db2, None
+
 class MLP(nn.Module):
     "Two-layer perceptron of a transformer block"
     def __init__(self, in_channels:int, # input width
@@ -96,19 +137,49 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden_channels, out_channels)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x): return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x):
+        if (_mlp_recompute and torch.is_grad_enabled() and type(self.act) is nn.GELU
+                and (self.drop.p == 0 or not self.training)):
+            return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.act.approximate)
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 _half_layernorm = False
+_fused_layernorm = False
+_fused_on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take the fused path through the interpreter
 
 def set_half_layernorm(on:bool=True): # True: LayerNorm keeps float16/bfloat16 inputs in their dtype
     "Speed switch: LayerNorm in the activation dtype under autocast (module-wide)"
     global _half_layernorm
     _half_layernorm = bool(on)
 
+def set_fused_layernorm(on:bool=True): # True: LayerNorm of CUDA tensors through `kernels.fused_layer_norm`
+    "Speed switch: every `LayerNorm` on a CUDA tensor runs the fused Triton kernel when Triton is installed (module-wide)"
+    global _fused_layernorm
+    _fused_layernorm = bool(on)
+
+_env_fused = os.environ.get("SONATA_FUSED_LAYERNORM", "")
+if _env_fused not in ("", "0", "1"):
+    raise ValueError(f"SONATA_FUSED_LAYERNORM={_env_fused!r}: use 1 (fused Triton LayerNorm on CUDA) or 0 (torch's)")
+set_fused_layernorm(_env_fused == "1")
+
 class LayerNorm(nn.LayerNorm):
-    "`nn.LayerNorm` that, with `set_half_layernorm(True)`, normalises half-precision inputs in their own dtype"
+    "`nn.LayerNorm` with two speed switches: `set_half_layernorm` and `set_fused_layernorm`"
+    feeds_linear = False  # set by `Block` on its pre-norms: the output's only consumer is a Linear layer
+
+    def _fused(self, x) -> bool:
+        "Whether this call runs the fused kernel"
+        if not (_fused_layernorm and _triton_available() and len(self.normalized_shape) == 1
+                and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and 0 < x.shape[-1] <= _FUSED_MAX_C): return False
+        return x.device.type == "cpu" and _fused_on_cpu if _triton_interpreted() else x.is_cuda
+
     def forward(self, x):
-        if not (_half_layernorm and x.dtype in (torch.float16, torch.bfloat16)): return super().forward(x)
+        half = _half_layernorm and x.dtype in (torch.float16, torch.bfloat16)
+        if self._fused(x):
+            # dtypes as the torch path: autocast's dtype where the Linear consuming the output would cast to it
+            dev = x.device.type
+            out = x.dtype if half else torch.get_autocast_dtype(dev) if self.feeds_linear and torch.is_autocast_enabled(dev) else None
+            return fused_layer_norm(x, self.weight, self.bias, self.eps, out)
+        if not half: return super().forward(x)
         w = None if self.weight is None else self.weight.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
@@ -171,6 +242,7 @@ class Block(PointModule):
         self.ls2 = PointSequential(LayerScale(channels, layer_scale) if layer_scale is not None else nn.Identity())
         self.mlp = PointSequential(MLP(channels, int(channels * mlp_ratio), channels, nn.GELU, proj_drop))
         self.drop_path = PointSequential(DropPath(drop_path) if drop_path > 0.0 else nn.Identity())
+        self.norm1[0].feeds_linear = self.norm2[0].feeds_linear = pre_norm  # consumed by attn.qkv / mlp.fc1 only
 
     def forward(self, point:Point):
         shortcut = point.feat

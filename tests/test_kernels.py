@@ -1,0 +1,202 @@
+"""The Triton LayerNorm (`sonata_nb.kernels`) and the model's `set_fused_layernorm` switch, on the CPU.
+The kernels run in Triton's interpreter, which must be chosen (TRITON_INTERPRET=1) before they are defined, so each
+check runs in a fresh Python: this file run as a script, `python tests/test_kernels.py CHECK`."""
+import importlib.util, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def run_check(check:str, interpret:bool=True, **env) -> str:
+    "Run `check` of this file in a fresh Python; its stdout"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    env.pop("TRITON_INTERPRET", None)
+    if interpret: env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run([sys.executable, __file__, check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r.stdout
+
+
+@needs_triton
+def test_layer_norm_matches_float64():
+    print(run_check("kernel"))
+
+
+@needs_triton
+def test_fused_block_matches_torch_block():
+    print(run_check("block"))
+
+
+@needs_triton
+def test_environment_switch():
+    run_check("env_on", interpret=False, SONATA_FUSED_LAYERNORM="1")
+    run_check("env_off", interpret=False, SONATA_FUSED_LAYERNORM="0")
+    with pytest.raises(AssertionError, match="SONATA_FUSED_LAYERNORM='yes'"):
+        run_check("env_on", interpret=False, SONATA_FUSED_LAYERNORM="yes")
+
+
+def test_imports_without_triton():
+    run_check("no_triton", interpret=False)
+
+
+# ---------------------------------------------------------------- checks, run in the subprocess
+def _err(a, e, dt):
+    "Max error in units of one rounding of `dt` per value plus float32 rounding of the largest value (<= 1 passes)"
+    import torch
+    tol = torch.finfo(dt).eps * e.abs() + 1e-5 * e.abs().max() + 1e-6
+    return ((a.double() - e).abs() / tol).max().item()
+
+
+def check_kernel():
+    import torch, torch.nn.functional as F
+    from sonata_nb import kernels
+    assert kernels.available() and kernels.interpreted()
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    # widths: Sonata's 48/96 and the up-cast's 1232, non-powers of two; rows: not multiples of the rows per program,
+    # and for C=48 enough tiles that each backward program loops over several (and the last tile is partial)
+    cases = [(48, 1100, f32, "wb", None), (96, 70, f16, "wb", None), (100, 37, bf16, "wb", None), (1232, 5, f32, "wb", None),
+             (7, 13, f32, "", None), (20, 9, f16, "w", None), (48, 300, f32, "wb", f16), (64, 50, f16, "wb", f32),
+             (48, 40, bf16, "b", bf16)]
+    for C, N, dtype, affine, out_dtype in cases:
+        g = torch.Generator().manual_seed(C * 7 + N)
+        x = (torch.randn(N, C, generator=g) * 2 + 0.5).to(dtype).requires_grad_()
+        w = (torch.rand(C, generator=g) + 0.5).requires_grad_() if "w" in affine else None
+        b = torch.randn(C, generator=g).requires_grad_() if "b" in affine else None
+        y = kernels.fused_layer_norm(x, w, b, 1e-5, out_dtype)
+        assert y.dtype == (out_dtype or dtype) and y.shape == x.shape
+        dy = torch.randn(N, C, generator=g).to(y.dtype)
+        y.backward(dy)
+        ref = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
+        r = F.layer_norm(ref[0], (C,), ref[1], ref[2], 1e-5)
+        r.backward(dy.double())
+        errs = {"y": _err(y, r, y.dtype), "dx": _err(x.grad, ref[0].grad, dtype)}
+        if w is not None: errs["dw"] = _err(w.grad, ref[1].grad, f32)
+        if b is not None: errs["db"] = _err(b.grad, ref[2].grad, f32)
+        assert max(errs.values()) <= 1, (C, N, dtype, affine, out_dtype, errs)
+        assert (w is None or w.grad.dtype == w.dtype) and x.grad.dtype == x.dtype
+        print(C, N, dtype, affine, out_dtype, {k: round(v, 3) for k, v in errs.items()})
+    # leading dimensions, no rows
+    x = torch.randn(2, 3, 48)
+    torch.testing.assert_close(kernels.fused_layer_norm(x), F.layer_norm(x, (48,)))
+    test = kernels.fused_layer_norm(torch.zeros(0, 48, requires_grad=True), torch.ones(48, requires_grad=True))
+    assert test.shape == (0, 48); test.sum().backward()
+    # out_dtype=bfloat16 is the rounding of the float32 result: the same bits but where the float32 values differ
+    # in their last bits across a rounding boundary (then by one bfloat16 step, or float32 rounding of w·x̂ + b
+    # where it cancels to almost 0)
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(4000, 96, generator=g) * 3, torch.rand(96, generator=g) + 0.5, torch.randn(96, generator=g)
+    fused = kernels.fused_layer_norm(x, w, b, out_dtype=bf16).float()
+    cast = F.layer_norm(x, (96,), w, b).to(bf16).float()
+    diff = fused != cast
+    step = cast.abs() * torch.finfo(bf16).eps + 1e-6
+    assert diff.float().mean() < 1e-3 and ((fused - cast).abs() <= step)[diff].all(), diff.float().mean()
+    print("bf16 output: fraction of values one rounding step from the torch cast:", diff.float().mean().item())
+    # errors
+    for call, msg in [(lambda: kernels.fused_layer_norm(torch.randn(4, 8), torch.ones(9)), "rows of x have 8 channels"),
+                      (lambda: kernels.fused_layer_norm(torch.randn(4, 8).double()), "float64"),
+                      (lambda: kernels.fused_layer_norm(torch.randn(4, 8), out_dtype=torch.int32), "out_dtype"),
+                      (lambda: kernels.fused_layer_norm(torch.zeros(2, kernels.MAX_C + 1)), "channels")]:
+        try: call()
+        except (ValueError, TypeError) as e: assert msg in str(e), (msg, e)
+        else: raise AssertionError(f"no error for {msg}")
+
+
+def _tiny_block_run(block, data, fused:bool, autocast:bool):
+    "Output, input gradient and parameter gradients of `block` on `data`, with the fused switch `fused`"
+    import torch
+    from sonata_nb import model
+    from sonata_nb.structure import Point
+    model.set_fused_layernorm(fused)
+    calls, dtypes = [], {}
+    real = model.fused_layer_norm
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    model.fused_layer_norm = counted
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: dtypes.__setitem__(n, o.dtype))
+             for n, m in block.named_modules() if isinstance(m, model.LayerNorm)]
+    try:
+        block.zero_grad()
+        p = Point({k: v.clone() for k, v in data.items()})
+        p.feat.requires_grad_()
+        feat_in = p.feat
+        p.serialization(order=("z", "z-trans"), shuffle_orders=False)
+        p.sparsify()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = block(p).feat
+        g = torch.Generator().manual_seed(1)
+        out.backward(torch.randn(out.shape, generator=g).to(out.dtype))
+        grads = {n: q.grad.clone() for n, q in block.named_parameters()}
+        return out.detach().float(), feat_in.grad.clone(), grads, len(calls), dtypes
+    finally:
+        model.fused_layer_norm = real
+        for h in hooks: h.remove()
+        model.set_fused_layernorm(False)
+
+
+def check_block():
+    import torch
+    from sonata_nb import model
+    from sonata_nb.testing import toy_cloud
+    model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0")
+    for m in block.modules():  # LayerNorms with non-trivial affine parameters
+        if isinstance(m, model.LayerNorm): m.weight.data.uniform_(0.5, 1.5); m.bias.data.uniform_(-0.5, 0.5)
+    data = toy_cloud(n=300, clouds=2, grid=0.1)
+    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    def rel(a, b): return ((a.double() - b.double()).norm() / b.double().norm()).item()
+    # float32: the same function to float32 rounding
+    o_t, gx_t, gp_t, n_t, _ = _tiny_block_run(block, data, False, False)
+    o_f, gx_f, gp_f, n_f, _ = _tiny_block_run(block, data, True, False)
+    assert n_t == 0 and n_f == 3, (n_t, n_f)  # cpe, norm1 and norm2 ran the kernel
+    torch.testing.assert_close(o_f, o_t, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_f, gx_t, rtol=1e-4, atol=1e-5)
+    for n in gp_t: torch.testing.assert_close(gp_f[n], gp_t[n], rtol=1e-4, atol=1e-4, msg=n)
+    print("float32: output rel", rel(o_f, o_t), "input grad rel", rel(gx_f, gx_t))
+    # bf16 autocast: the pre-norms write bfloat16 (what qkv / fc1 cast it to), the others the dtypes torch gives;
+    # against the float32 run the fused path is as close as torch's own path (CPU autocast runs layer_norm and its
+    # backward in bfloat16 where the input is bfloat16, the kernel accumulates in float32: often closer)
+    o_t, gx_t, gp_t, _, dt_t = _tiny_block_run(block, data, False, True)
+    o_f, gx_f, gp_f, n_f, dt_f = _tiny_block_run(block, data, True, True)
+    assert n_f == 3 and dt_f["norm1.0"] == dt_f["norm2.0"] == torch.bfloat16, dt_f
+    assert dt_f["cpe.2"] == dt_t["cpe.2"], (dt_f, dt_t)
+    o_32, gx_32, gp_32, _, _ = _tiny_block_run(block, data, False, False)
+    pairs = [("output", o_f, o_t, o_32), ("input grad", gx_f, gx_t, gx_32)] + [(n, gp_f[n], gp_t[n], gp_32[n]) for n in gp_t]
+    for name, f, t, ref in pairs:
+        e_f, e_t = rel(f, ref), rel(t, ref)
+        assert e_f <= 1.5 * e_t + 1e-3, (name, e_f, e_t)
+        print(f"bf16 autocast, {name}: rel. L2 to float32 fused {e_f:.2e}, torch {e_t:.2e}")
+    # without the private flag CPU tensors keep torch's layer_norm
+    model._fused_on_cpu = False
+    assert _tiny_block_run(block, data, True, False)[3] == 0
+
+
+def check_env_on():
+    from sonata_nb import model
+    assert model._fused_layernorm is True
+
+
+def check_env_off():
+    from sonata_nb import model
+    assert model._fused_layernorm is False
+
+
+def check_no_triton():
+    sys.modules["triton"] = None  # `import triton` raises ImportError, as where it is not installed
+    import torch
+    from sonata_nb import kernels, model
+    assert not kernels.available() and not kernels.interpreted()
+    try: kernels.fused_layer_norm(torch.randn(3, 4))
+    except RuntimeError as e: assert "pip install triton" in str(e), e
+    else: raise AssertionError("fused_layer_norm ran without triton")
+    model.set_fused_layernorm(True)
+    ln, x = model.LayerNorm(4), torch.randn(3, 4)
+    torch.testing.assert_close(ln(x), torch.nn.functional.layer_norm(x, (4,), ln.weight, ln.bias), rtol=0, atol=0)
+
+
+if __name__ == "__main__":
+    globals()[f"check_{sys.argv[1]}"]()
