@@ -4,8 +4,8 @@ The ScanNet `ft` recipe (configs/sonata/semseg-sonata-v1m1-0c-scannet-ft.py: 18 
 AdamW with its lr groups) reads generated demo rooms at ScanNet density (2 cm spacing, ~170k points each) through the
 trainer's own loader pieces (sample-seeded dataset, batch-seeded Mix3D collate, persistent workers, pinned memory).
 Each step is timed in two parts: `wait`, the time blocked in `next(loader)` plus the host-to-device copy, and
-`compute`, forward + backward + optimizer step until the GPU is done. The first `workers` steps are not timed (every
-worker delivers its first batch then; the steady state starts after). Reported per variant (loader workers, native
+`compute`, forward + backward + optimizer step until the GPU is done. The first `workers` steps (at most 16, at least 3) are not
+timed (the workers' start and first batches; the steady state starts after). Reported per variant (loader workers, native
 threads per worker): medians, the wait share `sum(wait) / sum(wait + compute)` over the timed steps, and each step's
 times; and `compute_alone_s`, the step on one resident batch with no loader running (what the loader's CPU load costs
 the step itself).
@@ -129,7 +129,7 @@ def measure(cfg, workers:int, threads:int|None, mode:str, main_threads:int, nice
     if mode == "stream": batches.batch_sampler.until = 10**6  # one pass over all epochs, as Trainer.epoch_batches
     t_start = time.monotonic()
     it, epoch, waits, computes, timeline, resident = iter(batches), 0, [], [], [], collections.deque(maxlen=4)
-    warmup = max(workers, 3)
+    warmup = max(min(workers, 16), 3)  # 48 workers fill their queue within a few steps of 16 cores
     for i in range(warmup + steps):
         t0 = time.monotonic()
         try: b = next(it)
@@ -187,7 +187,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="scenes per step (default: the recipe's batch_size)")
     p.add_argument("--rooms", type=int, default=24, help="generated training rooms")
     p.add_argument("--spacing", type=float, default=0.02, help="surface sampling step of the rooms (m)")
-    p.add_argument("--steps", type=int, default=30, help="timed steps (after one untimed step per worker)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps (after one untimed step per worker, 3 to 16)")
     p.add_argument("--data", default="/tmp/sonata_nb_datawait", help="where the rooms are generated (once)")
     p.add_argument("--sleep", type=float, help="no model: each step sleeps this long (the loader's dynamics on a CPU)")
     p.add_argument("--tiny", action="store_true", help="CPU check: narrow model, 2 rooms at 15 cm, 2 workers, 10 steps")
