@@ -10,9 +10,9 @@ the 2 cm grid and its poolings), as the model calls them under fp16 autocast:
 For each: forward and forward + backward (dx, dweight, dbias) times (CUDA events, median of --repeats after 3
 warm-ups), speed-up, effective bandwidth of the fused forward, and the max abs error of both against float64
 (output and dx). With --tiles, the fused kernel is also timed with other tile sizes (kernels.TILE). With --model,
-a Sonata-width encoder (one block per stage, random weights) on a toy batch checks the switch end to end: relative
+a Sonata-width encoder (one block per stage, random weights) on a toy batch checks the switches end to end: relative
 L2 of the fp16-autocast up-cast features and of the parameter gradients, fused against torch's LayerNorm and both
-against float32.
+against float32, and set_mlp_recompute against the plain MLP.
 
     python bench/kernels.py --json bench/results/kernels_h100.json     # < 60 s on one H100
 """
@@ -104,26 +104,30 @@ def model_check(points:int=60_000) -> dict:
     from sonata_nb import model as M
     from sonata_nb.testing import toy_cloud
     torch.manual_seed(0)
-    enc = M.PointTransformerV3(**{**M.SONATA_CONFIG, "enc_depths": (1, 1, 1, 1, 1), "shuffle_orders": False}).cuda()
+    enc = M.PointTransformerV3(**{**M.SONATA_CONFIG, "enc_depths": (1, 1, 1, 1, 1), "shuffle_orders": False}).cuda().eval()  # no drop path
     data = {k: v.cuda() for k, v in toy_cloud(n=points // 2, grid=0.02).items()}
-    def run(fused:bool, amp:bool):
-        M.set_fused_layernorm(fused)
+    def run(fused:bool, amp:bool, recompute:bool=False):
+        M.set_fused_layernorm(fused); M.set_mlp_recompute(recompute)
         try:
             enc.zero_grad()
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 feat = M.upcast(enc({k: v.clone() for k, v in data.items()}))
             feat.float().square().mean().backward()
             return feat.detach().float(), torch.cat([q.grad.flatten() for q in enc.parameters()]).clone()
-        finally: M.set_fused_layernorm(False)
+        finally: M.set_fused_layernorm(False); M.set_mlp_recompute(False)
     def rel(a, b): return ((a.double() - b.double()).norm() / b.double().norm()).item()
     f32, g32 = run(False, False)
     t16, tg16 = run(False, True)
     f16, fg16 = run(True, True)
     f32f, g32f = run(True, False)
+    r16, rg16 = run(False, True, recompute=True)
+    t16b, tg16b = run(False, True)  # scale: the same torch run again (parameter gradients are not reproducible, see README)
     return dict(points=len(data["coord"]), fused_vs_torch_fp16_feat=rel(f16, t16), fused_vs_torch_fp16_grad=rel(fg16, tg16),
                 torch_fp16_vs_fp32_feat=rel(t16, f32), fused_fp16_vs_fp32_feat=rel(f16, f32),
                 torch_fp16_vs_fp32_grad=rel(tg16, g32), fused_fp16_vs_fp32_grad=rel(fg16, g32),
-                fused_vs_torch_fp32_feat=rel(f32f, f32), fused_vs_torch_fp32_grad=rel(g32f, g32))
+                fused_vs_torch_fp32_feat=rel(f32f, f32), fused_vs_torch_fp32_grad=rel(g32f, g32),
+                mlp_recompute_vs_plain_fp16_feat=rel(r16, t16), mlp_recompute_vs_plain_fp16_grad=rel(rg16, tg16),
+                torch_fp16_rerun_feat=rel(t16b, t16), torch_fp16_rerun_grad=rel(tg16b, tg16))
 
 
 def table(rows:list[dict]) -> str:

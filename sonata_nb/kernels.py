@@ -27,8 +27,9 @@ if triton is not None:
         if RTNE_BF16:  # the interpreter truncates float32 -> bfloat16; round to nearest even as the GPU does
             bits = v.to(tl.uint32, bitcast=True)
             bits = bits + 0x7FFF + ((bits >> 16) & 1)
-            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        else: return v.to(dtype)
+            out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else: out = v.to(dtype)
+        return out
 
     @triton.jit
     def _ln_fwd(X, W, B, Y, Mean, Rstd, N, C, eps, HAS_W:tl.constexpr, HAS_B:tl.constexpr,

@@ -38,6 +38,12 @@ def test_environment_switch():
         run_check("env_on", interpret=False, SONATA_FUSED_LAYERNORM="yes")
 
 
+@needs_triton
+def test_kernels_compile_for_the_gpu():
+    "The interpreter does not catch what only the compiler rejects: compile both kernels to PTX for sm_90 (no GPU needed)"
+    print(run_check("compile", interpret=False))
+
+
 def test_imports_without_triton():
     run_check("no_triton", interpret=False)
 
@@ -173,6 +179,34 @@ def check_block():
     # without the private flag CPU tensors keep torch's layer_norm
     model._fused_on_cpu = False
     assert _tiny_block_run(block, data, True, False)[3] == 0
+
+
+def check_compile():
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from sonata_nb import kernels
+    assert not kernels.interpreted()
+    if "nvidia" not in triton.backends.backends: print("no NVIDIA backend in this Triton: nothing compiled"); return
+    def compile(fn, sig, consts, C):
+        br, bc, nw = kernels._blocks(C)
+        consts = dict(consts, BLOCK_R=br, BLOCK_C=bc)
+        sig = {**sig, **{k: "constexpr" for k in consts}}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                           options=dict(num_warps=nw))
+        assert ".entry" in k.asm["ptx"]
+    common = dict(Mean="*fp32", Rstd="*fp32", N="i32", C="i32")
+    for C in (48, 1232):
+        for x, y in (("fp32", "fp32"), ("fp16", "fp32"), ("fp32", "fp16"), ("bf16", "bf16")):
+            compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", Y=f"*{y}", eps="fp32", **common),
+                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False), C)
+            compile(kernels._ln_bwd, dict(X=f"*{x}", W="*fp32", DY=f"*{y}", DX=f"*{x}", DWp="*fp32", DBp="*fp32", iters="i32", **common),
+                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False), C)
+        compile(kernels._ln_fwd, dict(X="*fp32", Y="*fp32", eps="fp32", **common),
+                dict(W=None, B=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
+        compile(kernels._ln_bwd, dict(X="*fp32", DY="*fp32", DX="*fp32", iters="i32", **common),
+                dict(W=None, DWp=None, DBp=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
+    print("compiled for sm_90")
 
 
 def check_env_on():
