@@ -147,13 +147,13 @@ def main(argv=None):
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median)")
     p.add_argument("--tiles", default="", help="comma-separated kernels.TILE values to time too, e.g. 2048,8192")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+    p.add_argument("--cases", default=";".join(CASES), help=f"semicolon-separated subset of {list(CASES)}")
     p.add_argument("--model", action="store_true", help="also check set_fused_layernorm on a slim Sonata-width encoder")
     args = p.parse_args(argv)
     if not torch.cuda.is_available(): p.error("bench/kernels.py needs a CUDA GPU")
     if not kernels.available(): p.error("Triton is not installed (pip install triton)")
     if kernels.interpreted(): p.error("unset TRITON_INTERPRET: this benchmark times the compiled kernels")
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    cases = [c.strip() for c in args.cases.split(";") if c.strip()]  # (case names contain commas)
     bad = [c for c in cases if c not in CASES]
     if bad: p.error(f"unknown --cases {bad}; choose from {list(CASES)}")
     tiles = [int(t) for t in args.tiles.split(",") if t.strip()]
