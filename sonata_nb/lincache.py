@@ -214,9 +214,11 @@ class CachedSegmentor(DefaultSegmentorV2):
 
 class CachedViews(Dataset):
     "The cached views of a `FeatureCache` indexed like a looped train set, by `(epoch, index)` keys of `EpochSampler`"
-    def __init__(self, cache:FeatureCache, loop:int, seed:int): # the cache, passes per epoch (`data.train.loop`), seed
+    def __init__(self, cache:FeatureCache, loop:int, seed:int, # the cache, passes per epoch (`data.train.loop`), seed
+                 ram_mb:float=0): # up-cast all features to float32 in memory once if they fit (0: read the fp16 file per batch)
         self.cache, self.loop, self.n, self.k = cache, loop, cache.meta["scenes"], cache.meta["views"]
         self.shift = np.random.default_rng(seed).integers(0, self.k, self.n)
+        self.feat = np.array(cache.feat, dtype=np.float32) if cache.feat.size * 4 <= ram_mb * 2**20 else cache.feat
     def __len__(self): return self.n * self.loop
     def rows(self, key) -> tuple[int, int]: # an `(epoch, index)` key
         "First and end row in the cache of the view that `key` draws"
@@ -234,7 +236,7 @@ class CachedViews(Dataset):
         feat = np.empty((int(ends[-1]), self.cache.feat.shape[1]), np.float32)
         segment = np.empty(int(ends[-1]), np.int64)
         for (s, e), end in zip(rows, ends):
-            feat[end - (e - s):end], segment[end - (e - s):end] = self.cache.feat[s:e], self.cache.segment[s:e]
+            feat[end - (e - s):end], segment[end - (e - s):end] = self.feat[s:e], self.cache.segment[s:e]
         return dict(lincache_feat=torch.from_numpy(feat), segment=torch.from_numpy(segment), offset=torch.from_numpy(ends))
 
 class _Collated(Dataset):
@@ -274,6 +276,7 @@ class LinCacheTrainer(Trainer):
                  batch_views:int=4, # views per encoder call while caching
                  val_memo_mb:float=2048, # memory for validation features encoded once (0: encode every cycle)
                  val_replay_mb:float=1024, # memory for validation inputs loaded once (0: load every cycle)
+                 ram_mb:float=1024, # memory for the cached features up-cast to float32 once (0, or too small: per batch)
                  hooks:list|None=None): # hook configs run after `cfg.hooks` (as `Trainer`'s)
         model_cfg = to_plain(cfg.model)
         if model_cfg.get("type") != "DefaultSegmentorV2" or not model_cfg.get("freeze_backbone"):
@@ -283,7 +286,7 @@ class LinCacheTrainer(Trainer):
         if views < 1: raise ValueError(f"views must be >= 1, got {views}")
         self.views, self.encoder_mode, self.on_mismatch, self.batch_views = views, encoder_mode, on_mismatch, batch_views
         self.cache_dir = Path(cache_dir) if cache_dir else Path(cfg.save_path)/"lincache"
-        self.val_memo_mb, self.val_replay_mb = val_memo_mb, val_replay_mb
+        self.val_memo_mb, self.val_replay_mb, self.ram_mb = val_memo_mb, val_replay_mb, ram_mb
         super().__init__(cfg, hooks=hooks)
 
     def build_model(self) -> CachedSegmentor:
@@ -305,7 +308,7 @@ class LinCacheTrainer(Trainer):
             dist.barrier()
             if not is_main_process(): self.cache = open_cache(self.cache_dir, self.cfg, self.model, on_mismatch="error", verify=False, **kw)
         self.cache_bytes = self.cache.nbytes
-        data = CachedViews(self.cache, int(self.cfg.data.train.get("loop", 1)), self.seed)
+        data = CachedViews(self.cache, int(self.cfg.data.train.get("loop", 1)), self.seed, self.ram_mb)
         self.train_sampler = EpochSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
         batches = BatchSampler(self.train_sampler, self.batch_size, drop_last=len(self.train_sampler) >= self.batch_size)
         loader = DataLoader(_Collated(data), sampler=batches, batch_size=None, num_workers=0)  # no worker: a batch is a copy
@@ -334,11 +337,12 @@ def lincache_main(argv:list[str]|None=None): # command-line arguments (default: 
     p.add_argument("--batch-views", type=int, default=4, help="views per encoder call while caching")
     p.add_argument("--val-memo-mb", type=float, default=2048, help="memory for validation features (0: off)")
     p.add_argument("--val-replay-mb", type=float, default=1024, help="memory for validation inputs (0: off)")
+    p.add_argument("--ram-mb", type=float, default=1024, help="memory for the features up-cast to float32 (0: off)")
     args = p.parse_args(argv)
     init_distributed()
     cfg = default_config_parser(args.config_file, args.options)
     try: LinCacheTrainer(cfg, args.views, args.cache_dir, args.encoder_mode, args.on_mismatch, args.batch_views,
-                         args.val_memo_mb, args.val_replay_mb, hooks=report_hooks(cfg)).train()
+                         args.val_memo_mb, args.val_replay_mb, args.ram_mb, hooks=report_hooks(cfg)).train()
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
 
