@@ -9,9 +9,12 @@ unchanged except for the folders and rooms: same seed, the recipe's epochs
 left out of both (the final test is the same work in both modes): the mIoU compared is the Trainer's validation
 mIoU on the validation rooms (best and last cycle). `cached_s` includes building the cache.
 Without --weight, a demo `ft` run (--ft-epoch passes, not timed) trains the encoder that both probe.
-The machine is shared: the 1-minute load average is recorded before and after each run.
+The machine is shared: the 1-minute load average is recorded before and after each run, with the process CPU time
+and the wall and CPU time of each phase (`phases`: cache building, train cycles, steps, Lovász loss, backward, encoder
+calls, validations, checkpoints; nested phases overlap). One-time costs of the process (torch's lazy imports on the
+first optimizer) are paid before either run is timed.
 """
-import argparse, datetime, json, math, os, platform, shutil, sys, tempfile, time
+import argparse, collections, datetime, functools, json, math, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +44,35 @@ def records(save_path):
     return [json.loads(l) for l in (Path(save_path)/"log"/"metrics.jsonl").read_text().splitlines()]
 
 
+PHASES = collections.defaultdict(lambda: [0.0, 0.0, 0])  # name -> [wall s, CPU s, calls] of the run being timed
+
+
+def time_phases():
+    "Wrap the phases of both modes with wall and CPU timers adding to PHASES"
+    import sonata_nb.lincache as L, sonata_nb.losses as Lo, sonata_nb.segmentor as S, sonata_nb.trainer as T
+    def timed(owner, name, label):
+        f = getattr(owner, name)
+        @functools.wraps(f)
+        def g(*a, **k):
+            t, c = time.perf_counter(), time.process_time()
+            try: return f(*a, **k)
+            finally: r = PHASES[label]; r[0] += time.perf_counter() - t; r[1] += time.process_time() - c; r[2] += 1
+        setattr(owner, name, g)
+    for owner, name, label in [(L, "build_cache", "build_cache"), (T.Trainer, "train_epoch", "train_cycles"),
+                               (T.Trainer, "run_step", "steps"), (Lo.LovaszLoss, "forward", "lovasz"),
+                               (torch.Tensor, "backward", "backward"), (S.DefaultSegmentorV2, "features", "encoder"),
+                               (T.Trainer, "validate", "validation"), (T.Trainer, "save", "checkpoints")]:
+        timed(owner, name, label)
+
+
+def warm_up():
+    "Pay the process's one-time costs (torch imports its compiler stack on the first optimizer) before timing"
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+
 def run(make, label):
     "Build and train; wall time from construction (cache building included) to the end"
+    PHASES.clear()
     load0, t, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
     trainer = make(); trainer.train()
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -50,7 +80,7 @@ def run(make, label):
     val, train = [r for r in recs if r["type"] == "val"], [r for r in recs if r["type"] == "train"]
     out = dict(s=round(seconds, 1), cpu_s=round(cpu, 1), miou=max(r["mIoU"] for r in val), last_miou=val[-1]["mIoU"],
                first_loss=train[0]["loss"], last_loss=train[-1]["loss"], load_1min=[load0, os.getloadavg()[0]],
-               steps=trainer.step)
+               steps=trainer.step, phases={k: dict(wall_s=round(w, 2), cpu_s=round(c, 2), calls=n) for k, (w, c, n) in PHASES.items()})
     print(f"{label}: {json.dumps(out)}", file=sys.stderr)
     return trainer, out
 
@@ -110,6 +140,7 @@ def main(argv=None):
     res["loss_scale"] = loss_scale(weight, data_root, work)
     probe = dict(weight=weight, epoch=args.epoch, eval_epoch=args.eval_epoch)
     from sonata_nb.lincache import LinCacheTrainer
+    warm_up(); time_phases()
     cached, c = run(lambda: LinCacheTrainer(config("lin", data_root, work/"lin_cached", **probe), views=args.views,
                                             encoder_mode=args.encoder_mode), "cached")
     _, u = run(lambda: Trainer(config("lin", data_root, work/"lin", **probe)), "on-the-fly")
@@ -122,7 +153,7 @@ def main(argv=None):
                 first_loss=dict(cached=c["first_loss"], uncached=u["first_loss"]),
                 last_loss=dict(cached=c["last_loss"], uncached=u["last_loss"]),
                 load_1min=dict(cached=c["load_1min"], uncached=u["load_1min"]),
-                cpu_s=dict(cached=c["cpu_s"], uncached=u["cpu_s"]))
+                cpu_s=dict(cached=c["cpu_s"], uncached=u["cpu_s"]), phases=dict(cached=c["phases"], uncached=u["phases"]))
     text = json.dumps(res, indent=1)
     if args.json is not None:
         print(text)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from .config import default_config_parser
 from .datasets import build_dataset, collate_fn
@@ -23,8 +23,8 @@ from .trainer import EpochSampler, SampleSeeded, Trainer, amp_setup, rng_state, 
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'CACHE_FILES', 'state_digest', 'scene_digest', 'cache_fingerprint', 'build_cache', 'FeatureCache',
-           'CacheMismatch', 'cache_problems', 'open_cache', 'CachedSegmentor', 'CachedViews', 'LinCacheTrainer',
-           'lincache_main']
+           'CacheMismatch', 'cache_problems', 'open_cache', 'CachedSegmentor', 'CachedViews', 'ReplayLoader',
+           'LinCacheTrainer', 'lincache_main']
 
 # %% ../nbs/28_lincache.ipynb #c006
 CACHE_VERSION = 1
@@ -214,16 +214,56 @@ class CachedSegmentor(DefaultSegmentorV2):
 
 class CachedViews(Dataset):
     "The cached views of a `FeatureCache` indexed like a looped train set, by `(epoch, index)` keys of `EpochSampler`"
-    def __init__(self, cache:FeatureCache, loop:int, seed:int): # the cache, passes per epoch (`data.train.loop`), seed
+    def __init__(self, cache:FeatureCache, loop:int, seed:int, # the cache, passes per epoch (`data.train.loop`), seed
+                 ram_mb:float=0): # up-cast all features to float32 in memory once if they fit (0: read the fp16 file per batch)
         self.cache, self.loop, self.n, self.k = cache, loop, cache.meta["scenes"], cache.meta["views"]
         self.shift = np.random.default_rng(seed).integers(0, self.k, self.n)
+        self.feat = np.array(cache.feat, dtype=np.float32) if cache.feat.size * 4 <= ram_mb * 2**20 else cache.feat
     def __len__(self): return self.n * self.loop
-    def __getitem__(self, key):
+    def rows(self, key) -> tuple[int, int]: # an `(epoch, index)` key
+        "First and end row in the cache of the view that `key` draws"
         epoch, index = key
         scene, p = index % self.n, epoch * self.loop + index // self.n
-        feat, seg = self.cache.view(scene, int((p + self.shift[scene]) % self.k))
-        return dict(lincache_feat=torch.from_numpy(np.array(feat)), segment=torch.from_numpy(seg.astype(np.int64)),
-                    offset=torch.tensor([len(seg)]))
+        return self.cache.rows[(scene, int((p + self.shift[scene]) % self.k))]
+    def __getitem__(self, key):
+        s, e = self.rows(key)
+        return dict(lincache_feat=torch.from_numpy(np.array(self.cache.feat[s:e])),
+                    segment=torch.from_numpy(self.cache.segment[s:e].astype(np.int64)), offset=torch.tensor([e - s]))
+    def collated(self, keys:list) -> dict: # `(epoch, index)` keys of one batch
+        "`collate_fn` of the views of `keys`, the features up-cast to float32 (as `CachedSegmentor` does) into one buffer"
+        rows = [self.rows(key) for key in keys]
+        ends = np.cumsum([e - s for s, e in rows])
+        feat = np.empty((int(ends[-1]), self.cache.feat.shape[1]), np.float32)
+        segment = np.empty(int(ends[-1]), np.int64)
+        for (s, e), end in zip(rows, ends):
+            feat[end - (e - s):end], segment[end - (e - s):end] = self.feat[s:e], self.cache.segment[s:e]
+        return dict(lincache_feat=torch.from_numpy(feat), segment=torch.from_numpy(segment), offset=torch.from_numpy(ends))
+
+class _Collated(Dataset):
+    "A batch of `CachedViews` per list of keys (for a `DataLoader` over a `BatchSampler`)"
+    def __init__(self, views:CachedViews): self.views = views
+    def __getitem__(self, keys): return self.views.collated(keys)
+
+def _tensor_bytes(batch:dict) -> int: return sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
+
+class ReplayLoader:
+    "The batches of `make_loader(keys)`: kept while they fit `budget_mb`, then replayed, the rest loaded anew each pass"
+    def __init__(self, make_loader, # keys -> an iterable of their batches, in order (e.g. a `DataLoader`)
+                 keys:list, # what one pass loads, in order; the same key must give the same batch
+                 budget_mb:float=1024): # memory for kept batches (0: keep none)
+        self.make_loader, self.keys, self.budget = make_loader, list(keys), budget_mb * 2**20
+        self.kept, self.kept_bytes, self.full = [], 0, budget_mb <= 0
+    def __len__(self): return len(self.keys)
+    def __iter__(self):
+        yield from self.kept
+        rest = self.keys[len(self.kept):]
+        if not rest: return
+        for batch in self.make_loader(rest):
+            if not self.full:
+                size = _tensor_bytes(batch)
+                if self.kept_bytes + size <= self.budget: self.kept.append(batch); self.kept_bytes += size
+                else: self.full = True
+            yield batch
 
 # %% ../nbs/28_lincache.ipynb #c019
 class LinCacheTrainer(Trainer):
@@ -235,6 +275,8 @@ class LinCacheTrainer(Trainer):
                  on_mismatch:str="rebuild", # a damaged or foreign cache: "rebuild" or "error"
                  batch_views:int=4, # views per encoder call while caching
                  val_memo_mb:float=2048, # memory for validation features encoded once (0: encode every cycle)
+                 val_replay_mb:float=1024, # memory for validation inputs loaded once (0: load every cycle)
+                 ram_mb:float=1024, # memory for the cached features up-cast to float32 once (0, or too small: per batch)
                  hooks:list|None=None): # hook configs run after `cfg.hooks` (as `Trainer`'s)
         model_cfg = to_plain(cfg.model)
         if model_cfg.get("type") != "DefaultSegmentorV2" or not model_cfg.get("freeze_backbone"):
@@ -244,8 +286,13 @@ class LinCacheTrainer(Trainer):
         if views < 1: raise ValueError(f"views must be >= 1, got {views}")
         self.views, self.encoder_mode, self.on_mismatch, self.batch_views = views, encoder_mode, on_mismatch, batch_views
         self.cache_dir = Path(cache_dir) if cache_dir else Path(cfg.save_path)/"lincache"
-        model_cfg.pop("type")
-        super().__init__(cfg, model=CachedSegmentor(**model_cfg, val_memo_mb=val_memo_mb), hooks=hooks)
+        self.val_memo_mb, self.val_replay_mb, self.ram_mb = val_memo_mb, val_replay_mb, ram_mb
+        super().__init__(cfg, hooks=hooks)
+
+    def build_model(self) -> CachedSegmentor:
+        "The config's segmentor as a `CachedSegmentor`, built where `Trainer` builds its model (same seed: same head init)"
+        model_cfg = to_plain(self.cfg.model); model_cfg.pop("type")
+        return CachedSegmentor(**model_cfg, val_memo_mb=self.val_memo_mb)
 
     def load_cached_weights(self):
         "The encoder weights the cache is computed with, before `CheckpointLoader` runs: `weight`, or the resumed run's"
@@ -261,20 +308,21 @@ class LinCacheTrainer(Trainer):
             dist.barrier()
             if not is_main_process(): self.cache = open_cache(self.cache_dir, self.cfg, self.model, on_mismatch="error", verify=False, **kw)
         self.cache_bytes = self.cache.nbytes
-        data = CachedViews(self.cache, int(self.cfg.data.train.get("loop", 1)), self.seed)
+        data = CachedViews(self.cache, int(self.cfg.data.train.get("loop", 1)), self.seed, self.ram_mb)
         self.train_sampler = EpochSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
-        loader = DataLoader(data, batch_size=self.batch_size, sampler=self.train_sampler, num_workers=0,
-                            collate_fn=collate_fn, drop_last=len(self.train_sampler) >= self.batch_size)
+        batches = BatchSampler(self.train_sampler, self.batch_size, drop_last=len(self.train_sampler) >= self.batch_size)
+        loader = DataLoader(_Collated(data), sampler=batches, batch_size=None, num_workers=0)  # no worker: a batch is a copy
         if len(loader) == 0: raise ValueError(f"The cache ({len(data)} views a pass) gives no batch of {self.batch_size}")
         return loader
 
-    def build_val_loader(self) -> DataLoader|None:
-        "The `Trainer`'s val set with each scene drawn under a fixed seed, so its features are encoded once"
+    def build_val_loader(self) -> ReplayLoader|None:
+        "The `Trainer`'s val set with each scene drawn under a fixed seed, loaded and encoded once (within the budgets)"
         loader = super().build_val_loader()
         if loader is None: return None
-        keys = [(0, i) for i in range(self.rank, len(loader.dataset), self.world)]
-        return DataLoader(SampleSeeded(loader.dataset, self.seed), batch_size=1, sampler=keys, num_workers=self.num_workers,
-                          collate_fn=collate_fn, pin_memory=self.device.type == "cuda")
+        seeded = SampleSeeded(loader.dataset, self.seed)
+        def make_loader(keys): return DataLoader(seeded, batch_size=1, sampler=keys, num_workers=min(self.num_workers, len(keys)),
+                                                 collate_fn=collate_fn, pin_memory=self.device.type == "cuda")
+        return ReplayLoader(make_loader, [(0, i) for i in range(self.rank, len(loader.dataset), self.world)], self.val_replay_mb)
 
 # %% ../nbs/28_lincache.ipynb #c023
 def lincache_main(argv:list[str]|None=None): # command-line arguments (default: sys.argv[1:])
@@ -288,11 +336,13 @@ def lincache_main(argv:list[str]|None=None): # command-line arguments (default: 
     p.add_argument("--on-mismatch", choices=("rebuild", "error"), default="rebuild", help="for a damaged or foreign cache")
     p.add_argument("--batch-views", type=int, default=4, help="views per encoder call while caching")
     p.add_argument("--val-memo-mb", type=float, default=2048, help="memory for validation features (0: off)")
+    p.add_argument("--val-replay-mb", type=float, default=1024, help="memory for validation inputs (0: off)")
+    p.add_argument("--ram-mb", type=float, default=1024, help="memory for the features up-cast to float32 (0: off)")
     args = p.parse_args(argv)
     init_distributed()
     cfg = default_config_parser(args.config_file, args.options)
     try: LinCacheTrainer(cfg, args.views, args.cache_dir, args.encoder_mode, args.on_mismatch, args.batch_views,
-                         args.val_memo_mb, hooks=report_hooks(cfg)).train()
+                         args.val_memo_mb, args.val_replay_mb, args.ram_mb, hooks=report_hooks(cfg)).train()
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
 

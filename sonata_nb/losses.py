@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from .registry import Registry
 
 # %% auto #0
-__all__ = ['LOSSES', 'CrossEntropyLoss', 'lovasz_grad', 'lovasz_softmax', 'LovaszLoss', 'Criteria', 'build_criteria']
+__all__ = ['LOSSES', 'LOVASZ_CHUNK', 'CrossEntropyLoss', 'lovasz_grad', 'lovasz_softmax', 'LovaszLoss', 'Criteria',
+           'build_criteria']
 
 # %% ../nbs/21_losses.ipynb #c005
 LOSSES = Registry("losses")
@@ -35,29 +36,44 @@ class CrossEntropyLoss(nn.Module):
                                reduction=self.reduction, label_smoothing=self.label_smoothing) * self.loss_weight
 
 # %% ../nbs/21_losses.ipynb #c010
-def lovasz_grad(fg_sorted:torch.Tensor) -> torch.Tensor: # (P,) 0/1 foreground, sorted by decreasing error
-    "Increments of the Jaccard loss along points sorted by decreasing error (Alg. 1 of the Lovász-softmax paper)"
+def lovasz_grad(fg_sorted:torch.Tensor) -> torch.Tensor: # (..., P) 0/1 foreground, sorted by decreasing error along the last dim
+    "Increments of the Jaccard loss along points sorted by decreasing error (Alg. 1 of the Lovász-softmax paper), per row"
     fg_sorted = fg_sorted.float()
-    total = fg_sorted.sum()
-    intersection = total - fg_sorted.cumsum(0)
-    union = total + (1 - fg_sorted).cumsum(0)
+    total = fg_sorted.sum(-1, keepdim=True)
+    intersection = total - fg_sorted.cumsum(-1)
+    union = total + (1 - fg_sorted).cumsum(-1)
     jaccard = 1.0 - intersection / union
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], -1)
 
 # %% ../nbs/21_losses.ipynb #c013
+LOVASZ_CHUNK = 2**23  # classes x points sorted at once: about 50 bytes each of temporary memory
+
+def _sorted_by_error(errors:torch.Tensor) -> torch.Tensor: # (k, P) errors >= 0, one row per class
+    "Flat indices into `errors` putting each row in decreasing order, equal errors in point order (one stable sort)"
+    k, n = errors.shape
+    if errors.dtype == torch.float64:  # 64 bits of float and the row do not fit one int64 key
+        return (errors.detach().sort(dim=-1, descending=True, stable=True)[1] + n * torch.arange(k, device=errors.device)[:, None]).view(-1)
+    bits = errors.detach().float().view(torch.int32).long()  # >= 0 floats: the int order is the float order
+    key = (torch.arange(k, device=errors.device)[:, None] << 32) | (0x7FFFFFFF - bits)
+    return key.view(-1).argsort(stable=True)
+
 def lovasz_softmax(probs:torch.Tensor, # (P, C) class probabilities of the valid points
                    labels:torch.Tensor, # (P,) labels in 0..C-1
-                   class_seen=None): # if given, only these classes count
-    "Lovász-softmax averaged over the classes present in `labels`"
-    losses = []
-    for c in labels.unique():
-        if class_seen is not None and int(c) not in class_seen: continue
-        fg = (labels == c).to(probs.dtype)
-        errors = (fg - probs[:, c]).abs()
-        errors_sorted, perm = torch.sort(errors, 0, descending=True)
-        losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm]).to(probs.dtype)))
-    if not losses: return probs.sum() * 0.0
-    return sum(losses) / len(losses)
+                   class_seen=None, # if given, only these classes count
+                   chunk:int=LOVASZ_CHUNK): # at most this many classes x points sorted at once
+    "Lovász-softmax averaged over the classes present in `labels`, the classes sorted together"
+    classes = labels.unique()
+    if class_seen is not None:
+        classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool, device=classes.device)]
+    if not len(classes): return probs.sum() * 0.0
+    n, losses = len(labels), []
+    for part in classes.split(max(1, chunk // n)):
+        fg = labels[None] == part[:, None]  # (k, P)
+        errors = (fg.to(probs.dtype) - probs.t()[part]).abs()
+        perm = _sorted_by_error(errors)
+        errors_sorted, fg_sorted = errors.reshape(-1)[perm].view_as(errors), fg.reshape(-1)[perm].view_as(fg)
+        losses.append((errors_sorted * lovasz_grad(fg_sorted).to(probs.dtype)).sum(-1))
+    return torch.cat(losses).mean()
 
 @LOSSES.register_module()
 class LovaszLoss(nn.Module):

@@ -2,7 +2,7 @@
 import itertools, math
 import pytest
 import torch
-from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, build_criteria, lovasz_grad
+from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, _sorted_by_error, build_criteria, lovasz_grad, lovasz_softmax
 
 
 def jaccard_loss(mispredicted: set, fg: set) -> float:
@@ -132,3 +132,63 @@ def test_criteria_sum_and_registry():
         build_criteria([dict(type="DiceLoss")])
     with pytest.raises(ValueError, match="multiclass"):
         LovaszLoss(mode="binary")
+
+
+def loop_lovasz_softmax(probs, labels, class_seen=None, stable=False):
+    "The per-class loop that lovasz_softmax replaced (one sort per class), kept to compare values and gradients"
+    losses = []
+    for c in labels.unique():
+        if class_seen is not None and int(c) not in class_seen:
+            continue
+        fg = (labels == c).to(probs.dtype)
+        errors = (fg - probs[:, c]).abs()
+        if stable:
+            errors_sorted, perm = torch.sort(errors, dim=0, descending=True, stable=True)
+        else:  # the replaced code's call
+            errors_sorted, perm = torch.sort(errors, 0, descending=True)
+        losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm]).to(probs.dtype)))
+    if not losses:
+        return probs.sum() * 0.0
+    return sum(losses) / len(losses)
+
+
+def value_and_grad(f, logits, labels, **kw):
+    x = logits.clone().requires_grad_()
+    loss = f(x.softmax(1), labels, **kw)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk", [None, 1, 5000])  # None: all classes in one sort; 1 and 5000: one or two per sort
+@pytest.mark.parametrize("class_seen", [None, {0, 3, 7, 11}])
+def test_lovasz_one_sort_matches_class_loop(dtype, chunk, class_seen):
+    g = torch.Generator().manual_seed(3)
+    logits, labels = (torch.randn(2500, 13, generator=g) * 3).to(dtype), torch.randint(0, 12, (2500,), generator=g)
+    kw = {} if chunk is None else dict(chunk=chunk)
+    got, got_grad = value_and_grad(lovasz_softmax, logits, labels, class_seen=class_seen, **kw)
+    ref, ref_grad = value_and_grad(loop_lovasz_softmax, logits, labels, class_seen=class_seen)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert got.dtype == dtype and abs(got.item() - ref.item()) <= tol * abs(ref.item())
+    assert (got_grad - ref_grad).abs().max() <= tol * ref_grad.abs().max()
+    assert ref_grad.abs().max() > 0
+
+
+def test_lovasz_one_sort_with_ties():
+    "Equal errors: the same loss as the loop; the same gradient as the loop with a stable sort (ties in point order)"
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randint(-2, 3, (3000, 6), generator=g).float()  # few distinct probabilities: many equal errors
+    labels = torch.randint(0, 6, (3000,), generator=g)
+    got, got_grad = value_and_grad(lovasz_softmax, logits, labels)
+    for stable in (False, True):
+        ref, ref_grad = value_and_grad(loop_lovasz_softmax, logits, labels, stable=stable)
+        assert abs(got.item() - ref.item()) <= 1e-6 * ref.item()
+    assert (got_grad - ref_grad).abs().max() <= 1e-6 * ref_grad.abs().max()  # the stable loop's
+
+
+def test_sorted_by_error_orders_floats_as_a_stable_descending_sort():
+    e = torch.tensor([[0.0, 1.0, 1e-40, 0.5, float("inf"), 0.5, 3e-8, 0.0], [0.25, 0.25, 0.0, 1.0, 2.0, 1e-45, 0.7, 0.25]])
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = e.to(dtype)
+        ref = x.sort(dim=-1, descending=True, stable=True)[1] + torch.tensor([[0], [8]])
+        assert torch.equal(_sorted_by_error(x), ref.view(-1)), dtype

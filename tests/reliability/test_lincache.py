@@ -188,3 +188,21 @@ def test_command_line(setup, tmp_path):
     r = subprocess.run(cmd + ["resume=False"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Using the feature cache" in (tmp_path/"exp"/"log"/"train.log").read_text()
+
+
+def test_validation_encodes_and_loads_each_scene_once(setup, tmp_path):
+    "Over several cycles the val scene is loaded and encoded once; the probe starts from the on-the-fly run's head"
+    from sonata_nb.trainer import Trainer
+    root, weight, _ = setup
+    hooks = [dict(type="CheckpointLoader"), dict(type="SemSegEvaluator"), dict(type="CheckpointSaver")]  # no final test
+    cfg = tiny_cfg(root, tmp_path/"exp", weight, epoch=3, eval_epoch=3, hooks=hooks)
+    t = LinCacheTrainer(cfg, views=2, encoder_mode="eval")
+    plain = Trainer(tiny_cfg(root, tmp_path/"plain", weight))
+    assert torch.equal(t.model.seg_head.weight, plain.model.seg_head.weight)  # same seed, same initial head
+    plain.lock.release()
+    calls = []
+    t.model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    t.train()
+    recs = [json.loads(l) for l in (tmp_path/"exp"/"log"/"metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in recs if r["type"] == "val"]) == 3
+    assert len(calls) == 1 and len(t.val_loader.kept) == 1  # one val scene: encoded once, loaded once
