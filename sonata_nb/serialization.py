@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['ORDERS', 'MAX_DEPTH', 'z_order_encode', 'hilbert_encode', 'encode']
+__all__ = ['ORDERS', 'MAX_DEPTH', 'z_order_encode', 'hilbert_encode', 'encode', 'encode_orders']
 
 # %% ../nbs/02_serialization.ipynb #c005
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
@@ -109,3 +109,23 @@ def encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     if batch is not None:
         code = (batch.long() << (3 * depth)) | code
     return code
+
+# %% ../nbs/02_serialization.ipynb #c017b
+def encode_orders(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
+                  batch:torch.Tensor|None=None, # (N,) sample index of each point
+                  depth:int=16, # bits per axis
+                  orders:tuple=ORDERS, # serialization orders (names from ORDERS)
+                 ) -> torch.Tensor: # (len(orders), N) int64 codes
+    "`torch.stack([encode(grid_coord, batch, depth, o) for o in orders])`, one `encode` call per curve"
+    unknown = [o for o in orders if o not in ORDERS]
+    if unknown: raise ValueError(f"Unknown serialization order {unknown[0]!r}; choose from {ORDERS}")
+    if not orders: raise ValueError("encode_orders needs at least one order")
+    n, rows = len(grid_coord), [None] * len(orders)
+    for curve in ("z", "hilbert"):
+        which = [i for i, o in enumerate(orders) if o.split("-")[0] == curve]
+        if not which: continue
+        grids = [grid_coord[:, [1, 0, 2]] if orders[i].endswith("-trans") else grid_coord for i in which]
+        code = encode(torch.cat(grids) if len(grids) > 1 else grids[0],
+                      None if batch is None else batch.repeat(len(which)), depth, order=curve)
+        for k, i in enumerate(which): rows[i] = code[k * n:(k + 1) * n]
+    return torch.stack(rows)

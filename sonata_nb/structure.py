@@ -10,7 +10,7 @@ from torch import nn
 from .runtime import silence_library_warnings
 silence_library_warnings()  # before spconv is imported
 import spconv.pytorch as spconv
-from .serialization import encode, MAX_DEPTH
+from .serialization import encode_orders, MAX_DEPTH
 
 # %% auto #0
 __all__ = ['offset2bincount', 'offset2batch', 'batch2offset', 'Point', 'PointModule', 'PointSequential']
@@ -79,7 +79,7 @@ def _serialization(self:Point,
     if 3 * depth + len(self.offset).bit_length() > 63:
         raise ValueError(f"Codes do not fit int64: 3*depth ({3 * depth}) + bits of the batch size "
                          f"({len(self.offset).bit_length()}) > 63; use a smaller batch or a larger grid_size")
-    code = torch.stack([encode(self.grid_coord, self.batch, depth, order=o) for o in order])
+    code = encode_orders(self.grid_coord, self.batch, depth, order)  # (k, N), one encode per curve
     perm_order = torch.argsort(code, dim=1, stable=True)
     n = code.shape[1]
     inverse = torch.empty_like(perm_order).scatter_(
