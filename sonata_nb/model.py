@@ -289,7 +289,9 @@ class GridPooling(PointModule):
         mask = (1 << 16) - 1
         grid_coord = torch.stack([key >> 32 & mask, key >> 16 & mask, key & mask], 1)
         feat = self.proj(point.feat)
-        pooled = Point(feat=feat.new_empty(len(key), feat.shape[1]).scatter_reduce_(
+        # max per cell into a -inf buffer: scatter_reduce's backward compares the buffer to the result even with
+        # include_self=False, so uninitialised memory equal to the max would halve the gradient of the points
+        pooled = Point(feat=feat.new_full((len(key), feat.shape[1]), float("-inf")).scatter_reduce_(
                            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False),
                        coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48)
         for k in _AVERAGED_KEYS:
