@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_datasets.ipynb #c002
 from __future__ import annotations
-import inspect, json, logging, os, random, zlib
+import inspect, json, logging, os, random, threading, zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
@@ -44,12 +44,14 @@ def build_dataset(cfg:dict): # a dataset config with a `type` key
 PER_POINT_ASSETS = ("coord", "color", "normal", "strength", "segment", "instance")  # prefixes; `segment20` is per point
 _CHECKED = set()  # (folder, files, num_classes, ignore_index, full) of scenes that passed
 
+_HEADER_LOCK = threading.Lock()  # .npy headers are read by several threads (check_scenes)
+
 def read_npy(path:str, values:bool=True) -> tuple[tuple, np.dtype, np.ndarray|None]:
     "Shape, dtype and (when `values`) the data of an .npy file, header parsed once; ValueError when unreadable or short"
     with open(path, "rb") as f:
         fmt = np.lib.format
         read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read(f)
+        with _HEADER_LOCK: shape, fortran, dtype = read(f)  # numpy parses it with ast: not thread-safe in CPython
         count, size = int(np.prod(shape)), os.fstat(f.fileno()).st_size
         if size < f.tell() + count * dtype.itemsize:
             raise ValueError(f"truncated: the header announces {dtype} {shape} but the file has {size:,} of "
