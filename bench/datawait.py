@@ -225,7 +225,7 @@ def main(argv=None):
               f"max wait {r['max_wait_s']:.2f} s, at epoch starts {r['waits_at_epoch_start_s']:.2f} s; "
               f"batch build {r['batch_build_s']:.2f} s ({r['sample_s'] * 1e3:.0f} ms/sample, collate "
               f"{r['collate_s'] * 1e3:.0f} ms, {r['batch_mb']:.0f} MB); wall {r['wall_s']:.0f} s", flush=True)
-        out = dict(command=" ".join(["python", *sys.argv]), config=CONFIG.name,
+        out = dict(command=" ".join(["python", *(Path(a).name if os.path.isabs(a) else a for a in sys.argv)]), config=CONFIG.name,
                    device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    cpu_cores=os.cpu_count(), rooms=args.rooms, spacing=args.spacing, generate_s=gen_s, results=rows,
                    torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
