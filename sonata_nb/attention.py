@@ -32,6 +32,7 @@ class PatchLayout(NamedTuple):
 @torch.no_grad()
 def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in serialized order
                  patch_size:int, # K, the patch length
+                 counts:tuple|None=None, # points of each sample on the host (`Point.host_shape`): no device transfer
                 ) -> PatchLayout:
     "Reference padding rule (`get_padding_and_inverse`), vectorised over samples"
     K, dev = int(patch_size), offset.device
@@ -41,8 +42,15 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
     start, start_pad = offset.long() - n, n_pad.cumsum(0) - n_pad
     n_patch = (n + K - 1) // K
     short = (n > 0) & (n < K)
-    N, N_pad, P, P_short, L, L_min = torch.stack([  # the only host transfer
-        n.sum(), n_pad.sum(), n_patch.sum(), short.sum(), torch.where(short, n, 0).max(), torch.where(short, n, K).min()]).tolist()
+    if counts is None:
+        N, N_pad, P, P_short, L, L_min = torch.stack([  # the only host transfer
+            n.sum(), n_pad.sum(), n_patch.sum(), short.sum(), torch.where(short, n, 0).max(), torch.where(short, n, K).min()]).tolist()
+    else:
+        if len(counts) != len(n): raise ValueError(f"counts has {len(counts)} samples, offset {len(n)}")
+        shorts = [c for c in counts if 0 < c < K]
+        N, N_pad, P, P_short = sum(counts), sum((c + K - 1) // K * K if c > K else c for c in counts), \
+            sum((c + K - 1) // K for c in counts), len(shorts)
+        L, L_min = max(shorts, default=0), min(shorts, default=K)
     samples = torch.arange(len(n), device=dev)
     # padded slot → serialized position: slot j of a sample holds point j, or point j-K in the padding
     slot_sample = samples.repeat_interleave(n_pad, output_size=N_pad)
@@ -134,11 +142,11 @@ class SerializedAttention(PointModule):
         key = f"patch_layout_{self.patch_size}" if self.enable_flash else f"patch_layout_min{self.patch_size}"
         layout = point.get(key)
         if layout is None or layout.unpad.shape[0] != point.feat.shape[0]:
-            K = self.patch_size
+            K, counts = self.patch_size, point.host_shape().counts
             if not self.enable_flash:
-                K = min(int(offset2bincount(point.offset).min()), K)
+                K = min(min(counts), K)
                 if K < 1: raise ValueError("enable_flash=False needs every sample to have at least one point")
-            layout = point[key] = patch_layout(point.offset, K)
+            layout = point[key] = patch_layout(point.offset, K, counts)
         return layout
 
     @torch.no_grad()

@@ -19,7 +19,7 @@ from spconv.pytorch import ConvAlgo
 
 from .checkpoint import read_checkpoint, resolve_source
 from .registry import Registry
-from .structure import Point, PointModule, PointSequential
+from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import SerializedAttention
 from .kernels import fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
     interpreted as _triton_interpreted
@@ -27,8 +27,8 @@ from .kernels import fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _trit
 # %% auto #0
 __all__ = ['SPCONV_ALGOS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo', 'SubMConv3d', 'DropPath',
            'LayerScale', 'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm',
-           'Embedding', 'Block', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint',
-           'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+           'Embedding', 'Block', 'unique_cells', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast',
+           'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -265,6 +265,23 @@ class Block(PointModule):
 _CARRIED_KEYS = ("name", "split", "condition", "context")  # passed unchanged to the coarse Point
 _AVERAGED_KEYS = ("origin_coord", "color")  # averaged per cell, like `coord`
 
+def unique_cells(key:torch.Tensor, # (N,) int64 cell key of each point, the sample index in the top bits
+                 offset:torch.Tensor, # (B,) cumulative ends of the samples (points sorted by sample)
+                ) -> tuple: # keys (M,), inverse (N,), counts (M,), cell offset (B,) and its host copy
+    "`torch.unique(key, sorted=True, return_inverse=True, return_counts=True)` plus the cells per sample, one device read"
+    sorted_key, perm = torch.sort(key)
+    first = torch.ones_like(sorted_key, dtype=torch.bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    cell = first.cumsum(0) - 1  # cell of each sorted point
+    ends = offset.long()
+    cell_offset = torch.where(ends > 0, cell[(ends - 1).clamp(min=0)] + 1, 0)  # the first offset[b] sorted points are samples <= b
+    host = cell_offset.tolist()  # the only wait for the GPU
+    m = host[-1] if host else 0
+    unique = sorted_key.new_empty(m).scatter_(0, cell, sorted_key)  # each cell's points carry the same key
+    counts = torch.zeros(m, dtype=torch.long, device=key.device).scatter_add_(0, cell, torch.ones_like(cell))
+    inverse = torch.empty_like(cell).scatter_(0, perm, cell)
+    return unique, inverse, counts, cell_offset, host
+
 class GridPooling(PointModule):
     "Coarsen a serialized Point on a `stride`-times larger grid: Linear, max per cell, LayerNorm, GELU"
     def __init__(self, in_channels:int, # input width
@@ -280,12 +297,14 @@ class GridPooling(PointModule):
         self.act = PointSequential(nn.GELU())
 
     def forward(self, point:Point):
-        grid = torch.div(point.grid_coord, self.stride, rounding_mode="floor").long()
-        if len(grid) and (grid.min() < 0 or grid.max() >= 1 << 16):
+        shape, s = point.host_shape(), self.stride
+        lo, hi = shape.grid_min // s, [m // s for m in shape.grid_max]  # the coarse grid's bounds: floor is monotone
+        if lo < 0 or max(hi) >= 1 << 16:
             raise ValueError("grid_coord must lie in [0, 2**16) (the serialization limit); shift the cloud to positive "
                              "grid coordinates (GridSample does) or use a coarser grid_size")
+        grid = torch.div(point.grid_coord, s, rounding_mode="floor").long()
         key = point.batch.long() << 48 | grid[:, 0] << 32 | grid[:, 1] << 16 | grid[:, 2]  # sorts as (batch, x, y, z)
-        key, cluster, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+        key, cluster, counts, offset, ends = unique_cells(key, point.offset)
         mask = (1 << 16) - 1
         grid_coord = torch.stack([key >> 32 & mask, key >> 16 & mask, key & mask], 1)
         feat = self.proj(point.feat)
@@ -293,7 +312,8 @@ class GridPooling(PointModule):
         # include_self=False, so uninitialised memory equal to the max would halve the gradient of the points
         pooled = Point(feat=feat.new_full((len(key), feat.shape[1]), float("-inf")).scatter_reduce_(
                            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False),
-                       coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48)
+                       coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48, offset=offset)
+        pooled.set_host_shape(HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), lo, tuple(hi)))
         for k in _AVERAGED_KEYS:
             if k in point.keys(): pooled[k] = self._mean(point[k], cluster, counts)
         for k in _CARRIED_KEYS:

@@ -5,6 +5,7 @@
 # %% ../nbs/01_structure.ipynb #c002
 from __future__ import annotations
 from collections import OrderedDict
+from typing import NamedTuple
 import torch
 from torch import nn
 from .runtime import silence_library_warnings
@@ -13,15 +14,18 @@ import spconv.pytorch as spconv
 from .serialization import encode_orders, MAX_DEPTH
 
 # %% auto #0
-__all__ = ['offset2bincount', 'offset2batch', 'batch2offset', 'Point', 'PointModule', 'PointSequential']
+__all__ = ['offset2bincount', 'offset2batch', 'batch2offset', 'HostShape', 'Point', 'PointModule', 'PointSequential']
 
 # %% ../nbs/01_structure.ipynb #c005
 def offset2bincount(offset:torch.Tensor) -> torch.Tensor: # (B,) cumulative ends → (B,) sizes
     "Number of points of each sample"
     return torch.diff(offset.long(), prepend=offset.new_zeros(1, dtype=torch.long))
 
-def offset2batch(offset:torch.Tensor) -> torch.Tensor: # (B,) cumulative ends → (N,) sample index
+def offset2batch(offset:torch.Tensor, # (B,) cumulative ends
+                 size:int|None=None, # N = offset[-1] when known on the host: no wait for the GPU
+                ) -> torch.Tensor: # (N,) sample index
     "Sample index of every point"
+    if size is not None: return torch.searchsorted(offset.long(), torch.arange(size, device=offset.device), right=True)
     bincount = offset2bincount(offset)
     return torch.arange(len(bincount), device=offset.device).repeat_interleave(bincount)
 
@@ -30,11 +34,19 @@ def batch2offset(batch:torch.Tensor) -> torch.Tensor: # (N,) sample index → (B
     return torch.cumsum(batch.bincount(), dim=0).long()
 
 # %% ../nbs/01_structure.ipynb #c008
+class HostShape(NamedTuple):
+    "The sizes of a Point that the host needs (tensor shapes, spconv's grid), read from the device once"
+    counts: tuple # points of each sample
+    grid_min: int|None # smallest grid coordinate over all axes (None: the Point has no grid_coord)
+    grid_max: tuple|None # largest grid coordinate of each axis (x, y, z)
+
 class Point(dict):
     "A batch of point clouds: a dict of per-point tensors (`coord`, `grid_coord`, `feat`, `batch`, ...) with attribute access"
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if "batch" not in self and "offset" in self: self["batch"] = offset2batch(self["offset"])
+        if "batch" not in self and "offset" in self:
+            rows = next((self[k] for k in ("grid_coord", "coord", "feat") if k in self), None)
+            self["batch"] = offset2batch(self["offset"], None if rows is None else len(rows))
         elif "offset" not in self and "batch" in self: self["offset"] = batch2offset(self["batch"])
 
     def __getattr__(self, name):
@@ -57,6 +69,31 @@ class Point(dict):
         self._require("coord", "grid_size", why="(needed to compute grid_coord, which is absent)")
         self["grid_coord"] = torch.div(self.coord - self.coord.min(0)[0], self.grid_size, rounding_mode="trunc").int()
 
+    def host_shape(self) -> HostShape:
+        "Sample sizes and grid bounds, read with one device transfer and kept while `offset` and `grid_coord` stay the same tensors"
+        cached = self.get("_host_shape")
+        if cached is not None and cached[0] is self.get("offset") and cached[1] is self.get("grid_coord"): return cached[2]
+        self._require("offset", why="(the sample sizes come from offset)")
+        if "coord" in self and "grid_size" in self: self._ensure_grid_coord()
+        grid, offset = self.get("grid_coord"), self.offset
+        rows = next(((k, self[k]) for k in ("grid_coord", "coord", "feat") if k in self), None)
+        if grid is not None and len(grid) == 0:
+            raise ValueError("The Point has no points (grid_coord is empty); give every batch at least one point")
+        bounds = [] if grid is None else [grid.min().reshape(1).long(), grid.max(0).values.long()]
+        values = torch.cat([*bounds, offset.long()]).tolist()
+        ends = values[4:] if bounds else values
+        if not ends or any(b < a for a, b in zip([0] + ends, ends)) or (rows is not None and ends[-1] != len(rows[1])):
+            raise ValueError(f"offset must hold the cumulative end of each sample (non-decreasing, the last equal to the "
+                             f"number of points{'' if rows is None else f', {len(rows[1])} in {rows[0]}'}); "
+                             f"got {ends[:8]}{' ...' if len(ends) > 8 else ''}")
+        shape = HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), *((values[0], tuple(values[1:4])) if bounds else (None, None)))
+        self["_host_shape"] = (offset, grid, shape)
+        return shape
+
+    def set_host_shape(self, shape:HostShape): # sizes known from the Point's construction (e.g. by GridPooling)
+        "Record `shape` for the current `offset` and `grid_coord`, so that `host_shape` needs no transfer"
+        self["_host_shape"] = (self.offset, self.grid_coord, shape)
+
 # %% ../nbs/01_structure.ipynb #c011
 @torch.no_grad()
 def _serialization(self:Point,
@@ -68,11 +105,10 @@ def _serialization(self:Point,
     order = (order,) if isinstance(order, str) else tuple(order)
     self._require("batch", "offset", why="(serialization needs the sample of each point)")
     self._ensure_grid_coord()
-    if depth is None:
-        lo, hi = torch.aminmax(self.grid_coord)
-        lo, hi = torch.stack([lo, hi]).tolist()
-        if lo < 0: raise ValueError(f"grid_coord has negative entries (min {lo}); voxel coordinates must be >= 0")
-        depth = int(hi + 1).bit_length()
+    shape = self.host_shape()
+    if shape.grid_min < 0:
+        raise ValueError(f"grid_coord has negative entries (min {shape.grid_min}); voxel coordinates must be >= 0")
+    if depth is None: depth = int(max(shape.grid_max) + 1).bit_length()
     if depth > MAX_DEPTH:
         raise ValueError(f"Serialization depth {depth} > {MAX_DEPTH}: grid_coord spans more than 2**{MAX_DEPTH} voxels "
                          "per axis; use a larger grid_size or crop the scene")
@@ -98,15 +134,16 @@ def _sparsify(self:Point,
               pad:int=96, # margin added to the largest grid coordinate of each axis
              ):
     "Build `sparse_conv_feat` (a `spconv.SparseConvTensor` of `feat`) and `sparse_shape`"
-    self._require("feat", "batch", why="(sparsify needs features and the sample of each point)")
+    self._require("feat", "batch", "offset", why="(sparsify needs features and the sample of each point)")
     self._ensure_grid_coord()
-    shape_and_size = torch.cat([self.grid_coord.max(0).values.long() + pad, self.batch[-1:].long() + 1]).tolist()
-    sparse_shape = self.sparse_shape if "sparse_shape" in self else shape_and_size[:3]
+    shape = self.host_shape()
+    sparse_shape = self.sparse_shape if "sparse_shape" in self else [m + pad for m in shape.grid_max]
     self["sparse_shape"] = sparse_shape
+    batch_size = max((i + 1 for i, n in enumerate(shape.counts) if n), default=0)  # the reference's batch[-1] + 1
     self["sparse_conv_feat"] = spconv.SparseConvTensor(
         features=self.feat,
         indices=torch.cat([self.batch.unsqueeze(-1).int(), self.grid_coord.int()], dim=1).contiguous(),
-        spatial_shape=sparse_shape, batch_size=shape_and_size[3])
+        spatial_shape=sparse_shape, batch_size=batch_size)
 
 Point.sparsify = _sparsify
 

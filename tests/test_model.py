@@ -1,4 +1,5 @@
 "Mechanism tests of the PT-v3m2 backbone (sonata_nb.model): structure, keys, pooling, determinism, up-cast, real scan."
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -154,6 +155,45 @@ def test_eval_is_deterministic_even_with_shuffle_orders():
     with torch.no_grad(): a, b = m(cloud()), m(cloud())
     assert torch.equal(upcast(a), upcast(b))
     for p in stages(a): assert order_rows(p, TINY["order"]) == [0, 1, 2, 3]
+
+
+# --- host reads ------------------------------------------------------------------------------------------------
+
+_READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+          torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy, torch.unique, torch.Tensor.unique, torch.bincount,
+          torch.Tensor.bincount, torch.nonzero, torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select,
+          torch.unique_consecutive}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    "Counts, by sonata_nb line, the calls that read device values on the host (a wait for the GPU on CUDA)"
+    def __init__(self):
+        super().__init__(); self.sites = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        sizeless = func in (torch.repeat_interleave, torch.Tensor.repeat_interleave) and "output_size" not in kwargs \
+            and len(args) > 1 and isinstance(args[1], torch.Tensor)
+        masked = func is torch.Tensor.__getitem__ and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool
+        if func in _READS or sizeless or masked:
+            f = sys._getframe(1)
+            while f is not None and "/torch/" in f.f_code.co_filename: f = f.f_back
+            if f is not None and "/sonata_nb/" in f.f_code.co_filename:
+                self.sites.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno}")
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("enc_mode", [True, False])
+@pytest.mark.parametrize("train", [False, True])
+def test_forward_reads_the_device_once_per_stage(enc_mode, train):
+    "Sizes come from one read at the input and one per pooling (unique_cells): nothing else waits for the GPU"
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "enc_mode": enc_mode, "shuffle_orders": True}).train(train)
+    data = cloud()
+    with HostReads() as reads: out = m(data)
+    if train: out.feat.sum().backward()
+    assert len(reads.sites) == len(TINY["enc_depths"]), reads.sites
+    assert len(set(reads.sites)) == 2, reads.sites  # Point.host_shape at the input, unique_cells at each pooling
 
 
 # --- upcast ----------------------------------------------------------------------------------------------------
