@@ -61,7 +61,7 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
     patch_sample = samples.repeat_interleave(n_patch, output_size=P)
     k = torch.arange(P, device=dev) - (n_patch.cumsum(0) - n_patch)[patch_sample]
     patch_start = start_pad[patch_sample] + k * K
-    cu_seqlens = torch.cat([patch_start, patch_start.new_tensor([N_pad])]).int()
+    cu_seqlens = torch.cat([patch_start, patch_start.new_full((1,), N_pad)]).int()
     by_kind = torch.argsort(short[patch_sample].int(), stable=True)  # full patches first, then short ones
     full_slots = patch_start[by_kind[:P - P_short], None] + torch.arange(K, device=dev)
     short_len = n[patch_sample[by_kind[P - P_short:]]]

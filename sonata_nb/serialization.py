@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['ORDERS', 'MAX_DEPTH', 'z_order_encode', 'hilbert_encode', 'encode', 'encode_orders']
+__all__ = ['ORDERS', 'MAX_DEPTH', 'z_order_encode', 'hilbert_encode', 'swap_xy', 'encode', 'encode_orders']
 
 # %% ../nbs/02_serialization.ipynb #c005
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
@@ -95,6 +95,10 @@ def hilbert_encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     return _hilbert_from_morton(z_order_encode(grid_coord, depth), depth)
 
 # %% ../nbs/02_serialization.ipynb #c016
+def swap_xy(grid_coord:torch.Tensor) -> torch.Tensor: # (N, 3) → (N, 3) with x and y exchanged
+    "`grid_coord[:, [1, 0, 2]]` without a host-made index (which CUDA would wait for)"
+    return torch.stack((grid_coord[:, 1], grid_coord[:, 0], grid_coord[:, 2]), 1)
+
 def encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
            batch:torch.Tensor|None=None, # (N,) sample index of each point
            depth:int=16, # bits per axis
@@ -104,7 +108,7 @@ def encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     if order not in ORDERS:
         raise ValueError(f"Unknown serialization order {order!r}; choose from {ORDERS}")
     if order.endswith("-trans"):
-        grid_coord = grid_coord[:, [1, 0, 2]]
+        grid_coord = swap_xy(grid_coord)
     code = (z_order_encode if order.startswith("z") else hilbert_encode)(grid_coord, depth=depth)
     if batch is not None:
         code = (batch.long() << (3 * depth)) | code
@@ -124,7 +128,7 @@ def encode_orders(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     for curve in ("z", "hilbert"):
         which = [i for i, o in enumerate(orders) if o.split("-")[0] == curve]
         if not which: continue
-        grids = [grid_coord[:, [1, 0, 2]] if orders[i].endswith("-trans") else grid_coord for i in which]
+        grids = [swap_xy(grid_coord) if orders[i].endswith("-trans") else grid_coord for i in which]
         code = encode(torch.cat(grids) if len(grids) > 1 else grids[0],
                       None if batch is None else batch.repeat(len(which)), depth, order=curve)
         for k, i in enumerate(which): rows[i] = code[k * n:(k + 1) * n]

@@ -121,8 +121,8 @@ def _serialization(self:Point,
     inverse = torch.empty_like(perm_order).scatter_(
         1, perm_order, torch.arange(n, device=code.device).expand(len(order), n))
     if shuffle_orders:
-        perm = torch.randperm(len(order))
-        code, perm_order, inverse = code[perm], perm_order[perm], inverse[perm]
+        perm = torch.randperm(len(order)).tolist()  # drawn on the CPU, as the reference; rows picked without a host-made index
+        code, perm_order, inverse = (torch.stack([t[i] for i in perm]) for t in (code, perm_order, inverse))
     self.update(order=order, serialized_depth=depth, serialized_code=code,
                 serialized_order=perm_order, serialized_inverse=inverse)
 

@@ -163,24 +163,31 @@ _READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.T
           torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy, torch.unique, torch.Tensor.unique, torch.bincount,
           torch.Tensor.bincount, torch.nonzero, torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select,
           torch.unique_consecutive}
+_HOST_DATA = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}  # built on the host, then copied (a wait on CUDA)
 
 
 class HostReads(torch.overrides.TorchFunctionMode):
-    "Counts, by sonata_nb line, the calls that read device values on the host (a wait for the GPU on CUDA)"
+    "Counts, by sonata_nb line, the calls that read device values on the host or copy host-made values (a wait on CUDA)"
     def __init__(self):
-        super().__init__(); self.sites = []
+        super().__init__(); self.sites, self.host = [], []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         sizeless = func in (torch.repeat_interleave, torch.Tensor.repeat_interleave) and "output_size" not in kwargs \
             and len(args) > 1 and isinstance(args[1], torch.Tensor)
-        masked = func is torch.Tensor.__getitem__ and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool
-        if func in _READS or sizeless or masked:
+        index = args[1] if func is torch.Tensor.__getitem__ else None
+        index = index if isinstance(index, tuple) else (index,)
+        masked = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+        listed = any(isinstance(i, list) for i in index)  # a host-made index: CUDA waits for its copy
+        host_made = func in _READS and any(args[0] is t for t in self.host)  # e.g. randperm's draw, on the CPU by design
+        if (func in _READS or func in _HOST_DATA or sizeless or masked or listed) and not host_made:
             f = sys._getframe(1)
             while f is not None and "/torch/" in f.f_code.co_filename: f = f.f_back
             if f is not None and "/sonata_nb/" in f.f_code.co_filename:
                 self.sites.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno}")
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func is torch.randperm and kwargs.get("device") is None: self.host.append(out)
+        return out
 
 
 @pytest.mark.parametrize("enc_mode", [True, False])
