@@ -157,6 +157,33 @@ def test_eval_is_deterministic_even_with_shuffle_orders():
     for p in stages(a): assert order_rows(p, TINY["order"]) == [0, 1, 2, 3]
 
 
+# --- CUDA ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit GEMM under CUDA autocast")
+@pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16, None])
+def test_subm_conv_on_cuda_matches_spconv_bitwise(amp):
+    "Our casts before spconv's function = spconv's own casts inside it: same outputs and gradients, bit for bit"
+    import spconv.pytorch as spconv
+    torch.manual_seed(0)
+    conv = SubMConv3d(48, 48, kernel_size=3, bias=True, indice_key="k").cuda()
+    idx = torch.unique(torch.randint(0, 60, (20000, 3), device="cuda"), dim=0)
+    feat = torch.randn(len(idx), 48, device="cuda")
+    def run(forward):
+        x = feat.clone().requires_grad_()
+        sp = spconv.SparseConvTensor(x, torch.cat([torch.zeros_like(idx[:, :1]), idx], 1).int(), [64, 64, 64], 1)
+        with torch.autocast("cuda", dtype=amp or torch.float16, enabled=amp is not None): y = forward(sp).features
+        y.float().square().sum().backward()
+        grads = (x.grad, conv.weight.grad.clone(), conv.bias.grad.clone())
+        conv.zero_grad(set_to_none=True)
+        return y, grads
+    def spconv_forward(sp):  # spconv's own path, training flag set as SubMConv3d does
+        conv.training = True
+        return spconv.SubMConv3d.forward(conv, sp)
+    ours, theirs = run(conv), run(spconv_forward)
+    assert ours[0].dtype == theirs[0].dtype and torch.equal(ours[0], theirs[0])
+    for a, b in zip(ours[1], theirs[1]): assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 # --- host reads ------------------------------------------------------------------------------------------------
 
 _READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
