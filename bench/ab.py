@@ -1,0 +1,80 @@
+"""A/B timing of two sonata_nb trees in one process: the issue's three tasks, calls interleaved so that host noise
+(another tenant, clocks) hits both sides alike.
+
+    git archive <commit> sonata_nb | tar -x -C /tmp/b          # the other tree (any sonata_nb/ folder)
+    PYTHONPATH=. python bench/ab.py --b /tmp/b --json bench/results/ab_h100.json
+
+A = the importable sonata_nb (this checkout), B = `--b DIR/sonata_nb` imported as package `sonata_b` without running
+its `__init__`. Both encoders get A's random weights. Per task (bench/steps.py), `--repeats` pairs of synchronized
+calls after `--warmup`, the order inside a pair alternating; medians, minima and the median of the per-pair ratio B/A.
+The bitwise equality of both inference outputs is reported too (they compute the same function).
+"""
+import argparse, importlib, json, statistics, sys, time, types
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steps import DEFAULT_SCAN, TASKS, build, step_fn, sync
+from sonata_nb.model import SONATA_CONFIG
+
+
+def import_tree(root:Path, name:str="sonata_b"):
+    "The package at `root/sonata_nb` as `name` (relative imports resolve inside it; its __init__ is not run)"
+    pkg = root / "sonata_nb"
+    if not (pkg / "model.py").exists(): raise SystemExit(f"--b {root}: no sonata_nb/model.py there")
+    mod = types.ModuleType(name); mod.__path__ = [str(pkg)]
+    sys.modules[name] = mod
+    return importlib.import_module(f"{name}.model")
+
+
+def timed(fn, device) -> tuple:
+    "(wall ms, host ms) of one synchronized call"
+    t = time.perf_counter(); fn(); h = time.perf_counter(); sync(device); e = time.perf_counter()
+    return (e - t) * 1000, (h - t) * 1000
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--b", required=True, help="folder holding the other tree's sonata_nb/")
+    p.add_argument("--scan", default=str(DEFAULT_SCAN))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = True
+    model_a, head, data, labels = build(args.device, args.tiny, args.scan)
+    mb = import_tree(Path(args.b))
+    model_b = mb.PointTransformerV3(**model_a.config).to(args.device)
+    model_b.load_state_dict(model_a.state_dict())
+    res = dict(device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", torch=torch.__version__,
+               points=len(data["coord"]), b=Path(args.b).name, repeats=args.repeats,
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), tasks={})
+    ya, yb = step_fn("infer", model_a, head, data, labels)(), step_fn("infer", model_b, head, data, labels)()
+    res["infer_outputs_equal"] = bool(torch.equal(ya, yb))
+    res["infer_max_abs_diff"] = (ya.float() - yb.float()).abs().max().item()
+    print(f"{res['device']}: {res['points']:,} points; inference outputs A == B bitwise: {res['infer_outputs_equal']} "
+          f"(max |A-B| {res['infer_max_abs_diff']:.2e})\n\n| task | A median ms (host) | B median ms (host) | A min | B min | "
+          "B/A, median of pairs |\n|---|---|---|---|---|---|")
+    for task in TASKS:
+        fa, fb = step_fn(task, model_a, head, data, labels), step_fn(task, model_b, head, data, labels)
+        for _ in range(args.warmup): fa(); fb()
+        a, b = [], []
+        for i in range(args.repeats):
+            if i % 2: b.append(timed(fb, args.device)); a.append(timed(fa, args.device))
+            else: a.append(timed(fa, args.device)); b.append(timed(fb, args.device))
+        med = lambda xs, k: statistics.median(x[k] for x in xs)
+        r = res["tasks"][task] = dict(
+            a_ms=med(a, 0), a_host_ms=med(a, 1), b_ms=med(b, 0), b_host_ms=med(b, 1), a_min_ms=min(x[0] for x in a),
+            b_min_ms=min(x[0] for x in b), ratio_b_over_a=statistics.median(y[0] / x[0] for x, y in zip(a, b)),
+            a_all=[x[0] for x in a], b_all=[x[0] for x in b])
+        print(f"| {task} | {r['a_ms']:.1f} ({r['a_host_ms']:.1f}) | {r['b_ms']:.1f} ({r['b_host_ms']:.1f}) | "
+              f"{r['a_min_ms']:.1f} | {r['b_min_ms']:.1f} | {r['ratio_b_over_a']:.3f} |", flush=True)
+    if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
