@@ -10,73 +10,44 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
-# the checks each test runs: (check, TRITON_INTERPRET=1, environment)
-CHECKS = {"test_layer_norm_matches_float64": [("kernel", True, {})],
-          "test_fused_block_matches_torch_block": [("block", True, {})],
-          "test_environment_switch": [("env_on", False, dict(SONATA_FUSED_LAYERNORM="1")),
-                                      ("env_off", False, dict(SONATA_FUSED_LAYERNORM="0")),
-                                      ("env_off", False, {}),  # the default
-                                      ("env_on", False, dict(SONATA_FUSED_LAYERNORM="yes"))],
-          "test_kernels_compile_for_the_gpu": [("compile", False, {})],
-          "test_imports_without_triton": [("no_triton", False, {})]}
 
-
-def key(check, interpret, env): return f"{check} interpret={interpret} {sorted(env.items())}"
-
-
-@pytest.fixture(scope="module")
-def checks(request):
-    "The checks of the selected tests, started in test order"
-    sys.path.insert(0, str(Path(__file__).parent))
-    from forkserver import ForkServer
-    runs = []
-    for item in request.session.items:
-        if item.module is not request.module: continue
-        if item.get_closest_marker("skipif") and importlib.util.find_spec("triton") is None: continue
-        for check, interpret, extra in CHECKS.get(item.originalname, []):
-            env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SONATA_FUSED_LAYERNORM")}
-            env.update(PYTHONPATH=str(ROOT), **extra)
-            if interpret: env["TRITON_INTERPRET"] = "1"
-            runs.append((key(check, interpret, extra), [__file__, check], ROOT, env))
-    server = ForkServer(runs)
-    yield server
-    server.close()
-
-
-def run_check(checks, check:str, interpret:bool=True, **env) -> str:
-    "The output of `check` of this file, run in a fresh Python"
-    rc, out = checks.wait(key(check, interpret, env), timeout=900)
-    assert rc == 0, f"check {check} failed:\n{out[-8000:]}"
-    return out
+def run_check(forkserver, check:str, interpret:bool=True, **env) -> str:
+    "Run `check` of this file in a fresh Python; its stdout"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SONATA_FUSED_LAYERNORM")},
+           "PYTHONPATH": str(ROOT), **env}
+    if interpret: env["TRITON_INTERPRET"] = "1"
+    r = forkserver.run([__file__, check], cwd=ROOT, env=env, timeout=900)
+    assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r.stdout
 
 
 @needs_triton
-def test_layer_norm_matches_float64(checks):
-    print(run_check(checks, "kernel"))
+def test_layer_norm_matches_float64(forkserver):
+    print(run_check(forkserver, "kernel"))
 
 
 @needs_triton
-def test_fused_block_matches_torch_block(checks):
-    print(run_check(checks, "block"))
+def test_fused_block_matches_torch_block(forkserver):
+    print(run_check(forkserver, "block"))
 
 
 @needs_triton
-def test_environment_switch(checks):
-    run_check(checks, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="1")
-    run_check(checks, "env_off", interpret=False, SONATA_FUSED_LAYERNORM="0")
-    run_check(checks, "env_off", interpret=False)
+def test_environment_switch(forkserver):
+    run_check(forkserver, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="1")
+    run_check(forkserver, "env_off", interpret=False, SONATA_FUSED_LAYERNORM="0")
+    run_check(forkserver, "env_off", interpret=False)  # the default
     with pytest.raises(AssertionError, match="SONATA_FUSED_LAYERNORM='yes'"):
-        run_check(checks, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="yes")
+        run_check(forkserver, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="yes")
 
 
 @needs_triton
-def test_kernels_compile_for_the_gpu(checks):
+def test_kernels_compile_for_the_gpu(forkserver):
     "The interpreter does not catch what only the compiler rejects: compile both kernels to PTX for sm_90 (no GPU needed)"
-    print(run_check(checks, "compile", interpret=False))
+    print(run_check(forkserver, "compile", interpret=False))
 
 
-def test_imports_without_triton(checks):
-    run_check(checks, "no_triton", interpret=False)
+def test_imports_without_triton(forkserver):
+    run_check(forkserver, "no_triton", interpret=False)
 
 
 # ---------------------------------------------------------------- checks, run in the subprocess
