@@ -11,11 +11,15 @@ positive_int() {
 }
 
 # check_counts: -m and -g must be positive integers; -g must not exceed the visible GPUs on a CUDA machine
-# (sonata_nb.launch.num_gpus_main, which also gives the default: every visible GPU, 1 without CUDA)
+# (sonata_nb.launch.num_gpus_main, which also gives the default: every visible GPU, 1 without CUDA). launch.py is
+# loaded from its file: `import sonata_nb.launch` would import the whole package first (spconv's import alone takes
+# about 7 s on a CPU), and launch.py needs only torch
 check_counts() {
   positive_int -m "$NUM_MACHINE" "the number of machines"
   if [ -n "$NUM_GPU" ]; then positive_int -g "$NUM_GPU" "the number of processes (GPUs) per machine"; fi
-  NUM_GPU=$($PYTHON -c 'from sonata_nb.launch import num_gpus_main; num_gpus_main()' "$NUM_GPU") || exit 2
+  NUM_GPU=$($PYTHON -c 'import importlib.util as u
+s = u.spec_from_file_location("sonata_nb_launch", "sonata_nb/launch.py"); m = u.module_from_spec(s); s.loader.exec_module(m)
+m.num_gpus_main()' "$NUM_GPU") || exit 2
 }
 launch() {
   script=$1; shift

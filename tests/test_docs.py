@@ -15,9 +15,10 @@ from test_papermill import cdn_uses
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    "Three pages built as the command builds them: the index, a library notebook with figures, a run notebook"
+    "Three pages built as the command builds them (two at a time): the index, a library notebook with figures, a run notebook"
     out = tmp_path_factory.mktemp("docs")/"site"
-    r = subprocess.run([sys.executable, "tools/build_docs.py", "--only", "index", "30_viz", "runs/scannet", "--out", str(out)],
+    r = subprocess.run([sys.executable, "tools/build_docs.py", "--only", "index", "30_viz", "runs/scannet", "--out", str(out),
+                        "--jobs", "2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=1200, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "3 page(s) in" in r.stdout

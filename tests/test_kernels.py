@@ -1,7 +1,8 @@
 """The Triton LayerNorm (`sonata_nb.kernels`) and the model's `set_fused_layernorm` switch, on the CPU.
 The kernels run in Triton's interpreter, which must be chosen (TRITON_INTERPRET=1) before they are defined, so each
-check runs in a fresh Python: this file run as a script, `python tests/test_kernels.py CHECK`."""
-import importlib.util, os, subprocess, sys
+check runs in a fresh Python: this file run as a script, `python tests/test_kernels.py CHECK` (forked from one Python
+that has imported torch and spconv, tests/forkserver.py: neither triton nor sonata_nb is imported before the check)."""
+import importlib.util, os, sys
 from pathlib import Path
 
 import pytest
@@ -10,42 +11,43 @@ ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
-def run_check(check:str, interpret:bool=True, **env) -> str:
+def run_check(forkserver, check:str, interpret:bool=True, **env) -> str:
     "Run `check` of this file in a fresh Python; its stdout"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    env.pop("TRITON_INTERPRET", None)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SONATA_FUSED_LAYERNORM")},
+           "PYTHONPATH": str(ROOT), **env}
     if interpret: env["TRITON_INTERPRET"] = "1"
-    r = subprocess.run([sys.executable, __file__, check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = forkserver.run([__file__, check], cwd=ROOT, env=env, timeout=900)
     assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return r.stdout
 
 
 @needs_triton
-def test_layer_norm_matches_float64():
-    print(run_check("kernel"))
+def test_layer_norm_matches_float64(forkserver):
+    print(run_check(forkserver, "kernel"))
 
 
 @needs_triton
-def test_fused_block_matches_torch_block():
-    print(run_check("block"))
+def test_fused_block_matches_torch_block(forkserver):
+    print(run_check(forkserver, "block"))
 
 
 @needs_triton
-def test_environment_switch():
-    run_check("env_on", interpret=False, SONATA_FUSED_LAYERNORM="1")
-    run_check("env_off", interpret=False, SONATA_FUSED_LAYERNORM="0")
+def test_environment_switch(forkserver):
+    run_check(forkserver, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="1")
+    run_check(forkserver, "env_off", interpret=False, SONATA_FUSED_LAYERNORM="0")
+    run_check(forkserver, "env_off", interpret=False)  # the default
     with pytest.raises(AssertionError, match="SONATA_FUSED_LAYERNORM='yes'"):
-        run_check("env_on", interpret=False, SONATA_FUSED_LAYERNORM="yes")
+        run_check(forkserver, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="yes")
 
 
 @needs_triton
-def test_kernels_compile_for_the_gpu():
+def test_kernels_compile_for_the_gpu(forkserver):
     "The interpreter does not catch what only the compiler rejects: compile both kernels to PTX for sm_90 (no GPU needed)"
-    print(run_check("compile", interpret=False))
+    print(run_check(forkserver, "compile", interpret=False))
 
 
-def test_imports_without_triton():
-    run_check("no_triton", interpret=False)
+def test_imports_without_triton(forkserver):
+    run_check(forkserver, "no_triton", interpret=False)
 
 
 # ---------------------------------------------------------------- checks, run in the subprocess

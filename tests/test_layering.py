@@ -1,5 +1,5 @@
 "The module order stated in nbs/index.ipynb holds: each module imports only modules before it, and imports alone."
-import ast, json, re, subprocess, sys
+import ast, json, os, re
 from pathlib import Path
 
 import pytest
@@ -59,11 +59,11 @@ def test_imports_follow_the_order(module):
     assert not deferred, f"sonata_nb/{module}.py imports package modules inside functions (import them at the top): {deferred}"
 
 
-def test_each_module_imports_alone():
+def test_each_module_imports_alone(forkserver):
     "Each module imported first, with no sonata_nb module loaded before it (one process: torch and spconv load once)"
     code = ("import importlib, sys\n"
             "for m in sys.argv[1:]:\n"
             "    for k in [k for k in sys.modules if k == 'sonata_nb' or k.startswith('sonata_nb.')]: del sys.modules[k]\n"
             "    importlib.import_module('sonata_nb.' + m)\n")
-    r = subprocess.run([sys.executable, "-c", code, *stated_order()], cwd=ROOT, capture_output=True, text=True)
+    r = forkserver.run(["-c", code, *stated_order()], cwd=ROOT, env=os.environ)  # torch and spconv preloaded
     assert r.returncode == 0, f"importing a module alone failed:\n{r.stderr[-2000:]}"

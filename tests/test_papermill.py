@@ -1,8 +1,10 @@
 """The run notebooks in nbs/runs/ as papermill runs them (`sonata_nb.runs.execute_run`): the tagged parameters cell,
 one real execution of each with its defaults (a smoke run on generated rooms, CPU) writing the executed notebook, its
 offline HTML, report.html and metrics.json into the experiment folder; the S3DIS 6-fold protocol; bad parameters
-failing with clear errors; and the executed HTML drawn by headless Chromium with the network off."""
+failing with clear errors; and the executed HTML drawn by headless Chromium with the network off. The executions run
+two at a time (threads of this process, each with its own kernel), started when the first test needs one."""
 import json, math, os, re, shutil, subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -30,17 +32,44 @@ def cdn_uses(page: str) -> list[str]:
 
 def execute(name, exp, **parameters):
     from sonata_nb.runs import execute_run
-    os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the kernel
     return execute_run(RUNS/f"{name}.ipynb", exp, parameters)
 
 
+# the executions each test needs: key -> (run notebook, experiment sub-folder, parameters)
+EXECUTIONS = {**{name: (name, name, {}) for name in NUM_CLASSES},
+              "6fold": ("s3dis", "s3dis-6fold", dict(test_area="6fold")),
+              "bad protocol": ("scannet", "bad-protocol", dict(protocol="linear")),
+              "no data root": ("scannet200", "no-data-root", dict(smoke=False, data_root="../../data/no-such-scannet"))}
+NEEDS = {"test_default_run": lambda params: [params["name"]], "test_s3dis_6fold": lambda _: ["6fold"],
+         "test_bad_protocol_names_the_choices": lambda _: ["bad protocol"],
+         "test_missing_data_root_names_it": lambda _: ["no data root"],
+         "test_executed_html_renders_offline": lambda _: ["scannet"]}
+
+
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
+def executions(request, tmp_path_factory):
+    "key -> (experiment folder, its future: the executed notebook and html, or the error): every execution the "
+    "selected tests need, started at once in test order, two at a time (each keeps one CPU core busy)"
+    root, keys = tmp_path_factory.mktemp("runs"), []
+    for item in request.session.items:
+        if item.module is request.module and item.originalname in NEEDS:
+            keys += [k for k in NEEDS[item.originalname](getattr(item, "callspec", None) and item.callspec.params) if k not in keys]
+    os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the kernels
+    pool = ThreadPoolExecutor(2)
+    futures = {}
+    for k in keys:
+        name, sub, params = EXECUTIONS[k]
+        futures[k] = (root/sub, pool.submit(execute, name, root/sub, **params))
+    yield futures
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def executed(executions):
     "name -> (experiment folder, executed notebook, html): each run notebook executed once with its defaults"
-    cache, root = {}, tmp_path_factory.mktemp("runs")
     def get(name):
-        if name not in cache: cache[name] = (root/name, *execute(name, root/name))
-        return cache[name]
+        exp, future = executions[name]
+        return (exp, *future.result())
     return get
 
 
@@ -94,10 +123,10 @@ def test_default_run(name, executed):
     assert cdn_uses(page) == [] and "widget-state" not in page
 
 
-def test_s3dis_6fold(tmp_path):
+def test_s3dis_6fold(executions):
     "test_area=6fold: six folds, each area held out once, summed into 6-fold.json; the notebook shows the summed table"
-    exp = tmp_path/"s3dis-6fold"
-    nb_path, _ = execute("s3dis", exp, test_area="6fold")
+    exp, future = executions["6fold"]
+    nb_path, _ = future.result()
     six = json.loads((exp/"6-fold.json").read_text())
     metrics = json.loads((exp/"metrics.json").read_text())
     assert metrics["mIoU"] == pytest.approx(six["mIoU"]) and len(metrics["folds"]) == 6
@@ -108,19 +137,20 @@ def test_s3dis_6fold(tmp_path):
     assert "(6-fold)" in text and f"{six['mIoU']:.4f}" in text
 
 
-def test_bad_protocol_names_the_choices(tmp_path):
+def test_bad_protocol_names_the_choices(executions):
     "A wrong protocol stops the run with the choices; the executed copy and its HTML still show the error"
-    with pytest.raises(PapermillExecutionError) as err: execute("scannet", tmp_path/"exp", protocol="linear")
+    exp, future = executions["bad protocol"]
+    with pytest.raises(PapermillExecutionError) as err: future.result()
     assert "protocol='linear': choose one of lin" in str(err.value)
-    assert "choose one of lin" in (tmp_path/"exp"/"scannet.html").read_text()
+    assert "choose one of lin" in (exp/"scannet.html").read_text()
 
 
-def test_missing_data_root_names_it(tmp_path):
+def test_missing_data_root_names_it(executions):
     "A real run (smoke=False) on a data root that does not exist names it and how to make it, before any training"
-    with pytest.raises(PapermillExecutionError) as err:
-        execute("scannet200", tmp_path/"exp", smoke=False, data_root="../../data/no-such-scannet")
+    exp, future = executions["no data root"]
+    with pytest.raises(PapermillExecutionError) as err: future.result()
     assert "data_root ../../data/no-such-scannet does not exist" in str(err.value) and "preprocess" in str(err.value)
-    assert not (tmp_path/"exp"/"model").exists()
+    assert not (exp/"model").exists()
 
 
 def legends(dom: str) -> dict[str, list[str]]:

@@ -362,22 +362,37 @@ def cli(*args):
                           text=True, cwd=ROOT, env=env, timeout=120)
 
 
-def test_cli(tmp_path):
+def in_process(capsys, *args):
+    "`main` (what `python -m sonata_nb.preprocess` runs) in this process: its exit code, stdout and stderr"
+    capsys.readouterr()
+    try: rc = pp.main([str(a) for a in args])
+    except SystemExit as e: rc = e.code  # argparse's errors
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli(tmp_path, capsys):
+    "The command itself once (a scan that fails: exit code 1), then its other outcomes through `main` in this process "
+    "(a command costs ~9 s of imports, each spawned worker as much again: test_parallel_matches_serial runs workers)"
     raw, out = tmp_path / "raw", tmp_path / "out"
     make_scans(raw, 2)
-    r = cli("custom", "--raw", raw, "--out", out, "--workers", "2", "--no-normals")
-    assert r.returncode == 0, r.stderr
-    assert f"{out}: 2 done, 0 skipped, 0 failed, 1,600 points" in r.stdout
-    assert (out / "scans/s1/coord.npy").exists()
-    r = cli("custom", "--raw", raw, "--out", out, "--no-normals", "--no-progress")
-    assert r.returncode == 0 and "0 done, 2 skipped" in r.stdout
     np.save(raw / "broken.npy", np.zeros((0, 3)))
-    r = cli("custom", "--raw", raw, "--out", out, "--no-normals", "--no-progress")
-    assert r.returncode == 1 and "FAILED scans/broken" in r.stdout and "broken.npy: empty cloud" in r.stderr
-    r = cli("s3dis", "--raw", tmp_path / "nowhere", "--out", out)
-    assert r.returncode == 2 and "error: No Area_* folders" in r.stderr
-    r = cli("kitti", "--raw", raw, "--out", out)
-    assert r.returncode == 2 and "invalid choice" in r.stderr
+    assert pp.build_parser().parse_args(["custom", "--raw", "r", "--out", "o", "--workers", "3"]).workers == 3
+    r = cli("custom", "--raw", raw, "--out", out, "--workers", "1", "--no-normals")
+    assert r.returncode == 1, r.stderr
+    assert f"{out}: 2 done, 0 skipped, 1 failed, 1,600 points" in r.stdout
+    assert "FAILED scans/broken" in r.stdout and "broken.npy: empty cloud" in r.stderr
+    assert (out / "scans/s1/coord.npy").exists()
+    (raw / "broken.npy").unlink()
+    rc, stdout, stderr = in_process(capsys, "custom", "--raw", raw, "--out", out, "--no-normals", "--no-progress")
+    assert rc == 0 and "0 done, 2 skipped" in stdout
+    np.save(raw / "broken.npy", np.zeros((0, 3)))
+    rc, stdout, stderr = in_process(capsys, "custom", "--raw", raw, "--out", out, "--no-normals", "--no-progress")
+    assert rc == 1 and "FAILED scans/broken" in stdout and "broken.npy: empty cloud" in stderr
+    rc, stdout, stderr = in_process(capsys, "s3dis", "--raw", tmp_path / "nowhere", "--out", out)
+    assert rc == 2 and "error: No Area_* folders" in stderr
+    rc, stdout, stderr = in_process(capsys, "kitti", "--raw", raw, "--out", out)
+    assert rc == 2 and "invalid choice" in stderr
 
 
 @needs_scannet

@@ -9,7 +9,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_train_cli import ROOT, demo_options, train_sh  # the tiny demo run of the command-line tests
 
-from sonata_nb.checkpoint import (CorruptCheckpointError, UntrustedCheckpointError, convert_checkpoint, read_checkpoint)
+from sonata_nb.checkpoint import (CorruptCheckpointError, UntrustedCheckpointError, checkpoint_cli, convert_checkpoint,
+                                  read_checkpoint)
 from sonata_nb.config import default_config_parser
 from sonata_nb.model import PointTransformerV3, load_encoder, load_weights, save_checkpoint
 from sonata_nb.tester import load_record, load_test_weight
@@ -123,7 +124,7 @@ def test_tools_test_refuses_the_payload(evil, tmp_path, data_root):
 
 # --- the opt-in and the converter ------------------------------------------------------------------------------
 
-def test_a_trusted_file_loads_only_with_the_opt_in_and_converts_once(tmp_path):
+def test_a_trusted_file_loads_only_with_the_opt_in_and_converts_once(tmp_path, capsys):
     import argparse  # a harmless class standing for what an older checkpoint may hold
     model = PointTransformerV3(in_channels=6, enc_depths=(1, 1), enc_channels=(8, 16), enc_num_head=(1, 2),
                                enc_patch_size=(16, 16), stride=(2,), enc_mode=True)
@@ -133,9 +134,9 @@ def test_a_trusted_file_loads_only_with_the_opt_in_and_converts_once(tmp_path):
     torch.save(ckpt, tmp_path / "old.pth")
     with pytest.raises(UntrustedCheckpointError, match="argparse.Namespace"): load_encoder(tmp_path / "old.pth")
     assert load_encoder(tmp_path / "old.pth", trust=True).load_report.missing == []
-    r = subprocess.run([sys.executable, "-m", "sonata_nb.checkpoint", "convert", str(tmp_path / "old.pth"), str(tmp_path / "safe.pth")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--trust" in r.stderr and not (tmp_path / "safe.pth").exists()
+    with pytest.raises(SystemExit) as e:  # the command's function, in this process (a command costs ~9 s of imports)
+        checkpoint_cli(["convert", str(tmp_path / "old.pth"), str(tmp_path / "safe.pth")])
+    assert e.value.code == 2 and "--trust" in capsys.readouterr().err and not (tmp_path / "safe.pth").exists()
     r = subprocess.run([sys.executable, "-m", "sonata_nb.checkpoint", "convert", str(tmp_path / "old.pth"), str(tmp_path / "safe.pth"),
                         "--trust"], capture_output=True, text=True)
     assert r.returncode == 0 and "dropped checkpoint['args'] (argparse.Namespace)" in r.stderr, r.stderr
@@ -169,9 +170,8 @@ def test_trust_never_runs_code(tmp_path, legacy):
     assert isinstance(loaded["a"], InertObject) and isinstance(loaded["b"][0], InertObject)
     assert repr(loaded["b"][0]).endswith(".call>") and loaded["b"][0].args == (["touch", str(marker)],)
     assert load_encoder(tmp_path / "p.pth", trust=True).load_report.missing == []
-    r = subprocess.run([sys.executable, "-m", "sonata_nb.checkpoint", "convert", str(tmp_path / "p.pth"),
-                        str(tmp_path / "safe.pth"), "--trust"], capture_output=True, text=True)
-    assert r.returncode == 0 and "dropped checkpoint['a'] (builtins.exec)" in r.stderr, r.stderr
+    dropped = convert_checkpoint(tmp_path / "p.pth", tmp_path / "safe.pth", trust=True)  # the command: test above
+    assert "checkpoint['a'] (builtins.exec)" in dropped, dropped
     assert not marker.exists()
     write_evil(tmp_path, legacy=legacy)  # os.system: refused even with the opt-in
     with pytest.raises(UntrustedCheckpointError, match="refused even with trust=True"):

@@ -1,6 +1,6 @@
 """Issue 8 extension points: registries filled by `import sonata_nb`, `custom_imports`, probe heads, the backbone contract,
 config overrides naming a transform by type, and demo data unchanged by the notebook split."""
-import ast, hashlib, os, subprocess, sys, textwrap
+import ast, hashlib, os, sys, textwrap
 from pathlib import Path
 
 import pytest
@@ -12,18 +12,18 @@ DEMO_FT = ROOT / "configs" / "demo" / "semseg-demo-ft.py"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
-def run_python(code, cwd=None):
-    "Run `code` in a fresh interpreter (nothing imported yet); its stdout"
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=ENV, cwd=cwd)
+def run_python(forkserver, code, cwd=None):
+    "Run `code` in a fresh interpreter (nothing of sonata_nb imported yet: tests/forkserver.py); its stdout"
+    out = forkserver.run(["-c", textwrap.dedent(code)], env=ENV, cwd=cwd or os.getcwd())
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
 # --- registries filled by importing the package -------------------------------------------------------------------
 
-def test_importing_any_module_registers_every_builtin_component():
+def test_importing_any_module_registers_every_builtin_component(forkserver):
     "Only sonata_nb.demo (once half of the datasets <-> demo cycle) is imported, first: the package import fills every registry"
-    out = run_python("""
+    out = run_python(forkserver, """
         import sys, sonata_nb.demo
         m = sys.modules
         print(sorted(m["sonata_nb.datasets"].DATASETS._items), sorted(m["sonata_nb.model"].MODELS._items),
