@@ -18,8 +18,8 @@ check_counts() {
   positive_int -m "$NUM_MACHINE" "the number of machines"
   if [ -n "$NUM_GPU" ]; then positive_int -g "$NUM_GPU" "the number of processes (GPUs) per machine"; fi
   NUM_GPU=$($PYTHON -c 'import importlib.util as u
-s = u.spec_from_file_location("sonata_nb_launch", "sonata_nb/launch.py"); m = u.module_from_spec(s); s.loader.exec_module(m)
-m.num_gpus_main()' "$NUM_GPU") || exit 2
+s = u.spec_from_file_location("sonata_nb_launch", "sonata_nb/launch.py")
+m = u.module_from_spec(s); s.loader.exec_module(m); m.num_gpus_main()' "$NUM_GPU") || exit 2
 }
 launch() {
   script=$1; shift

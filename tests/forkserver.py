@@ -105,7 +105,8 @@ class ForkServer:
     def _line(self, tag):
         line = self.proc.stdout.readline()
         if not line.startswith(tag + " "):
-            raise RuntimeError(f"the fork server stopped ({self.proc.poll()}):\n{(self.tmp/'server.err').read_text()[-3000:]}")
+            err = (self.tmp/"server.err").read_text()[-3000:]
+            raise RuntimeError(f"the fork server stopped ({self.proc.poll()}):\n{err}")
         return line.split()[1]
 
     def close(self):

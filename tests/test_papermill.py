@@ -53,7 +53,8 @@ def executions(request, tmp_path_factory):
     root, keys = tmp_path_factory.mktemp("runs"), []
     for item in request.session.items:
         if item.module is request.module and item.originalname in NEEDS:
-            keys += [k for k in NEEDS[item.originalname](getattr(item, "callspec", None) and item.callspec.params) if k not in keys]
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            keys += [k for k in NEEDS[item.originalname](params) if k not in keys]
     os.environ["HF_HUB_OFFLINE"] = "1"  # inherited by the kernels
     pool = ThreadPoolExecutor(2)
     futures = {}
