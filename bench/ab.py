@@ -2,7 +2,7 @@
 (another tenant, clocks) hits both sides alike.
 
     git archive <commit> sonata_nb | tar -x -C /tmp/b          # the other tree (any sonata_nb/ folder)
-    PYTHONPATH=. python bench/ab.py --b /tmp/b --json bench/results/ab_h100.json
+    PYTHONPATH=. python bench/ab.py --b /tmp/b --b-name <commit> --json bench/results/ab_h100.json
 
 A = the importable sonata_nb (this checkout), B = `--b DIR/sonata_nb` imported as package `sonata_b` without running
 its `__init__`. Both encoders get A's random weights. Per task (bench/steps.py), `--repeats` pairs of synchronized
@@ -37,6 +37,7 @@ def timed(fn, device) -> tuple:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--b", required=True, help="folder holding the other tree's sonata_nb/")
+    p.add_argument("--b-name", help="what B is, for the record (e.g. its commit); default: the folder's name")
     p.add_argument("--scan", default=str(DEFAULT_SCAN))
     p.add_argument("--device", default="cuda")
     p.add_argument("--repeats", type=int, default=20)
@@ -50,7 +51,7 @@ def main(argv=None):
     model_b = mb.PointTransformerV3(**model_a.config).to(args.device)
     model_b.load_state_dict(model_a.state_dict())
     res = dict(device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", torch=torch.__version__,
-               points=len(data["coord"]), b=Path(args.b).name, repeats=args.repeats,
+               points=len(data["coord"]), b=args.b_name or Path(args.b).name, repeats=args.repeats,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), tasks={})
     ya, yb = step_fn("infer", model_a, head, data, labels)(), step_fn("infer", model_b, head, data, labels)()
     res["infer_outputs_equal"] = bool(torch.equal(ya, yb))

@@ -52,10 +52,8 @@ def main(argv=None):
     import cProfile, pstats  # where the conv waits: the function holding the queued time
     torch.cuda.synchronize(); busy()
     pr = cProfile.Profile(); pr.enable(); cases["subm_conv_cached_map"](); pr.disable(); torch.cuda.synchronize()
-    rows = sorted(((tt * 1000, f"{Path(f).name}:{line}:{fn}") for (f, line, fn), (cc, nc, tt, ct, _) in pr.getstats_dict().items())
-                  if hasattr(pr, "getstats_dict") else
-                  ((tt * 1000, f"{Path(f).name}:{line}:{fn}") for (f, line, fn), (cc, nc, tt, ct, _) in pstats.Stats(pr).stats.items()),
-                  reverse=True)[:8]
+    rows = sorted(((tt * 1000, f"{Path(f).name}:{line}:{fn}") for (f, line, fn), (cc, nc, tt, ct, _) in
+                   pstats.Stats(pr).stats.items()), reverse=True)[:8]
     res["own_ms_behind_queue"] = rows
     for ms, fn in rows: print(f"  {ms:8.2f} ms own  {fn}")
     if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
