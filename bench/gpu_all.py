@@ -15,7 +15,8 @@ bench/out/) after every variant. Levers (VARIANTS): fused_ln = Triton LayerNorm 
 LayerNorm in the activation dtype; mlp_recompute = MLP GELU recomputed in backward (`set_mlp_recompute`);
 spconv_native / spconv_split = spconv algorithm Native / MaskSplitImplicitGemm (baseline: MaskImplicitGemm);
 sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-efficient kernel (baseline: torch's pick);
-compile_mlp = torch.compile(dynamic=True) of every block MLP.
+compile_mlp = torch.compile(dynamic=True) of every block MLP; no_graphs = each stage's blocks run one by one in
+inference (baseline: replayed as one CUDA graph, `set_block_graphs`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
 from pathlib import Path
@@ -42,9 +43,10 @@ def apply(model, lev:dict):
     set_half_layernorm(lev.get("half_ln", False))
     set_spconv_algo(lev.get("spconv"))
     compile_mlps(model, lev.get("compile", False))
-    for key, switch in (("fused_ln", "set_fused_layernorm"), ("mlp_recompute", "set_mlp_recompute")):
-        if hasattr(M, switch): getattr(M, switch)(lev.get(key, False))
-        elif lev.get(key): raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
+    for key, switch, default in (("fused_ln", "set_fused_layernorm", False), ("mlp_recompute", "set_mlp_recompute", False),
+                                 ("graphs", "set_block_graphs", True)):
+        if hasattr(M, switch): getattr(M, switch)(lev.get(key, default))
+        elif lev.get(key, default) != default: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
 
 
 def sdpa_context(lev:dict):
@@ -137,7 +139,7 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     fused_ln_half_recompute=dict(fused_ln=True, half_ln=True, mlp_recompute=True),
     spconv_native=dict(spconv="native"), spconv_split=dict(spconv="mask_split_implicit_gemm"),
     sdpa_flash=dict(sdpa="flash"), sdpa_efficient=dict(sdpa="efficient"),
-    compile_mlp=dict(compile=True))
+    compile_mlp=dict(compile=True), no_graphs=dict(graphs=False), no_graphs_fused_ln_half=dict(graphs=False, fused_ln=True, half_ln=True))
 DEFAULT_VARIANTS = "fused_ln,fused_ln_half,half_ln,mlp_recompute,fused_ln_recompute,fused_ln_half_recompute,sdpa_flash"
 
 

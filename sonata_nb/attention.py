@@ -15,7 +15,8 @@ try: import flash_attn
 except ImportError: flash_attn = None
 
 # %% auto #0
-__all__ = ['BACKENDS', 'PatchLayout', 'patch_layout', 'set_attention_backend', 'get_attention_backend', 'SerializedAttention']
+__all__ = ['BACKENDS', 'PatchLayout', 'patch_layout', 'set_attention_backend', 'get_attention_backend', 'AttentionMaps',
+           'SerializedAttention']
 
 # %% ../nbs/03_attention.ipynb #c006
 class PatchLayout(NamedTuple):
@@ -106,6 +107,12 @@ def _patch_attention(q, k, v, # (P, H, L, d) each
     return attn @ v
 
 # %% ../nbs/03_attention.ipynb #c013
+class AttentionMaps(NamedTuple):
+    "What a block's attention reads besides its features: the backend and the gather maps of its order"
+    backend: str # "flash", "sdpa" or "math", as resolved for the features' device
+    patch_size: int # K of the layout
+    tensors: tuple # flash: (pad, unpad, cu_seqlens); sdpa and math: (full, short, out_index, short_mask or None)
+
 class SerializedAttention(PointModule):
     "Multi-head self-attention within patches of serialized points (PTv3 / Sonata `SerializedAttention`)"
     def __init__(self,
@@ -172,33 +179,46 @@ class SerializedAttention(PointModule):
                                  "or use 'sdpa'")
         return name
 
-    def forward(self, point:Point) -> Point:
+    def maps(self, point:Point) -> AttentionMaps:
+        "The backend and the gather maps this module's attention needs on `point` (cached per stage, layout and order)"
         layout = self.get_layout(point)
-        H, C = self.num_heads, self.channels
         order = point.serialized_order[self.order_index]
         inverse = point.serialized_inverse[self.order_index]
-        qkv = self.qkv(point.feat)
-        dropout_p = self.attn_drop if self.training else 0.0
-        backend = self._resolve_backend(qkv.device)
-        if backend == "flash":  # q/k/v in float16 and back, as the reference (`qkv.half()`, `feat.to(qkv.dtype)`)
+        backend = self._resolve_backend(point.feat.device)
+        if backend == "flash":
             pad, unpad = self._maps(point, layout, "flash", lambda: (order[layout.pad], layout.unpad[inverse]))
+            return AttentionMaps(backend, layout.patch_size, (pad, unpad, layout.cu_seqlens))
+        full, short, out_index = self._maps(point, layout, "sdpa", lambda: (
+            order[layout.full_index], order[layout.short_index], layout.out_index[inverse]))
+        return AttentionMaps(backend, layout.patch_size, (full, short, out_index, layout.short_mask))
+
+    def attend(self, feat:torch.Tensor, # (N, C) features in the Point's row order
+               maps:AttentionMaps): # from `maps` (on the Point `feat` belongs to)
+        "Attention of the rows of `feat` within their patches, projected: (N, C)"
+        H, C = self.num_heads, self.channels
+        qkv = self.qkv(feat)
+        dropout_p = self.attn_drop if self.training else 0.0
+        if maps.backend == "flash":  # q/k/v in float16 and back, as the reference (`qkv.half()`, `feat.to(qkv.dtype)`)
+            pad, unpad, cu_seqlens = maps.tensors
             feat = flash_attn.flash_attn_varlen_qkvpacked_func(
-                qkv[pad].half().reshape(-1, 3, H, C // H), layout.cu_seqlens,
-                max_seqlen=layout.patch_size, dropout_p=dropout_p, softmax_scale=self.scale).reshape(-1, C)
+                qkv[pad].half().reshape(-1, 3, H, C // H), cu_seqlens,
+                max_seqlen=maps.patch_size, dropout_p=dropout_p, softmax_scale=self.scale).reshape(-1, C)
             feat = feat.to(qkv.dtype)[unpad]
         else:
             upcast = self.upcast_attention or self.upcast_softmax
             outs = []
-            full, short, out_index = self._maps(point, layout, "sdpa", lambda: (
-                order[layout.full_index], order[layout.short_index], layout.out_index[inverse]))
+            full, short, out_index, short_mask = maps.tensors
             with torch.autocast(qkv.device.type, enabled=False) if upcast else contextlib.nullcontext():
-                for index, mask in ((full, None), (short, layout.short_mask)):
+                for index, mask in ((full, None), (short, short_mask)):
                     if index.numel() == 0: continue
                     x = qkv[index]  # (P, L, 3C)
                     if upcast: x = x.float()
                     q, k, v = x.unflatten(-1, (3, H, C // H)).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, L, d) each
-                    out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=backend == "math")
+                    out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=maps.backend == "math")
                     outs.append(out.transpose(1, 2).reshape(-1, C))
             feat = (outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype)[out_index]
-        point.feat = self.proj_drop(self.proj(feat))
+        return self.proj_drop(self.proj(feat))
+
+    def forward(self, point:Point) -> Point:
+        point.feat = self.attend(point.feat, self.maps(point))
         return point

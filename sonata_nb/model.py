@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
-import contextlib, copy, inspect, logging, os
+import contextlib, copy, inspect, logging, os, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +20,16 @@ from spconv.pytorch import ConvAlgo
 from .checkpoint import read_checkpoint, resolve_source
 from .registry import Registry
 from .structure import HostShape, Point, PointModule, PointSequential
-from .attention import SerializedAttention
+from .attention import AttentionMaps, SerializedAttention
 from .kernels import fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
     interpreted as _triton_interpreted
 
 # %% auto #0
-__all__ = ['SPCONV_ALGOS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo', 'SubMConv3d', 'DropPath',
-           'LayerScale', 'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm',
-           'Embedding', 'Block', 'unique_cells', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast',
-           'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+__all__ = ['SPCONV_ALGOS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo',
+           'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP', 'set_half_layernorm',
+           'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_block_graphs', 'Stage', 'unique_cells',
+           'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint', 'check_config',
+           'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -255,26 +256,134 @@ class Block(PointModule):
         self.norm1[0].feeds_linear = self.norm2[0].feeds_linear = pre_norm  # consumed by attn.qkv / mlp.fc1 only
 
     def forward(self, point:Point):
+        feat, sparse = self.forward_tensors(point.feat, point.sparse_conv_feat, self.attn.maps(point))
+        point.feat, point.sparse_conv_feat = feat, sparse.replace_feature(feat)
+        return point
+
+    def forward_tensors(self, feat:torch.Tensor, # (N, C) the Point's features
+                        sparse:spconv.SparseConvTensor, # the same features as a sparse tensor (its neighbour maps)
+                        maps:AttentionMaps): # the attention's maps on the Point (`self.attn.maps(point)`)
+        "The block on tensors only: (new features, the CPE convolution's sparse output)"
         # The containers' modules are called on the feature tensor directly: the same operations as routing the Point
         # through each PointSequential, without re-wrapping the sparse tensor after every step (host time only)
         seq = lambda s, x: _run(s._modules.values(), x)
         conv, *cpe = self.cpe._modules.values()
-        sparse = conv(point.sparse_conv_feat)
-        feat = point.feat + _run(cpe, sparse.features)
+        sparse = conv(sparse)
+        feat = feat + _run(cpe, sparse.features)
         shortcut = feat
-        point.feat = seq(self.norm1, feat) if self.pre_norm else feat
-        feat = shortcut + seq(self.drop_path, seq(self.ls1, self.attn(point).feat))
+        h = seq(self.norm1, feat) if self.pre_norm else feat
+        feat = shortcut + seq(self.drop_path, seq(self.ls1, self.attn.attend(h, maps)))
         if not self.pre_norm: feat = seq(self.norm1, feat)
         shortcut = feat
         feat = shortcut + seq(self.drop_path, seq(self.ls2, seq(self.mlp, seq(self.norm2, feat) if self.pre_norm else feat)))
         if not self.pre_norm: feat = seq(self.norm2, feat)
-        point.feat, point.sparse_conv_feat = feat, sparse.replace_feature(feat)
-        return point
+        return feat, sparse
 
 def _run(modules, x): # plain torch modules applied in turn to a tensor; nn.Identity skipped
     for m in modules:
         if type(m) is not nn.Identity: x = m(x)
     return x
+
+# %% ../nbs/04_model.ipynb #c019s
+_block_graphs = True
+_replay_on_cpu = False  # tests only: CPU inference takes the template path too (run eagerly, no graph)
+MIN_REPLAYS = 2  # blocks after a stage's first needed to use the template (capturing costs about one block's launches)
+
+def set_block_graphs(on:bool=True): # True: CUDA inference replays one captured graph for the blocks of a stage
+    "Speed switch: in CUDA inference, the blocks of a stage after the first run as one replayed CUDA graph (module-wide)"
+    global _block_graphs
+    _block_graphs = bool(on)
+
+_env_graphs = os.environ.get("SONATA_BLOCK_GRAPHS", "")
+if _env_graphs not in ("", "0", "1"):
+    raise ValueError(f"SONATA_BLOCK_GRAPHS={_env_graphs!r}: use 1 (replay one CUDA graph per stage in inference) or 0")
+set_block_graphs(_env_graphs != "0")
+
+def _block_signature(block:Block) -> tuple:
+    "What two eval-mode blocks must share to run through one template: settings, module kinds, parameter shapes, dtypes, devices"
+    a = block.attn
+    kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # in eval mode DropPath is the identity
+    return (block.pre_norm, a.num_heads, a.patch_size, a.scale, a.enable_flash, a.upcast_attention, a.upcast_softmax,
+            block.cpe[0].indice_key, tuple((n, kind(m), getattr(m, "eps", None), getattr(m, "feeds_linear", None))
+                                           for n, m in block.named_modules()),
+            tuple((n, p.shape, p.dtype, p.device) for n, p in block.named_parameters()))
+
+class _Template:
+    "Runs blocks of one signature through a copy of the first: each block's weights and attention maps copied in first"
+    def __init__(self, block:Block):
+        self.signature = _block_signature(block)
+        self.block = copy.deepcopy(block).requires_grad_(False)
+        self.params = list(self.block.parameters())
+        self.stream = None  # side stream of the CUDA graph captures
+
+    def run(self, blocks:list, # blocks of `self.signature`, in order
+            point:Point, # the stage's Point before `blocks`
+            graph:bool): # capture the template as a CUDA graph and replay it (CUDA tensors)
+        "The features after `blocks`"
+        maps = [b.attn.maps(point) for b in blocks]  # composed now, outside any capture (cached per order)
+        x = point.feat.clone()
+        slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
+        sparse = point.sparse_conv_feat.replace_feature(x)  # carries the stage's neighbour map (built by its first block)
+        torch._foreach_copy_(self.params, list(blocks[0].parameters()))
+        step = lambda: self.block.forward_tensors(x, sparse, slots)[0]
+        if graph: step = self._capture(step)
+        for i, (b, m) in enumerate(zip(blocks, maps)):
+            if i:
+                torch._foreach_copy_(self.params, list(b.parameters()))
+                torch._foreach_copy_([t for t in slots.tensors if t is not None], [t for t in m.tensors if t is not None])
+            x.copy_(step())
+        return x
+
+    def _capture(self, step):
+        "`step` captured as a CUDA graph (not run): a function replaying it and returning its output (graph memory)"
+        main = torch.cuda.current_stream()
+        if self.stream is None or self.stream.device != main.device: self.stream = torch.cuda.Stream(main.device)
+        graph = torch.cuda.CUDAGraph()
+        self.stream.wait_stream(main)
+        # autocast's weight cache would keep the template's first weights: the graph must cast what the slots hold
+        amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False) \
+            if torch.is_autocast_enabled("cuda") else contextlib.nullcontext()
+        with torch.cuda.stream(self.stream), amp:
+            graph.capture_begin(capture_error_mode="thread_local")
+            try: out = step()
+            finally: graph.capture_end()
+        main.wait_stream(self.stream)
+        def replay():
+            graph.replay()
+            return out
+        return replay
+
+class Stage(PointSequential):
+    "An encoder or decoder stage: pooling or unpooling, then blocks; in CUDA inference the blocks after the first replay one CUDA graph"
+    def forward(self, point:Point):
+        mods = list(self._modules.values())
+        first = next((i for i, m in enumerate(mods) if isinstance(m, Block)), len(mods))
+        point = super().forward_modules(mods[:first + 1], point)
+        rest = mods[first + 1:]
+        if not self._replayable(rest, point): return super().forward_modules(rest, point)
+        template = self.__dict__.get("_template")
+        if template is None or template.signature != _block_signature(rest[0]):
+            template = self.__dict__["_template"] = _Template(rest[0])
+        try: feat = template.run(rest, point, graph=point.feat.is_cuda)
+        except RuntimeError as e:
+            if not point.feat.is_cuda: raise
+            warnings.warn(f"Capturing the blocks of a stage as a CUDA graph failed ({e}); they run one by one from now "
+                          "on (set_block_graphs(False) or SONATA_BLOCK_GRAPHS=0 skips the attempt)")
+            set_block_graphs(False)
+            return super().forward_modules(rest, point)
+        point.feat, point.sparse_conv_feat = feat, point.sparse_conv_feat.replace_feature(feat)
+        return point
+
+    @staticmethod
+    def _replayable(blocks:list, point:Point) -> bool:
+        "Whether `blocks` can run through one template on `point`: inference, enough blocks of one signature"
+        feat = point.feat
+        if not (_block_graphs and len(blocks) >= MIN_REPLAYS and (feat.is_cuda or _replay_on_cpu)): return False
+        if not all(isinstance(b, Block) and not b.training for b in blocks): return False
+        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for b in blocks for p in b.parameters())):
+            return False
+        signature = _block_signature(blocks[0])
+        return all(_block_signature(b) == signature for b in blocks[1:])
 
 # %% ../nbs/04_model.ipynb #c021
 _CARRIED_KEYS = ("name", "split", "condition", "context")  # passed unchanged to the coarse Point
@@ -429,7 +538,7 @@ class PointTransformerV3(PointModule):
                 layers[f"block{i}"] = Block(enc_channels[s], enc_num_head[s], enc_patch_size[s],
                                             drop_path=rates[sum(enc_depths[:s]) + i], order_index=i % len(self.order),
                                             cpe_indice_key=f"stage{s}", **block_args)
-            if layers: stages[f"enc{s}"] = PointSequential(**layers)
+            if layers: stages[f"enc{s}"] = Stage(**layers)
         self.enc = PointSequential(**stages)
 
         if not enc_mode:
@@ -442,7 +551,7 @@ class PointTransformerV3(PointModule):
                 for i in range(dec_depths[s]):
                     layers[f"block{i}"] = Block(channels[s], dec_num_head[s], dec_patch_size[s], drop_path=stage_rates[i],
                                                 order_index=i % len(self.order), cpe_indice_key=f"stage{s}", **block_args)
-                stages[f"dec{s}"] = PointSequential(**layers)
+                stages[f"dec{s}"] = Stage(**layers)
             self.dec = PointSequential(**stages)
 
         if freeze_encoder:

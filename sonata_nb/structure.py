@@ -175,8 +175,13 @@ class PointSequential(PointModule):
         if name in self._modules: raise KeyError(f"PointSequential: sub-module name {name!r} exists")
         self.add_module(name, module)
 
-    def forward(self, input):
-        for module in self._modules.values():
+    def forward(self, input): return self.forward_modules(self._modules.values(), input)
+
+    @staticmethod
+    def forward_modules(modules, # some of the container's modules, in order
+                        input): # a Point, a sparse tensor or a tensor
+        "`input` routed through `modules` as `forward` routes it through all of them"
+        for module in modules:
             if isinstance(module, PointModule): input = module(input)
             elif spconv.modules.is_spconv_module(module):
                 if isinstance(input, Point):

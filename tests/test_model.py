@@ -184,6 +184,48 @@ def test_subm_conv_on_cuda_matches_spconv_bitwise(amp):
     for a, b in zip(ours[1], theirs[1]): assert a.dtype == b.dtype and torch.equal(a, b)
 
 
+
+def test_stage_template_path_equals_the_blocks_one_by_one_on_cpu():
+    "The path CUDA inference captures (weights and maps copied into a template block), run eagerly: same features"
+    from sonata_nb import model as M
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "enc_depths": (1, 3, 1, 4), "dec_depths": (3, 1, 1), "enc_mode": False}).eval()
+    data = cloud()
+    with torch.no_grad(): eager = m(data).feat
+    M._replay_on_cpu = True
+    try:
+        with torch.no_grad(): replayed = m(data).feat
+    finally: M._replay_on_cpu = False
+    assert torch.equal(replayed, eager)
+    used = {name for name, stage in [*m.enc.named_children(), *m.dec.named_children()] if "_template" in stage.__dict__}
+    assert used == {"enc1", "enc3", "dec0"}, used  # the stages with at least 1 + MIN_REPLAYS blocks
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: CUDA graphs")
+@pytest.mark.parametrize("amp", [torch.float16, None])
+@pytest.mark.parametrize("enc_mode", [True, False])
+def test_block_graphs_on_cuda_equal_the_blocks_one_by_one_bitwise(amp, enc_mode):
+    "Inference with each stage's blocks replayed as one CUDA graph = the blocks run one by one, bit for bit"
+    import warnings
+    from sonata_nb import model as M
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**SONATA_CONFIG, "enc_mode": enc_mode}).cuda().eval()
+    def run(data, graphs):
+        M.set_block_graphs(graphs)
+        try:
+            with torch.no_grad(), torch.autocast("cuda", dtype=amp or torch.float16, enabled=amp is not None):
+                out = m(data)
+                return upcast(out) if enc_mode else out.feat
+        finally: M.set_block_graphs(True)
+    for n, seed in ((3000, 0), (5000, 1)):  # a new capture for every forward
+        data = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in toy_cloud(n=n, seed=seed).items()}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graphed = run(data, True)
+        assert not [w for w in caught if "CUDA graph" in str(w.message)], [str(w.message) for w in caught]
+        assert m.enc.enc3.__dict__.get("_template") is not None  # the 12-block stage went through the template
+        eager = run(data, False)
+        assert graphed.dtype == eager.dtype and torch.equal(graphed, eager)
+
 # --- host reads ------------------------------------------------------------------------------------------------
 
 _READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
