@@ -16,7 +16,9 @@ LayerNorm in the activation dtype; mlp_recompute = MLP GELU recomputed in backwa
 spconv_native / spconv_split = spconv algorithm Native / MaskSplitImplicitGemm (baseline: MaskImplicitGemm);
 sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-efficient kernel (baseline: torch's pick);
 compile_mlp = torch.compile(dynamic=True) of every block MLP; no_graphs = each stage's blocks run one by one in
-inference (baseline: replayed as one CUDA graph, `set_block_graphs`).
+inference (baseline: replayed as one CUDA graph, `set_block_graphs`); graphs_stage3 = only stages with 3 or more blocks
+after the first (MIN_REPLAYS = 3: Sonata's stage 3); spconv_sort = neighbour-map masks sorted by spconv's thrust
+(baseline: torch.sort, `set_torch_map_sort`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
 from pathlib import Path
@@ -44,9 +46,10 @@ def apply(model, lev:dict):
     set_spconv_algo(lev.get("spconv"))
     compile_mlps(model, lev.get("compile", False))
     for key, switch, default in (("fused_ln", "set_fused_layernorm", False), ("mlp_recompute", "set_mlp_recompute", False),
-                                 ("graphs", "set_block_graphs", True)):
+                                 ("graphs", "set_block_graphs", True), ("torch_sort", "set_torch_map_sort", True)):
         if hasattr(M, switch): getattr(M, switch)(lev.get(key, default))
         elif lev.get(key, default) != default: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
+    if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", 2)
 
 
 def sdpa_context(lev:dict):
@@ -139,7 +142,9 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     fused_ln_half_recompute=dict(fused_ln=True, half_ln=True, mlp_recompute=True),
     spconv_native=dict(spconv="native"), spconv_split=dict(spconv="mask_split_implicit_gemm"),
     sdpa_flash=dict(sdpa="flash"), sdpa_efficient=dict(sdpa="efficient"),
-    compile_mlp=dict(compile=True), no_graphs=dict(graphs=False), no_graphs_fused_ln_half=dict(graphs=False, fused_ln=True, half_ln=True))
+    compile_mlp=dict(compile=True), no_graphs=dict(graphs=False), no_graphs_fused_ln_half=dict(graphs=False, fused_ln=True, half_ln=True),
+    graphs_stage3=dict(min_replays=3), graphs_stage3_fused_ln_half=dict(min_replays=3, fused_ln=True, half_ln=True),
+    spconv_sort=dict(torch_sort=False), spconv_sort_no_graphs=dict(torch_sort=False, graphs=False))
 DEFAULT_VARIANTS = "fused_ln,fused_ln_half,half_ln,mlp_recompute,fused_ln_recompute,fused_ln_half_recompute,sdpa_flash"
 
 

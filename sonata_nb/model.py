@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
-import contextlib, copy, inspect, logging, os, warnings
+import contextlib, copy, inspect, logging, math, os, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,8 @@ from .runtime import silence_library_warnings
 silence_library_warnings()  # before spconv is imported
 import spconv.pytorch as spconv
 from spconv.pytorch import ConvAlgo
+from spconv.pytorch import ops as spconv_ops
+from spconv.pytorch.core import ImplicitGemmIndiceData
 
 from .checkpoint import read_checkpoint, resolve_source
 from .registry import Registry
@@ -26,10 +28,10 @@ from .kernels import fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _trit
 
 # %% auto #0
 __all__ = ['SPCONV_ALGOS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo',
-           'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP', 'set_half_layernorm',
-           'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_block_graphs', 'Stage', 'unique_cells',
-           'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint', 'check_config',
-           'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+           'set_torch_map_sort', 'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP',
+           'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_block_graphs', 'Stage',
+           'unique_cells', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint',
+           'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -45,6 +47,33 @@ def set_spconv_algo(name:str|None): # a key of SPCONV_ALGOS, or None: each modul
     _spconv_algo = name
 
 set_spconv_algo(os.environ.get("SONATA_SPCONV_ALGO") or None)
+
+_torch_map_sort = True
+
+def set_torch_map_sort(on:bool=True): # True: sort the neighbour-map masks with torch.sort; False: spconv's thrust sort
+    "Speed switch: build the CUDA neighbour maps of `SubMConv3d` without spconv's thrust sort, which waits for the GPU (module-wide)"
+    global _torch_map_sort
+    _torch_map_sort = bool(on)
+
+def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
+                     input:spconv.SparseConvTensor, # CUDA sparse tensor
+                     algo:ConvAlgo) -> ImplicitGemmIndiceData: # MaskImplicitGemm or MaskSplitImplicitGemm
+    "spconv's implicit-GEMM neighbour map of `conv` on `input`, its masks sorted by torch instead of by thrust"
+    res = spconv_ops.get_indice_pairs_implicit_gemm(
+        input.indices, input.batch_size, input.spatial_shape, algo, ksize=conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, out_padding=conv.output_padding, subm=True, transpose=False,
+        is_train=True, alloc=input.thrust_allocator, timer=input._timer, do_sort=False)
+    # spconv sorts each split's uint32 masks in place with thrust::sort_by_key (a stable merge sort on these keys)
+    # and keeps the permutation as the argsort; the masks use 27 bits, so int32 order is uint32 order
+    for mask, argsort in zip(res[4], res[6]):
+        keys, perm = torch.sort(mask.view(-1), stable=True)
+        mask.view(-1).copy_(keys)
+        argsort.copy_(perm)
+    return ImplicitGemmIndiceData(res[0], input.indices, res[2], res[3], pair_mask_fwd_splits=res[4],
+                                  pair_mask_bwd_splits=res[5], mask_argsort_fwd_splits=res[6],
+                                  mask_argsort_bwd_splits=res[7], masks=res[8], is_subm=True,
+                                  spatial_shape=input.spatial_shape, out_spatial_shape=input.spatial_shape, algo=algo,
+                                  ksize=conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
 
 class SubMConv3d(spconv.SubMConv3d):
     "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution"
@@ -63,6 +92,9 @@ class SubMConv3d(spconv.SubMConv3d):
         # spconv's `training` argument only selects how the bias is applied: fused into the kernel (eval) or added
         # after it. The unfused path is required on the CPU and faster on the GPU under autocast, so it is always used.
         algo = ConvAlgo.Native if cpu else SPCONV_ALGOS[_spconv_algo] if _spconv_algo else self.algo
+        if (_torch_map_sort and not cpu and self.indice_key is not None and algo != ConvAlgo.Native
+                and math.prod(self.kernel_size) <= 31 and input.find_indice_pair(self.indice_key) is None):
+            input.indice_dict[self.indice_key] = _sorted_subm_map(self, input, algo)  # found there by spconv
         saved, self.algo = self.algo, algo
         try:
             with amp:
@@ -308,13 +340,35 @@ def _block_signature(block:Block) -> tuple:
                                            for n, m in block.named_modules()),
             tuple((n, p.shape, p.dtype, p.device) for n, p in block.named_parameters()))
 
+_registrations = 0  # parameters, buffers and modules registered anywhere so far: cached block signatures stay valid while unchanged
+
+def _count_registration(*args): # global registration hook: returns None, so nothing is replaced
+    global _registrations
+    _registrations += 1
+
+for _hook in (nn.modules.module.register_module_parameter_registration_hook,
+              nn.modules.module.register_module_buffer_registration_hook,
+              nn.modules.module.register_module_module_registration_hook): _hook(_count_registration)
+
+def _block_info(block:Block) -> tuple:
+    "(parameters, signature) of `block`, cached until anything registers a parameter, buffer or module, or a parameter changes dtype, device or shape"
+    info = block.__dict__.get("_replay_info")
+    if info is None or info[0] != _registrations or \
+            any(p.dtype != d or p.device != v or p.shape != s for p, (d, v, s) in zip(info[1], info[2])):
+        params = list(block.parameters())
+        info = block.__dict__["_replay_info"] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params],
+                                                 _block_signature(block))
+    return info[1], info[3]
+
 class _Template:
     "Runs blocks of one signature through a copy of the first: each block's weights and attention maps copied in first"
     def __init__(self, block:Block):
-        self.signature = _block_signature(block)
+        self.signature = _block_info(block)[1]
         self.block = copy.deepcopy(block).requires_grad_(False)
         self.params = list(self.block.parameters())
-        self.stream = None  # side stream of the CUDA graph captures
+        # CUDA graphs: side stream of the captures, and one memory pool for all of them, kept alive by the last graph
+        # (a new pool per capture would allocate every tensor of the block afresh with cudaMalloc)
+        self.stream, self.pool, self.graph = None, None, None
 
     def run(self, blocks:list, # blocks of `self.signature`, in order
             point:Point, # the stage's Point before `blocks`
@@ -324,12 +378,13 @@ class _Template:
         x = point.feat.clone()
         slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
         sparse = point.sparse_conv_feat.replace_feature(x)  # carries the stage's neighbour map (built by its first block)
-        torch._foreach_copy_(self.params, list(blocks[0].parameters()))
+        weights = [_block_info(b)[0] for b in blocks]
+        torch._foreach_copy_(self.params, weights[0])
         step = lambda: self.block.forward_tensors(x, sparse, slots)[0]
         if graph: step = self._capture(step)
-        for i, (b, m) in enumerate(zip(blocks, maps)):
+        for i, (w, m) in enumerate(zip(weights, maps)):
             if i:
-                torch._foreach_copy_(self.params, list(b.parameters()))
+                torch._foreach_copy_(self.params, w)
                 torch._foreach_copy_([t for t in slots.tensors if t is not None], [t for t in m.tensors if t is not None])
             x.copy_(step())
         return x
@@ -337,17 +392,19 @@ class _Template:
     def _capture(self, step):
         "`step` captured as a CUDA graph (not run): a function replaying it and returning its output (graph memory)"
         main = torch.cuda.current_stream()
-        if self.stream is None or self.stream.device != main.device: self.stream = torch.cuda.Stream(main.device)
+        if self.stream is None or self.stream.device != main.device:
+            self.stream, self.pool, self.graph = torch.cuda.Stream(main.device), torch.cuda.graph_pool_handle(), None
         graph = torch.cuda.CUDAGraph()
         self.stream.wait_stream(main)
         # autocast's weight cache would keep the template's first weights: the graph must cast what the slots hold
         amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False) \
             if torch.is_autocast_enabled("cuda") else contextlib.nullcontext()
         with torch.cuda.stream(self.stream), amp:
-            graph.capture_begin(capture_error_mode="thread_local")
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
             try: out = step()
             finally: graph.capture_end()
         main.wait_stream(self.stream)
+        self.graph = graph  # the previous graph (never replayed again) goes; the pool stays
         def replay():
             graph.replay()
             return out
@@ -362,7 +419,7 @@ class Stage(PointSequential):
         rest = mods[first + 1:]
         if not self._replayable(rest, point): return super().forward_modules(rest, point)
         template = self.__dict__.get("_template")
-        if template is None or template.signature != _block_signature(rest[0]):
+        if template is None or template.signature != _block_info(rest[0])[1]:
             template = self.__dict__["_template"] = _Template(rest[0])
         try: feat = template.run(rest, point, graph=point.feat.is_cuda)
         except RuntimeError as e:
@@ -382,8 +439,8 @@ class Stage(PointSequential):
         if not all(isinstance(b, Block) and not b.training for b in blocks): return False
         if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for b in blocks for p in b.parameters())):
             return False
-        signature = _block_signature(blocks[0])
-        return all(_block_signature(b) == signature for b in blocks[1:])
+        signature = _block_info(blocks[0])[1]
+        return all(_block_info(b)[1] == signature for b in blocks[1:])
 
 # %% ../nbs/04_model.ipynb #c021
 _CARRIED_KEYS = ("name", "split", "condition", "context")  # passed unchanged to the coarse Point

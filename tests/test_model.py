@@ -200,6 +200,38 @@ def test_stage_template_path_equals_the_blocks_one_by_one_on_cpu():
     used = {name for name, stage in [*m.enc.named_children(), *m.dec.named_children()] if "_template" in stage.__dict__}
     assert used == {"enc1", "enc3", "dec0"}, used  # the stages with at least 1 + MIN_REPLAYS blocks
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit-GEMM neighbour maps")
+@pytest.mark.parametrize("algo", ["mask_implicit_gemm", "mask_split_implicit_gemm"])
+def test_torch_sorted_neighbour_map_is_spconvs_bitwise(algo):
+    "The map with its masks sorted by torch = spconv's thrust-sorted map; outputs and gradients bit for bit"
+    import spconv.pytorch as spconv
+    from spconv.pytorch import ops
+    from sonata_nb import model as M
+    torch.manual_seed(0)
+    conv = SubMConv3d(48, 48, kernel_size=3, bias=True, indice_key="k").cuda()
+    idx = torch.unique(torch.randint(0, 50, (30000, 3), device="cuda"), dim=0)
+    idx = torch.cat([torch.randint(0, 2, (len(idx), 1), device="cuda"), idx], 1).int()  # two samples
+    feat = torch.randn(len(idx), 48, device="cuda")
+    sp = lambda x: spconv.SparseConvTensor(x, idx, [50, 50, 50], 2)
+    ours = M._sorted_subm_map(conv, sp(feat), M.SPCONV_ALGOS[algo])
+    theirs = ops.get_indice_pairs_implicit_gemm(idx, 2, [50, 50, 50], M.SPCONV_ALGOS[algo], ksize=[3, 3, 3],
+                                                stride=[1, 1, 1], padding=[1, 1, 1], dilation=[1, 1, 1],
+                                                out_padding=[0, 0, 0], subm=True, is_train=True)
+    assert torch.equal(ours.pair_fwd, theirs[2]) and torch.equal(ours.pair_bwd, theirs[3])
+    for a, b in zip(ours.pair_mask_fwd_splits, theirs[4]): assert torch.equal(a, b)
+    for a, b in zip(ours.mask_argsort_fwd_splits, theirs[6]): assert torch.equal(a, b)
+    def run(torch_sort):
+        M.set_torch_map_sort(torch_sort); M.set_spconv_algo(algo)
+        try:
+            x = feat.clone().requires_grad_()
+            with torch.autocast("cuda", dtype=torch.float16): y = conv(sp(x)).features
+            y.float().square().sum().backward()
+            grads = (x.grad, conv.weight.grad.clone(), conv.bias.grad.clone())
+            conv.zero_grad(set_to_none=True)
+            return (y, *grads)
+        finally: M.set_torch_map_sort(True); M.set_spconv_algo(None)
+    for a, b in zip(run(True), run(False)): assert torch.equal(a, b)
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: CUDA graphs")
 @pytest.mark.parametrize("amp", [torch.float16, None])
 @pytest.mark.parametrize("enc_mode", [True, False])
