@@ -30,8 +30,8 @@ from .kernels import fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _trit
 __all__ = ['SPCONV_ALGOS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo',
            'set_torch_map_sort', 'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP',
            'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_block_graphs', 'Stage',
-           'unique_cells', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast', 'split_checkpoint',
-           'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+           'unique_cells', 'plan_pooling', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast',
+           'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -448,20 +448,43 @@ _AVERAGED_KEYS = ("origin_coord", "color")  # averaged per cell, like `coord`
 
 def unique_cells(key:torch.Tensor, # (N,) int64 cell key of each point, the sample index in the top bits
                  offset:torch.Tensor, # (B,) cumulative ends of the samples (points sorted by sample)
+                 host:list|None=None, # the cell offset if known on the host (`plan_pooling`): then no device read
                 ) -> tuple: # keys (M,), inverse (N,), counts (M,), cell offset (B,) and its host copy
-    "`torch.unique(key, sorted=True, return_inverse=True, return_counts=True)` plus the cells per sample, one device read"
+    "`torch.unique(key, sorted=True, return_inverse=True, return_counts=True)` plus the cells per sample, at most one device read"
     sorted_key, perm = torch.sort(key)
     first = torch.ones_like(sorted_key, dtype=torch.bool)
     first[1:] = sorted_key[1:] != sorted_key[:-1]
     cell = first.cumsum(0) - 1  # cell of each sorted point
     ends = offset.long()
     cell_offset = torch.where(ends > 0, cell[(ends - 1).clamp(min=0)] + 1, 0)  # the first offset[b] sorted points are samples <= b
-    host = cell_offset.tolist()  # the only wait for the GPU
+    if host is None: host = cell_offset.tolist()  # the only wait for the GPU
     m = host[-1] if host else 0
     unique = sorted_key.new_empty(m).scatter_(0, cell, sorted_key)  # each cell's points carry the same key
     counts = torch.zeros(m, dtype=torch.long, device=key.device).scatter_add_(0, cell, torch.ones_like(cell))
     inverse = torch.empty_like(cell).scatter_(0, perm, cell)
     return unique, inverse, counts, cell_offset, host
+
+def _cell_keys(grid:torch.Tensor, # (N, 3) non-negative grid coordinates below 2**16 (checked by the caller)
+               batch:torch.Tensor) -> torch.Tensor: # (N,) sample of each point
+    "int64 key of each point's cell, sorting as (batch, x, y, z)"
+    grid, batch = grid.long(), batch.long()
+    return batch << 48 | grid[:, 0] << 32 | grid[:, 1] << 16 | grid[:, 2]
+
+@torch.no_grad()
+def plan_pooling(point:Point, # the network's input: grid_coord (or coord and grid_size), offset
+                 strides:list): # the stride of each pooling, in order
+    "Read, with the Point's host shape in one transfer, the cells of each sample after every pooling; `GridPooling` uses them instead of waiting for the GPU"
+    point._ensure_grid_coord()
+    grid, ends, cells, total = point.grid_coord.long(), point.offset.long(), [], 1
+    for s in strides:  # cells after pooling k: grid // (s_1 ... s_k), as floor division composes
+        total *= s
+        key = torch.sort(_cell_keys(torch.div(grid, total, rounding_mode="floor"), point.batch)).values
+        first = torch.ones_like(key, dtype=torch.bool)
+        first[1:] = key[1:] != key[:-1]
+        cells.append(torch.where(ends > 0, first.cumsum(0)[(ends - 1).clamp(min=0)], 0))
+    _, values = point.read_host_shape(torch.cat(cells) if cells else None)
+    B = len(ends)
+    point["_pooling_plan"] = (point.grid_coord, [(s, values[i * B:(i + 1) * B]) for i, s in enumerate(strides)])
 
 class GridPooling(PointModule):
     "Coarsen a serialized Point on a `stride`-times larger grid: Linear, max per cell, LayerNorm, GELU"
@@ -484,8 +507,10 @@ class GridPooling(PointModule):
             raise ValueError("grid_coord must lie in [0, 2**16) (the serialization limit); shift the cloud to positive "
                              "grid coordinates (GridSample does) or use a coarser grid_size")
         grid = torch.div(point.grid_coord, s, rounding_mode="floor").long()
-        key = point.batch.long() << 48 | grid[:, 0] << 32 | grid[:, 1] << 16 | grid[:, 2]  # sorts as (batch, x, y, z)
-        key, cluster, counts, offset, ends = unique_cells(key, point.offset)
+        plan = point.get("_pooling_plan")  # (grid_coord it was made for, [(stride, cell offset), ...])
+        planned = plan is not None and plan[0] is point.grid_coord and plan[1] and plan[1][0][0] == s
+        key, cluster, counts, offset, ends = unique_cells(_cell_keys(grid, point.batch), point.offset,
+                                                          plan[1][0][1] if planned else None)
         mask = (1 << 16) - 1
         grid_coord = torch.stack([key >> 32 & mask, key >> 16 & mask, key & mask], 1)
         feat = self.proj(point.feat)
@@ -495,6 +520,7 @@ class GridPooling(PointModule):
                            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False),
                        coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48, offset=offset)
         pooled.set_host_shape(HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), lo, tuple(hi)))
+        if planned and len(plan[1]) > 1: pooled["_pooling_plan"] = (grid_coord, plan[1][1:])
         for k in _AVERAGED_KEYS:
             if k in point.keys(): pooled[k] = self._mean(point[k], cluster, counts)
         for k in _CARRIED_KEYS:
@@ -623,6 +649,7 @@ class PointTransformerV3(PointModule):
 
     def forward(self, data_dict:dict): # coord, grid_coord, feat and offset (or batch)
         point = Point(data_dict)
+        plan_pooling(point, [stage.down.stride for stage in list(self.enc)[1:]])  # the forward's only device read
         point = self.embedding(point)
         point.serialization(order=self.order, shuffle_orders=self.shuffle_orders and self.training)
         point.sparsify()

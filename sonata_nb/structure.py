@@ -73,6 +73,10 @@ class Point(dict):
         "Sample sizes and grid bounds, read with one device transfer and kept while `offset` and `grid_coord` stay the same tensors"
         cached = self.get("_host_shape")
         if cached is not None and cached[0] is self.get("offset") and cached[1] is self.get("grid_coord"): return cached[2]
+        return self.read_host_shape()[0]
+
+    def read_host_shape(self, extra:torch.Tensor|None=None) -> tuple: # 1-D integer tensor to read in the same transfer
+        "(HostShape, `extra` as a list), one device transfer; the shape is kept as `host_shape` keeps it"
         self._require("offset", why="(the sample sizes come from offset)")
         if "coord" in self and "grid_size" in self: self._ensure_grid_coord()
         grid, offset = self.get("grid_coord"), self.offset
@@ -80,7 +84,8 @@ class Point(dict):
         if grid is not None and len(grid) == 0:
             raise ValueError("The Point has no points (grid_coord is empty); give every batch at least one point")
         bounds = [] if grid is None else [grid.min().reshape(1).long(), grid.max(0).values.long()]
-        values = torch.cat([*bounds, offset.long()]).tolist()
+        values = torch.cat([*bounds, offset.long(), *([] if extra is None else [extra.long()])]).tolist()
+        values, extra = (values, []) if extra is None else (values[:len(values) - len(extra)], values[len(values) - len(extra):])
         ends = values[4:] if bounds else values
         if not ends or any(b < a for a, b in zip([0] + ends, ends)) or (rows is not None and ends[-1] != len(rows[1])):
             raise ValueError(f"offset must hold the cumulative end of each sample (non-decreasing, the last equal to the "
@@ -88,7 +93,7 @@ class Point(dict):
                              f"got {ends[:8]}{' ...' if len(ends) > 8 else ''}")
         shape = HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), *((values[0], tuple(values[1:4])) if bounds else (None, None)))
         self["_host_shape"] = (offset, grid, shape)
-        return shape
+        return shape, extra
 
     def set_host_shape(self, shape:HostShape): # sizes known from the Point's construction (e.g. by GridPooling)
         "Record `shape` for the current `offset` and `grid_coord`, so that `host_shape` needs no transfer"

@@ -293,15 +293,14 @@ class HostReads(torch.overrides.TorchFunctionMode):
 
 @pytest.mark.parametrize("enc_mode", [True, False])
 @pytest.mark.parametrize("train", [False, True])
-def test_forward_reads_the_device_once_per_stage(enc_mode, train):
-    "Sizes come from one read at the input and one per pooling (unique_cells): nothing else waits for the GPU"
+def test_forward_reads_the_device_once(enc_mode, train):
+    "Sizes come from one read at the input (host shape and the cells after every pooling): nothing else waits for the GPU"
     torch.manual_seed(0)
     m = PointTransformerV3(**{**TINY, "enc_mode": enc_mode, "shuffle_orders": True}).train(train)
     data = cloud()
     with HostReads() as reads: out = m(data)
     if train: out.feat.sum().backward()
-    assert len(reads.sites) == len(TINY["enc_depths"]), reads.sites
-    assert len(set(reads.sites)) == 2, reads.sites  # Point.host_shape at the input, unique_cells at each pooling
+    assert len(reads.sites) == 1, reads.sites  # Point.read_host_shape, called by plan_pooling
 
 
 # --- upcast ----------------------------------------------------------------------------------------------------
