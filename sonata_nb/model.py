@@ -91,10 +91,8 @@ class SubMConv3d(spconv.SubMConv3d):
         else: amp = contextlib.nullcontext()
         # spconv's `training` argument only selects how the bias is applied: fused into the kernel (eval) or added
         # after it. The unfused path is required on the CPU and faster on the GPU under autocast, so it is always used.
-        algo = ConvAlgo.Native if cpu else SPCONV_ALGOS[_spconv_algo] if _spconv_algo else self.algo
-        if (_torch_map_sort and not cpu and self.indice_key is not None and algo != ConvAlgo.Native
-                and math.prod(self.kernel_size) <= 31 and input.find_indice_pair(self.indice_key) is None):
-            input.indice_dict[self.indice_key] = _sorted_subm_map(self, input, algo)  # found there by spconv
+        algo = ConvAlgo.Native if cpu else self._cuda_algo()
+        if not cpu: self.prepare_map(input)
         saved, self.algo = self.algo, algo
         try:
             with amp:
@@ -102,6 +100,15 @@ class SubMConv3d(spconv.SubMConv3d):
                                           sparse_unique_name=self._sparse_unique_name, act_type=self.act_type,
                                           act_alpha=self.act_alpha, act_beta=self.act_beta)
         finally: self.algo = saved
+
+    def _cuda_algo(self) -> ConvAlgo: return SPCONV_ALGOS[_spconv_algo] if _spconv_algo else self.algo
+
+    def prepare_map(self, input:spconv.SparseConvTensor): # CUDA sparse tensor
+        "Put this convolution's neighbour map, sorted by torch, into `input.indice_dict` if absent (spconv finds it there)"
+        algo = self._cuda_algo()
+        if (_torch_map_sort and self.indice_key is not None and algo != ConvAlgo.Native
+                and math.prod(self.kernel_size) <= 31 and input.find_indice_pair(self.indice_key) is None):
+            input.indice_dict[self.indice_key] = _sorted_subm_map(self, input, algo)
 
 # %% ../nbs/04_model.ipynb #c011
 class DropPath(nn.Module):
@@ -369,6 +376,8 @@ class _Template:
         # CUDA graphs: side stream of the captures, and one memory pool for all of them, kept alive by the last graph
         # (a new pool per capture would allocate every tensor of the block afresh with cudaMalloc)
         self.stream, self.pool, self.graph = None, None, None
+        self.warm = set()  # (device, dtypes) whose first block ran as it is once: spconv's kernels are tuned for them
+        self.whole = True  # False once a capture including a stage's first block failed
 
     def run(self, blocks:list, # blocks of `self.signature`, in order
             point:Point, # the stage's Point before `blocks`
@@ -411,23 +420,41 @@ class _Template:
         return replay
 
 class Stage(PointSequential):
-    "An encoder or decoder stage: pooling or unpooling, then blocks; in CUDA inference the blocks after the first replay one CUDA graph"
+    "An encoder or decoder stage: pooling or unpooling, then blocks; in CUDA inference the blocks replay one CUDA graph"
     def forward(self, point:Point):
         mods = list(self._modules.values())
         first = next((i for i, m in enumerate(mods) if isinstance(m, Block)), len(mods))
-        point = super().forward_modules(mods[:first + 1], point)
-        rest = mods[first + 1:]
-        if not self._replayable(rest, point): return super().forward_modules(rest, point)
+        point, blocks = self.forward_modules(mods[:first], point), mods[first:]
+        if not self._replayable(blocks[1:], point): return self.forward_modules(blocks, point)
         template = self.__dict__.get("_template")
-        if template is None or template.signature != _block_info(rest[0])[1]:
-            template = self.__dict__["_template"] = _Template(rest[0])
-        try: feat = template.run(rest, point, graph=point.feat.is_cuda)
+        if template is None or template.signature != _block_info(blocks[1])[1]:
+            template = self.__dict__["_template"] = _Template(blocks[1])
+        cuda = point.feat.is_cuda
+        key = (point.feat.device, point.feat.dtype, cuda and torch.is_autocast_enabled("cuda"),
+               cuda and torch.get_autocast_dtype("cuda"))
+        whole = template.whole and key in template.warm and _block_info(blocks[0])[1] == template.signature
+        if whole:
+            if cuda: blocks[0].cpe[0].prepare_map(point.sparse_conv_feat)  # outside the capture
+            try: return self._replay(template, blocks, point)
+            except RuntimeError as e:
+                if not cuda: raise
+                template.whole = False  # a first block that cannot be captured: it runs as it is from now on
+                warnings.warn(f"Capturing a whole stage as a CUDA graph failed ({e}); its first block runs as it is from now on")
+        point = blocks[0](point)  # builds the neighbour map, and at new widths or dtypes spconv tunes its kernels
+        try: point = self._replay(template, blocks[1:], point)
         except RuntimeError as e:
-            if not point.feat.is_cuda: raise
+            if not cuda: raise
             warnings.warn(f"Capturing the blocks of a stage as a CUDA graph failed ({e}); they run one by one from now "
                           "on (set_block_graphs(False) or SONATA_BLOCK_GRAPHS=0 skips the attempt)")
             set_block_graphs(False)
-            return super().forward_modules(rest, point)
+            return self.forward_modules(blocks[1:], point)
+        template.warm.add(key)
+        return point
+
+    @staticmethod
+    def _replay(template:_Template, blocks:list, point:Point) -> Point:
+        "`point` after `blocks` run through `template`"
+        feat = template.run(blocks, point, graph=point.feat.is_cuda)
         point.feat, point.sparse_conv_feat = feat, point.sparse_conv_feat.replace_feature(feat)
         return point
 
