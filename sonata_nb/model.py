@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
-import contextlib, copy, inspect, logging, math, os, warnings
+import contextlib, copy, inspect, logging, math, os, threading, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,11 +378,18 @@ class _Template:
         self.stream, self.pool, self.graph = None, None, None
         self.warm = set()  # (device, dtypes) whose first block ran as it is once: spconv's kernels are tuned for them
         self.whole = True  # False once a capture including a stage's first block failed
+        # one run at a time, also on the GPU: the template's weights belong to the block being run until its replay
+        # has run, on whatever stream the caller uses
+        self.lock, self.done = threading.Lock(), None
 
     def run(self, blocks:list, # blocks of `self.signature`, in order
             point:Point, # the stage's Point before `blocks`
             graph:bool): # capture the template as a CUDA graph and replay it (CUDA tensors)
         "The features after `blocks`"
+        with self.lock: return self._run(blocks, point, graph)
+
+    def _run(self, blocks, point, graph):
+        if self.done is not None: torch.cuda.current_stream().wait_event(self.done)
         maps = [b.attn.maps(point) for b in blocks]  # composed now, outside any capture (cached per order)
         x = point.feat.clone()
         slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
@@ -396,6 +403,9 @@ class _Template:
                 torch._foreach_copy_(self.params, w)
                 torch._foreach_copy_([t for t in slots.tensors if t is not None], [t for t in m.tensors if t is not None])
             x.copy_(step())
+        if x.is_cuda:
+            self.done = torch.cuda.Event()
+            self.done.record()
         return x
 
     def _capture(self, step):
