@@ -124,12 +124,16 @@ def encode_orders(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     unknown = [o for o in orders if o not in ORDERS]
     if unknown: raise ValueError(f"Unknown serialization order {unknown[0]!r}; choose from {ORDERS}")
     if not orders: raise ValueError("encode_orders needs at least one order")
-    n, rows = len(grid_coord), [None] * len(orders)
-    for curve in ("z", "hilbert"):
-        which = [i for i, o in enumerate(orders) if o.split("-")[0] == curve]
-        if not which: continue
-        grids = [swap_xy(grid_coord) if orders[i].endswith("-trans") else grid_coord for i in which]
-        code = encode(torch.cat(grids) if len(grids) > 1 else grids[0],
-                      None if batch is None else batch.repeat(len(which)), depth, order=curve)
-        for k, i in enumerate(which): rows[i] = code[k * n:(k + 1) * n]
+    _check_args(grid_coord, depth)
+    # one Morton encode of the coordinates and/or their transpose (stacked); Hilbert codes are made from those codes
+    trans = sorted({o.endswith("-trans") for o in orders})  # [False], [True] or [False, True]: row blocks of `morton`
+    n, grids = len(grid_coord), [swap_xy(grid_coord) if t else grid_coord for t in trans]
+    morton = z_order_encode(torch.cat(grids) if len(grids) > 1 else grids[0], depth)
+    curves = dict(z=morton, hilbert=_hilbert_from_morton(morton, depth) if any(o[0] == "h" for o in orders) else None)
+    if batch is not None: batch = batch.long() << (3 * depth)
+    rows = []
+    for o in orders:
+        k = trans.index(o.endswith("-trans"))
+        code = curves[o.split("-")[0]][k * n:(k + 1) * n]
+        rows.append(code if batch is None else batch | code)
     return torch.stack(rows)
