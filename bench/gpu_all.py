@@ -40,6 +40,9 @@ def compile_mlps(model, on:bool):
             if not on and "forward" in m.__dict__: del m.forward
 
 
+_MIN_REPLAYS = getattr(M, "MIN_REPLAYS", None)  # the library's default
+
+
 def apply(model, lev:dict):
     "Set the levers of a variant (everything else at the baseline)"
     set_half_layernorm(lev.get("half_ln", False))
@@ -49,7 +52,7 @@ def apply(model, lev:dict):
                                  ("graphs", "set_block_graphs", True), ("torch_sort", "set_torch_map_sort", True)):
         if hasattr(M, switch): getattr(M, switch)(lev.get(key, default))
         elif lev.get(key, default) != default: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
-    if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", 2)
+    if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", _MIN_REPLAYS)
 
 
 def sdpa_context(lev:dict):

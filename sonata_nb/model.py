@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #c002
 from __future__ import annotations
-import contextlib, copy, inspect, logging, math, os, threading, warnings
+import contextlib, copy, inspect, logging, math, os, threading, warnings, weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,13 +295,16 @@ class Block(PointModule):
         self.norm1[0].feeds_linear = self.norm2[0].feeds_linear = pre_norm  # consumed by attn.qkv / mlp.fc1 only
 
     def forward(self, point:Point):
-        feat, sparse = self.forward_tensors(point.feat, point.sparse_conv_feat, self.attn.maps(point))
+        def attend(h): # the attention as a module call on the Point (its hooks see the Point)
+            point.feat = h
+            return self.attn(point).feat
+        feat, sparse = self.forward_tensors(point.feat, point.sparse_conv_feat, attend)
         point.feat, point.sparse_conv_feat = feat, sparse.replace_feature(feat)
         return point
 
     def forward_tensors(self, feat:torch.Tensor, # (N, C) the Point's features
                         sparse:spconv.SparseConvTensor, # the same features as a sparse tensor (its neighbour maps)
-                        maps:AttentionMaps): # the attention's maps on the Point (`self.attn.maps(point)`)
+                        attend): # the attention: normalised features (N, C) -> its output (N, C)
         "The block on tensors only: (new features, the CPE convolution's sparse output)"
         # The containers' modules are called on the feature tensor directly: the same operations as routing the Point
         # through each PointSequential, without re-wrapping the sparse tensor after every step (host time only)
@@ -311,7 +314,7 @@ class Block(PointModule):
         feat = feat + _run(cpe, sparse.features)
         shortcut = feat
         h = seq(self.norm1, feat) if self.pre_norm else feat
-        feat = shortcut + seq(self.drop_path, seq(self.ls1, self.attn.attend(h, maps)))
+        feat = shortcut + seq(self.drop_path, seq(self.ls1, attend(h)))
         if not self.pre_norm: feat = seq(self.norm1, feat)
         shortcut = feat
         feat = shortcut + seq(self.drop_path, seq(self.ls2, seq(self.mlp, seq(self.norm2, feat) if self.pre_norm else feat)))
@@ -329,25 +332,22 @@ _replay_on_cpu = False  # tests only: CPU inference takes the template path too 
 MIN_REPLAYS = 2  # blocks after a stage's first needed to use the template (capturing costs about one block's launches)
 
 def set_block_graphs(on:bool=True): # True: CUDA inference replays one captured graph for the blocks of a stage
-    "Speed switch: in CUDA inference, the blocks of a stage after the first run as one replayed CUDA graph (module-wide)"
+    "Speed switch: in CUDA inference, the blocks of a stage run as one replayed CUDA graph (module-wide); off also frees the graphs' memory"
     global _block_graphs
     _block_graphs = bool(on)
+    if not on: _TEMPLATES.clear(); _LAST_GRAPH.clear(); _POOLS.clear()
 
 _env_graphs = os.environ.get("SONATA_BLOCK_GRAPHS", "")
 if _env_graphs not in ("", "0", "1"):
     raise ValueError(f"SONATA_BLOCK_GRAPHS={_env_graphs!r}: use 1 (replay one CUDA graph per stage in inference) or 0")
+
+# Kept outside the modules, so that copying, pickling or replicating a model never meets a CUDA graph
+_TEMPLATES = weakref.WeakKeyDictionary()  # Stage -> its _Template
+_STRUCTURE = weakref.WeakKeyDictionary()  # Block -> (registrations, parameters, their dtype/device/shape, structure)
+_POOLS, _LAST_GRAPH = {}, {}  # device -> the memory pool of all captures; device -> the last graph, which keeps it alive
 set_block_graphs(_env_graphs != "0")
 
-def _block_signature(block:Block) -> tuple:
-    "What two eval-mode blocks must share to run through one template: settings, module kinds, parameter shapes, dtypes, devices"
-    a = block.attn
-    kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # in eval mode DropPath is the identity
-    return (block.pre_norm, a.num_heads, a.patch_size, a.scale, a.enable_flash, a.upcast_attention, a.upcast_softmax,
-            block.cpe[0].indice_key, tuple((n, kind(m), getattr(m, "eps", None), getattr(m, "feeds_linear", None))
-                                           for n, m in block.named_modules()),
-            tuple((n, p.shape, p.dtype, p.device) for n, p in block.named_parameters()))
-
-_registrations = 0  # parameters, buffers and modules registered anywhere so far: cached block signatures stay valid while unchanged
+_registrations = 0  # parameters, buffers and modules registered anywhere so far: cached structures stay valid while unchanged
 
 def _count_registration(*args): # global registration hook: returns None, so nothing is replaced
     global _registrations
@@ -357,73 +357,86 @@ for _hook in (nn.modules.module.register_module_parameter_registration_hook,
               nn.modules.module.register_module_buffer_registration_hook,
               nn.modules.module.register_module_module_registration_hook): _hook(_count_registration)
 
+def _block_settings(block:Block) -> tuple:
+    "The attributes (not parameters) a block's computation reads, read afresh at every call"
+    a, act = block.attn, block.mlp[0].act
+    return (block.pre_norm, a.num_heads, a.patch_size, a.scale, a.enable_flash, a.upcast_attention, a.upcast_softmax,
+            block.cpe[0].indice_key, block.cpe[2].eps, block.norm1[0].eps, block.norm2[0].eps, getattr(act, "approximate", None))
+
 def _block_info(block:Block) -> tuple:
-    "(parameters, signature) of `block`, cached until anything registers a parameter, buffer or module, or a parameter changes dtype, device or shape"
-    info = block.__dict__.get("_replay_info")
-    if info is None or info[0] != _registrations or \
-            any(p.dtype != d or p.device != v or p.shape != s for p, (d, v, s) in zip(info[1], info[2])):
-        params = list(block.parameters())
-        info = block.__dict__["_replay_info"] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params],
-                                                 _block_signature(block))
-    return info[1], info[3]
+    "(parameters, signature, has hooks) of `block`: what two blocks must share to run through one template"
+    params, hooks = [], False
+    for m in block.modules():  # read afresh: parameters can be swapped without a registration (functional_call, ...)
+        params.extend(p for p in m._parameters.values() if p is not None)
+        hooks = hooks or bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+    info = _STRUCTURE.get(block)
+    if info is None or info[0] != _registrations or len(info[1]) != len(params) or \
+            any(p is not q or (p.dtype, p.device, p.shape) != s for p, q, s in zip(params, info[1], info[2])):
+        kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # in eval mode DropPath is the identity
+        structure = (tuple((n, kind(m), getattr(m, "feeds_linear", None)) for n, m in block.named_modules()),
+                     tuple((n, p.shape, p.dtype, p.device) for n, p in block.named_parameters()))
+        info = _STRUCTURE[block] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params], structure)
+    return params, (info[3], _block_settings(block)), hooks
+
+class _CaptureFailed(RuntimeError): "A CUDA graph capture of a template failed"
 
 class _Template:
-    "Runs blocks of one signature through a copy of the first: each block's weights and attention maps copied in first"
+    "Runs blocks of one signature through a copy of one of them: each block's weights and attention maps copied in first"
     def __init__(self, block:Block):
         self.signature = _block_info(block)[1]
-        self.block = copy.deepcopy(block).requires_grad_(False)
+        with torch.inference_mode(False): self.block = copy.deepcopy(block).requires_grad_(False).eval()
         self.params = list(self.block.parameters())
-        # CUDA graphs: side stream of the captures, and one memory pool for all of them, kept alive by the last graph
-        # (a new pool per capture would allocate every tensor of the block afresh with cudaMalloc)
-        self.stream, self.pool, self.graph = None, None, None
-        self.warm = set()  # (device, dtypes) whose first block ran as it is once: spconv's kernels are tuned for them
-        self.whole = True  # False once a capture including a stage's first block failed
+        self.warm = set()  # (device, dtypes, spconv algorithm) whose first block ran as it is once: spconv's kernels are tuned
+        self.whole = True  # False once a stage's first block could not go through the template
         # one run at a time, also on the GPU: the template's weights belong to the block being run until its replay
         # has run, on whatever stream the caller uses
-        self.lock, self.done = threading.Lock(), None
+        self.lock, self.done, self.stream = threading.Lock(), None, None
 
+    @torch.no_grad()
     def run(self, blocks:list, # blocks of `self.signature`, in order
             point:Point, # the stage's Point before `blocks`
             graph:bool): # capture the template as a CUDA graph and replay it (CUDA tensors)
-        "The features after `blocks`"
-        with self.lock: return self._run(blocks, point, graph)
-
-    def _run(self, blocks, point, graph):
-        if self.done is not None: torch.cuda.current_stream().wait_event(self.done)
-        maps = [b.attn.maps(point) for b in blocks]  # composed now, outside any capture (cached per order)
-        x = point.feat.clone()
-        slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
-        sparse = point.sparse_conv_feat.replace_feature(x)  # carries the stage's neighbour map (built by its first block)
-        weights = [_block_info(b)[0] for b in blocks]
-        torch._foreach_copy_(self.params, weights[0])
-        step = lambda: self.block.forward_tensors(x, sparse, slots)[0]
-        if graph: step = self._capture(step)
-        for i, (w, m) in enumerate(zip(weights, maps)):
-            if i:
-                torch._foreach_copy_(self.params, w)
-                torch._foreach_copy_([t for t in slots.tensors if t is not None], [t for t in m.tensors if t is not None])
-            x.copy_(step())
-        if x.is_cuda:
-            self.done = torch.cuda.Event()
-            self.done.record()
-        return x
+        "The features after `blocks`, or None when the first block's output differs in dtype or shape from its input"
+        with self.lock:
+            if self.done is not None: torch.cuda.current_stream().wait_event(self.done)
+            maps = [b.attn.maps(point) for b in blocks]  # composed now, outside any capture (cached per order)
+            x = point.feat.clone()
+            slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
+            sparse = point.sparse_conv_feat.replace_feature(x)  # carries the stage's neighbour map
+            weights = [_block_info(b)[0] for b in blocks]
+            torch._foreach_copy_(self.params, weights[0])
+            attend = lambda h: self.block.attn.attend(h, slots)
+            step = lambda: self.block.forward_tensors(x, sparse, attend)[0]
+            for i, (w, m) in enumerate(zip(weights, maps)):
+                if i:
+                    torch._foreach_copy_(self.params, w)
+                    torch._foreach_copy_([t for t in slots.tensors if t is not None], [t for t in m.tensors if t is not None])
+                if i == 0 and graph: step = self._capture(step)
+                out = step()
+                if out.dtype != x.dtype or out.shape != x.shape: return None  # e.g. LayerScale's float32 gain under autocast
+                x.copy_(out)
+            if x.is_cuda:
+                self.done = torch.cuda.Event()
+                self.done.record()
+            return x
 
     def _capture(self, step):
         "`step` captured as a CUDA graph (not run): a function replaying it and returning its output (graph memory)"
         main = torch.cuda.current_stream()
-        if self.stream is None or self.stream.device != main.device:
-            self.stream, self.pool, self.graph = torch.cuda.Stream(main.device), torch.cuda.graph_pool_handle(), None
+        if self.stream is None or self.stream.device != main.device: self.stream = torch.cuda.Stream(main.device)
+        pool = _POOLS.setdefault(main.device, torch.cuda.graph_pool_handle())
         graph = torch.cuda.CUDAGraph()
         self.stream.wait_stream(main)
-        # autocast's weight cache would keep the template's first weights: the graph must cast what the slots hold
-        amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False) \
-            if torch.is_autocast_enabled("cuda") else contextlib.nullcontext()
-        with torch.cuda.stream(self.stream), amp:
-            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
-            try: out = step()
-            finally: graph.capture_end()
+        try:
+            with torch.cuda.stream(self.stream):
+                graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+                try: out = step()
+                finally: graph.capture_end()
+        except RuntimeError as e: raise _CaptureFailed(str(e)) from e
         main.wait_stream(self.stream)
-        self.graph = graph  # the previous graph (never replayed again) goes; the pool stays
+        # all captures on a device share one pool (stages run in turn, and a graph is never replayed after the next
+        # capture); the last graph keeps it alive, so the next forward finds its memory instead of allocating afresh
+        _LAST_GRAPH[main.device] = graph
         def replay():
             graph.replay()
             return out
@@ -435,49 +448,50 @@ class Stage(PointSequential):
         mods = list(self._modules.values())
         first = next((i for i, m in enumerate(mods) if isinstance(m, Block)), len(mods))
         point, blocks = self.forward_modules(mods[:first], point), mods[first:]
-        if not self._replayable(blocks[1:], point): return self.forward_modules(blocks, point)
-        template = self.__dict__.get("_template")
+        if not self._replayable(blocks, point): return self.forward_modules(blocks, point)
+        template = _TEMPLATES.get(self)
         if template is None or template.signature != _block_info(blocks[1])[1]:
-            template = self.__dict__["_template"] = _Template(blocks[1])
-        cuda = point.feat.is_cuda
+            template = _TEMPLATES[self] = _Template(blocks[1])
+        cuda, conv = point.feat.is_cuda, blocks[0].cpe[0]
         key = (point.feat.device, point.feat.dtype, cuda and torch.is_autocast_enabled("cuda"),
-               cuda and torch.get_autocast_dtype("cuda"))
-        whole = template.whole and key in template.warm and _block_info(blocks[0])[1] == template.signature
-        if whole:
-            if cuda: blocks[0].cpe[0].prepare_map(point.sparse_conv_feat)  # outside the capture
-            try: return self._replay(template, blocks, point)
-            except RuntimeError as e:
-                if not cuda: raise
-                template.whole = False  # a first block that cannot be captured: it runs as it is from now on
-                warnings.warn(f"Capturing a whole stage as a CUDA graph failed ({e}); its first block runs as it is from now on")
+               cuda and torch.get_autocast_dtype("cuda"), cuda and conv._cuda_algo(), _torch_map_sort)
+        if template.whole and key in template.warm and _block_info(blocks[0])[1] == template.signature:
+            if cuda: conv.prepare_map(point.sparse_conv_feat)  # outside the capture: it allocates and sorts
+            if not cuda or point.sparse_conv_feat.find_indice_pair(conv.indice_key) is not None:
+                out = self._replay(template, blocks, point)
+                if out is not None: return out
+                template.whole = False  # the first block changes the features' dtype: it runs as it is from now on
         point = blocks[0](point)  # builds the neighbour map, and at new widths or dtypes spconv tunes its kernels
-        try: point = self._replay(template, blocks[1:], point)
-        except RuntimeError as e:
-            if not cuda: raise
-            warnings.warn(f"Capturing the blocks of a stage as a CUDA graph failed ({e}); they run one by one from now "
-                          "on (set_block_graphs(False) or SONATA_BLOCK_GRAPHS=0 skips the attempt)")
-            set_block_graphs(False)
-            return self.forward_modules(blocks[1:], point)
+        out = self._replay(template, blocks[1:], point)
+        if out is None: return self.forward_modules(blocks[1:], point)
         template.warm.add(key)
-        return point
+        return out
 
     @staticmethod
-    def _replay(template:_Template, blocks:list, point:Point) -> Point:
-        "`point` after `blocks` run through `template`"
-        feat = template.run(blocks, point, graph=point.feat.is_cuda)
+    def _replay(template:_Template, blocks:list, point:Point) -> Point|None:
+        "`point` after `blocks` run through `template` (None: they cannot be, and `point` is unchanged)"
+        try: feat = template.run(blocks, point, graph=point.feat.is_cuda)
+        except _CaptureFailed as e:
+            warnings.warn(f"Capturing the blocks of a stage as a CUDA graph failed ({e}); blocks run one by one from now "
+                          "on (set_block_graphs(False) or SONATA_BLOCK_GRAPHS=0 skips the attempt)")
+            set_block_graphs(False)
+            return None
+        if feat is None: return None
         point.feat, point.sparse_conv_feat = feat, point.sparse_conv_feat.replace_feature(feat)
         return point
 
     @staticmethod
     def _replayable(blocks:list, point:Point) -> bool:
-        "Whether `blocks` can run through one template on `point`: inference, enough blocks of one signature"
+        "Whether `blocks` (a stage's) can run through one template on `point`: inference, enough blocks of one signature, no hooks"
         feat = point.feat
-        if not (_block_graphs and len(blocks) >= MIN_REPLAYS and (feat.is_cuda or _replay_on_cpu)): return False
+        if not (_block_graphs and len(blocks) >= 1 + max(MIN_REPLAYS, 1) and (feat.is_cuda or _replay_on_cpu)): return False
         if not all(isinstance(b, Block) and not b.training for b in blocks): return False
-        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for b in blocks for p in b.parameters())):
+        infos = [_block_info(b) for b in blocks]
+        if any(hooks for _, _, hooks in infos) or nn.modules.module._global_forward_hooks or \
+                nn.modules.module._global_forward_pre_hooks: return False
+        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for params, _, _ in infos for p in params)):
             return False
-        signature = _block_info(blocks[0])[1]
-        return all(_block_info(b)[1] == signature for b in blocks[1:])
+        return all(signature == infos[1][1] for _, signature, _ in infos[2:])
 
 # %% ../nbs/04_model.ipynb #c021
 _CARRIED_KEYS = ("name", "split", "condition", "context")  # passed unchanged to the coarse Point
@@ -512,16 +526,18 @@ def plan_pooling(point:Point, # the network's input: grid_coord (or coord and gr
                  strides:list): # the stride of each pooling, in order
     "Read, with the Point's host shape in one transfer, the cells of each sample after every pooling; `GridPooling` uses them instead of waiting for the GPU"
     point._ensure_grid_coord()
+    if len(point.grid_coord) == 0 or not strides: return point.read_host_shape()  # (its errors name the problem)
     grid, ends, cells, total = point.grid_coord.long(), point.offset.long(), [], 1
+    last = (ends - 1).clamp(0, len(grid) - 1)  # a bad offset is reported by read_host_shape, not by an index error
     for s in strides:  # cells after pooling k: grid // (s_1 ... s_k), as floor division composes
         total *= s
         key = torch.sort(_cell_keys(torch.div(grid, total, rounding_mode="floor"), point.batch)).values
         first = torch.ones_like(key, dtype=torch.bool)
         first[1:] = key[1:] != key[:-1]
-        cells.append(torch.where(ends > 0, first.cumsum(0)[(ends - 1).clamp(min=0)], 0))
-    _, values = point.read_host_shape(torch.cat(cells) if cells else None)
+        cells.append(torch.where(ends > 0, first.cumsum(0)[last], 0))
+    _, values = point.read_host_shape(torch.cat(cells))
     B = len(ends)
-    point["_pooling_plan"] = (point.grid_coord, [(s, values[i * B:(i + 1) * B]) for i, s in enumerate(strides)])
+    point["_pooling_plan"] = (point.grid_coord, point.offset, [(s, values[i * B:(i + 1) * B]) for i, s in enumerate(strides)])
 
 class GridPooling(PointModule):
     "Coarsen a serialized Point on a `stride`-times larger grid: Linear, max per cell, LayerNorm, GELU"
@@ -544,10 +560,10 @@ class GridPooling(PointModule):
             raise ValueError("grid_coord must lie in [0, 2**16) (the serialization limit); shift the cloud to positive "
                              "grid coordinates (GridSample does) or use a coarser grid_size")
         grid = torch.div(point.grid_coord, s, rounding_mode="floor").long()
-        plan = point.get("_pooling_plan")  # (grid_coord it was made for, [(stride, cell offset), ...])
-        planned = plan is not None and plan[0] is point.grid_coord and plan[1] and plan[1][0][0] == s
+        plan = point.get("_pooling_plan")  # (grid_coord and offset it was made for, [(stride, cell offset), ...])
+        planned = plan is not None and plan[0] is point.grid_coord and plan[1] is point.offset and plan[2] and plan[2][0][0] == s
         key, cluster, counts, offset, ends = unique_cells(_cell_keys(grid, point.batch), point.offset,
-                                                          plan[1][0][1] if planned else None)
+                                                          plan[2][0][1] if planned else None)
         mask = (1 << 16) - 1
         grid_coord = torch.stack([key >> 32 & mask, key >> 16 & mask, key & mask], 1)
         feat = self.proj(point.feat)
@@ -557,7 +573,7 @@ class GridPooling(PointModule):
                            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False),
                        coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48, offset=offset)
         pooled.set_host_shape(HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), lo, tuple(hi)))
-        if planned and len(plan[1]) > 1: pooled["_pooling_plan"] = (grid_coord, plan[1][1:])
+        if planned and len(plan[2]) > 1: pooled["_pooling_plan"] = (grid_coord, offset, plan[2][1:])
         for k in _AVERAGED_KEYS:
             if k in point.keys(): pooled[k] = self._mean(point[k], cluster, counts)
         for k in _CARRIED_KEYS:
@@ -686,7 +702,7 @@ class PointTransformerV3(PointModule):
 
     def forward(self, data_dict:dict): # coord, grid_coord, feat and offset (or batch)
         point = Point(data_dict)
-        plan_pooling(point, [stage.down.stride for stage in list(self.enc)[1:]])  # the forward's only device read
+        plan_pooling(point, [m.stride for m in self.enc.modules() if isinstance(m, GridPooling)])  # the only device read
         point = self.embedding(point)
         point.serialization(order=self.order, shuffle_orders=self.shuffle_orders and self.training)
         point.sparsify()

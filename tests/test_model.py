@@ -197,8 +197,33 @@ def test_stage_template_path_equals_the_blocks_one_by_one_on_cpu():
         with torch.no_grad(): replayed = [m(data).feat for _ in range(2)]  # the second run includes the first blocks
     finally: M._replay_on_cpu = False
     for r in replayed: assert torch.equal(r, eager)
-    used = {name for name, stage in [*m.enc.named_children(), *m.dec.named_children()] if "_template" in stage.__dict__}
+    used = {name for name, stage in [*m.enc.named_children(), *m.dec.named_children()] if stage in M._TEMPLATES}
     assert used == {"enc1", "enc3", "dec0"}, used  # the stages with at least 1 + MIN_REPLAYS blocks
+
+
+def test_attention_hooks_fire_and_keep_blocks_out_of_the_template():
+    "A forward hook on a block's attention sees its Point, in training and in inference (the template path is skipped)"
+    from sonata_nb import model as M
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "enc_depths": (1, 3, 1, 1)}).eval()
+    seen = []
+    m.enc.enc1.block2.attn.register_forward_hook(lambda mod, args, out: seen.append(type(args[0]).__name__))
+    M._replay_on_cpu = True
+    try:
+        with torch.no_grad(): m(cloud())
+    finally: M._replay_on_cpu = False
+    m.train()(cloud())
+    assert seen == ["Point", "Point"] and m.enc.enc1 not in M._TEMPLATES
+
+
+@pytest.mark.parametrize("bad", ["offset past the points", "no points"])
+def test_bad_offsets_and_empty_clouds_get_the_clear_errors(bad):
+    "The pooling plan, computed first, leaves bad input to read_host_shape's errors (no index error)"
+    m = PointTransformerV3(**TINY).eval()
+    data = cloud()
+    if bad == "no points": data = {k: v[:0] if k != "offset" else torch.zeros_like(v) for k, v in data.items()}
+    else: data["offset"] = data["offset"] + 5
+    with pytest.raises(ValueError, match="offset must hold|has no points"), torch.no_grad(): m(data)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit-GEMM neighbour maps")
 @pytest.mark.parametrize("algo", ["mask_implicit_gemm", "mask_split_implicit_gemm"])
@@ -234,13 +259,13 @@ def test_torch_sorted_neighbour_map_is_spconvs_bitwise(algo):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: CUDA graphs")
 @pytest.mark.parametrize("amp", [torch.float16, None])
-@pytest.mark.parametrize("enc_mode", [True, False])
-def test_block_graphs_on_cuda_equal_the_blocks_one_by_one_bitwise(amp, enc_mode):
+@pytest.mark.parametrize("enc_mode,layer_scale", [(True, None), (False, None), (True, 0.1)])
+def test_block_graphs_on_cuda_equal_the_blocks_one_by_one_bitwise(amp, enc_mode, layer_scale):
     "Inference with each stage's blocks replayed as one CUDA graph = the blocks run one by one, bit for bit"
     import warnings
     from sonata_nb import model as M
     torch.manual_seed(0)
-    m = PointTransformerV3(**{**SONATA_CONFIG, "enc_mode": enc_mode}).cuda().eval()
+    m = PointTransformerV3(**{**SONATA_CONFIG, "enc_mode": enc_mode, "layer_scale": layer_scale}).cuda().eval()
     def run(data, graphs):
         M.set_block_graphs(graphs)
         try:
@@ -254,8 +279,8 @@ def test_block_graphs_on_cuda_equal_the_blocks_one_by_one_bitwise(amp, enc_mode)
             warnings.simplefilter("always")
             graphed = run(data, True)
         assert not [w for w in caught if "CUDA graph" in str(w.message)], [str(w.message) for w in caught]
-        template = m.enc.enc3.__dict__.get("_template")  # the 12-block stage went through the template
-        assert template is not None and template.whole and template.warm
+        template = M._TEMPLATES.get(m.enc.enc3)  # the 12-block stage went through the template
+        assert template is not None and template.warm and template.whole == (layer_scale is None or amp is None)
         eager = run(data, False)
         assert graphed.dtype == eager.dtype and torch.equal(graphed, eager)
 
