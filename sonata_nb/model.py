@@ -394,6 +394,7 @@ class _Template:
 
     @torch.no_grad()
     def run(self, blocks:list, # blocks of `self.signature`, in order
+            weights:list, # the parameters of each block (`_block_info`)
             point:Point, # the stage's Point before `blocks`
             graph:bool): # capture the template as a CUDA graph and replay it (CUDA tensors)
         "The features after `blocks`, or None when the first block's output differs in dtype or shape from its input"
@@ -403,7 +404,6 @@ class _Template:
             x = point.feat.clone()
             slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
             sparse = point.sparse_conv_feat.replace_feature(x)  # carries the stage's neighbour map
-            weights = [_block_info(b)[0] for b in blocks]
             torch._foreach_copy_(self.params, weights[0])
             attend = lambda h: self.block.attn.attend(h, slots)
             step = lambda: self.block.forward_tensors(x, sparse, attend)[0]
@@ -448,29 +448,29 @@ class Stage(PointSequential):
         mods = list(self._modules.values())
         first = next((i for i, m in enumerate(mods) if isinstance(m, Block)), len(mods))
         point, blocks = self.forward_modules(mods[:first], point), mods[first:]
-        if not self._replayable(blocks, point): return self.forward_modules(blocks, point)
-        template = _TEMPLATES.get(self)
-        if template is None or template.signature != _block_info(blocks[1])[1]:
-            template = _TEMPLATES[self] = _Template(blocks[1])
+        infos = self._replayable(blocks, point)
+        if infos is None: return self.forward_modules(blocks, point)
+        template, weights = _TEMPLATES.get(self), [params for params, _, _ in infos]
+        if template is None or template.signature != infos[1][1]: template = _TEMPLATES[self] = _Template(blocks[1])
         cuda, conv = point.feat.is_cuda, blocks[0].cpe[0]
         key = (point.feat.device, point.feat.dtype, cuda and torch.is_autocast_enabled("cuda"),
                cuda and torch.get_autocast_dtype("cuda"), cuda and conv._cuda_algo(), _torch_map_sort)
-        if template.whole and key in template.warm and _block_info(blocks[0])[1] == template.signature:
+        if template.whole and key in template.warm and infos[0][1] == template.signature:
             if cuda: conv.prepare_map(point.sparse_conv_feat)  # outside the capture: it allocates and sorts
             if not cuda or point.sparse_conv_feat.find_indice_pair(conv.indice_key) is not None:
-                out = self._replay(template, blocks, point)
+                out = self._replay(template, blocks, weights, point)
                 if out is not None: return out
                 template.whole = False  # the first block changes the features' dtype: it runs as it is from now on
         point = blocks[0](point)  # builds the neighbour map, and at new widths or dtypes spconv tunes its kernels
-        out = self._replay(template, blocks[1:], point)
+        out = self._replay(template, blocks[1:], weights[1:], point)
         if out is None: return self.forward_modules(blocks[1:], point)
         template.warm.add(key)
         return out
 
     @staticmethod
-    def _replay(template:_Template, blocks:list, point:Point) -> Point|None:
+    def _replay(template:_Template, blocks:list, weights:list, point:Point) -> Point|None:
         "`point` after `blocks` run through `template` (None: they cannot be, and `point` is unchanged)"
-        try: feat = template.run(blocks, point, graph=point.feat.is_cuda)
+        try: feat = template.run(blocks, weights, point, graph=point.feat.is_cuda)
         except _CaptureFailed as e:
             warnings.warn(f"Capturing the blocks of a stage as a CUDA graph failed ({e}); blocks run one by one from now "
                           "on (set_block_graphs(False) or SONATA_BLOCK_GRAPHS=0 skips the attempt)")
@@ -481,17 +481,17 @@ class Stage(PointSequential):
         return point
 
     @staticmethod
-    def _replayable(blocks:list, point:Point) -> bool:
-        "Whether `blocks` (a stage's) can run through one template on `point`: inference, enough blocks of one signature, no hooks"
+    def _replayable(blocks:list, point:Point) -> list|None:
+        "`_block_info` of `blocks` (a stage's) if they can run through one template on `point` (inference, enough blocks of one signature, no hooks), else None"
         feat = point.feat
-        if not (_block_graphs and len(blocks) >= 1 + max(MIN_REPLAYS, 1) and (feat.is_cuda or _replay_on_cpu)): return False
-        if not all(isinstance(b, Block) and not b.training for b in blocks): return False
+        if not (_block_graphs and len(blocks) >= 1 + max(MIN_REPLAYS, 1) and (feat.is_cuda or _replay_on_cpu)): return None
+        if not all(isinstance(b, Block) and not b.training for b in blocks): return None
         infos = [_block_info(b) for b in blocks]
         if any(hooks for _, _, hooks in infos) or nn.modules.module._global_forward_hooks or \
-                nn.modules.module._global_forward_pre_hooks: return False
+                nn.modules.module._global_forward_pre_hooks: return None
         if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for params, _, _ in infos for p in params)):
-            return False
-        return all(signature == infos[1][1] for _, signature, _ in infos[2:])
+            return None
+        return infos if all(signature == infos[1][1] for _, signature, _ in infos[2:]) else None
 
 # %% ../nbs/04_model.ipynb #c021
 _CARRIED_KEYS = ("name", "split", "condition", "context")  # passed unchanged to the coarse Point
