@@ -125,21 +125,26 @@ def _check(x, weight, bias, out_dtype):
         if t.device != x.device: raise ValueError(f"fused_layer_norm: {name} is on {t.device}, x on {x.device}")
         if t.dtype not in _DTYPES: raise TypeError(f"fused_layer_norm: {name} has dtype {t.dtype}; supported: {_DTYPES}")
 
+def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
+    "(y as (N, C), x as (N, C), mean, rstd): the forward kernel on the rows of `x`"
+    C = x.shape[-1]
+    x2 = x.reshape(-1, C).contiguous()
+    N = x2.shape[0]
+    y = torch.empty((N, C), dtype=out_dtype, device=x.device)
+    mean = torch.empty(N, dtype=torch.float32, device=x.device)
+    rstd = torch.empty_like(mean)
+    if N:
+        br, bc, nw = _blocks(C)
+        _ln_fwd[(triton.cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
+                                       HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
+                                       RTNE_BF16=_rtne_bf16(out_dtype))
+    return y, x2, mean, rstd
+
 class FusedLayerNorm(torch.autograd.Function):
     "LayerNorm over the last dimension by the Triton kernels; saves x, mean and rstd for the backward"
     @staticmethod
     def forward(ctx, x, weight, bias, eps, out_dtype):
-        C = x.shape[-1]
-        x2 = x.reshape(-1, C).contiguous()
-        N = x2.shape[0]
-        y = torch.empty((N, C), dtype=out_dtype, device=x.device)
-        mean = torch.empty(N, dtype=torch.float32, device=x.device)
-        rstd = torch.empty_like(mean)
-        if N:
-            br, bc, nw = _blocks(C)
-            _ln_fwd[(triton.cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
-                                           HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
-                                           RTNE_BF16=_rtne_bf16(out_dtype))
+        y, x2, mean, rstd = _forward(x, weight, bias, eps, out_dtype)
         ctx.save_for_backward(x2, weight, mean, rstd)
         ctx.shape, ctx.bias_dtype = x.shape, None if bias is None else bias.dtype
         return y.view(x.shape)
@@ -170,4 +175,6 @@ def fused_layer_norm(x:torch.Tensor, # (..., C) float32, float16 or bfloat16
     "`F.layer_norm(x, (C,), weight, bias, eps)` by the Triton kernels, output in `out_dtype`"
     if out_dtype is None: out_dtype = torch.float32 if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
     _check(x, weight, bias, out_dtype)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))):
+        return _forward(x, weight, bias, float(eps), out_dtype)[0].view(x.shape)  # no autograd node to record
     return FusedLayerNorm.apply(x, weight, bias, float(eps), out_dtype)

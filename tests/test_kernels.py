@@ -86,6 +86,14 @@ def check_kernel():
         assert max(errs.values()) <= 1, (C, N, dtype, affine, out_dtype, errs)
         assert (w is None or w.grad.dtype == w.dtype) and x.grad.dtype == x.dtype
         print(C, N, dtype, affine, out_dtype, {k: round(v, 3) for k, v in errs.items()})
+    # without gradients (no_grad, or nothing requiring grad) no autograd node is made: the same values
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(300, 48, generator=g), torch.rand(48, generator=g) + 0.5, torch.randn(48, generator=g)
+    wg = w.clone().requires_grad_()
+    with_node = kernels.fused_layer_norm(x, wg, b, out_dtype=f16)
+    for y in (kernels.fused_layer_norm(x, w, b, out_dtype=f16), torch.no_grad()(kernels.fused_layer_norm)(x, wg, b, out_dtype=f16)):
+        assert y.grad_fn is None and not y.requires_grad and torch.equal(y, with_node.detach())
+    assert with_node.grad_fn is not None
     # leading dimensions, no rows
     x = torch.randn(2, 3, 48)
     torch.testing.assert_close(kernels.fused_layer_norm(x), F.layer_norm(x, (48,)))
