@@ -460,6 +460,7 @@ class Stage(PointSequential):
             if not cuda or point.sparse_conv_feat.find_indice_pair(conv.indice_key) is not None:
                 out = self._replay(template, blocks, weights, point)
                 if out is not None: return out
+                if not _block_graphs: return self.forward_modules(blocks, point)  # the capture failed (warned)
                 template.whole = False  # the first block changes the features' dtype: it runs as it is from now on
         point = blocks[0](point)  # builds the neighbour map, and at new widths or dtypes spconv tunes its kernels
         out = self._replay(template, blocks[1:], weights[1:], point)
