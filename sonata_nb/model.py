@@ -498,17 +498,22 @@ class Stage(PointSequential):
 _CARRIED_KEYS = ("name", "split", "condition", "context")  # passed unchanged to the coarse Point
 _AVERAGED_KEYS = ("origin_coord", "color")  # averaged per cell, like `coord`
 
+def _cells(sorted_key:torch.Tensor, # (N,) N >= 1 cell keys, sorted, the sample index in the top bits
+           offset:torch.Tensor) -> tuple: # (B,) cumulative ends of the samples
+    "(cell of each sorted point, cumulative cells of each sample): the first offset[b] sorted points are samples <= b"
+    first = torch.ones_like(sorted_key, dtype=torch.bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    cell, ends = first.cumsum(0) - 1, offset.long()
+    last = (ends - 1).clamp(0, len(sorted_key) - 1)  # in range even for a bad offset (read_host_shape reports it)
+    return cell, torch.where(ends > 0, cell[last] + 1, 0)
+
 def unique_cells(key:torch.Tensor, # (N,) int64 cell key of each point, the sample index in the top bits
                  offset:torch.Tensor, # (B,) cumulative ends of the samples (points sorted by sample)
                  host:list|None=None, # the cell offset if known on the host (`plan_pooling`): then no device read
                 ) -> tuple: # keys (M,), inverse (N,), counts (M,), cell offset (B,) and its host copy
     "`torch.unique(key, sorted=True, return_inverse=True, return_counts=True)` plus the cells per sample, at most one device read"
     sorted_key, perm = torch.sort(key)
-    first = torch.ones_like(sorted_key, dtype=torch.bool)
-    first[1:] = sorted_key[1:] != sorted_key[:-1]
-    cell = first.cumsum(0) - 1  # cell of each sorted point
-    ends = offset.long()
-    cell_offset = torch.where(ends > 0, cell[(ends - 1).clamp(min=0)] + 1, 0)  # the first offset[b] sorted points are samples <= b
+    cell, cell_offset = _cells(sorted_key, offset)
     if host is None: host = cell_offset.tolist()  # the only wait for the GPU
     m = host[-1] if host else 0
     unique = sorted_key.new_empty(m).scatter_(0, cell, sorted_key)  # each cell's points carry the same key
@@ -527,17 +532,16 @@ def plan_pooling(point:Point, # the network's input: grid_coord (or coord and gr
                  strides:list): # the stride of each pooling, in order
     "Read, with the Point's host shape in one transfer, the cells of each sample after every pooling; `GridPooling` uses them instead of waiting for the GPU"
     point._ensure_grid_coord()
-    if len(point.grid_coord) == 0 or not strides: return point.read_host_shape()  # (its errors name the problem)
-    grid, ends, cells, total = point.grid_coord.long(), point.offset.long(), [], 1
-    last = (ends - 1).clamp(0, len(grid) - 1)  # a bad offset is reported by read_host_shape, not by an index error
+    if len(point.grid_coord) == 0 or not strides:  # nothing to plan (read_host_shape's errors name the problem)
+        point.read_host_shape()
+        return
+    grid, cells, total = point.grid_coord.long(), [], 1
     for s in strides:  # cells after pooling k: grid // (s_1 ... s_k), as floor division composes
         total *= s
         key = torch.sort(_cell_keys(torch.div(grid, total, rounding_mode="floor"), point.batch)).values
-        first = torch.ones_like(key, dtype=torch.bool)
-        first[1:] = key[1:] != key[:-1]
-        cells.append(torch.where(ends > 0, first.cumsum(0)[last], 0))
+        cells.append(_cells(key, point.offset)[1])
     _, values = point.read_host_shape(torch.cat(cells))
-    B = len(ends)
+    B = len(point.offset)
     point["_pooling_plan"] = (point.grid_coord, point.offset, [(s, values[i * B:(i + 1) * B]) for i, s in enumerate(strides)])
 
 class GridPooling(PointModule):
