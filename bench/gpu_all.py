@@ -18,7 +18,11 @@ sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-effici
 compile_mlp = torch.compile(dynamic=True) of every block MLP; no_graphs = each stage's blocks run one by one in
 inference (baseline: replayed as one CUDA graph, `set_block_graphs`); graphs_stage3 = only stages with 3 or more blocks
 after the first (MIN_REPLAYS = 3: Sonata's stage 3); spconv_sort = neighbour-map masks sorted by spconv's thrust
-(baseline: torch.sort, `set_torch_map_sort`).
+(baseline: torch.sort, `set_torch_map_sort`); frozen_half = half-precision LayerNorm where no gradient flows through it
+(`set_half_layernorm("frozen")`: inference and the frozen encoder of lin; fused on CUDA); block0_eager = every stage's
+first block runs as it is, the GPU running it while the host captures the template (`_whole_stages = False`);
+fp32_ln = torch's float32 LayerNorm under autocast (`set_half_layernorm(False)`). The baseline is the library's defaults.
+Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
 from pathlib import Path
@@ -40,18 +44,23 @@ def compile_mlps(model, on:bool):
             if not on and "forward" in m.__dict__: del m.forward
 
 
-_MIN_REPLAYS = getattr(M, "MIN_REPLAYS", None)  # the library's default
+_MIN_REPLAYS = getattr(M, "MIN_REPLAYS", None)  # the library's defaults: the baseline
+_SWITCHES = (("half_ln", "set_half_layernorm", "_half_layernorm", False), ("fused_ln", "set_fused_layernorm", "_fused_layernorm", False),
+             ("mlp_recompute", "set_mlp_recompute", "_mlp_recompute", False), ("graphs", "set_block_graphs", "_block_graphs", True),
+             ("torch_sort", "set_torch_map_sort", "_torch_map_sort", True))
+_DEFAULTS = {key: getattr(M, attr, default) for key, _, attr, default in _SWITCHES}
+_DEFAULTS["whole"] = getattr(M, "_whole_stages", True)
 
 
 def apply(model, lev:dict):
-    "Set the levers of a variant (everything else at the baseline)"
-    set_half_layernorm(lev.get("half_ln", False))
+    "Set the levers of a variant (everything else at the library's defaults)"
     set_spconv_algo(lev.get("spconv"))
     compile_mlps(model, lev.get("compile", False))
-    for key, switch, default in (("fused_ln", "set_fused_layernorm", False), ("mlp_recompute", "set_mlp_recompute", False),
-                                 ("graphs", "set_block_graphs", True), ("torch_sort", "set_torch_map_sort", True)):
-        if hasattr(M, switch): getattr(M, switch)(lev.get(key, default))
-        elif lev.get(key, default) != default: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
+    for key, switch, _, _ in _SWITCHES:
+        if hasattr(M, switch): getattr(M, switch)(lev.get(key, _DEFAULTS[key]))
+        elif lev.get(key, _DEFAULTS[key]) != _DEFAULTS[key]: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
+    if hasattr(M, "_whole_stages"): M._whole_stages = lev.get("whole", _DEFAULTS["whole"])
+    elif not lev.get("whole", True): raise RuntimeError("this checkout has no sonata_nb.model._whole_stages")
     if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", _MIN_REPLAYS)
 
 
@@ -72,7 +81,7 @@ def in_context(fn, lev):
 def rel_l2(a, b) -> float: return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def run_variant(name, lev, model, head, data, labels, args, ref) -> dict:
+def run_variant(name, lev, model, head, data, labels, args, ref, fp32=None) -> dict:
     dev = args.device
     if dev.startswith("cuda"): torch.cuda.empty_cache()
     res = dict(variant=name, levers=lev)
@@ -88,6 +97,7 @@ def run_variant(name, lev, model, head, data, labels, args, ref) -> dict:
                 with sdpa_context(lev): res["ft_memory"] = ft_memory(model, head, data, labels)
         out = in_context(step_fn("infer", model, head, data, labels), lev)()
         res["rel_l2_vs_baseline"] = 0.0 if ref is None else rel_l2(out, ref)
+        if fp32 is not None: res["rel_l2_vs_fp32"] = rel_l2(out, fp32)
     except Exception as e:  # a broken lever must not stop the others
         res["error"] = f"{type(e).__name__}: {e}"[:500]
         traceback.print_exc()
@@ -122,17 +132,18 @@ def table(rows, args, env) -> str:
              f"autocast {env['amp']}, median of {args.repeats} after {args.warmup} warm-ups, median over "
              f"{args.rounds} round(s) of all variants (host = time to launch, before the final synchronize)", "",
              "| variant | inference ms (host) | `lin` step ms (host) | `ft` step ms (host) | `ft` peak GiB | "
-             "`ft` kept for backward GiB | rel. L2 to baseline (infer) |",
-             "|---|---|---|---|---|---|---|"]
+             "`ft` kept for backward GiB | rel. L2 to baseline (infer) | rel. L2 to float32 (infer) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r or "skipped" in r:
-            lines.append(f"| {r['variant']} | {r.get('error') or r['skipped']} | | | | | |"); continue
+            lines.append(f"| {r['variant']} | {r.get('error') or r['skipped']} | | | | | | |"); continue
         cell = lambda t: f"{r[t]['median_ms']:.1f} ({r[t]['host_ms']:.1f})"
         saved = f"{r['ft_memory']['saved_gib']:.2f}" if "ft_memory" in r else "n/a"
+        to32 = f"{r['rel_l2_vs_fp32']:.2e}" if "rel_l2_vs_fp32" in r else "n/a"
         lines.append(f"| {r['variant']} | {cell('infer')} | {cell('lin')} | {cell('ft')} | "
-                     f"{r['ft_peak_gib']:.2f} | {saved} | {r['rel_l2_vs_baseline']:.2e} |" if mem else
+                     f"{r['ft_peak_gib']:.2f} | {saved} | {r['rel_l2_vs_baseline']:.2e} | {to32} |" if mem else
                      f"| {r['variant']} | {cell('infer')} | {cell('lin')} | {cell('ft')} | n/a | n/a | "
-                     f"{r['rel_l2_vs_baseline']:.2e} |")
+                     f"{r['rel_l2_vs_baseline']:.2e} | {to32} |")
     if rows and "baseline_rel_l2_vs_fp32" in rows[0]:
         lines += ["", f"Scale: the baseline's own {env['amp']} inference output is {rows[0]['baseline_rel_l2_vs_fp32']:.2e} "
                       "(relative L2) from float32."]
@@ -147,7 +158,9 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     sdpa_flash=dict(sdpa="flash"), sdpa_efficient=dict(sdpa="efficient"),
     compile_mlp=dict(compile=True), no_graphs=dict(graphs=False), no_graphs_fused_ln_half=dict(graphs=False, fused_ln=True, half_ln=True),
     graphs_stage3=dict(min_replays=3), graphs_stage3_fused_ln_half=dict(min_replays=3, fused_ln=True, half_ln=True),
-    spconv_sort=dict(torch_sort=False), spconv_sort_no_graphs=dict(torch_sort=False, graphs=False))
+    spconv_sort=dict(torch_sort=False), spconv_sort_no_graphs=dict(torch_sort=False, graphs=False),
+    frozen_half=dict(half_ln="frozen"), block0_eager=dict(whole=False), frozen_half_block0=dict(half_ln="frozen", whole=False),
+    fp32_ln=dict(half_ln=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False))
 DEFAULT_VARIANTS = "fused_ln,fused_ln_half,half_ln,mlp_recompute,fused_ln_recompute,fused_ln_half_recompute,sdpa_flash"
 
 
@@ -163,6 +176,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="repeat all variants this many times (interleaved); medians")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--profile-steps", type=int, default=2, help="0: no profiles")
+    p.add_argument("--profile-variant", default="fused_ln_half", help="the variant profiled beside the baseline")
     p.add_argument("--budget", type=float, default=330, help="seconds after which remaining variants are skipped")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out"))
     args = p.parse_args(argv)
@@ -189,11 +203,10 @@ def main(argv=None):
     for rnd in range(args.rounds):
         rows = []
         report["rounds"].append(rows)
-        base, ref = run_variant("baseline", {}, model, head, data, labels, args, None)
+        base, ref = run_variant("baseline", {}, model, head, data, labels, args, None, fp32)
         if rnd == 0:
             ref_out = ref
             if ref is not None: base["baseline_rel_l2_vs_fp32"] = rel_l2(ref, fp32)
-            del fp32
         rows.append(base); save()
         if rnd == 0 and args.profile_steps:
             report["host_profile"]["baseline_infer"] = host_profile(step_fn("infer", model, head, data, labels))
@@ -202,9 +215,9 @@ def main(argv=None):
             save()
         for name in names:
             if time.perf_counter() - start > args.budget: rows.append(dict(variant=name, skipped="time budget")); continue
-            r, _ = run_variant(name, VARIANTS[name], model, head, data, labels, args, ref_out)
+            r, _ = run_variant(name, VARIANTS[name], model, head, data, labels, args, ref_out, fp32)
             rows.append(r); save()
-            if rnd == 0 and args.profile_steps and name == "fused_ln_half" and "error" not in r:
+            if rnd == 0 and args.profile_steps and name == args.profile_variant and "error" not in r:
                 apply(model, VARIANTS[name])
                 report["profiles"][name] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device,
                                                           args.profile_steps) for t in TASKS}

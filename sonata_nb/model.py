@@ -120,8 +120,9 @@ class DropPath(nn.Module):
     def forward(self, x):
         if self.drop_prob == 0.0 or not self.training: return x
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep if keep > 0 else x * mask
+        mask = (torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < keep).to(x.dtype)
+        if keep > 0: mask.div_(keep)
+        return x * mask
 
     def extra_repr(self): return f"drop_prob={self.drop_prob:.3f}"
 
@@ -197,10 +198,11 @@ _half_layernorm = False
 _fused_layernorm = False
 _fused_on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take the fused path through the interpreter
 
-def set_half_layernorm(on:bool=True): # True: LayerNorm keeps float16/bfloat16 inputs in their dtype
-    "Speed switch: LayerNorm in the activation dtype under autocast (module-wide)"
+def set_half_layernorm(mode:bool|str=True): # True: always; "frozen": where no gradient flows through the norm; False: never
+    "Speed switch: LayerNorm keeps float16/bfloat16 inputs in their dtype, on CUDA through the fused kernel (module-wide)"
     global _half_layernorm
-    _half_layernorm = bool(on)
+    if mode not in (True, False, "frozen"): raise ValueError(f"set_half_layernorm({mode!r}): use True, False or 'frozen'")
+    _half_layernorm = mode
 
 def set_fused_layernorm(on:bool=True): # True: LayerNorm of CUDA tensors through `kernels.fused_layer_norm`
     "Speed switch: every `LayerNorm` on a CUDA tensor runs the fused Triton kernel when Triton is installed (module-wide)"
@@ -216,15 +218,21 @@ class LayerNorm(nn.LayerNorm):
     "`nn.LayerNorm` with two speed switches: `set_half_layernorm` and `set_fused_layernorm`"
     feeds_linear = False  # set by `Block` on its pre-norms: the output's only consumer is a Linear layer
 
-    def _fused(self, x) -> bool:
-        "Whether this call runs the fused kernel"
-        if not (_fused_layernorm and _triton_available() and len(self.normalized_shape) == 1
+    def _half(self, x) -> bool:
+        "Whether this call normalises in the input's half precision (`set_half_layernorm`)"
+        if not _half_layernorm or x.dtype not in (torch.float16, torch.bfloat16): return False
+        return _half_layernorm is True or not (torch.is_grad_enabled() and (x.requires_grad or any(
+            p is not None and p.requires_grad for p in (self.weight, self.bias))))
+
+    def _fused(self, x, half:bool) -> bool:
+        "Whether this call runs the fused kernel: when switched on, and for every half-precision call"
+        if not ((_fused_layernorm or half) and _triton_available() and len(self.normalized_shape) == 1
                 and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and 0 < x.shape[-1] <= _FUSED_MAX_C): return False
         return x.device.type == "cpu" and _fused_on_cpu if _triton_interpreted() else x.is_cuda
 
     def forward(self, x):
-        half = _half_layernorm and x.dtype in (torch.float16, torch.bfloat16)
-        if self._fused(x):
+        half = self._half(x)
+        if self._fused(x, half):
             # dtypes as the torch path: autocast's dtype where the Linear consuming the output would cast to it
             dev = x.device.type
             out = x.dtype if half else torch.get_autocast_dtype(dev) if self.feeds_linear and torch.is_autocast_enabled(dev) else None
@@ -234,7 +242,6 @@ class LayerNorm(nn.LayerNorm):
         b = None if self.bias is None else self.bias.to(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
-
 
 # %% ../nbs/04_model.ipynb #c014
 class Embedding(PointModule):
@@ -342,8 +349,10 @@ if _env_graphs not in ("", "0", "1"):
     raise ValueError(f"SONATA_BLOCK_GRAPHS={_env_graphs!r}: use 1 (replay one CUDA graph per stage in inference) or 0")
 
 # Kept outside the modules, so that copying, pickling or replicating a model never meets a CUDA graph
-_TEMPLATES = weakref.WeakKeyDictionary()  # Stage -> its _Template
-_STRUCTURE = weakref.WeakKeyDictionary()  # Block -> (registrations, parameters, their dtype/device/shape, structure)
+_TEMPLATES = weakref.WeakKeyDictionary()  # Stage -> {training: its _Template}
+_STRUCTURE = weakref.WeakKeyDictionary()  # Block -> (registrations, parameters, their dtype/device/shape, structure, modules)
+_KEEPS = weakref.WeakKeyDictionary()  # DropPath -> (drop_prob, device, keep probability as a float64 device tensor)
+_whole_stages = True  # benchmarks only: False runs every stage's first block as it is (the GPU runs it during the capture)
 _POOLS, _LAST_GRAPH = {}, {}  # device -> the memory pool of all captures; device -> the last graph, which keeps it alive
 set_block_graphs(_env_graphs != "0")
 
@@ -363,20 +372,46 @@ def _block_settings(block:Block) -> tuple:
     return (block.pre_norm, a.num_heads, a.patch_size, a.scale, a.enable_flash, a.upcast_attention, a.upcast_softmax,
             block.cpe[0].indice_key, block.cpe[2].eps, block.norm1[0].eps, block.norm2[0].eps, getattr(act, "approximate", None))
 
+def _keep(drop:DropPath, device:torch.device) -> torch.Tensor:
+    "`drop`'s keep probability as a float64 tensor on `device` (made once per rate)"
+    k = _KEEPS.get(drop)
+    if k is None or k[0] != drop.drop_prob or k[1] != device:
+        k = _KEEPS[drop] = (drop.drop_prob, device, torch.full((), 1.0 - drop.drop_prob, dtype=torch.float64, device=device))
+    return k[2]
+
 def _block_info(block:Block) -> tuple:
-    "(parameters, signature, has hooks) of `block`: what two blocks must share to run through one template"
-    params, hooks = [], False
-    for m in block.modules():  # read afresh: parameters can be swapped without a registration (functional_call, ...)
-        params.extend(p for p in m._parameters.values() if p is not None)
-        hooks = hooks or bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+    "(tensors to copy into a template, signature, must run as it is) of `block`: what two blocks must share to run through one template"
     info = _STRUCTURE.get(block)
+    mods = info[4] if info is not None and info[0] == _registrations else list(block.modules())
+    params, drops, alone, modes = [], [], False, []
+    for m in mods:  # read afresh: parameters can be swapped without a registration (functional_call, ...)
+        params.extend(p for p in m._parameters.values() if p is not None)
+        alone = alone or bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+        if type(m) is DropPath and m.training and m.drop_prob > 0:  # stochastic depth: its rate goes into the template
+            modes.append("drop")
+            drops.append(m)
+            alone = alone or m.drop_prob >= 1  # drops every row: no rescaling, runs as it is
+        else: modes.append(m.training)
     if info is None or info[0] != _registrations or len(info[1]) != len(params) or \
             any(p is not q or (p.dtype, p.device, p.shape) != s for p, q, s in zip(params, info[1], info[2])):
-        kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # in eval mode DropPath is the identity
+        kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # an inactive DropPath is the identity
         structure = (tuple((n, kind(m), getattr(m, "feeds_linear", None)) for n, m in block.named_modules()),
                      tuple((n, p.shape, p.dtype, p.device) for n, p in block.named_parameters()))
-        info = _STRUCTURE[block] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params], structure)
-    return params, (info[3], _block_settings(block)), hooks
+        info = _STRUCTURE[block] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params], structure, mods)
+    if drops: params = params + [_keep(m, params[0].device if params else torch.device("cpu")) for m in drops]
+    return params, (info[3], _block_settings(block), tuple(modes)), alone
+
+class _SlotDropPath(nn.Module):
+    "A template's DropPath: `DropPath`'s computation with the keep probability read from a tensor, so one graph serves every rate"
+    def __init__(self, device:torch.device):
+        super().__init__()
+        self.keep = torch.ones((), dtype=torch.float64, device=device)  # a slot: each block's rate is copied in
+
+    def forward(self, x):
+        k32 = self.keep.float()
+        mask = (torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < k32).to(x.dtype)
+        k = self.keep if x.dtype == torch.float64 else k32  # DropPath divides by the rate in the opmath type
+        return x * (mask * (torch.ones_like(k) / k))  # mask is 0 or 1: the product rounds 1/keep once, as mask.div_(keep)
 
 class _CaptureFailed(RuntimeError): "A CUDA graph capture of a template failed"
 
@@ -384,8 +419,15 @@ class _Template:
     "Runs blocks of one signature through a copy of one of them: each block's weights and attention maps copied in first"
     def __init__(self, block:Block):
         self.signature = _block_info(block)[1]
-        with torch.inference_mode(False): self.block = copy.deepcopy(block).requires_grad_(False).eval()
-        self.params = list(self.block.parameters())
+        with torch.inference_mode(False):
+            self.block = copy.deepcopy(block).requires_grad_(False)  # the block's modes (train or eval) kept
+            slots = []
+            for name, m in list(self.block.named_modules()):
+                if type(m) is DropPath and m.training and m.drop_prob > 0:
+                    parent, _, attr = name.rpartition(".")
+                    slots.append(_SlotDropPath(next(block.parameters()).device))
+                    setattr(self.block.get_submodule(parent), attr, slots[-1])
+        self.params = list(self.block.parameters()) + [s.keep for s in slots]  # as `_block_info`'s tensors
         self.warm = set()  # (device, dtypes, spconv algorithm) whose first block ran as it is once: spconv's kernels are tuned
         self.whole = True  # False once a stage's first block could not go through the template
         # one run at a time, also on the GPU: the template's weights belong to the block being run until its replay
@@ -450,12 +492,13 @@ class Stage(PointSequential):
         point, blocks = self.forward_modules(mods[:first], point), mods[first:]
         infos = self._replayable(blocks, point)
         if infos is None: return self.forward_modules(blocks, point)
-        template, weights = _TEMPLATES.get(self), [params for params, _, _ in infos]
-        if template is None or template.signature != infos[1][1]: template = _TEMPLATES[self] = _Template(blocks[1])
+        templates, weights = _TEMPLATES.setdefault(self, {}), [params for params, _, _ in infos]
+        template = templates.get(blocks[1].training)  # one per mode: an epoch's train and eval halves keep theirs
+        if template is None or template.signature != infos[1][1]: template = templates[blocks[1].training] = _Template(blocks[1])
         cuda, conv = point.feat.is_cuda, blocks[0].cpe[0]
         key = (point.feat.device, point.feat.dtype, cuda and torch.is_autocast_enabled("cuda"),
                cuda and torch.get_autocast_dtype("cuda"), cuda and conv._cuda_algo(), _torch_map_sort)
-        if template.whole and key in template.warm and infos[0][1] == template.signature:
+        if _whole_stages and template.whole and key in template.warm and infos[0][1] == template.signature:
             if cuda: conv.prepare_map(point.sparse_conv_feat)  # outside the capture: it allocates and sorts
             if not cuda or point.sparse_conv_feat.find_indice_pair(conv.indice_key) is not None:
                 out = self._replay(template, blocks, weights, point)
@@ -483,12 +526,12 @@ class Stage(PointSequential):
 
     @staticmethod
     def _replayable(blocks:list, point:Point) -> list|None:
-        "`_block_info` of `blocks` (a stage's) if they can run through one template on `point` (inference, enough blocks of one signature, no hooks), else None"
+        "`_block_info` of `blocks` (a stage's) if they can run through one template on `point` (no gradient, enough blocks of one signature, no hooks), else None"
         feat = point.feat
         if not (_block_graphs and len(blocks) >= 1 + max(MIN_REPLAYS, 1) and (feat.is_cuda or _replay_on_cpu)): return None
-        if not all(isinstance(b, Block) and not b.training for b in blocks): return None
+        if not all(isinstance(b, Block) for b in blocks): return None
         infos = [_block_info(b) for b in blocks]
-        if any(hooks for _, _, hooks in infos) or nn.modules.module._global_forward_hooks or \
+        if any(alone for _, _, alone in infos) or nn.modules.module._global_forward_hooks or \
                 nn.modules.module._global_forward_pre_hooks: return None
         if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for params, _, _ in infos for p in params)):
             return None

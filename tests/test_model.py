@@ -267,22 +267,45 @@ def test_block_graphs_on_cuda_equal_the_blocks_one_by_one_bitwise(amp, enc_mode,
     torch.manual_seed(0)
     m = PointTransformerV3(**{**SONATA_CONFIG, "enc_mode": enc_mode, "layer_scale": layer_scale}).cuda().eval()
     def run(data, graphs):
-        M.set_block_graphs(graphs)
+        M._block_graphs = graphs  # not set_block_graphs: that would drop the templates (and their warm state)
         try:
             with torch.no_grad(), torch.autocast("cuda", dtype=amp or torch.float16, enabled=amp is not None):
                 out = m(data)
                 return upcast(out) if enc_mode else out.feat
-        finally: M.set_block_graphs(True)
+        finally: M._block_graphs = True
     for n, seed in ((3000, 0), (5000, 1), (4000, 2)):  # a new capture for every forward; from the second on, whole stages
         data = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in toy_cloud(n=n, seed=seed).items()}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             graphed = run(data, True)
         assert not [w for w in caught if "CUDA graph" in str(w.message)], [str(w.message) for w in caught]
-        template = M._TEMPLATES.get(m.enc.enc3)  # the 12-block stage went through the template
+        template = M._TEMPLATES.get(m.enc.enc3, {}).get(False)  # the 12-block stage went through the template
         assert template is not None and template.warm and template.whole  # features enter the stages in float32
         eager = run(data, False)
         assert graphed.dtype == eager.dtype and torch.equal(graphed, eager)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: CUDA graphs")
+@pytest.mark.parametrize("whole", [True, False])
+def test_block_graphs_of_a_frozen_encoder_in_train_mode_draw_as_the_blocks_bitwise(whole):
+    "A `lin` step's encoder (train mode, frozen, stochastic depth): the graphs replay the eager blocks' draws, bit for bit"
+    from sonata_nb import model as M
+    torch.manual_seed(0)
+    m = PointTransformerV3(**SONATA_CONFIG).cuda().train().requires_grad_(False)
+    def run(data, graphs, seed=7):
+        M._block_graphs, M._whole_stages = graphs, whole
+        try:
+            torch.manual_seed(seed)
+            with torch.autocast("cuda", dtype=torch.float16): return upcast(m(data))
+        finally: M._block_graphs, M._whole_stages = True, True
+    for n, seed in ((3000, 0), (5000, 1), (4000, 2)):
+        data = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in toy_cloud(n=n, seed=seed).items()}
+        graphed = run(data, True)
+        assert M._TEMPLATES.get(m.enc.enc3, {}).get(True) is not None
+        eager = run(data, False)
+        assert not graphed.requires_grad and torch.equal(graphed, eager)
+    assert not torch.equal(run(data, True, seed=8), eager)  # other draws: rows were dropped
+
 
 # --- host reads ------------------------------------------------------------------------------------------------
 
