@@ -1,6 +1,6 @@
 """Where the `ft` step's memory goes: what the forward saves for the backward, and (CUDA) what is live at the peak.
 
-    PYTHONPATH=. python bench/memory.py --scan .benchdata/scannet/scene0000_00 --json $OUT/memory.json     # device
+    PYTHONPATH=. python bench/memory.py --scan .benchdata/scannet/scene0000_00 --json $OUT/memory.json     # one GPU
     PYTHONPATH=. python bench/memory.py --device cpu --crop 20000 --copies 1      # CPU: attribution only
     PYTHONPATH=. python bench/memory.py --device cpu --tiny --crop 3000           # CPU check of the script
 
@@ -276,8 +276,8 @@ def candidates(extra:list, # the saved records (activations, indices, weight cas
     if head:  # the head's input: save the stages' features in half precision, up-cast them again in the backward
         small = sum(n * c * head[0]["bytes"] // max(1, math.prod(head[0]["shape"])) for k, (n, c) in stage_shapes.items()
                     if k.startswith("enc"))
-        out.append(dict(what="the head's input (the up-cast features, half); save the stages' half features and "
-                        "up-cast them again in the backward", bytes=max(0, sum(r["bytes"] for r in head) - small),
+        out.append(dict(what="the head's input (the up-cast features, half); fold the head into an up-cast Function that "
+                        "saves the stages' half features and gathers them again in the backward", bytes=max(0, sum(r["bytes"] for r in head) - small),
                         storages=len(head)))
     return out
 
@@ -308,6 +308,7 @@ def cuda_peaks(model, head, data, labels) -> dict:
     loss = ft_forward(model, head, data, labels)
     torch.cuda.synchronize()
     after_fwd, fwd_peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+    fwd_reserved = torch.cuda.max_memory_reserved()
     torch.cuda.reset_peak_memory_stats()
     loss.backward(); torch.cuda.synchronize()
     after_bwd, bwd_peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
@@ -315,7 +316,7 @@ def cuda_peaks(model, head, data, labels) -> dict:
     prepare(model, head); torch.cuda.synchronize()
     return dict(before=before, kept_by_forward=after_fwd - before, forward_peak=fwd_peak, backward_peak=bwd_peak,
                 after_backward=after_bwd, grads=after_bwd - before, after_step=torch.cuda.memory_allocated(),
-                step_peak=max(fwd_peak, bwd_peak), reserved_peak=torch.cuda.max_memory_reserved())
+                step_peak=max(fwd_peak, bwd_peak), reserved_peak=max(fwd_reserved, torch.cuda.max_memory_reserved()))
 
 
 MARK = 4099 * 512  # bytes of the marker allocations that delimit the recorded step in the trace
