@@ -27,12 +27,13 @@ def main(argv=None):
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--steps", type=int, default=2, help="profiled steps per task (after one warm-up)")
     p.add_argument("--top", type=int, default=15)
-    p.add_argument("--half-layernorm", action="store_true", help="lever: LayerNorm in the activation dtype")
+    p.add_argument("--half-layernorm", choices=["frozen", "on", "off"], default="frozen",
+                   help="lever: LayerNorm in the activation dtype where no gradient flows (the default), everywhere, or nowhere")
     p.add_argument("--spconv-algo", choices=sorted(SPCONV_ALGOS), help="lever: spconv algorithm on CUDA")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out"))
     args = p.parse_args(argv)
     torch.backends.cudnn.benchmark = True
-    set_half_layernorm(args.half_layernorm); set_spconv_algo(args.spconv_algo)
+    set_half_layernorm(dict(frozen="frozen", on=True, off=False)[args.half_layernorm]); set_spconv_algo(args.spconv_algo)
     model, head, data, labels = build(args.device, args.tiny, args.scan, args.copies, args.crop)
     res = {t: profile_fn(step_fn(t, model, head, data, labels), args.device, args.steps, args.top) for t in args.tasks}
     report = dict(device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",

@@ -194,7 +194,7 @@ class MLP(nn.Module):
             return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.act.approximate)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
-_half_layernorm = False
+_half_layernorm = "frozen"
 _fused_layernorm = False
 _fused_on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take the fused path through the interpreter
 
@@ -351,6 +351,7 @@ if _env_graphs not in ("", "0", "1"):
 # Kept outside the modules, so that copying, pickling or replicating a model never meets a CUDA graph
 _TEMPLATES = weakref.WeakKeyDictionary()  # Stage -> {training: its _Template}
 _STRUCTURE = weakref.WeakKeyDictionary()  # Block -> (registrations, parameters, their dtype/device/shape, structure, modules)
+_STRIDES = weakref.WeakKeyDictionary()  # PointTransformerV3 -> (registrations, strides of its GridPoolings)
 _KEEPS = weakref.WeakKeyDictionary()  # DropPath -> (drop_prob, device, keep probability as a float64 device tensor)
 _whole_stages = True  # benchmarks only: False runs every stage's first block as it is (the GPU runs it during the capture)
 _POOLS, _LAST_GRAPH = {}, {}  # device -> the memory pool of all captures; device -> the last graph, which keeps it alive
@@ -748,9 +749,16 @@ class PointTransformerV3(PointModule):
             nn.init.trunc_normal_(module.weight, std=0.02)
             if module.bias is not None: nn.init.zeros_(module.bias)
 
+    def _pooling_strides(self) -> list:
+        "The stride of every GridPooling of the encoder, in order (walked again only after a module registration)"
+        cached = _STRIDES.get(self)
+        if cached is None or cached[0] != _registrations:
+            cached = _STRIDES[self] = (_registrations, [m.stride for m in self.enc.modules() if isinstance(m, GridPooling)])
+        return cached[1]
+
     def forward(self, data_dict:dict): # coord, grid_coord, feat and offset (or batch)
         point = Point(data_dict)
-        plan_pooling(point, [m.stride for m in self.enc.modules() if isinstance(m, GridPooling)])  # the only device read
+        plan_pooling(point, self._pooling_strides())  # the only device read
         point = self.embedding(point)
         point.serialization(order=self.order, shuffle_orders=self.shuffle_orders and self.training)
         point.sparsify()
@@ -782,14 +790,24 @@ def upcast(point:Point, # output of a PTv3 encoder (or decoder)
     "Stage-0 features (N_0, D) of `point`: coarser stages concatenated (`levels` times) and copied to the input rows"
     if levels is not None and (not isinstance(levels, int) or levels < 0):
         raise ValueError(f"levels must be None or a non-negative int, got {levels!r}")
-    feat, done = point.feat, 0
-    while "pooling_parent" in point.keys():
-        parent, inverse = point.pooling_parent, point.pooling_inverse
-        if levels is None or done < levels:
-            feat, done = torch.cat([parent.feat, feat[inverse]], dim=-1), done + 1
-        else: feat = feat[inverse]
-        point = parent
-    return feat
+    chain = [point]  # the stages, from the coarsest (`point`) to stage 0
+    while "pooling_parent" in chain[-1].keys(): chain.append(chain[-1].pooling_parent)
+    kept = len(chain) if levels is None else min(levels + 1, len(chain))  # chain[:kept] contribute features
+    # the row of every stage-0 point in each coarser stage: the pooling inverses composed from the fine side
+    rows, index = [None] * len(chain), None
+    for i in range(len(chain) - 2, -1, -1):
+        index = chain[i].pooling_inverse if index is None else chain[i].pooling_inverse[index]
+        rows[i] = index
+    parts = [(chain[i].feat, rows[i]) for i in range(kept - 1, -1, -1)]  # the finest first, as the concatenations
+    if len(parts) == 1: return parts[0][0] if parts[0][1] is None else parts[0][0][parts[0][1]]
+    dtype = parts[0][0].dtype
+    for feat, _ in parts[1:]: dtype = torch.promote_types(dtype, feat.dtype)  # as torch.cat
+    out = parts[0][0].new_empty((len(index), sum(feat.shape[-1] for feat, _ in parts)), dtype=dtype)
+    col = 0
+    for feat, row in parts:  # written in place: one copied stage alive at a time beside the output
+        out[:, col:col + feat.shape[-1]] = feat if row is None else feat[row]
+        col += feat.shape[-1]
+    return out
 
 # %% ../nbs/04_model.ipynb #c045
 logger = logging.getLogger("sonata_nb")
