@@ -280,9 +280,12 @@ def test_block_graphs_on_cuda_equal_the_blocks_one_by_one_bitwise(amp, enc_mode,
             graphed = run(data, True)
         assert not [w for w in caught if "CUDA graph" in str(w.message)], [str(w.message) for w in caught]
         template = M._TEMPLATES.get(m.enc.enc3, {}).get(False)  # the 12-block stage went through the template
-        assert template is not None and template.warm and template.whole  # features enter the stages in float32
+        assert template is not None and template.warm
         eager = run(data, False)
         assert graphed.dtype == eager.dtype and torch.equal(graphed, eager)
+    # under the default half-precision LayerNorm (no gradient) the stages get float16 features, which LayerScale's
+    # float32 gain turns into float32: from the second forward on, that first block keeps running as it is
+    assert template.whole == (layer_scale is None or amp is None)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: CUDA graphs")
