@@ -785,6 +785,33 @@ SONATA_CONFIG = dict(
     upcast_attention=False, upcast_softmax=False, traceable=True, enc_mode=True, mask_token=False)
 
 # %% ../nbs/04_model.ipynb #c040
+class _Upcast(torch.autograd.Function):
+    "Stage features gathered once into their columns of one output; the backward sums each stage's rows from its columns"
+    @staticmethod
+    def forward(ctx, rows:tuple, *feats):  # rows[i]: the row of feats[i] for each output row (None: the same row)
+        dtype = feats[0].dtype
+        for feat in feats[1:]: dtype = torch.promote_types(dtype, feat.dtype)  # as torch.cat
+        n = next(len(r) for r in rows if r is not None)
+        out = feats[0].new_empty((n, sum(feat.shape[-1] for feat in feats)), dtype=dtype)
+        col = 0
+        for feat, row in zip(feats, rows):  # one gathered stage alive at a time beside the output
+            out[:, col:col + feat.shape[-1]] = feat if row is None else feat[row]
+            col += feat.shape[-1]
+        ctx.rows, ctx.metas = rows, [(len(feat), feat.shape[-1], feat.dtype) for feat in feats]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        grads, col = [], 0
+        for (n, c, dtype), row in zip(ctx.metas, ctx.rows):
+            g = grad[:, col:col + c]
+            if row is not None:  # what autograd does for feat[row]: a sorted, deterministic accumulation
+                g = grad.new_zeros((n, c)).index_put_((row,), g, accumulate=True)
+            grads.append(g.to(dtype))
+            col += c
+        return (None, *grads)
+
 def upcast(point:Point, # output of a PTv3 encoder (or decoder)
            levels:int|None=None): # number of concatenations; None: at every pooling step
     "Stage-0 features (N_0, D) of `point`: coarser stages concatenated (`levels` times) and copied to the input rows"
@@ -798,16 +825,9 @@ def upcast(point:Point, # output of a PTv3 encoder (or decoder)
     for i in range(len(chain) - 2, -1, -1):
         index = chain[i].pooling_inverse if index is None else chain[i].pooling_inverse[index]
         rows[i] = index
-    parts = [(chain[i].feat, rows[i]) for i in range(kept - 1, -1, -1)]  # the finest first, as the concatenations
-    if len(parts) == 1: return parts[0][0] if parts[0][1] is None else parts[0][0][parts[0][1]]
-    dtype = parts[0][0].dtype
-    for feat, _ in parts[1:]: dtype = torch.promote_types(dtype, feat.dtype)  # as torch.cat
-    out = parts[0][0].new_empty((len(index), sum(feat.shape[-1] for feat, _ in parts)), dtype=dtype)
-    col = 0
-    for feat, row in parts:  # written in place: one copied stage alive at a time beside the output
-        out[:, col:col + feat.shape[-1]] = feat if row is None else feat[row]
-        col += feat.shape[-1]
-    return out
+    order = range(kept - 1, -1, -1)  # the finest first, as the concatenations
+    if index is None: return point.feat  # no pooling: stage-0 features as they are
+    return _Upcast.apply(tuple(rows[i] for i in order), *[chain[i].feat for i in order])
 
 # %% ../nbs/04_model.ipynb #c045
 logger = logging.getLogger("sonata_nb")
