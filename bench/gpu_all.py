@@ -21,7 +21,8 @@ after the first (MIN_REPLAYS = 3: Sonata's stage 3); spconv_sort = neighbour-map
 (baseline: torch.sort, `set_torch_map_sort`); frozen_half = half-precision LayerNorm where no gradient flows through it
 (`set_half_layernorm("frozen")`: inference and the frozen encoder of lin; fused on CUDA); block0_eager = every stage's
 first block runs as it is, the GPU running it while the host captures the template (`_whole_stages = False`);
-fp32_ln = torch's float32 LayerNorm under autocast (`set_half_layernorm(False)`). The baseline is the library's defaults.
+fp32_ln = torch's float32 LayerNorm under autocast (`set_half_layernorm(False)`); no_mlp_recompute = the MLPs save
+GELU's output (`set_mlp_recompute(False)`). The baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -160,7 +161,7 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     graphs_stage3=dict(min_replays=3), graphs_stage3_fused_ln_half=dict(min_replays=3, fused_ln=True, half_ln=True),
     spconv_sort=dict(torch_sort=False), spconv_sort_no_graphs=dict(torch_sort=False, graphs=False),
     frozen_half=dict(half_ln="frozen"), block0_eager=dict(whole=False), frozen_half_block0=dict(half_ln="frozen", whole=False),
-    fp32_ln=dict(half_ln=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False))
+    fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False))
 DEFAULT_VARIANTS = "fused_ln,fused_ln_half,half_ln,mlp_recompute,fused_ln_recompute,fused_ln_half_recompute,sdpa_flash"
 
 

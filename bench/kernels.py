@@ -106,6 +106,7 @@ def model_check(points:int=60_000) -> dict:
     torch.manual_seed(0)
     enc = M.PointTransformerV3(**{**M.SONATA_CONFIG, "enc_depths": (1, 1, 1, 1, 1), "shuffle_orders": False}).cuda().eval()  # no drop path
     data = {k: v.cuda() for k, v in toy_cloud(n=points // 2, grid=0.02).items()}
+    defaults = (M._fused_layernorm, M._mlp_recompute)
     def run(fused:bool, amp:bool, recompute:bool=False):
         M.set_fused_layernorm(fused); M.set_mlp_recompute(recompute)
         try:
@@ -114,7 +115,7 @@ def model_check(points:int=60_000) -> dict:
                 feat = M.upcast(enc({k: v.clone() for k, v in data.items()}))
             feat.float().square().mean().backward()
             return feat.detach().float(), torch.cat([q.grad.flatten() for q in enc.parameters()]).clone()
-        finally: M.set_fused_layernorm(False); M.set_mlp_recompute(False)
+        finally: M.set_fused_layernorm(defaults[0]); M.set_mlp_recompute(defaults[1])
     def rel(a, b): return ((a.double() - b.double()).norm() / b.double().norm()).item()
     f32, g32 = run(False, False)
     t16, tg16 = run(False, True)

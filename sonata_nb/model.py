@@ -135,7 +135,7 @@ class LayerScale(nn.Module):
 
     def forward(self, x): return x * self.gamma
 
-_mlp_recompute = False
+_mlp_recompute = True
 
 def set_mlp_recompute(on:bool=True): # True: MLPs save fc1's output only and recompute the GELU in the backward
     "Memory switch: every `MLP` with a GELU keeps one hidden activation instead of two for the backward (module-wide)"
@@ -214,6 +214,25 @@ if _env_fused not in ("", "0", "1"):
     raise ValueError(f"SONATA_FUSED_LAYERNORM={_env_fused!r}: use 1 (fused Triton LayerNorm on CUDA) or 0 (torch's)")
 set_fused_layernorm(_env_fused == "1")
 
+class _LayerNormHalfInput(torch.autograd.Function):
+    "torch's float32 LayerNorm of a half-precision input, as CUDA autocast runs it, saving the half input instead of its float32 copy"
+    @staticmethod
+    def forward(ctx, x, weight, bias, shape:tuple, eps:float):
+        with torch.autocast(x.device.type, enabled=False):
+            y, mean, rstd = torch.ops.aten.native_layer_norm(x.float(), shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.shape = shape
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        with torch.autocast(x.device.type, enabled=False):  # autograd's own backward, on the float32 copy made again
+            dx, dw, db = torch.ops.aten.native_layer_norm_backward(dy, x.float(), ctx.shape, mean, rstd, weight, bias, mask)
+        return None if dx is None else dx.to(x.dtype), dw, db, None, None
+
 class LayerNorm(nn.LayerNorm):
     "`nn.LayerNorm` with two speed switches: `set_half_layernorm` and `set_fused_layernorm`"
     feeds_linear = False  # set by `Block` on its pre-norms: the output's only consumer is a Linear layer
@@ -237,7 +256,11 @@ class LayerNorm(nn.LayerNorm):
             dev = x.device.type
             out = x.dtype if half else torch.get_autocast_dtype(dev) if self.feeds_linear and torch.is_autocast_enabled(dev) else None
             return fused_layer_norm(x, self.weight, self.bias, self.eps, out)
-        if not half: return super().forward(x)
+        if not half:
+            if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled("cuda") and \
+                    torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in (self.weight, self.bias))):
+                return _LayerNormHalfInput.apply(x, self.weight, self.bias, tuple(self.normalized_shape), self.eps)
+            return super().forward(x)
         w = None if self.weight is None else self.weight.to(x.dtype)
         b = None if self.bias is None else self.bias.to(x.dtype)
         with torch.autocast(x.device.type, enabled=False):

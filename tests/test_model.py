@@ -310,6 +310,25 @@ def test_block_graphs_of_a_frozen_encoder_in_train_mode_draw_as_the_blocks_bitwi
     assert not torch.equal(run(data, True, seed=8), eager)  # other draws: rows were dropped
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: autocast's float32 LayerNorm")
+def test_layer_norm_saving_its_half_input_is_torchs_bitwise_on_cuda():
+    "A trained LayerNorm under CUDA autocast saves its half input (not the float32 copy): torch's outputs and gradients"
+    from sonata_nb.model import LayerNorm
+    torch.manual_seed(0)
+    ln = LayerNorm(96).cuda()
+    with torch.no_grad(): ln.weight.uniform_(0.5, 1.5); ln.bias.normal_()
+    x = (torch.randn(20000, 96, device="cuda") * 3).half()
+    def run(f):
+        xx = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.float16): y = f(xx)
+        y.float().square().sum().backward()
+        out = [y, xx.grad, ln.weight.grad.clone(), ln.bias.grad.clone()]
+        ln.zero_grad(set_to_none=True)
+        return out
+    ours, theirs = run(ln), run(lambda t: torch.nn.LayerNorm.forward(ln, t))
+    for a, b in zip(ours, theirs): assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 # --- host reads ------------------------------------------------------------------------------------------------
 
 _READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
