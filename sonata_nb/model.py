@@ -115,6 +115,7 @@ class DropPath(nn.Module):
     "Stochastic depth: drop whole rows of a residual branch while training, rescaling the kept ones"
     def __init__(self, drop_prob:float=0.0): # probability of dropping a row
         super().__init__()
+        if not 0.0 <= drop_prob <= 1.0: raise ValueError(f"DropPath: drop_prob must be in [0, 1], got {drop_prob}")
         self.drop_prob = drop_prob
 
     def forward(self, x):
@@ -136,6 +137,10 @@ class LayerScale(nn.Module):
     def forward(self, x): return x * self.gamma
 
 _mlp_recompute = True
+
+def _functorch_active() -> bool:
+    "Whether a torch.func transform (grad, vmap, ...) is running: the ctx-style autograd functions below step aside"
+    return torch._C._are_functorch_transforms_active()
 
 def set_mlp_recompute(on:bool=True): # True: MLPs save fc1's output only and recompute the GELU in the backward
     "Memory switch: every `MLP` with a GELU keeps one hidden activation instead of two for the backward (module-wide)"
@@ -190,7 +195,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if (_mlp_recompute and torch.is_grad_enabled() and type(self.act) is nn.GELU
-                and (self.drop.p == 0 or not self.training)):
+                and (self.drop.p == 0 or not self.training) and not _functorch_active()):
             return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.act.approximate)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
@@ -201,8 +206,8 @@ _fused_on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take t
 def set_half_layernorm(mode:bool|str=True): # True: always; "frozen": where no gradient flows through the norm; False: never
     "Speed switch: LayerNorm keeps float16/bfloat16 inputs in their dtype, on CUDA through the fused kernel (module-wide)"
     global _half_layernorm
-    if mode not in (True, False, "frozen"): raise ValueError(f"set_half_layernorm({mode!r}): use True, False or 'frozen'")
-    _half_layernorm = mode
+    if isinstance(mode, str) and mode != "frozen": raise ValueError(f"set_half_layernorm({mode!r}): use True, False or 'frozen'")
+    _half_layernorm = mode if isinstance(mode, str) else bool(mode)
 
 def set_fused_layernorm(on:bool=True): # True: LayerNorm of CUDA tensors through `kernels.fused_layer_norm`
     "Speed switch: every `LayerNorm` on a CUDA tensor runs the fused Triton kernel when Triton is installed (module-wide)"
@@ -257,12 +262,15 @@ class LayerNorm(nn.LayerNorm):
             out = x.dtype if half else torch.get_autocast_dtype(dev) if self.feeds_linear and torch.is_autocast_enabled(dev) else None
             return fused_layer_norm(x, self.weight, self.bias, self.eps, out)
         if not half:
+            params = [p for p in (self.weight, self.bias) if p is not None]
             if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled("cuda") and \
-                    torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in (self.weight, self.bias))):
+                    all(p.dtype == torch.float32 for p in params) and not _functorch_active() and \
+                    torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
                 return _LayerNormHalfInput.apply(x, self.weight, self.bias, tuple(self.normalized_shape), self.eps)
             return super().forward(x)
-        w = None if self.weight is None else self.weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
+        cast = (lambda p: p.to(x.dtype)) if x.is_cuda else (lambda p: p)  # the CPU kernel takes float32 parameters as they are
+        w = None if self.weight is None else cast(self.weight)
+        b = None if self.bias is None else cast(self.bias)
         with torch.autocast(x.device.type, enabled=False):
             return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
@@ -394,7 +402,8 @@ def _block_settings(block:Block) -> tuple:
     "The attributes (not parameters) a block's computation reads, read afresh at every call"
     a, act = block.attn, block.mlp[0].act
     return (block.pre_norm, a.num_heads, a.patch_size, a.scale, a.enable_flash, a.upcast_attention, a.upcast_softmax,
-            block.cpe[0].indice_key, block.cpe[2].eps, block.norm1[0].eps, block.norm2[0].eps, getattr(act, "approximate", None))
+            block.cpe[0].indice_key, block.cpe[2].eps, block.norm1[0].eps, block.norm2[0].eps, getattr(act, "approximate", None),
+            a.attn_drop, a.proj_drop.p, block.mlp[0].drop.p)  # dropout rates: read in train mode
 
 def _keep(drop:DropPath, device:torch.device) -> torch.Tensor:
     "`drop`'s keep probability as a float64 tensor on `device` (made once per rate)"
@@ -404,9 +413,10 @@ def _keep(drop:DropPath, device:torch.device) -> torch.Tensor:
     return k[2]
 
 def _block_info(block:Block) -> tuple:
-    "(tensors to copy into a template, signature, must run as it is) of `block`: what two blocks must share to run through one template"
+    "((parameters, keep rates) to copy into a template, signature, must run as it is) of `block`: what two blocks must share to run through one template"
     info = _STRUCTURE.get(block)
-    mods = info[4] if info is not None and info[0] == _registrations else list(block.modules())
+    # the submodules only: a cached value holding the block itself would keep it alive in the WeakKeyDictionary
+    mods = [block, *(info[4] if info is not None and info[0] == _registrations else list(block.modules())[1:])]
     params, drops, alone, modes = [], [], False, []
     for m in mods:  # read afresh: parameters can be swapped without a registration (functional_call, ...)
         params.extend(p for p in m._parameters.values() if p is not None)
@@ -415,15 +425,18 @@ def _block_info(block:Block) -> tuple:
             modes.append("drop")
             drops.append(m)
             alone = alone or m.drop_prob >= 1  # drops every row: no rescaling, runs as it is
-        else: modes.append(m.training)
+        else:
+            modes.append(m.training)
+            # another stochastic-depth module (a subclass, timm's) has a rate the template cannot take
+            alone = alone or (m.training and type(m) is not DropPath and hasattr(m, "drop_prob"))
     if info is None or info[0] != _registrations or len(info[1]) != len(params) or \
             any(p is not q or (p.dtype, p.device, p.shape) != s for p, q, s in zip(params, info[1], info[2])):
         kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # an inactive DropPath is the identity
         structure = (tuple((n, kind(m), getattr(m, "feeds_linear", None)) for n, m in block.named_modules()),
                      tuple((n, p.shape, p.dtype, p.device) for n, p in block.named_parameters()))
-        info = _STRUCTURE[block] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params], structure, mods)
-    if drops: params = params + [_keep(m, params[0].device if params else torch.device("cpu")) for m in drops]
-    return params, (info[3], _block_settings(block), tuple(modes)), alone
+        info = _STRUCTURE[block] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params], structure, mods[1:])
+    keeps = [_keep(m, params[0].device if params else torch.device("cpu")) for m in drops]
+    return (params, keeps), (info[3], _block_settings(block), tuple(modes)), alone
 
 class _SlotDropPath(nn.Module):
     "A template's DropPath: `DropPath`'s computation with the keep probability read from a tensor, so one graph serves every rate"
@@ -451,7 +464,7 @@ class _Template:
                     parent, _, attr = name.rpartition(".")
                     slots.append(_SlotDropPath(next(block.parameters()).device))
                     setattr(self.block.get_submodule(parent), attr, slots[-1])
-        self.params = list(self.block.parameters()) + [s.keep for s in slots]  # as `_block_info`'s tensors
+        self.params, self.keeps = list(self.block.parameters()), [s.keep for s in slots]  # as `_block_info`'s tensors
         self.warm = set()  # (device, dtypes, spconv algorithm) whose first block ran as it is once: spconv's kernels are tuned
         self.whole = True  # False once a stage's first block could not go through the template
         # one run at a time, also on the GPU: the template's weights belong to the block being run until its replay
@@ -460,7 +473,7 @@ class _Template:
 
     @torch.no_grad()
     def run(self, blocks:list, # blocks of `self.signature`, in order
-            weights:list, # the parameters of each block (`_block_info`)
+            weights:list, # the (parameters, keep rates) of each block (`_block_info`)
             point:Point, # the stage's Point before `blocks`
             graph:bool): # capture the template as a CUDA graph and replay it (CUDA tensors)
         "The features after `blocks`, or None when the first block's output differs in dtype or shape from its input"
@@ -470,12 +483,12 @@ class _Template:
             x = point.feat.clone()
             slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
             sparse = point.sparse_conv_feat.replace_feature(x)  # carries the stage's neighbour map
-            torch._foreach_copy_(self.params, weights[0])
+            self._copy_in(weights[0])
             attend = lambda h: self.block.attn.attend(h, slots)
             step = lambda: self.block.forward_tensors(x, sparse, attend)[0]
             for i, (w, m) in enumerate(zip(weights, maps)):
                 if i:
-                    torch._foreach_copy_(self.params, w)
+                    self._copy_in(w)
                     torch._foreach_copy_([t for t in slots.tensors if t is not None], [t for t in m.tensors if t is not None])
                 if i == 0 and graph: step = self._capture(step)
                 out = step()
@@ -485,6 +498,11 @@ class _Template:
                 self.done = torch.cuda.Event()
                 self.done.record()
             return x
+
+    def _copy_in(self, weights:tuple): # (parameters, keep rates) of a block
+        "A block's parameters and stochastic-depth rates into the template (two copies: one dtype each, torch's fused path)"
+        torch._foreach_copy_(self.params, weights[0])
+        if self.keeps: torch._foreach_copy_(self.keeps, weights[1])
 
     def _capture(self, step):
         "`step` captured as a CUDA graph (not run): a function replaying it and returning its output (graph memory)"
@@ -557,7 +575,7 @@ class Stage(PointSequential):
         infos = [_block_info(b) for b in blocks]
         if any(alone for _, _, alone in infos) or nn.modules.module._global_forward_hooks or \
                 nn.modules.module._global_forward_pre_hooks: return None
-        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for params, _, _ in infos for p in params)):
+        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for (params, _), _, _ in infos for p in params)):
             return None
         return infos if all(signature == infos[1][1] for _, signature, _ in infos[2:]) else None
 
@@ -811,7 +829,7 @@ SONATA_CONFIG = dict(
 class _Upcast(torch.autograd.Function):
     "Stage features gathered once into their columns of one output; the backward sums each stage's rows from its columns"
     @staticmethod
-    def forward(ctx, rows:tuple, *feats):  # rows[i]: the row of feats[i] for each output row (None: the same row)
+    def forward(rows:tuple, *feats):  # rows[i]: the row of feats[i] for each output row (None: the same row)
         dtype = feats[0].dtype
         for feat in feats[1:]: dtype = torch.promote_types(dtype, feat.dtype)  # as torch.cat
         n = next(len(r) for r in rows if r is not None)
@@ -820,18 +838,21 @@ class _Upcast(torch.autograd.Function):
         for feat, row in zip(feats, rows):  # one gathered stage alive at a time beside the output
             out[:, col:col + feat.shape[-1]] = feat if row is None else feat[row]
             col += feat.shape[-1]
-        ctx.rows, ctx.metas = rows, [(len(feat), feat.shape[-1], feat.dtype) for feat in feats]
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
+    def setup_context(ctx, inputs, output):
+        rows, *feats = inputs
+        ctx.rows, ctx.metas = rows, [(len(feat), feat.shape[-1], feat.dtype) for feat in feats]
+
+    @staticmethod
+    def backward(ctx, grad):  # differentiable operations: double backward works as for the concatenations
         grads, col = [], 0
-        for (n, c, dtype), row in zip(ctx.metas, ctx.rows):
-            g = grad[:, col:col + c]
-            if row is not None:  # what autograd does for feat[row]: a sorted, deterministic accumulation
-                g = grad.new_zeros((n, c)).index_put_((row,), g, accumulate=True)
-            grads.append(g.to(dtype))
+        for i, ((n, c, dtype), row) in enumerate(zip(ctx.metas, ctx.rows)):
+            g = grad[:, col:col + c] if ctx.needs_input_grad[i + 1] else None
+            if g is not None and row is not None:  # what autograd does for feat[row]: a sorted, deterministic accumulation
+                g = grad.new_zeros((n, c)).index_put((row,), g, accumulate=True)
+            grads.append(None if g is None else g.to(dtype))
             col += c
         return (None, *grads)
 
