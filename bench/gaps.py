@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import DEFAULT_SCAN, TASKS, build, step_fn, sync, time_fn
+from steps import batch_arguments, TASKS, build, step_fn, sync, time_fn
 from sonata_nb.model import SPCONV_ALGOS, set_half_layernorm, set_spconv_algo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -431,11 +431,7 @@ def task_table(task:str, r:dict, top:int=15) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder (raw _vh_clean_2.ply)")
-    p.add_argument("--copies", type=int, default=3, help="copies of the scene in the batch")
-    p.add_argument("--crop", type=int, default=None, help="keep this many points of the scene (CPU checks)")
-    p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
+    batch_arguments(p)
     p.add_argument("--tasks", nargs="+", default=["infer,lin"], help=f"comma- or space-separated, from {','.join(TASKS)}")
     p.add_argument("--steps", type=int, default=3, help="timed and profiled steps per task and pass")
     p.add_argument("--warmup", type=int, default=3, help="steps before timing and profiling")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import (DEFAULT_SCAN, TASKS, amp_dtype, build, ft_memory, host_profile, profile_fn, profile_table, step_fn,
+from steps import (batch_arguments, TASKS, amp_dtype, build, ft_memory, host_profile, profile_fn, profile_table, step_fn,
                    sync, time_fn)
 import sonata_nb.model as M
 from sonata_nb.model import MLP, set_half_layernorm, set_spconv_algo, upcast
@@ -167,11 +167,7 @@ DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,fused_ln,sdpa_flash"  # a
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder (raw _vh_clean_2.ply)")
-    p.add_argument("--copies", type=int, default=3)
-    p.add_argument("--crop", type=int, default=None, help="keep this many points of the scene (CPU checks)")
-    p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
+    batch_arguments(p)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3, help="repeat all variants this many times (interleaved); medians")

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 from sonata_nb import kernels
+sys.path.insert(0, str(ROOT / "bench"))
+from steps import portable_command
 
 # (rows, channels): stage 0..4 of the encoder at the issue batch, and the up-cast features
 SHAPES = [(240_000, 48), (70_000, 96), (20_000, 192), (6_000, 384), (1_500, 512), (240_000, 1232)]
@@ -161,7 +163,7 @@ def main(argv=None):
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 device=torch.cuda.get_device_name(), torch=torch.__version__,
                 triton=__import__("triton").__version__, python=platform.python_version(),
-                command=" ".join(["python", "bench/kernels.py"] + (argv if argv is not None else sys.argv[1:])),
+                command=portable_command(["python", "bench/kernels.py"] + (argv if argv is not None else sys.argv[1:])),
                 repeats=args.repeats, tile=kernels.TILE)
     rows, checks = [], {}
     if args.model:

@@ -38,7 +38,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import DEFAULT_SCAN, amp_dtype, build, set_trainable, step_fn, sync
+from steps import batch_arguments, portable_command, amp_dtype, build, set_trainable, step_fn, sync
 from gpu_all import VARIANTS as LEVER_VARIANTS, apply
 from sonata_nb import kernels
 from sonata_nb.model import upcast
@@ -501,11 +501,7 @@ def summary_table(results:dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder (raw _vh_clean_2.ply)")
-    p.add_argument("--copies", type=int, default=3)
-    p.add_argument("--crop", type=int, default=None, help="keep this many points of the scene (CPU checks)")
-    p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
+    batch_arguments(p)
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--top", type=int, default=30, help="rows of the module-role table printed")
     p.add_argument("--cpp-stacks", action="store_true", help="C++ frames in the CUDA trace (names backward ops; slower)")
@@ -525,7 +521,7 @@ def main(argv=None):
     env = dict(device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, points=n,
                copies=args.copies, crop=args.crop, tiny=args.tiny, scan=Path(args.scan).name,
                amp=str(amp_dtype(args.device)).split(".")[-1], parameters=sum(q.numel() for q in model.parameters()),
-               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), command=" ".join(sys.argv))
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), command=portable_command(sys.argv))
     report = dict(env=env, variants={})
     def save():
         if args.json:

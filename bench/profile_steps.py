@@ -13,17 +13,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import DEFAULT_SCAN, TASKS, build, profile_fn, profile_table, step_fn
+from steps import batch_arguments, TASKS, build, profile_fn, profile_table, step_fn
 from sonata_nb.model import SPCONV_ALGOS, set_half_layernorm, set_spconv_algo
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder (raw _vh_clean_2.ply)")
-    p.add_argument("--copies", type=int, default=3, help="copies of the scene in the batch")
-    p.add_argument("--crop", type=int, default=None, help="keep this many points of the scene (CPU checks)")
-    p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
+    batch_arguments(p)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--steps", type=int, default=2, help="profiled steps per task (after one warm-up)")
     p.add_argument("--top", type=int, default=15)

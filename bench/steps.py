@@ -5,7 +5,7 @@
 - ft:    encoder + up-cast + Linear, forward + backward (everything learns).
 Autocast float16 on CUDA (bfloat16 on the CPU, which has no float16 autocast), random weights, 20 classes.
 """
-import statistics, sys, time
+import argparse, os, statistics, sys, time
 from pathlib import Path
 
 import torch
@@ -19,6 +19,24 @@ from sonata_nb.model import SONATA_CONFIG, PointTransformerV3, upcast
 TINY = dict(enc_depths=(1, 1, 1, 1, 1), enc_channels=(16, 16, 32, 32, 64), enc_num_head=(1, 1, 2, 2, 4),
             enc_patch_size=(128,) * 5)
 TASKS = ("infer", "lin", "ft")
+
+
+def batch_arguments(p:argparse.ArgumentParser, copies_help:str|None=None):
+    "The flags every benchmark of the issue's batch shares: --device, --scan, --copies, --crop, --tiny"
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder (raw _vh_clean_2.ply)")
+    p.add_argument("--copies", type=int, default=3, help=copies_help or "copies of the scene in the batch")
+    p.add_argument("--crop", type=int, default=None, help="keep this many points of the scene (CPU checks)")
+    p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
+
+
+def portable_command(argv:list) -> str:
+    "The command line as run, with the repository's and $OUT's absolute paths written relative (no machine paths in results)"
+    root, out = str(HERE.parent) + os.sep, os.environ.get("OUT")
+    def rel(a):
+        if out and a.startswith(out.rstrip(os.sep)): a = "$OUT" + a[len(out.rstrip(os.sep)):]
+        return a.replace(root, "")
+    return " ".join(rel(str(a)) for a in argv)
 
 
 def amp_dtype(device) -> torch.dtype: return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
