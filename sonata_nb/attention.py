@@ -35,47 +35,44 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
                  patch_size:int, # K, the patch length
                  counts:tuple|None=None, # points of each sample on the host (`Point.host_shape`): no device transfer
                 ) -> PatchLayout:
-    "Reference padding rule (`get_padding_and_inverse`), vectorised over samples"
+    "Reference padding rule (`get_padding_and_inverse`): per-sample and per-patch values made on the host, then vector ops"
     K, dev = int(patch_size), offset.device
     if K < 1: raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-    n = offset2bincount(offset)
-    n_pad = torch.where(n > K, (n + K - 1) // K * K, n)
-    start, start_pad = offset.long() - n, n_pad.cumsum(0) - n_pad
-    n_patch = (n + K - 1) // K
-    short = (n > 0) & (n < K)
-    if counts is None:
-        N, N_pad, P, P_short, L, L_min = torch.stack([  # the only host transfer
-            n.sum(), n_pad.sum(), n_patch.sum(), short.sum(), torch.where(short, n, 0).max(), torch.where(short, n, K).min()]).tolist()
-    else:
-        if len(counts) != len(n): raise ValueError(f"counts has {len(counts)} samples, offset {len(n)}")
-        shorts = [c for c in counts if 0 < c < K]
-        N, N_pad, P, P_short = sum(counts), sum((c + K - 1) // K * K if c > K else c for c in counts), \
-            sum((c + K - 1) // K for c in counts), len(shorts)
-        L, L_min = max(shorts, default=0), min(shorts, default=K)
-    samples = torch.arange(len(n), device=dev)
-    # padded slot → serialized position: slot j of a sample holds point j, or point j-K in the padding
-    slot_sample = samples.repeat_interleave(n_pad, output_size=N_pad)
-    j = torch.arange(N_pad, device=dev) - start_pad[slot_sample]
-    pad = start[slot_sample] + torch.where(j < n[slot_sample], j, j - K)
-    unpad = torch.arange(N, device=dev) + (start_pad - start).repeat_interleave(n, output_size=N)
-    # patches: consecutive K-slot windows of each sample; length K, or n for a sample shorter than K
-    patch_sample = samples.repeat_interleave(n_patch, output_size=P)
-    k = torch.arange(P, device=dev) - (n_patch.cumsum(0) - n_patch)[patch_sample]
-    patch_start = start_pad[patch_sample] + k * K
-    cu_seqlens = torch.cat([patch_start, patch_start.new_full((1,), N_pad)]).int()
-    by_kind = torch.argsort(short[patch_sample].int(), stable=True)  # full patches first, then short ones
-    full_slots = patch_start[by_kind[:P - P_short], None] + torch.arange(K, device=dev)
-    short_len = n[patch_sample[by_kind[P - P_short:]]]
-    col = torch.arange(L, device=dev)
-    short_slots = patch_start[by_kind[P - P_short:], None] + torch.minimum(col, short_len[:, None] - 1)
-    valid = col < short_len[:, None]
-    # output row of each padded slot (slot N_pad absorbs the masked ones), then of each position through unpad
-    slot_row = torch.zeros(N_pad + 1, dtype=torch.long, device=dev)
-    slot_row[full_slots.reshape(-1)] = torch.arange(full_slots.numel(), device=dev)
-    slot_row[torch.where(valid, short_slots, N_pad).reshape(-1)] = full_slots.numel() + torch.arange(P_short * L, device=dev)
-    return PatchLayout(pad=pad, unpad=unpad, cu_seqlens=cu_seqlens, patch_size=K,
-                       full_index=pad[full_slots], short_index=pad[short_slots],
-                       short_mask=None if L_min == L else valid, out_index=slot_row[unpad])
+    if counts is None: counts = offset2bincount(offset).tolist()  # the only wait for the GPU
+    elif len(counts) != len(offset): raise ValueError(f"counts has {len(counts)} samples, offset {len(offset)}")
+    shorts = [c for c in counts if 0 < c < K]
+    L, L_min, P_full = max(shorts, default=0), min(shorts, default=K), sum((c + K - 1) // K for c in counts if c >= K)
+    # on the host, per sample: where it ends in serialized order and in the padded sequence (a sample longer than K
+    # is padded to a multiple of K), the shift from a position to its slot and to its output row; per patch: its
+    # first slot (cu_seqlens), and for a full patch its first point and how many of its K slots hold real points
+    v = {k: [] for k in ("base", "limit", "short_start", "short_len", "ends", "pad_ends", "pad_shift", "out_shift", "cu")}
+    s = sp = full = short = 0
+    for c in counts:
+        n_pad, n_patch = ((c + K - 1) // K * K if c > K else c), (c + K - 1) // K
+        v["cu"] += [sp + k * K for k in range(n_patch)]
+        if c >= K:  # full patches: output rows (first full patch) * K + j for the sample's point j
+            v["base"] += [s + k * K for k in range(n_patch)]; v["limit"] += [c - k * K for k in range(n_patch)]
+            out, full = full * K, full + n_patch
+        else:  # one short patch (or none): rows after all full patches, L each
+            if c: v["short_start"].append(s); v["short_len"].append(c)
+            out, short = P_full * K + short * L, short + (c > 0)
+        v["pad_shift"].append(sp - s); v["out_shift"].append(out - s)
+        s, sp = s + c, sp + n_pad
+        v["ends"].append(s); v["pad_ends"].append(sp)
+    N, N_pad = s, sp
+    v["cu"].append(N_pad)
+    values = torch.tensor(sum(v.values(), []), dtype=torch.long)  # one host-to-device copy, asynchronous on CUDA
+    values = (values.pin_memory() if dev.type == "cuda" else values).to(dev, non_blocking=True)
+    base, limit, short_start, short_len, ends, pad_ends, pad_shift, out_shift, cu = values.split([len(x) for x in v.values()])
+    t, col = torch.arange(K, device=dev), torch.arange(L, device=dev)
+    full_index = base[:, None] + torch.where(t < limit[:, None], t, t - K)  # slots past a sample's end: the points K before
+    short_index = short_start[:, None] + torch.minimum(col, short_len[:, None] - 1)  # repeated past the sample's end
+    pos, slot = torch.arange(N, device=dev), torch.arange(N_pad, device=dev)
+    sample, slot_sample = torch.searchsorted(ends, pos, right=True), torch.searchsorted(pad_ends, slot, right=True)
+    held = slot - pad_shift[slot_sample]  # the position a slot holds, were it not padding
+    return PatchLayout(pad=torch.where(held < ends[slot_sample], held, held - K), unpad=pos + pad_shift[sample],
+                       cu_seqlens=cu.int(), patch_size=K, full_index=full_index, short_index=short_index,
+                       short_mask=None if L_min == L else col < short_len[:, None], out_index=pos + out_shift[sample])
 
 # %% ../nbs/03_attention.ipynb #c011
 BACKENDS = ("auto", "flash", "sdpa", "math")

@@ -427,8 +427,9 @@ def _block_info(block:Block) -> tuple:
             alone = alone or m.drop_prob >= 1  # drops every row: no rescaling, runs as it is
         else:
             modes.append(m.training)
-            # another stochastic-depth module (a subclass, timm's) has a rate the template cannot take
-            alone = alone or (m.training and type(m) is not DropPath and hasattr(m, "drop_prob"))
+            # another stochastic-depth module (a subclass, timm's) has a rate the template cannot take (looked up in
+            # the instance and its class: `hasattr(m, ...)` would go through Module.__getattr__ and its exception)
+            alone = alone or (m.training and type(m) is not DropPath and ("drop_prob" in m.__dict__ or hasattr(type(m), "drop_prob")))
     if info is None or info[0] != _registrations or len(info[1]) != len(params) or \
             any(p is not q or (p.dtype, p.device, p.shape) != s for p, q, s in zip(params, info[1], info[2])):
         kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # an inactive DropPath is the identity

@@ -73,6 +73,44 @@ def test_layout_matches_reference(case, K):
     assert torch.equal(rows[lay.out_index], torch.arange(sum(sizes)))
 
 
+def reference_patches(sizes, K):
+    "Full patches (rows of K serialized positions), short patches (padded to the longest by repeating the last) and their lengths"
+    pad, _, cu = reference_layout(sizes, K)
+    full, short = [], []
+    for a, b in zip(cu[:-1], cu[1:]):
+        (full if b - a == K else short).append(pad[a:b])
+    L = max(map(len, short), default=0)
+    return full, [p + [p[-1]] * (L - len(p)) for p in short], [len(p) for p in short]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_layout_patches_match_a_plain_loop(seed):
+    "full_index, short_index, short_mask and out_index of random batches (empty, short, exact, padded samples), host sizes or not"
+    g = torch.Generator().manual_seed(seed)
+    K = [1, 2, 3, 8, 16][seed % 5]
+    choices = [0, 1, K - 1, K, K + 1, 2 * K, 3 * K - 1, int(torch.randint(0, 5 * K + 1, (1,), generator=g))]
+    sizes = [choices[int(i)] for i in torch.randint(0, len(choices), (1 + seed % 6,), generator=g)]
+    full, short, lengths = reference_patches(sizes, K)
+    for counts in (None, tuple(sizes)):
+        lay = patch_layout(torch.tensor(sizes).cumsum(0), K, counts)
+        assert lay.full_index.tolist() == full and lay.short_index.tolist() == short
+        if len(set(lengths)) > 1: assert lay.short_mask.tolist() == [[j < n for j in range(len(short[0]))] for n in lengths]
+        elif lengths: assert lay.short_mask is None
+        else: assert lay.short_mask is None or lay.short_mask.numel() == 0  # no short patch: nothing to mask
+        rows = torch.cat([lay.full_index.reshape(-1), lay.short_index.reshape(-1)])
+        assert torch.equal(rows[lay.out_index], torch.arange(sum(sizes)))
+        first = {}  # each position's output row is the first slot holding it
+        for r, q in enumerate(rows.tolist()): first.setdefault(q, r)
+        assert lay.out_index.tolist() == [first[q] for q in range(sum(sizes))]
+        pad, unpad, cu = reference_layout(sizes, K)
+        assert lay.pad.tolist() == pad and lay.unpad.tolist() == unpad and lay.cu_seqlens.tolist() == cu
+
+
+def test_layout_of_an_empty_batch():
+    lay = patch_layout(torch.zeros(0, dtype=torch.long), 4, ())
+    assert lay.pad.numel() == lay.out_index.numel() == lay.full_index.numel() == 0 and lay.cu_seqlens.tolist() == [0]
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case", SIZES)
 @pytest.mark.parametrize("order_index", [0, 2])

@@ -335,7 +335,7 @@ _READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.T
           torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy, torch.unique, torch.Tensor.unique, torch.bincount,
           torch.Tensor.bincount, torch.nonzero, torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select,
           torch.unique_consecutive}
-_HOST_DATA = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}  # built on the host, then copied (a wait on CUDA)
+_HOST_DATA = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}  # built on the host: a wait on CUDA if copied blocking
 
 
 class HostReads(torch.overrides.TorchFunctionMode):
@@ -351,14 +351,19 @@ class HostReads(torch.overrides.TorchFunctionMode):
         index = index if isinstance(index, tuple) else (index,)
         masked = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
         listed = any(isinstance(i, list) for i in index)  # a host-made index: CUDA waits for its copy
-        host_made = func in _READS and any(args[0] is t for t in self.host)  # e.g. randperm's draw, on the CPU by design
-        if (func in _READS or func in _HOST_DATA or sizeless or masked or listed) and not host_made:
+        on_host = bool(args) and any(args[0] is t for t in self.host)  # made on the CPU by design (randperm's draw, ...)
+        host_made = func in _READS and on_host
+        # host data built on the CPU is no wait; copying it to the device is, unless asynchronous (pinned, non_blocking)
+        built_on_device = func in _HOST_DATA and (kwargs.get("device") is not None or func is torch.Tensor.new_tensor)
+        blocking_copy = func in (torch.Tensor.to, torch.Tensor.cuda) and on_host and not kwargs.get("non_blocking", False)
+        if (func in _READS or built_on_device or blocking_copy or sizeless or masked or listed) and not host_made:
             f = sys._getframe(1)
             while f is not None and "/torch/" in f.f_code.co_filename: f = f.f_back
             if f is not None and "/sonata_nb/" in f.f_code.co_filename:
                 self.sites.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno}")
         out = func(*args, **kwargs)
-        if func is torch.randperm and kwargs.get("device") is None: self.host.append(out)
+        if (func is torch.randperm or func in _HOST_DATA) and kwargs.get("device") is None and func is not torch.Tensor.new_tensor \
+                or func is torch.Tensor.pin_memory and on_host: self.host.append(out)
         return out
 
 
