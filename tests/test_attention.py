@@ -106,6 +106,20 @@ def test_layout_patches_match_a_plain_loop(seed):
         assert lay.pad.tolist() == pad and lay.unpad.tolist() == unpad and lay.cu_seqlens.tolist() == cu
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_layout_equals_the_cpu_layout():
+    "On CUDA the host-made values travel by an asynchronous pinned copy: the same maps, also when the GPU is busy"
+    g = torch.Generator().manual_seed(1)
+    for K in (3, 1024):
+        sizes = [int(n) for n in torch.randint(0, 4 * K, (7,), generator=g)]
+        off = torch.tensor(sizes).cumsum(0)
+        busy = torch.randn(4096, 4096, device="cuda")
+        for _ in range(5): busy = busy @ busy  # queued work the copy must not wait for, nor race with
+        for counts in (None, tuple(sizes)):
+            a, b = patch_layout(off, K, counts), patch_layout(off.cuda(), K, counts)
+            for x, y in zip(a, b): assert x == y if isinstance(x, int) or x is None else torch.equal(x, y.cpu())
+
+
 def test_layout_of_an_empty_batch():
     lay = patch_layout(torch.zeros(0, dtype=torch.long), 4, ())
     assert lay.pad.numel() == lay.out_index.numel() == lay.full_index.numel() == 0 and lay.cu_seqlens.tolist() == [0]
