@@ -114,6 +114,89 @@ def encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
         code = (batch.long() << (3 * depth)) | code
     return code
 
+# %% ../nbs/02_serialization.ipynb #c017e
+try:
+    import triton
+    import triton.language as tl
+except ImportError: triton = None
+
+_triton_on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take the kernel through the interpreter
+_KINDS = {"z": 0, "z-trans": 1, "hilbert": 2, "hilbert-trans": 3}
+
+if triton is not None:
+    @triton.jit
+    def _spread3_tl(v): # int64, values < 2**21: bit i moves to bit 3i (as `_spread3`)
+        v = (v | (v << 32)) & 0x1F00000000FFFF
+        v = (v | (v << 16)) & 0x1F0000FF0000FF
+        v = (v | (v << 8)) & 0x100F00F00F00F00F
+        v = (v | (v << 4)) & 0x10C30C30C30C30C3
+        return (v | (v << 2)) & 0x1249249249249249
+
+    @triton.jit
+    def _hilbert_tl(morton, D1, N1, D2, N2, D3, N3, FIRST:tl.constexpr, CHUNKS:tl.constexpr):
+        "`_hilbert_from_morton`: FIRST levels from the start state, then CHUNKS lookups of three levels"
+        top: tl.constexpr = 3 * CHUNKS
+        idx = (morton >> (3 * top)) & ((1 << (3 * FIRST)) - 1)  # the start state is state 0
+        if FIRST == 1: code, state = tl.load(D1 + idx), tl.load(N1 + idx)
+        elif FIRST == 2: code, state = tl.load(D2 + idx), tl.load(N2 + idx)
+        else: code, state = tl.load(D3 + idx), tl.load(N3 + idx)
+        for c in tl.static_range(CHUNKS):
+            idx = (state << 9) + ((morton >> (3 * (CHUNKS - 1 - c) * 3)) & 511)
+            code = (code << 9) | tl.load(D3 + idx)
+            state = tl.load(N3 + idx)
+        return code
+
+    @triton.jit
+    def _encode_row(Out, N, offs, m, zc, zt, hi, D1, N1, D2, N2, D3, N3, FIRST:tl.constexpr, CHUNKS:tl.constexpr,
+                    R:tl.constexpr, KIND:tl.constexpr):
+        "Row R of the output: the curve `_KINDS` names KIND, the sample bits `hi` above it"
+        if KIND % 2 == 0: src = zc
+        else: src = zt
+        if KIND >= 2: code = _hilbert_tl(src, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS)
+        else: code = src
+        tl.store(Out + R * N + offs, hi | code, mask=m)
+
+    @triton.jit
+    def _encode_kernel(G, Bt, Out, N, D1, N1, D2, N2, D3, N3, DEPTH:tl.constexpr, FIRST:tl.constexpr,
+                       CHUNKS:tl.constexpr, HAS_BATCH:tl.constexpr, KINDS:tl.constexpr, ROWS:tl.constexpr,
+                       BLOCK:tl.constexpr):
+        "Rows of codes, row r of curve kind (KINDS // 4**r) % 4 (`_KINDS`), the sample above the curve bits"
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        low = (1 << DEPTH) - 1
+        x = _spread3_tl(tl.load(G + offs * 3, mask=m, other=0).to(tl.int64) & low)
+        y = _spread3_tl(tl.load(G + offs * 3 + 1, mask=m, other=0).to(tl.int64) & low)
+        z = _spread3_tl(tl.load(G + offs * 3 + 2, mask=m, other=0).to(tl.int64) & low)
+        zc = (x << 2) | (y << 1) | z  # Morton codes of (x, y, z) and of (y, x, z)
+        zt = (y << 2) | (x << 1) | z
+        if HAS_BATCH: hi = tl.load(Bt + offs, mask=m, other=0).to(tl.int64) << (3 * DEPTH)
+        else: hi = tl.zeros_like(zc)
+        _encode_row(Out, N, offs, m, zc, zt, hi, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS, 0, KINDS & 3)
+        if ROWS > 1: _encode_row(Out, N, offs, m, zc, zt, hi, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS, 1, (KINDS >> 2) & 3)
+        if ROWS > 2: _encode_row(Out, N, offs, m, zc, zt, hi, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS, 2, (KINDS >> 4) & 3)
+        if ROWS > 3: _encode_row(Out, N, offs, m, zc, zt, hi, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS, 3, (KINDS >> 6) & 3)
+
+def _kernel_path(grid_coord:torch.Tensor) -> bool:
+    "Whether `encode_orders` runs the Triton kernel on these coordinates"
+    if triton is None: return False
+    if type(_encode_kernel).__name__ == "InterpretedFunction": return grid_coord.device.type == "cpu" and _triton_on_cpu
+    return grid_coord.is_cuda
+
+def _encode_orders_kernel(grid_coord, batch, depth:int, orders:tuple) -> torch.Tensor:
+    "`encode_orders` by the Triton kernel: one launch per four orders"
+    n, tables = len(grid_coord), _tables_on(grid_coord.device)
+    out = torch.empty(len(orders), n, dtype=torch.long, device=grid_coord.device)
+    if n == 0: return out
+    g = grid_coord.contiguous()
+    b = batch.contiguous() if batch is not None else g  # not read without a batch
+    first = depth % 3 or 3
+    for i in range(0, len(orders), 4):  # four rows per launch (Sonata's four orders: one launch)
+        rows = orders[i:i + 4]
+        _encode_kernel[(triton.cdiv(n, 1024),)](
+            g, b, out[i:], n, *tables[1], *tables[2], *tables[3], DEPTH=depth, FIRST=first, CHUNKS=(depth - first) // 3,
+            HAS_BATCH=batch is not None, KINDS=sum(_KINDS[o] << 2 * r for r, o in enumerate(rows)), ROWS=len(rows), BLOCK=1024)
+    return out
+
 # %% ../nbs/02_serialization.ipynb #c017b
 def encode_orders(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
                   batch:torch.Tensor|None=None, # (N,) sample index of each point
@@ -125,6 +208,7 @@ def encode_orders(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     if unknown: raise ValueError(f"Unknown serialization order {unknown[0]!r}; choose from {ORDERS}")
     if not orders: raise ValueError("encode_orders needs at least one order")
     _check_args(grid_coord, depth)
+    if _kernel_path(grid_coord): return _encode_orders_kernel(grid_coord, batch, depth, tuple(orders))
     # one Morton encode of the coordinates and/or their transpose (stacked); Hilbert codes are made from those codes
     trans = sorted({o.endswith("-trans") for o in orders})  # [False], [True] or [False, True]: row blocks of `morton`
     n, grids = len(grid_coord), [swap_xy(grid_coord) if t else grid_coord for t in trans]

@@ -32,6 +32,12 @@ def test_fused_block_matches_torch_block(forkserver):
 
 
 @needs_triton
+def test_serialization_kernel_matches_torch(forkserver):
+    "encode_orders' Triton kernel gives the torch path's codes bit for bit (depths 1..16, any orders, with or without batch)"
+    print(run_check(forkserver, "serialization"))
+
+
+@needs_triton
 def test_environment_switch(forkserver):
     run_check(forkserver, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="1")
     run_check(forkserver, "env_off", interpret=False, SONATA_FUSED_LAYERNORM="0")
@@ -216,7 +222,19 @@ def check_compile():
                 dict(W=None, B=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
         compile(kernels._ln_bwd, dict(X="*fp32", DY="*fp32", DX="*fp32", iters="i32", **common),
                 dict(W=None, DWp=None, DBp=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
+    from sonata_nb import serialization as S
+    tables = {f"{t}{l}": "*i64" for l in (1, 2, 3) for t in ("D", "N")}
+    for g, b, depth, kinds, rows, batch in (("i64", "i64", 16, 0b11100100, 4, True), ("i32", "i32", 9, 0b0111, 2, False)):
+        first = depth % 3 or 3
+        consts = dict(DEPTH=depth, FIRST=first, CHUNKS=(depth - first) // 3, HAS_BATCH=batch, KINDS=kinds, ROWS=rows, BLOCK=1024)
+        sig = dict(G=f"*{g}", Bt=f"*{b}", Out="*i64", N="i32", **tables, **{k: "constexpr" for k in consts})
+        k = triton.compile(ASTSource(fn=S._encode_kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+        assert ".entry" in k.asm["ptx"]
     print("compiled for sm_90")
+
+
+def check_serialization():
+    exec(open(ROOT / "tests" / "serialization_kernel_check.py").read(), {"__name__": "check"})
 
 
 def check_env_on():

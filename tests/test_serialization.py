@@ -2,7 +2,7 @@
 import random
 import pytest
 import torch
-from sonata_nb.serialization import encode, hilbert_encode, z_order_encode
+from sonata_nb.serialization import ORDERS, encode, encode_orders, hilbert_encode, z_order_encode
 
 
 def bits_msb_first(v, depth):
@@ -93,3 +93,15 @@ def test_high_bits_ignored_like_reference():
     g = torch.tensor([[5, 6, 7]])
     assert torch.equal(hilbert_encode(g + 8, 3), hilbert_encode(g, 3))
     assert torch.equal(z_order_encode(g + 8, 3), z_order_encode(g, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_codes_equal_the_cpu_codes():
+    "On CUDA encode_orders runs the Triton kernel (where installed): the torch path's codes, bit for bit"
+    g = torch.Generator().manual_seed(0)
+    for depth in (1, 2, 3, 7, 12, 16):
+        grid = torch.randint(0, 1 << depth, (5000, 3), generator=g)
+        batch = torch.randint(0, 5, (5000,), generator=g).sort().values
+        for orders, b in ((ORDERS, batch), (("hilbert-trans", "z-trans", "z"), None), (ORDERS + ("hilbert",), batch)):
+            assert torch.equal(encode_orders(grid.cuda(), None if b is None else b.cuda(), depth, orders).cpu(),
+                               encode_orders(grid, b, depth, orders))
