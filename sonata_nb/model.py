@@ -405,26 +405,30 @@ def _block_settings(block:Block) -> tuple:
             block.cpe[0].indice_key, block.cpe[2].eps, block.norm1[0].eps, block.norm2[0].eps, getattr(act, "approximate", None),
             a.attn_drop, a.proj_drop.p, block.mlp[0].drop.p)  # dropout rates: read in train mode
 
-def _keep(drop:DropPath, device:torch.device) -> torch.Tensor:
-    "`drop`'s keep probability as a float64 tensor on `device` (made once per rate)"
+def _keep(drop:nn.Module, rate:float, device:torch.device) -> torch.Tensor:
+    "The keep probability `1 - rate` of `drop` as a float64 tensor on `device` (made once per rate)"
     k = _KEEPS.get(drop)
-    if k is None or k[0] != drop.drop_prob or k[1] != device:
-        k = _KEEPS[drop] = (drop.drop_prob, device, torch.full((), 1.0 - drop.drop_prob, dtype=torch.float64, device=device))
+    if k is None or k[0] != rate or k[1] != device:
+        k = _KEEPS[drop] = (rate, device, torch.full((), 1.0 - rate, dtype=torch.float64, device=device))
     return k[2]
 
+def _depth_drop(m:nn.Module, drop_path) -> bool: # a module of a block; the children of that block's `drop_path`
+    "Whether `m` is stochastic depth in training that a template takes: an active DropPath, or the block's drop path at rate 0 (the Identity Sonata builds there)"
+    return m.training and (type(m) is DropPath and m.drop_prob > 0 or type(m) in (DropPath, nn.Identity) and any(m is d for d in drop_path))
+
 def _block_info(block:Block) -> tuple:
-    "((parameters, keep rates) to copy into a template, signature, must run as it is) of `block`: what two blocks must share to run through one template"
+    "((parameters, keep rates, their host values) to give a template, signature, must run as it is) of `block`: what two blocks must share to run through one template"
     info = _STRUCTURE.get(block)
     # the submodules only: a cached value holding the block itself would keep it alive in the WeakKeyDictionary
     mods = [block, *(info[4] if info is not None and info[0] == _registrations else list(block.modules())[1:])]
-    params, drops, alone, modes = [], [], False, []
+    params, drops, alone, modes, depth = [], [], False, [], block.drop_path._modules.values()
     for m in mods:  # read afresh: parameters can be swapped without a registration (functional_call, ...)
         params.extend(p for p in m._parameters.values() if p is not None)
         alone = alone or bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-        if type(m) is DropPath and m.training and m.drop_prob > 0:  # stochastic depth: its rate goes into the template
+        if _depth_drop(m, depth):  # stochastic depth: its rate goes into the template (0 for the Identity)
             modes.append("drop")
             drops.append(m)
-            alone = alone or m.drop_prob >= 1  # drops every row: no rescaling, runs as it is
+            alone = alone or (type(m) is DropPath and m.drop_prob >= 1)  # drops every row: no rescaling, runs as it is
         else:
             modes.append(m.training)
             # another stochastic-depth module (a subclass, timm's) has a rate the template cannot take (looked up in
@@ -436,18 +440,31 @@ def _block_info(block:Block) -> tuple:
         structure = (tuple((n, kind(m), getattr(m, "feeds_linear", None)) for n, m in block.named_modules()),
                      tuple((n, p.shape, p.dtype, p.device) for n, p in block.named_parameters()))
         info = _STRUCTURE[block] = (_registrations, params, [(p.dtype, p.device, p.shape) for p in params], structure, mods[1:])
-    keeps = [_keep(m, params[0].device if params else torch.device("cpu")) for m in drops]
-    return (params, keeps), (info[3], _block_settings(block), tuple(modes)), alone
+    rates = [m.drop_prob if type(m) is DropPath else 0.0 for m in drops]
+    # the template draws for one stochastic-depth module (as `Block` has) before the block runs: a dropout drawing
+    # inside the block would then draw from another place of the random stream than in eager mode
+    a, mlp = block.attn, block.mlp[0]
+    dropout = a.training and a.attn_drop > 0 or a.proj_drop.training and a.proj_drop.p > 0 or mlp.drop.training and mlp.drop.p > 0
+    alone = alone or len(drops) > 1 or (dropout and any(r > 0 for r in rates))
+    keeps = [_keep(m, r, params[0].device if params else torch.device("cpu")) for m, r in zip(drops, rates)]
+    return (params, keeps, rates), (info[3], _block_settings(block), tuple(modes)), alone
+
+_BRANCHES = 2  # `Block.forward_tensors` applies its drop path to two branches: the attention's and the MLP's
 
 class _SlotDropPath(nn.Module):
-    "A template's DropPath: `DropPath`'s computation with the keep probability read from a tensor, so one graph serves every rate"
+    "A template's DropPath: `DropPath`'s computation on uniform draws and a keep probability read from tensors, so one graph serves every block"
     def __init__(self, device:torch.device):
         super().__init__()
         self.keep = torch.ones((), dtype=torch.float64, device=device)  # a slot: each block's rate is copied in
+        self.draws, self.calls = None, 0  # (calls, N, 1) uniform draws, made by `_Template.run` outside the graph; calls so far
 
     def forward(self, x):
+        if self.draws is None or self.calls >= len(self.draws) or self.draws.shape[1:] != (x.shape[0],) + (1,) * (x.ndim - 1):
+            raise RuntimeError("a template's DropPath was called without a draw for this call (a block applying its drop "
+                               "path more often than Block does)")
+        u, self.calls = self.draws[self.calls], self.calls + 1
         k32 = self.keep.float()
-        mask = (torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < k32).to(x.dtype)
+        mask = (u < k32).to(x.dtype)
         k = self.keep if x.dtype == torch.float64 else k32  # DropPath divides by the rate in the opmath type
         return x * (mask * (torch.ones_like(k) / k))  # mask is 0 or 1: the product rounds 1/keep once, as mask.div_(keep)
 
@@ -459,13 +476,13 @@ class _Template:
         self.signature = _block_info(block)[1]
         with torch.inference_mode(False):
             self.block = copy.deepcopy(block).requires_grad_(False)  # the block's modes (train or eval) kept
-            slots = []
+            slots, depth = [], list(self.block.drop_path._modules.values())
             for name, m in list(self.block.named_modules()):
-                if type(m) is DropPath and m.training and m.drop_prob > 0:
+                if _depth_drop(m, depth):
                     parent, _, attr = name.rpartition(".")
                     slots.append(_SlotDropPath(next(block.parameters()).device))
                     setattr(self.block.get_submodule(parent), attr, slots[-1])
-        self.params, self.keeps = list(self.block.parameters()), [s.keep for s in slots]  # as `_block_info`'s tensors
+        self.params, self.keeps, self.drops = list(self.block.parameters()), [s.keep for s in slots], slots  # as `_block_info`'s
         self.warm = set()  # (device, dtypes, spconv algorithm) whose first block ran as it is once: spconv's kernels are tuned
         self.whole = True  # False once a stage's first block could not go through the template
         # one run at a time, also on the GPU: the template's weights belong to the block being run until its replay
@@ -474,7 +491,7 @@ class _Template:
 
     @torch.no_grad()
     def run(self, blocks:list, # blocks of `self.signature`, in order
-            weights:list, # the (parameters, keep rates) of each block (`_block_info`)
+            weights:list, # the (parameters, keep rates, their host values) of each block (`_block_info`)
             point:Point, # the stage's Point before `blocks`
             graph:bool): # capture the template as a CUDA graph and replay it (CUDA tensors)
         "The features after `blocks`, or None when the first block's output differs in dtype or shape from its input"
@@ -482,6 +499,8 @@ class _Template:
             if self.done is not None: torch.cuda.current_stream().wait_event(self.done)
             maps = [b.attn.maps(point) for b in blocks]  # composed now, outside any capture (cached per order)
             x = point.feat.clone()
+            for d in self.drops:  # uniform draws of the two branches, refilled before each block (outside any graph)
+                d.draws = torch.zeros((_BRANCHES, len(x), 1), dtype=torch.get_default_dtype(), device=x.device)
             slots = AttentionMaps(maps[0].backend, maps[0].patch_size, tuple(None if t is None else t.clone() for t in maps[0].tensors))
             sparse = point.sparse_conv_feat.replace_feature(x)  # carries the stage's neighbour map
             self._copy_in(weights[0])
@@ -491,6 +510,7 @@ class _Template:
                 if i:
                     self._copy_in(w)
                     torch._foreach_copy_([t for t in slots.tensors if t is not None], [t for t in m.tensors if t is not None])
+                self._draw(w)
                 if i == 0 and graph: step = self._capture(step)
                 out = step()
                 if out.dtype != x.dtype or out.shape != x.shape: return None  # e.g. LayerScale's float32 gain under autocast
@@ -500,7 +520,14 @@ class _Template:
                 self.done.record()
             return x
 
-    def _copy_in(self, weights:tuple): # (parameters, keep rates) of a block
+    def _draw(self, weights:tuple): # (parameters, keep rates, their host values) of a block
+        "The block's stochastic-depth draws, as its DropPath makes them in eager mode: one `torch.rand` per branch (none at rate 0)"
+        for d, rate in zip(self.drops, weights[2]):
+            d.calls = 0
+            if rate > 0:
+                for u in d.draws: torch.rand(u.shape, out=u)
+
+    def _copy_in(self, weights:tuple): # (parameters, keep rates, their host values) of a block
         "A block's parameters and stochastic-depth rates into the template (two copies: one dtype each, torch's fused path)"
         torch._foreach_copy_(self.params, weights[0])
         if self.keeps: torch._foreach_copy_(self.keeps, weights[1])
@@ -576,7 +603,7 @@ class Stage(PointSequential):
         infos = [_block_info(b) for b in blocks]
         if any(alone for _, _, alone in infos) or nn.modules.module._global_forward_hooks or \
                 nn.modules.module._global_forward_pre_hooks: return None
-        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for (params, _), _, _ in infos for p in params)):
+        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for (params, _, _), _, _ in infos for p in params)):
             return None
         return infos if all(signature == infos[1][1] for _, signature, _ in infos[2:]) else None
 
