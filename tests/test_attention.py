@@ -257,3 +257,48 @@ def test_auto_backend_is_the_default_and_uses_sdpa_without_flash_on_cpu():
         assert A.SerializedAttention(8, 2, 16, upcast_softmax=True)._resolve_backend(torch.device("cpu")) == "sdpa"
     finally:
         A.set_attention_backend(before)
+
+
+def _attention_grads(attn, point, gather, dtype=None):
+    "Gradients of the attention's input and parameters, its gathers done by `gather`"
+    saved = A._gather_rows
+    A._gather_rows = gather
+    try:
+        feat = point.feat.detach().clone().requires_grad_(True)
+        attn.zero_grad(set_to_none=True)
+        dev = feat.device.type
+        with torch.autocast(dev, dtype=dtype, enabled=dtype is not None):
+            out = attn.attend(feat, attn.maps(point))
+        out.float().square().sum().backward()
+        return [feat.grad] + [p.grad for p in attn.parameters()]
+    finally: A._gather_rows = saved
+
+
+@pytest.mark.parametrize("case", ["mixed", "2K+3", "one_point"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_gather_rows_gradients_equal_autograds(case, dtype):
+    "index_add_ in the gathers' backward (no sort) gives autograd's gradients bit for bit: padding copies, masked keys"
+    set_attention_backend("sdpa")
+    point = make_point(SIZES[case])
+    attn = SerializedAttention(16, 4, patch_size=8, order_index=2, upcast_attention=False, upcast_softmax=False).train()
+    a = _attention_grads(attn, point, lambda s, i: A._GatherRows.apply(s, i), dtype)
+    b = _attention_grads(attn, point, lambda s, i: s[i], dtype)
+    for x, y in zip(a, b): assert torch.equal(x, y)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, None])
+def test_cuda_gather_rows_gradients_equal_autograds(dtype):
+    "On CUDA (atomic index_add_, the default where a gradient flows) the gradients equal autograd's sort-based ones"
+    set_attention_backend("sdpa")
+    torch.manual_seed(0)
+    sizes = [3000, 1500, 700, 37]
+    g = torch.Generator().manual_seed(0)
+    point = Point(grid_coord=torch.randint(0, 64, (sum(sizes), 3), generator=g), feat=torch.randn(sum(sizes), 96, generator=g),
+                  offset=torch.tensor(sizes).cumsum(0))
+    point.serialization(order=("z", "z-trans", "hilbert", "hilbert-trans"))
+    point = Point({k: v.cuda() if torch.is_tensor(v) else v for k, v in point.items()})
+    attn = SerializedAttention(96, 6, patch_size=1024, order_index=1, upcast_attention=False, upcast_softmax=False).cuda()
+    a = _attention_grads(attn, point, A._gather_rows, dtype)
+    b = _attention_grads(attn, point, lambda s, i: s[i], dtype)
+    for x, y in zip(a, b): assert torch.equal(x, y)
