@@ -103,30 +103,6 @@ def _patch_attention(q, k, v, # (P, H, L, d) each
     attn = F.dropout(attn.softmax(dim=-1), p=dropout_p)
     return attn @ v
 
-# %% ../nbs/03_attention.ipynb #c011g
-class _GatherRows(torch.autograd.Function):
-    "`src[index]` (whole rows) whose backward adds each row's gradients with `index_add_` instead of a sorted `index_put_`"
-    @staticmethod
-    def forward(ctx, src, index):
-        ctx.save_for_backward(index)
-        ctx.shape = src.shape
-        return src[index]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        index, = ctx.saved_tensors
-        return grad.new_zeros(ctx.shape).index_add_(0, index.reshape(-1), grad.reshape(-1, *ctx.shape[1:])), None
-
-def _gather_rows(src:torch.Tensor, # (N, D) rows
-                 index:torch.Tensor, # any shape: the rows to take, each at most twice with a non-zero gradient
-                ) -> torch.Tensor: # index.shape + (D,)
-    "`src[index]`; where a gradient flows on CUDA, its backward is one `index_add_` (atomic) instead of autograd's sort-based `index_put_`"
-    if (src.is_cuda and src.requires_grad and torch.is_grad_enabled() and not torch.are_deterministic_algorithms_enabled()
-            and not torch._C._are_functorch_transforms_active()):
-        return _GatherRows.apply(src, index)
-    return src[index]
-
 # %% ../nbs/03_attention.ipynb #c013
 class AttentionMaps(NamedTuple):
     "What a block's attention reads besides its features: the backend and the gather maps of its order"
@@ -222,9 +198,9 @@ class SerializedAttention(PointModule):
         if maps.backend == "flash":  # q/k/v in float16 and back, as the reference (`qkv.half()`, `feat.to(qkv.dtype)`)
             pad, unpad, cu_seqlens = maps.tensors
             feat = flash_attn.flash_attn_varlen_qkvpacked_func(
-                _gather_rows(qkv, pad).half().reshape(-1, 3, H, C // H), cu_seqlens,
+                qkv[pad].half().reshape(-1, 3, H, C // H), cu_seqlens,
                 max_seqlen=maps.patch_size, dropout_p=dropout_p, softmax_scale=self.scale).reshape(-1, C)
-            feat = _gather_rows(feat.to(qkv.dtype), unpad)
+            feat = feat.to(qkv.dtype)[unpad]
         else:
             upcast = self.upcast_attention or self.upcast_softmax
             outs = []
@@ -232,12 +208,12 @@ class SerializedAttention(PointModule):
             with torch.autocast(qkv.device.type, enabled=False) if upcast else contextlib.nullcontext():
                 for index, mask in ((full, None), (short, short_mask)):
                     if index.numel() == 0: continue
-                    x = _gather_rows(qkv, index)  # (P, L, 3C)
+                    x = qkv[index]  # (P, L, 3C)
                     if upcast: x = x.float()
                     q, k, v = x.unflatten(-1, (3, H, C // H)).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, L, d) each
                     out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=maps.backend == "math")
                     outs.append(out.transpose(1, 2).reshape(-1, C))
-            feat = _gather_rows((outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype), out_index)
+            feat = (outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype)[out_index]
         return self.proj_drop(self.proj(feat))
 
     def forward(self, point:Point) -> Point:
