@@ -78,9 +78,10 @@ def phases(task:str, model, head, data, labels, steps:int, warmup:int) -> dict:
     return dict(step_host_ms=host * 1e3 / steps, step_wall_ms=wall * 1e3 / steps, phases=rows)
 
 
+_MIN_REPLAYS = M.MIN_REPLAYS
 SETTINGS = {  # name -> (apply, undo)
     "defaults": (lambda: None, lambda: None),
-    "graphs_stage3_only": (lambda: setattr(M, "MIN_REPLAYS", 3), lambda: setattr(M, "MIN_REPLAYS", 2)),
+    "graphs_stage3_only": (lambda: setattr(M, "MIN_REPLAYS", 3), lambda: setattr(M, "MIN_REPLAYS", _MIN_REPLAYS)),
     "no_graphs": (lambda: M.set_block_graphs(False), lambda: M.set_block_graphs(True)),
 }
 

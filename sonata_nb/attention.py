@@ -6,6 +6,7 @@
 from __future__ import annotations
 import contextlib
 from typing import NamedTuple
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,30 +41,29 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
     if K < 1: raise ValueError(f"patch_size must be >= 1, got {patch_size}")
     if counts is None: counts = offset2bincount(offset).tolist()  # the only wait for the GPU
     elif len(counts) != len(offset): raise ValueError(f"counts has {len(counts)} samples, offset {len(offset)}")
-    shorts = [c for c in counts if 0 < c < K]
-    L, L_min, P_full = max(shorts, default=0), min(shorts, default=K), sum((c + K - 1) // K for c in counts if c >= K)
-    # on the host, per sample: where it ends in serialized order and in the padded sequence (a sample longer than K
-    # is padded to a multiple of K), the shift from a position to its slot and to its output row; per patch: its
-    # first slot (cu_seqlens), and for a full patch its first point and how many of its K slots hold real points
-    v = {k: [] for k in ("base", "limit", "short_start", "short_len", "ends", "pad_ends", "pad_shift", "out_shift", "cu")}
-    s = sp = full = short = 0
-    for c in counts:
-        n_pad, n_patch = ((c + K - 1) // K * K if c > K else c), (c + K - 1) // K
-        v["cu"] += [sp + k * K for k in range(n_patch)]
-        if c >= K:  # full patches: output rows (first full patch) * K + j for the sample's point j
-            v["base"] += [s + k * K for k in range(n_patch)]; v["limit"] += [c - k * K for k in range(n_patch)]
-            out, full = full * K, full + n_patch
-        else:  # one short patch (or none): rows after all full patches, L each
-            if c: v["short_start"].append(s); v["short_len"].append(c)
-            out, short = P_full * K + short * L, short + (c > 0)
-        v["pad_shift"].append(sp - s); v["out_shift"].append(out - s)
-        s, sp = s + c, sp + n_pad
-        v["ends"].append(s); v["pad_ends"].append(sp)
-    N, N_pad = s, sp
-    v["cu"].append(N_pad)
-    values = torch.tensor(sum(v.values(), []), dtype=torch.long)  # one host-to-device copy, asynchronous on CUDA
+    # on the host (numpy), per sample: where it ends in serialized order and in the padded sequence (a sample longer
+    # than K is padded to a multiple of K), the shift from a position to its slot and to its output row; per patch:
+    # its first slot (cu_seqlens), and for a full patch its first point and how many of its K slots hold real points
+    c = np.asarray(counts, dtype=np.int64).reshape(-1)
+    n_patch = (c + K - 1) // K
+    n_pad = np.where(c > K, n_patch * K, c)
+    ends, pad_ends = np.cumsum(c), np.cumsum(n_pad)
+    starts, pad_starts = ends - c, pad_ends - n_pad
+    full, short = c >= K, (c > 0) & (c < K)  # samples cut into full patches; samples of one short patch
+    sample = np.repeat(np.arange(len(c)), n_patch)  # the sample of each patch, and the patch's rank in it
+    k = np.arange(len(sample)) - (np.cumsum(n_patch) - n_patch)[sample]
+    in_full = full[sample]
+    short_len = c[short]
+    L, L_min = int(short_len.max(initial=0)), int(short_len.min(initial=K))
+    n_full, n_short = np.where(full, n_patch, 0), short.astype(np.int64)
+    # output rows: a sample's full patches are consecutive (row (first patch) * K + j for its point j), short ones follow
+    out_start = np.where(full, (np.cumsum(n_full) - n_full) * K, n_full.sum() * K + (np.cumsum(n_short) - n_short) * L)
+    N, N_pad = int(ends[-1]) if len(c) else 0, int(pad_ends[-1]) if len(c) else 0
+    parts = [(starts[sample] + k * K)[in_full], (c[sample] - k * K)[in_full], starts[short], short_len, ends, pad_ends,
+             pad_starts - starts, out_start - starts, np.append(pad_starts[sample] + k * K, N_pad)]
+    values = torch.from_numpy(np.concatenate(parts))  # one host-to-device copy, asynchronous on CUDA
     values = (values.pin_memory() if dev.type == "cuda" else values).to(dev, non_blocking=True)
-    base, limit, short_start, short_len, ends, pad_ends, pad_shift, out_shift, cu = values.split([len(x) for x in v.values()])
+    base, limit, short_start, short_len, ends, pad_ends, pad_shift, out_shift, cu = values.split([len(p) for p in parts])
     t, col = torch.arange(K, device=dev), torch.arange(L, device=dev)
     full_index = base[:, None] + torch.where(t < limit[:, None], t, t - K)  # slots past a sample's end: the points K before
     short_index = short_start[:, None] + torch.minimum(col, short_len[:, None] - 1)  # repeated past the sample's end

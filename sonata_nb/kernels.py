@@ -4,6 +4,7 @@
 
 # %% ../nbs/03b_kernels.ipynb #k002
 from __future__ import annotations
+import contextlib
 import torch
 
 try:
@@ -125,6 +126,10 @@ def _check(x, weight, bias, out_dtype):
         if t.device != x.device: raise ValueError(f"fused_layer_norm: {name} is on {t.device}, x on {x.device}")
         if t.dtype not in _DTYPES: raise TypeError(f"fused_layer_norm: {name} has dtype {t.dtype}; supported: {_DTYPES}")
 
+def _on(device:torch.device):
+    "The context launching a kernel on `device`: Triton launches on the current CUDA device, whatever its tensors' device"
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
 def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
     "(y as (N, C), x as (N, C), mean, rstd): the forward kernel on the rows of `x`"
     C = x.shape[-1]
@@ -135,7 +140,7 @@ def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
     rstd = torch.empty_like(mean)
     if N:
         br, bc, nw = _blocks(C)
-        _ln_fwd[(triton.cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
+        with _on(x.device): _ln_fwd[(triton.cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
                                        HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
                                        RTNE_BF16=_rtne_bf16(out_dtype))
     return y, x2, mean, rstd
@@ -161,7 +166,7 @@ class FusedLayerNorm(torch.autograd.Function):
         dwp = torch.zeros((G, C), dtype=torch.float32, device=x2.device) if has_w else None
         dbp = torch.zeros((G, C), dtype=torch.float32, device=x2.device) if has_b else None
         if N:
-            _ln_bwd[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, triton.cdiv(triton.cdiv(N, br), G),
+            with _on(x2.device): _ln_bwd[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, triton.cdiv(triton.cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype))
         dw = dwp.sum(0).to(weight.dtype) if has_w else None
         db = dbp.sum(0).to(ctx.bias_dtype) if has_b else None

@@ -413,8 +413,8 @@ def _keep(drop:nn.Module, rate:float, device:torch.device) -> torch.Tensor:
     return k[2]
 
 def _depth_drop(m:nn.Module, drop_path) -> bool: # a module of a block; the children of that block's `drop_path`
-    "Whether `m` is stochastic depth in training that a template takes: an active DropPath, or the block's drop path at rate 0 (the Identity Sonata builds there)"
-    return m.training and (type(m) is DropPath and m.drop_prob > 0 or type(m) in (DropPath, nn.Identity) and any(m is d for d in drop_path))
+    "Whether `m` is the block's stochastic depth in training, which a template takes: its drop path, a DropPath or the Identity Sonata builds at rate 0"
+    return m.training and type(m) in (DropPath, nn.Identity) and any(m is d for d in drop_path)
 
 def _block_info(block:Block) -> tuple:
     "((parameters, keep rates, their host values) to give a template, signature, must run as it is) of `block`: what two blocks must share to run through one template"
@@ -431,9 +431,10 @@ def _block_info(block:Block) -> tuple:
             alone = alone or (type(m) is DropPath and m.drop_prob >= 1)  # drops every row: no rescaling, runs as it is
         else:
             modes.append(m.training)
-            # another stochastic-depth module (a subclass, timm's) has a rate the template cannot take (looked up in
-            # the instance and its class: `hasattr(m, ...)` would go through Module.__getattr__ and its exception)
-            alone = alone or (m.training and type(m) is not DropPath and ("drop_prob" in m.__dict__ or hasattr(type(m), "drop_prob")))
+            # another stochastic-depth module (a subclass, timm's, a DropPath elsewhere in the block) draws where the
+            # template cannot (looked up without `hasattr`, whose Module.__getattr__ raises for every other module)
+            alone = alone or (m.training and (type(m) is DropPath and m.drop_prob > 0 or type(m) is not DropPath and (
+                "drop_prob" in m.__dict__ or "drop_prob" in m._buffers or "drop_prob" in m._parameters or hasattr(type(m), "drop_prob"))))
     if info is None or info[0] != _registrations or len(info[1]) != len(params) or \
             any(p is not q or (p.dtype, p.device, p.shape) != s for p, q, s in zip(params, info[1], info[2])):
         kind = lambda m: nn.Identity if isinstance(m, DropPath) else type(m)  # an inactive DropPath is the identity
@@ -456,7 +457,7 @@ class _SlotDropPath(nn.Module):
     def __init__(self, device:torch.device):
         super().__init__()
         self.keep = torch.ones((), dtype=torch.float64, device=device)  # a slot: each block's rate is copied in
-        self.draws, self.calls = None, 0  # (calls, N, 1) uniform draws, made by `_Template.run` outside the graph; calls so far
+        self.draws, self.calls = None, 0  # (_BRANCHES, N, 1) uniform draws, made by `_Template.run` outside the graph; calls so far
 
     def forward(self, x):
         if self.draws is None or self.calls >= len(self.draws) or self.draws.shape[1:] != (x.shape[0],) + (1,) * (x.ndim - 1):
@@ -464,7 +465,7 @@ class _SlotDropPath(nn.Module):
                                "path more often than Block does)")
         u, self.calls = self.draws[self.calls], self.calls + 1
         k32 = self.keep.float()
-        mask = (u < k32).to(x.dtype)
+        mask = (u < (self.keep if u.dtype == torch.float64 else k32)).to(x.dtype)  # as `rand < keep` compares: in the draw's dtype
         k = self.keep if x.dtype == torch.float64 else k32  # DropPath divides by the rate in the opmath type
         return x * (mask * (torch.ones_like(k) / k))  # mask is 0 or 1: the product rounds 1/keep once, as mask.div_(keep)
 

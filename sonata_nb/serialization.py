@@ -115,6 +115,7 @@ def encode(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     return code
 
 # %% ../nbs/02_serialization.ipynb #c017e
+import contextlib
 try:
     import triton
     import triton.language as tl
@@ -154,7 +155,7 @@ if triton is not None:
         else: src = zt
         if KIND >= 2: code = _hilbert_tl(src, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS)
         else: code = src
-        tl.store(Out + R * N + offs, hi | code, mask=m)
+        tl.store(Out + tl.full([], R, tl.int64) * N + offs, hi | code, mask=m)  # row R, in int64 however long the rows
 
     @triton.jit
     def _encode_kernel(G, Bt, Out, N, D1, N1, D2, N2, D3, N3, DEPTH:tl.constexpr, FIRST:tl.constexpr,
@@ -176,9 +177,13 @@ if triton is not None:
         if ROWS > 2: _encode_row(Out, N, offs, m, zc, zt, hi, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS, 2, (KINDS >> 4) & 3)
         if ROWS > 3: _encode_row(Out, N, offs, m, zc, zt, hi, D1, N1, D2, N2, D3, N3, FIRST, CHUNKS, 3, (KINDS >> 6) & 3)
 
-def _kernel_path(grid_coord:torch.Tensor) -> bool:
-    "Whether `encode_orders` runs the Triton kernel on these coordinates"
+def _kernel_path(grid_coord:torch.Tensor, # (N, 3) coordinates
+                 batch:torch.Tensor|None=None, # their samples
+                ) -> bool:
+    "Whether `encode_orders` runs the Triton kernel: CUDA coordinates, and a batch of one index per point on their device (else torch's broadcasting and errors apply)"
     if triton is None: return False
+    if batch is not None and (batch.shape != grid_coord.shape[:1] or batch.device != grid_coord.device or batch.is_floating_point()):
+        return False
     if type(_encode_kernel).__name__ == "InterpretedFunction": return grid_coord.device.type == "cpu" and _triton_on_cpu
     return grid_coord.is_cuda
 
@@ -192,7 +197,8 @@ def _encode_orders_kernel(grid_coord, batch, depth:int, orders:tuple) -> torch.T
     first = depth % 3 or 3
     for i in range(0, len(orders), 4):  # four rows per launch (Sonata's four orders: one launch)
         rows = orders[i:i + 4]
-        _encode_kernel[(triton.cdiv(n, 1024),)](
+        # Triton launches on the current CUDA device: make it the coordinates' device
+        with torch.cuda.device(g.device) if g.is_cuda else contextlib.nullcontext(): _encode_kernel[(triton.cdiv(n, 1024),)](
             g, b, out[i:], n, *tables[1], *tables[2], *tables[3], DEPTH=depth, FIRST=first, CHUNKS=(depth - first) // 3,
             HAS_BATCH=batch is not None, KINDS=sum(_KINDS[o] << 2 * r for r, o in enumerate(rows)), ROWS=len(rows), BLOCK=1024)
     return out
@@ -208,7 +214,7 @@ def encode_orders(grid_coord:torch.Tensor, # (N, 3) integer voxel coordinates
     if unknown: raise ValueError(f"Unknown serialization order {unknown[0]!r}; choose from {ORDERS}")
     if not orders: raise ValueError("encode_orders needs at least one order")
     _check_args(grid_coord, depth)
-    if _kernel_path(grid_coord): return _encode_orders_kernel(grid_coord, batch, depth, tuple(orders))
+    if _kernel_path(grid_coord, batch): return _encode_orders_kernel(grid_coord, batch, depth, tuple(orders))
     # one Morton encode of the coordinates and/or their transpose (stacked); Hilbert codes are made from those codes
     trans = sorted({o.endswith("-trans") for o in orders})  # [False], [True] or [False, True]: row blocks of `morton`
     n, grids = len(grid_coord), [swap_xy(grid_coord) if t else grid_coord for t in trans]

@@ -335,13 +335,28 @@ _READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.T
           torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy, torch.unique, torch.Tensor.unique, torch.bincount,
           torch.Tensor.bincount, torch.nonzero, torch.Tensor.nonzero, torch.masked_select, torch.Tensor.masked_select,
           torch.unique_consecutive}
-_HOST_DATA = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}  # built on the host: a wait on CUDA if copied blocking
+_HOST_DATA = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}  # built on the host (torch.from_numpy is not seen by the mode)
+_INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.index_select, torch.Tensor.index_select,
+             torch.Tensor.index_put_, torch.Tensor.index_add_, torch.gather, torch.Tensor.gather}
+
+
+def _tensors(x):
+    "The tensors in an argument (nested in tuples and lists)"
+    if isinstance(x, torch.Tensor): return [x]
+    if isinstance(x, (tuple, list)): return [t for y in x for t in _tensors(y)]
+    return []
 
 
 class HostReads(torch.overrides.TorchFunctionMode):
-    "Counts, by sonata_nb line, the calls that read device values on the host or copy host-made values (a wait on CUDA)"
+    "Counts, by sonata_nb line, the calls that read device values on the host or bring host-made values to the device blocking (a wait on CUDA)"
     def __init__(self):
-        super().__init__(); self.sites, self.host = [], []
+        super().__init__(); self.sites, self.host, self.ids = [], [], set()
+
+    def _is_host(self, t) -> bool: return isinstance(t, torch.Tensor) and id(t) in self.ids
+
+    def _track(self, out):
+        for t in _tensors(out):
+            self.host.append(t); self.ids.add(id(t))  # kept alive, so an id is never reused
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -351,20 +366,47 @@ class HostReads(torch.overrides.TorchFunctionMode):
         index = index if isinstance(index, tuple) else (index,)
         masked = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
         listed = any(isinstance(i, list) for i in index)  # a host-made index: CUDA waits for its copy
-        on_host = bool(args) and any(args[0] is t for t in self.host)  # made on the CPU by design (randperm's draw, ...)
+        tensors = _tensors(list(args) + list(kwargs.values()))
+        on_host = bool(args) and self._is_host(args[0])  # made on the CPU by design (randperm's draw, numpy values, ...)
         host_made = func in _READS and on_host
-        # host data built on the CPU is no wait; copying it to the device is, unless asynchronous (pinned, non_blocking)
+        # host data built on the CPU is no wait; bringing it to the device is, unless asynchronous (pinned, non_blocking)
         built_on_device = func in _HOST_DATA and (kwargs.get("device") is not None or func is torch.Tensor.new_tensor)
-        blocking_copy = func in (torch.Tensor.to, torch.Tensor.cuda) and on_host and not kwargs.get("non_blocking", False)
-        if (func in _READS or built_on_device or blocking_copy or sizeless or masked or listed) and not host_made:
+        to_device = func is torch.Tensor.cuda or func is torch.Tensor.to and (
+            "device" in kwargs or any(isinstance(a, (torch.device, str, torch.Tensor)) for a in args[1:]))
+        non_blocking = kwargs.get("non_blocking", False) or (func is torch.Tensor.copy_ and len(args) > 2 and args[2])
+        blocking_copy = not non_blocking and (to_device and on_host or func is torch.Tensor.copy_ and len(args) > 1
+                                              and self._is_host(args[1]) and not on_host)
+        host_index = func in _INDEXING and not on_host and any(self._is_host(t) for t in tensors[1:])
+        if (func in _READS or built_on_device or blocking_copy or host_index or sizeless or masked or listed) and not host_made:
             f = sys._getframe(1)
             while f is not None and "/torch/" in f.f_code.co_filename: f = f.f_back
             if f is not None and "/sonata_nb/" in f.f_code.co_filename:
                 self.sites.append(f"{Path(f.f_code.co_filename).name}:{f.f_lineno}")
         out = func(*args, **kwargs)
-        if (func is torch.randperm or func in _HOST_DATA) and kwargs.get("device") is None and func is not torch.Tensor.new_tensor \
-                or func is torch.Tensor.pin_memory and on_host: self.host.append(out)
+        made_here = (func is torch.randperm or func in _HOST_DATA) and kwargs.get("device") is None and func is not torch.Tensor.new_tensor
+        derived = tensors and all(self._is_host(t) for t in tensors) and not to_device  # computed from host data only
+        if made_here or derived or func is torch.Tensor.pin_memory and on_host: self._track(out)
         return out
+
+
+def test_host_reads_sees_waits_and_not_host_work():
+    "The counter of the test below: what waits for the GPU is counted, work on host-made data and asynchronous copies are not"
+    env = dict(torch=torch, dev=torch.device("cpu"), d=torch.arange(10))
+    def count(expr): # evaluated as a line of a sonata_nb module (the counter only counts those)
+        with HostReads() as reads: eval(compile(expr, "/x/sonata_nb/fake.py", "eval"), env)
+        return len(reads.sites)
+    assert count("d.tolist()") == 1
+    assert count("torch.tensor([1, 2], device=dev)") == 1
+    assert count("d.new_tensor([1, 2])") == 1
+    assert count("torch.tensor([1, 2]).to(dev)") == 1  # a blocking copy of host data
+    assert count("torch.tensor([1, 2]).int().to(dev)") == 1  # of derived host data too
+    assert count("d.clone().copy_(torch.tensor([0] * 10))") == 1
+    assert count("d[torch.tensor([1, 2])]") == 1  # a host-made index
+    assert count("d.index_select(0, torch.tensor([1, 2]))") == 1
+    assert count("torch.tensor([1, 2]).pin_memory().to(dev, non_blocking=True)" if torch.cuda.is_available() else
+                 "torch.tensor([1, 2]).to(dev, non_blocking=True)") == 0
+    assert count("torch.tensor([1, 2]).to(torch.float32).sum()") == 0  # host work stays on the host
+    assert count("torch.tensor([1, 2]).tolist()") == 0
 
 
 @pytest.mark.parametrize("enc_mode", [True, False])
@@ -466,3 +508,34 @@ def test_grid_unpooling_adds_projected_skip_and_coarse_features():
         out = up(q)
     assert out is p and torch.allclose(out.feat, want, atol=1e-6)
     assert torch.equal(out.sparse_conv_feat.features, out.feat) and "pooling_parent" not in q
+
+
+def test_template_drop_path_draws_as_drop_path_in_float64():
+    "The template's DropPath compares its draws with the keep probability in the draws' dtype, as `rand < keep` does"
+    from sonata_nb.model import _SlotDropPath, _BRANCHES
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = torch.randn(2000, 3)
+        torch.manual_seed(0); u = torch.rand(2000, 1)
+        i = next(i for i in range(2000) if float(u[i].float()) < float(u[i]))  # a draw above its float32 rounding
+        drop = DropPath(1.0 - (float(u[i]) + 1e-12)).train()  # keeps row i in float64, not in float32
+        torch.manual_seed(0); eager = [drop(x), drop(x)]
+        assert eager[0][i].abs().sum() > 0
+        slot = _SlotDropPath(torch.device("cpu"))
+        slot.keep.fill_(1.0 - drop.drop_prob)
+        slot.draws = torch.zeros((_BRANCHES, 2000, 1))
+        torch.manual_seed(0)
+        for d in slot.draws: torch.rand(d.shape, out=d)
+        assert all(torch.equal(slot(x), e) for e in eager)
+    finally: torch.set_default_dtype(prev)
+
+
+def test_a_drop_path_outside_the_blocks_drop_path_runs_as_it_is():
+    "Stochastic depth elsewhere in a block (here on the attention branch's LayerScale slot) would draw where the template cannot"
+    from sonata_nb.model import _block_info
+    b = Block(16, 2, patch_size=16, cpe_indice_key="s", drop_path=0.1).train()
+    assert not _block_info(b)[2]
+    name = next(iter(b.ls1._modules))
+    setattr(b.ls1, name, DropPath(0.2).train())
+    assert _block_info(b)[2]
