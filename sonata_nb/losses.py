@@ -4,6 +4,7 @@
 
 # %% ../nbs/21_losses.ipynb #c002
 from __future__ import annotations
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,32 +49,76 @@ def lovasz_grad(fg_sorted:torch.Tensor) -> torch.Tensor: # (..., P) 0/1 foregrou
 # %% ../nbs/21_losses.ipynb #c013
 LOVASZ_CHUNK = 2**23  # classes x points sorted at once: about 50 bytes each of temporary memory
 
-def _sorted_by_error(errors:torch.Tensor) -> torch.Tensor: # (k, P) errors >= 0, one row per class
-    "Flat indices into `errors` putting each row in decreasing order, equal errors in point order (one stable sort)"
+def _sort_distinct(keys:torch.Tensor) -> torch.Tensor: # (M,) distinct int64 keys
+    "`keys` in increasing order; distinct keys have one such order, so any sort gives it (numpy's: the fastest on the CPU)"
+    if keys.device.type == "cpu" and not torch._C._are_functorch_transforms_active(): return torch.from_numpy(np.sort(keys.numpy()))
+    return keys.sort()[0]
+
+def _sorted_by_error(errors:torch.Tensor, # (k, P) errors >= 0, one row per class
+                     distinct:bool=True): # False: a stable argsort of (row, error) keys instead of distinct keys
+    "Flat indices into `errors` putting each row in decreasing order, equal errors in point order"
     k, n = errors.shape
     if errors.dtype == torch.float64:  # 64 bits of float and the row do not fit one int64 key
         return (errors.detach().sort(dim=-1, descending=True, stable=True)[1] + n * torch.arange(k, device=errors.device)[:, None]).view(-1)
     bits = errors.detach().float().view(torch.int32).long()  # >= 0 floats: the int order is the float order
-    key = (torch.arange(k, device=errors.device)[:, None] << 32) | (0x7FFFFFFF - bits)
-    return key.view(-1).argsort(stable=True)
+    rows, b = torch.arange(k, device=errors.device)[:, None], max(1, (n - 1).bit_length())  # b: bits of a point index
+    if not distinct or (k - 1).bit_length() + 31 + b > 63:  # (row, decreasing error), ties in point order: a stable sort
+        return ((rows << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True)
+    key = (((rows << 31) | 0x7FFFFFFF) << b | torch.arange(n, device=errors.device)) - (bits << b)  # (row, 2^31-1-bits, point)
+    key = _sort_distinct(key.view(-1))
+    return (key >> (31 + b)) * n + (key & ((1 << b) - 1))
 
-def lovasz_softmax(probs:torch.Tensor, # (P, C) class probabilities of the valid points
-                   labels:torch.Tensor, # (P,) labels in 0..C-1
+def _lovasz_parts(probs:torch.Tensor, labels:torch.Tensor, # (P, C) probabilities and (P,) labels of the valid points
+                  classes:torch.Tensor, chunk:int): # the classes that count, classes x points sorted at once
+    "Per chunk of classes: the classes, `fg - p` (k, P), the sort, the Lovász gradient (sorted) and the per-class losses"
+    for part in classes.split(max(1, chunk // len(labels))):
+        fg = labels[None] == part[:, None]  # (k, P)
+        diff = fg.to(probs.dtype) - probs.t()[part]
+        errors = diff.abs()
+        perm = _sorted_by_error(errors)
+        g = lovasz_grad(fg.reshape(-1)[perm].view_as(fg)).to(probs.dtype)
+        yield part, diff, perm, g, (errors.reshape(-1)[perm].view_as(errors) * g).sum(-1)
+
+def _lovasz_graph(probs, labels, classes, chunk) -> torch.Tensor:
+    "The per-class losses through autograd's graph (used under torch.func transforms; the reference of `_LovaszSoftmax`)"
+    return torch.cat([losses for *_, losses in _lovasz_parts(probs, labels, classes, chunk)])
+
+class _LovaszSoftmax(torch.autograd.Function):
+    "The per-class losses, the gradient of each probability computed as autograd would and written once"
+    @staticmethod
+    def forward(ctx, probs, labels, valid, classes, chunk): # (N, C), (N,), (N,) bool or None, (k,), int
+        p, y = (probs, labels) if valid is None else (probs[valid], labels[valid])
+        saved, losses = [], []
+        for *kept, loss in _lovasz_parts(p, y, classes, chunk): saved += kept; losses.append(loss)
+        ctx.save_for_backward(valid, *saved); ctx.shape = probs.shape
+        return torch.cat(losses)
+
+    @staticmethod
+    def backward(ctx, grad): # (k,) the gradient of each class's loss
+        valid, *saved = ctx.saved_tensors
+        out, rows, start = grad.new_zeros(ctx.shape), None if valid is None else valid.nonzero(), 0
+        for part, diff, perm, g in zip(*[iter(saved)] * 4):
+            g_points = torch.empty_like(g); g_points.view(-1)[perm] = g.view(-1)  # the sorted increments back in point order
+            # autograd's chain: sum, product with g, |.|, minus; its accumulations into zeros make a -0 a +0, so does + 0
+            d = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0)
+            start += len(part)
+            if rows is None: out[:, part] = d.t()
+            else: out[rows, part] = d.t()
+        return out, None, None, None, None
+
+def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
+                   labels:torch.Tensor, # (N,) labels in 0..C-1 (where valid)
                    class_seen=None, # if given, only these classes count
-                   chunk:int=LOVASZ_CHUNK): # at most this many classes x points sorted at once
-    "Lovász-softmax averaged over the classes present in `labels`, the classes sorted together"
-    classes = labels.unique()
+                   chunk:int=LOVASZ_CHUNK, # at most this many classes x points sorted at once
+                   valid:torch.Tensor|None=None): # (N,) bool: the points that count (None: all)
+    "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
+    p, y = (probs, labels) if valid is None else (probs[valid], labels[valid])
+    classes = y.unique()
     if class_seen is not None:
         classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool, device=classes.device)]
-    if not len(classes): return probs.sum() * 0.0
-    n, losses = len(labels), []
-    for part in classes.split(max(1, chunk // n)):
-        fg = labels[None] == part[:, None]  # (k, P)
-        errors = (fg.to(probs.dtype) - probs.t()[part]).abs()
-        perm = _sorted_by_error(errors)
-        errors_sorted, fg_sorted = errors.reshape(-1)[perm].view_as(errors), fg.reshape(-1)[perm].view_as(fg)
-        losses.append((errors_sorted * lovasz_grad(fg_sorted).to(probs.dtype)).sum(-1))
-    return torch.cat(losses).mean()
+    if not len(classes): return p.sum() * 0.0
+    if torch._C._are_functorch_transforms_active(): return _lovasz_graph(p, y, classes, chunk).mean()  # no ctx-style Function
+    return _LovaszSoftmax.apply(probs, labels, valid, classes, chunk).mean()
 
 @LOSSES.register_module()
 class LovaszLoss(nn.Module):
@@ -91,11 +136,9 @@ class LovaszLoss(nn.Module):
         self.ignore_index, self.loss_weight = ignore_index, loss_weight
 
     def forward(self, pred:torch.Tensor, target:torch.Tensor) -> torch.Tensor: # (N, C) logits, (N,) labels
-        probs = pred.softmax(dim=1)
-        if self.ignore_index is not None:
-            valid = target != self.ignore_index
-            probs, target = probs[valid], target[valid]
-        return lovasz_softmax(probs, target, self.class_seen) * self.loss_weight
+        valid = None if self.ignore_index is None else target != self.ignore_index
+        return lovasz_softmax(pred.softmax(dim=1), target, self.class_seen, valid=valid) * self.loss_weight
+
 
 # %% ../nbs/21_losses.ipynb #c017
 class Criteria(nn.Module):
