@@ -49,11 +49,6 @@ def lovasz_grad(fg_sorted:torch.Tensor) -> torch.Tensor: # (..., P) 0/1 foregrou
 # %% ../nbs/21_losses.ipynb #c013
 LOVASZ_CHUNK = 2**23  # classes x points sorted at once: about 50 bytes each of temporary memory
 
-def _sort_distinct(keys:torch.Tensor) -> torch.Tensor: # (M,) distinct int64 keys
-    "`keys` in increasing order; distinct keys have one such order, so any sort gives it (numpy's: the fastest on the CPU)"
-    if keys.device.type == "cpu" and not torch._C._are_functorch_transforms_active(): return torch.from_numpy(np.sort(keys.numpy()))
-    return keys.sort()[0]
-
 def _sorted_by_error(errors:torch.Tensor, # (k, P) errors >= 0, one row per class
                      distinct:bool=True): # False: a stable argsort of (row, error) keys instead of distinct keys
     "Flat indices into `errors` putting each row in decreasing order, equal errors in point order"
@@ -64,9 +59,11 @@ def _sorted_by_error(errors:torch.Tensor, # (k, P) errors >= 0, one row per clas
     rows, b = torch.arange(k, device=errors.device)[:, None], max(1, (n - 1).bit_length())  # b: bits of a point index
     if not distinct or (k - 1).bit_length() + 31 + b > 63:  # (row, decreasing error), ties in point order: a stable sort
         return ((rows << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True)
-    key = (((rows << 31) | 0x7FFFFFFF) << b | torch.arange(n, device=errors.device)) - (bits << b)  # (row, 2^31-1-bits, point)
-    key = _sort_distinct(key.view(-1))
-    return (key >> (31 + b)) * n + (key & ((1 << b) - 1))
+    key = ((0x7FFFFFFF << b) | torch.arange(n, device=errors.device)) - (bits << b)  # (2^31-1-bits, point): distinct in a row
+    if key.device.type == "cpu" and not torch._C._are_functorch_transforms_active():
+        key = torch.from_numpy(np.sort(key.numpy(), axis=-1))  # numpy's vectorised sort, row by row
+    else: key = ((rows << (31 + b)) | key).view(-1).sort()[0].view(k, n)  # one sort, the row in the high bits
+    return ((key & ((1 << b) - 1)) + rows * n).view(-1)
 
 def _lovasz_parts(probs:torch.Tensor, labels:torch.Tensor, # (P, C) probabilities and (P,) labels of the valid points
                   classes:torch.Tensor, chunk:int): # the classes that count, classes x points sorted at once
@@ -86,25 +83,24 @@ def _lovasz_graph(probs, labels, classes, chunk) -> torch.Tensor:
 class _LovaszSoftmax(torch.autograd.Function):
     "The per-class losses, the gradient of each probability computed as autograd would and written once"
     @staticmethod
-    def forward(ctx, probs, labels, valid, classes, chunk): # (N, C), (N,), (N,) bool or None, (k,), int
-        p, y = (probs, labels) if valid is None else (probs[valid], labels[valid])
+    def forward(ctx, probs, p, y, idx, classes, chunk): # (N, C); (P, C), (P,) of the valid points, their indices or None
         saved, losses = [], []
         for *kept, loss in _lovasz_parts(p, y, classes, chunk): saved += kept; losses.append(loss)
-        ctx.save_for_backward(valid, *saved); ctx.shape = probs.shape
+        ctx.save_for_backward(idx, *saved); ctx.shape = probs.shape
         return torch.cat(losses)
 
     @staticmethod
     def backward(ctx, grad): # (k,) the gradient of each class's loss
-        valid, *saved = ctx.saved_tensors
-        out, rows, start = grad.new_zeros(ctx.shape), None if valid is None else valid.nonzero(), 0
+        idx, *saved = ctx.saved_tensors
+        out, start = grad.new_zeros(ctx.shape), 0
         for part, diff, perm, g in zip(*[iter(saved)] * 4):
             g_points = torch.empty_like(g); g_points.view(-1)[perm] = g.view(-1)  # the sorted increments back in point order
             # autograd's chain: sum, product with g, |.|, minus; its accumulations into zeros make a -0 a +0, so does + 0
             d = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0)
             start += len(part)
-            if rows is None: out[:, part] = d.t()
-            else: out[rows, part] = d.t()
-        return out, None, None, None, None
+            if idx is None: out[:, part] = d.t()
+            else: out[idx[:, None], part] = d.t()
+        return out, None, None, None, None, None
 
 def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    labels:torch.Tensor, # (N,) labels in 0..C-1 (where valid)
@@ -112,13 +108,15 @@ def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    chunk:int=LOVASZ_CHUNK, # at most this many classes x points sorted at once
                    valid:torch.Tensor|None=None): # (N,) bool: the points that count (None: all)
     "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
-    p, y = (probs, labels) if valid is None else (probs[valid], labels[valid])
+    idx = None if valid is None else valid.nonzero().squeeze(1)
+    with torch.no_grad(): p, y = (probs, labels) if idx is None else (probs[idx], labels[idx])
     classes = y.unique()
     if class_seen is not None:
         classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool, device=classes.device)]
-    if not len(classes): return p.sum() * 0.0
-    if torch._C._are_functorch_transforms_active(): return _lovasz_graph(p, y, classes, chunk).mean()  # no ctx-style Function
-    return _LovaszSoftmax.apply(probs, labels, valid, classes, chunk).mean()
+    if not len(classes): return (probs if idx is None else probs[idx]).sum() * 0.0
+    if torch._C._are_functorch_transforms_active():  # no ctx-style Function under torch.func: autograd's graph
+        return _lovasz_graph(probs if idx is None else probs[idx], y, classes, chunk).mean()
+    return _LovaszSoftmax.apply(probs, p, y, idx, classes, chunk).mean()
 
 @LOSSES.register_module()
 class LovaszLoss(nn.Module):
