@@ -219,6 +219,7 @@ class CachedViews(Dataset):
         self.cache, self.loop, self.n, self.k = cache, loop, cache.meta["scenes"], cache.meta["views"]
         self.shift = np.random.default_rng(seed).integers(0, self.k, self.n)
         self.feat = np.array(cache.feat, dtype=np.float32) if cache.feat.size * 4 <= ram_mb * 2**20 else cache.feat
+        self.ram = None if isinstance(self.feat, np.memmap) else torch.from_numpy(self.feat)  # the up-cast features, shared
     def __len__(self): return self.n * self.loop
     def rows(self, key) -> tuple[int, int]: # an `(epoch, index)` key
         "First and end row in the cache of the view that `key` draws"
@@ -233,11 +234,14 @@ class CachedViews(Dataset):
         "`collate_fn` of the views of `keys`, the features up-cast to float32 (as `CachedSegmentor` does) into one buffer"
         rows = [self.rows(key) for key in keys]
         ends = np.cumsum([e - s for s, e in rows])
-        feat = np.empty((int(ends[-1]), self.cache.feat.shape[1]), np.float32)
         segment = np.empty(int(ends[-1]), np.int64)
-        for (s, e), end in zip(rows, ends):
-            feat[end - (e - s):end], segment[end - (e - s):end] = self.feat[s:e], self.cache.segment[s:e]
-        return dict(lincache_feat=torch.from_numpy(feat), segment=torch.from_numpy(segment), offset=torch.from_numpy(ends))
+        for (s, e), end in zip(rows, ends): segment[end - (e - s):end] = self.cache.segment[s:e]
+        if self.ram is not None: feat = torch.cat([self.ram[s:e] for s, e in rows])  # one copy, by torch's threads
+        else:  # up-cast from the fp16 file, view by view
+            feat = np.empty((int(ends[-1]), self.cache.feat.shape[1]), np.float32)
+            for (s, e), end in zip(rows, ends): feat[end - (e - s):end] = self.feat[s:e]
+            feat = torch.from_numpy(feat)
+        return dict(lincache_feat=feat, segment=torch.from_numpy(segment), offset=torch.from_numpy(ends))
 
 class _Collated(Dataset):
     "A batch of `CachedViews` per list of keys (for a `DataLoader` over a `BatchSampler`)"
