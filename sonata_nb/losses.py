@@ -51,19 +51,18 @@ LOVASZ_CHUNK = 2**23  # classes x points sorted at once: about 50 bytes each of 
 
 def _sorted_by_error(errors:torch.Tensor, # (k, P) errors >= 0, one row per class
                      distinct:bool=True): # False: a stable argsort of (row, error) keys instead of distinct keys
-    "Flat indices into `errors` putting each row in decreasing order, equal errors in point order"
+    "(k, P) point indices putting each row of `errors` in decreasing order, equal errors in point order"
     k, n = errors.shape
-    if errors.dtype == torch.float64:  # 64 bits of float and the row do not fit one int64 key
-        return (errors.detach().sort(dim=-1, descending=True, stable=True)[1] + n * torch.arange(k, device=errors.device)[:, None]).view(-1)
+    if errors.dtype == torch.float64: return errors.detach().sort(dim=-1, descending=True, stable=True)[1]  # 64-bit keys
     bits = errors.detach().float().view(torch.int32).long()  # >= 0 floats: the int order is the float order
     rows, b = torch.arange(k, device=errors.device)[:, None], max(1, (n - 1).bit_length())  # b: bits of a point index
     if not distinct or (k - 1).bit_length() + 31 + b > 63:  # (row, decreasing error), ties in point order: a stable sort
-        return ((rows << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True)
+        return ((rows << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True).view(k, n) - rows * n
     key = ((0x7FFFFFFF << b) | torch.arange(n, device=errors.device)) - (bits << b)  # (2^31-1-bits, point): distinct in a row
     if key.device.type == "cpu" and not torch._C._are_functorch_transforms_active():
         key = torch.from_numpy(np.sort(key.numpy(), axis=-1))  # numpy's vectorised sort, row by row
     else: key = ((rows << (31 + b)) | key).view(-1).sort()[0].view(k, n)  # one sort, the row in the high bits
-    return ((key & ((1 << b) - 1)) + rows * n).view(-1)
+    return key & ((1 << b) - 1)
 
 def _lovasz_parts(probs:torch.Tensor, labels:torch.Tensor, # (P, C) probabilities and (P,) labels of the valid points
                   classes:torch.Tensor, chunk:int): # the classes that count, classes x points sorted at once
@@ -72,9 +71,16 @@ def _lovasz_parts(probs:torch.Tensor, labels:torch.Tensor, # (P, C) probabilitie
         fg = labels[None] == part[:, None]  # (k, P)
         diff = fg.to(probs.dtype) - probs.t()[part]
         errors = diff.abs()
-        perm = _sorted_by_error(errors)
-        g = lovasz_grad(fg.reshape(-1)[perm].view_as(fg)).to(probs.dtype)
-        yield part, diff, perm, g, (errors.reshape(-1)[perm].view_as(errors) * g).sum(-1)
+        order = _sorted_by_error(errors)
+        g = lovasz_grad(fg.gather(1, order)).to(probs.dtype)
+        yield part, diff, order, g, (errors.gather(1, order) * g).sum(-1)
+
+def _present(labels:torch.Tensor, num_classes:int) -> torch.Tensor: # (P,) labels, C
+    "`labels.unique()` (the distinct labels, increasing), by counting when all are class indices (the usual case, faster)"
+    if len(labels):
+        lo, hi = torch.aminmax(labels)
+        if bool((lo >= 0) & (hi < num_classes)): return torch.bincount(labels, minlength=num_classes).nonzero().squeeze(1)
+    return labels.unique()
 
 def _lovasz_graph(probs, labels, classes, chunk) -> torch.Tensor:
     "The per-class losses through autograd's graph (used under torch.func transforms; the reference of `_LovaszSoftmax`)"
@@ -93,8 +99,8 @@ class _LovaszSoftmax(torch.autograd.Function):
     def backward(ctx, grad): # (k,) the gradient of each class's loss
         idx, *saved = ctx.saved_tensors
         out, start = grad.new_zeros(ctx.shape), 0
-        for part, diff, perm, g in zip(*[iter(saved)] * 4):
-            g_points = torch.empty_like(g); g_points.view(-1)[perm] = g.view(-1)  # the sorted increments back in point order
+        for part, diff, order, g in zip(*[iter(saved)] * 4):
+            g_points = torch.empty_like(g).scatter_(1, order, g)  # the sorted increments back in point order
             # autograd's chain: sum, product with g, |.|, minus; its accumulations into zeros make a -0 a +0, so does + 0
             d = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0)
             start += len(part)
@@ -110,7 +116,7 @@ def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
     "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
     idx = None if valid is None else valid.nonzero().squeeze(1)
     with torch.no_grad(): p, y = (probs, labels) if idx is None else (probs[idx], labels[idx])
-    classes = y.unique()
+    classes = _present(y, probs.shape[1])
     if class_seen is not None:
         classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool, device=classes.device)]
     if not len(classes): return (probs if idx is None else probs[idx]).sum() * 0.0

@@ -2,7 +2,7 @@
 import itertools, math
 import pytest
 import torch
-from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, _sorted_by_error, build_criteria, lovasz_grad, lovasz_softmax
+from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, _present, _sorted_by_error, build_criteria, lovasz_grad, lovasz_softmax
 
 
 def jaccard_loss(mispredicted: set, fg: set) -> float:
@@ -190,8 +190,8 @@ def test_sorted_by_error_orders_floats_as_a_stable_descending_sort():
     e = torch.tensor([[0.0, 1.0, 1e-40, 0.5, float("inf"), 0.5, 3e-8, 0.0], [0.25, 0.25, 0.0, 1.0, 2.0, 1e-45, 0.7, 0.25]])
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         x = e.to(dtype)
-        ref = x.sort(dim=-1, descending=True, stable=True)[1] + torch.tensor([[0], [8]])
-        assert torch.equal(_sorted_by_error(x), ref.view(-1)), dtype
+        ref = x.sort(dim=-1, descending=True, stable=True)[1]
+        assert torch.equal(_sorted_by_error(x), ref), dtype
 
 
 def previous_lovasz_loss(logits, labels, ignore_index=-1, class_seen=None, chunk=2**23):
@@ -287,3 +287,9 @@ def test_sorted_by_error_distinct_keys_match_the_stable_argsort(dtype):
               torch.tensor([[0.0, float("inf"), 1e-45, 3e-8, 0.0, 2.0]])):
         e = e.to(dtype)
         assert torch.equal(_sorted_by_error(e), _sorted_by_error(e, distinct=False))
+
+
+def test_present_is_unique():
+    for labels in (torch.tensor([3, 0, 3, 7]), torch.tensor([5, -1, 2]), torch.tensor([1, 25]), torch.tensor([], dtype=torch.long),
+                   torch.randint(0, 20, (1000,))):
+        assert torch.equal(_present(labels, 20), labels.unique())
