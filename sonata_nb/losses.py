@@ -98,15 +98,13 @@ class _LovaszSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad): # (k,) the gradient of each class's loss
         idx, *saved = ctx.saved_tensors
-        out, start = grad.new_zeros(ctx.shape), 0
+        out, start = grad.new_zeros(ctx.shape if idx is None else (len(idx), ctx.shape[1])), 0  # the valid points' rows
         for part, diff, order, g in zip(*[iter(saved)] * 4):
             g_points = torch.empty_like(g).scatter_(1, order, g)  # the sorted increments back in point order
             # autograd's chain: sum, product with g, |.|, minus; its accumulations into zeros make a -0 a +0, so does + 0
-            d = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0)
+            out[:, part] = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0).t()
             start += len(part)
-            if idx is None: out[:, part] = d.t()
-            else: out[idx[:, None], part] = d.t()
-        return out, None, None, None, None, None
+        return out if idx is None else out.new_zeros(ctx.shape).index_copy_(0, idx, out), None, None, None, None, None
 
 def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    labels:torch.Tensor, # (N,) labels in 0..C-1 (where valid)
