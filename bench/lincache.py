@@ -1,11 +1,13 @@
 """Cached against on-the-fly linear probing of the demo encoder on the demo rooms (CPU), end to end.
 
-    python bench/lincache.py --json [bench/results/lincache_cpu2core.json] [--views 8] [--weight ENCODER.pth]
+    python bench/lincache.py --json [bench/results/lincache_cpu2core.json] [--views 8] [--weight ENCODER.pth] [--schedule sonata]
 
 6 train and 2 validation demo rooms by default, so that both runs fit in 20 minutes on 2 busy cores
 (--rooms 24 --val-rooms 6: the full demo set, about 4x longer). Both runs use configs/demo/semseg-demo-lin.py
-unchanged except for the folders and rooms: same seed, the recipe's epochs
-(48, validated every 6 = 8 cycles), optimizer, OneCycle schedule, loss and validation. The PreciseEvaluator hook is
+unchanged except for the folders, rooms and (--schedule) passes: same seed, optimizer, OneCycle schedule, loss and
+validation. --schedule demo (default): the demo recipe's 48 passes validated every 6 (8 cycles);
+--schedule sonata: the Sonata ScanNet `lin` recipe's 800 passes validated every 8 (epoch=800, eval_epoch=100:
+100 cycles), about 8 minutes with --weight on 2 quiet cores. --epoch / --eval-epoch override either. The PreciseEvaluator hook is
 left out of both (the final test is the same work in both modes): the mIoU compared is the Trainer's validation
 mIoU on the validation rooms (best and last cycle). `cached_s` includes building the cache.
 Without --weight, a demo `ft` run (--ft-epoch passes, not timed) trains the encoder that both probe.
@@ -14,7 +16,7 @@ and the wall and CPU time of each phase (`phases`: cache building, train cycles,
 calls, validations, checkpoints; nested phases overlap). One-time costs of the process (torch's lazy imports on the
 first optimizer) are paid before either run is timed.
 """
-import argparse, collections, datetime, functools, json, math, os, platform, shutil, sys, tempfile, time
+import argparse, collections, datetime, functools, gc, json, math, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,32 +112,40 @@ def loss_scale(weight, data_root, out):
     return res
 
 
+SCHEDULES = dict(demo=(48, 8), sonata=(800, 100))  # (epoch, eval_epoch): the demo lin recipe's, Sonata's ScanNet lin recipe's
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", nargs="?", const="", default=None, help="print one JSON object (and write it to this file)")
     p.add_argument("--views", type=int, default=8, help="K, views cached per train room")
     p.add_argument("--weight", help="encoder to probe (default: train a demo ft for --ft-epoch passes first)")
     p.add_argument("--ft-epoch", type=int, default=8, help="passes of the untimed demo ft run that makes the encoder")
-    p.add_argument("--epoch", type=int, default=48, help="probe passes over the train rooms (recipe: 48)")
-    p.add_argument("--eval-epoch", type=int, default=8, help="probe train/validation cycles (recipe: 8)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="demo",
+                   help="probe passes and cycles: demo = 48 passes, 8 cycles (the demo lin recipe); sonata = 800 passes, "
+                        "100 cycles (configs/sonata/semseg-sonata-v1m1-0a-scannet-lin.py)")
+    p.add_argument("--epoch", type=int, help="probe passes over the train rooms (default: the schedule's)")
+    p.add_argument("--eval-epoch", type=int, help="probe train/validation cycles (default: the schedule's)")
     p.add_argument("--encoder-mode", choices=("train", "eval"), default="train", help="encoder mode while caching")
     p.add_argument("--rooms", type=int, default=6, help="train rooms (the full demo set: 24; ~4x longer)")
     p.add_argument("--val-rooms", type=int, default=2, help="validation rooms (the full demo set: 6)")
     p.add_argument("--work", help="folder for the data and runs (default: a temporary one, removed)")
     args = p.parse_args(argv)
+    args.epoch, args.eval_epoch = args.epoch or SCHEDULES[args.schedule][0], args.eval_epoch or SCHEDULES[args.schedule][1]
     work = Path(args.work or tempfile.mkdtemp(prefix="lincache_bench_"))
     ROOMS.update(n_train=args.rooms, n_val=args.val_rooms)
     data_root = make_demo_data(work/"demo", **ROOMS)
     res = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
                machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
                torch=torch.__version__, threads=torch.get_num_threads(), views=args.views, epoch=args.epoch,
-               eval_epoch=args.eval_epoch, rooms=[args.rooms, args.val_rooms], encoder_mode=args.encoder_mode,
+               eval_epoch=args.eval_epoch, schedule=args.schedule, rooms=[args.rooms, args.val_rooms], encoder_mode=args.encoder_mode,
                command="python bench/lincache.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     weight = args.weight
     if weight is None:
         t = time.perf_counter()
         ft = Trainer(config("ft", data_root, work/"ft", epoch=args.ft_epoch, eval_epoch=2)); ft.train()
         weight, res["ft_s"], res["ft_miou"] = str(work/"ft"/"model"/"model_best.pth"), round(time.perf_counter() - t, 1), ft.best_metric
+        del ft; gc.collect()  # its persistent loader workers end before anything is timed
     res["weight"] = "demo ft run" if args.weight is None else args.weight
     res["loss_scale"] = loss_scale(weight, data_root, work)
     probe = dict(weight=weight, epoch=args.epoch, eval_epoch=args.eval_epoch)

@@ -215,10 +215,11 @@ class CachedSegmentor(DefaultSegmentorV2):
 class CachedViews(Dataset):
     "The cached views of a `FeatureCache` indexed like a looped train set, by `(epoch, index)` keys of `EpochSampler`"
     def __init__(self, cache:FeatureCache, loop:int, seed:int, # the cache, passes per epoch (`data.train.loop`), seed
-                 ram_mb:float=0): # up-cast all features to float32 in memory once if they fit (0: read the fp16 file per batch)
+                 ram_mb:float=0): # read all features (fp16) into memory once if they fit (0: read the file per batch)
         self.cache, self.loop, self.n, self.k = cache, loop, cache.meta["scenes"], cache.meta["views"]
         self.shift = np.random.default_rng(seed).integers(0, self.k, self.n)
-        self.feat = np.array(cache.feat, dtype=np.float32) if cache.feat.size * 4 <= ram_mb * 2**20 else cache.feat
+        self.feat = np.array(cache.feat) if cache.feat.size * 2 <= ram_mb * 2**20 else cache.feat
+        self.ram = None if isinstance(self.feat, np.memmap) else torch.from_numpy(self.feat)  # the fp16 features in memory
     def __len__(self): return self.n * self.loop
     def rows(self, key) -> tuple[int, int]: # an `(epoch, index)` key
         "First and end row in the cache of the view that `key` draws"
@@ -233,11 +234,13 @@ class CachedViews(Dataset):
         "`collate_fn` of the views of `keys`, the features up-cast to float32 (as `CachedSegmentor` does) into one buffer"
         rows = [self.rows(key) for key in keys]
         ends = np.cumsum([e - s for s, e in rows])
-        feat = np.empty((int(ends[-1]), self.cache.feat.shape[1]), np.float32)
         segment = np.empty(int(ends[-1]), np.int64)
-        for (s, e), end in zip(rows, ends):
-            feat[end - (e - s):end], segment[end - (e - s):end] = self.feat[s:e], self.cache.segment[s:e]
-        return dict(lincache_feat=torch.from_numpy(feat), segment=torch.from_numpy(segment), offset=torch.from_numpy(ends))
+        for (s, e), end in zip(rows, ends): segment[end - (e - s):end] = self.cache.segment[s:e]
+        feat = torch.empty(int(ends[-1]), self.cache.feat.shape[1])
+        for (s, e), end in zip(rows, ends):  # up-cast while copying (torch's threads from memory, numpy's from the file)
+            if self.ram is not None: feat[end - (e - s):end].copy_(self.ram[s:e])
+            else: feat[end - (e - s):end].numpy()[:] = self.feat[s:e]
+        return dict(lincache_feat=feat, segment=torch.from_numpy(segment), offset=torch.from_numpy(ends))
 
 class _Collated(Dataset):
     "A batch of `CachedViews` per list of keys (for a `DataLoader` over a `BatchSampler`)"
@@ -276,7 +279,7 @@ class LinCacheTrainer(Trainer):
                  batch_views:int=4, # views per encoder call while caching
                  val_memo_mb:float=2048, # memory for validation features encoded once (0: encode every cycle)
                  val_replay_mb:float=1024, # memory for validation inputs loaded once (0: load every cycle)
-                 ram_mb:float=1024, # memory for the cached features up-cast to float32 once (0, or too small: per batch)
+                 ram_mb:float=1024, # memory for the cached fp16 features read once (0, or too small: from the file per batch)
                  hooks:list|None=None): # hook configs run after `cfg.hooks` (as `Trainer`'s)
         model_cfg = to_plain(cfg.model)
         if model_cfg.get("type") != "DefaultSegmentorV2" or not model_cfg.get("freeze_backbone"):
@@ -337,7 +340,7 @@ def lincache_main(argv:list[str]|None=None): # command-line arguments (default: 
     p.add_argument("--batch-views", type=int, default=4, help="views per encoder call while caching")
     p.add_argument("--val-memo-mb", type=float, default=2048, help="memory for validation features (0: off)")
     p.add_argument("--val-replay-mb", type=float, default=1024, help="memory for validation inputs (0: off)")
-    p.add_argument("--ram-mb", type=float, default=1024, help="memory for the features up-cast to float32 (0: off)")
+    p.add_argument("--ram-mb", type=float, default=1024, help="memory for the fp16 features read once (0: off)")
     args = p.parse_args(argv)
     init_distributed()
     cfg = default_config_parser(args.config_file, args.options)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/21_losses.ipynb #c002
 from __future__ import annotations
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,32 +49,78 @@ def lovasz_grad(fg_sorted:torch.Tensor) -> torch.Tensor: # (..., P) 0/1 foregrou
 # %% ../nbs/21_losses.ipynb #c013
 LOVASZ_CHUNK = 2**23  # classes x points sorted at once: about 50 bytes each of temporary memory
 
-def _sorted_by_error(errors:torch.Tensor) -> torch.Tensor: # (k, P) errors >= 0, one row per class
-    "Flat indices into `errors` putting each row in decreasing order, equal errors in point order (one stable sort)"
+def _sorted_by_error(errors:torch.Tensor, # (k, P) errors >= 0, one row per class
+                     distinct:bool=True): # False: a stable argsort of (row, error) keys instead of distinct keys
+    "(k, P) point indices putting each row of `errors` in decreasing order, equal errors in point order"
     k, n = errors.shape
-    if errors.dtype == torch.float64:  # 64 bits of float and the row do not fit one int64 key
-        return (errors.detach().sort(dim=-1, descending=True, stable=True)[1] + n * torch.arange(k, device=errors.device)[:, None]).view(-1)
+    if errors.dtype == torch.float64: return errors.detach().sort(dim=-1, descending=True, stable=True)[1]  # 64-bit keys
     bits = errors.detach().float().view(torch.int32).long()  # >= 0 floats: the int order is the float order
-    key = (torch.arange(k, device=errors.device)[:, None] << 32) | (0x7FFFFFFF - bits)
-    return key.view(-1).argsort(stable=True)
+    rows, b = torch.arange(k, device=errors.device)[:, None], max(1, (n - 1).bit_length())  # b: bits of a point index
+    if not distinct or (k - 1).bit_length() + 31 + b > 63:  # (row, decreasing error), ties in point order: a stable sort
+        return ((rows << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True).view(k, n) - rows * n
+    key = ((0x7FFFFFFF << b) | torch.arange(n, device=errors.device)) - (bits << b)  # (2^31-1-bits, point): distinct in a row
+    if key.device.type == "cpu" and not torch._C._are_functorch_transforms_active():
+        key = torch.from_numpy(np.sort(key.numpy(), axis=-1))  # numpy's vectorised sort, row by row
+    else: key = ((rows << (31 + b)) | key).view(-1).sort()[0].view(k, n)  # one sort, the row in the high bits
+    return key & ((1 << b) - 1)
 
-def lovasz_softmax(probs:torch.Tensor, # (P, C) class probabilities of the valid points
-                   labels:torch.Tensor, # (P,) labels in 0..C-1
+def _lovasz_parts(probs:torch.Tensor, labels:torch.Tensor, # (P, C) probabilities and (P,) labels of the valid points
+                  classes:torch.Tensor, chunk:int): # the classes that count, classes x points sorted at once
+    "Per chunk of classes: the classes, `fg - p` (k, P), the sort, the Lovász gradient (sorted) and the per-class losses"
+    for part in classes.split(max(1, chunk // len(labels))):
+        fg = labels[None] == part[:, None]  # (k, P)
+        diff = fg.to(probs.dtype) - probs.t()[part]
+        errors = diff.abs()
+        order = _sorted_by_error(errors)
+        g = lovasz_grad(fg.gather(1, order)).to(probs.dtype)
+        yield part, diff, order, g, (errors.gather(1, order) * g).sum(-1)
+
+def _present(labels:torch.Tensor, num_classes:int) -> torch.Tensor: # (P,) labels, C
+    "`labels.unique()` (the distinct labels, increasing), by counting when all are class indices (the usual case, faster)"
+    if len(labels):
+        lo, hi = torch.aminmax(labels)
+        if bool((lo >= 0) & (hi < num_classes)): return torch.bincount(labels, minlength=num_classes).nonzero().squeeze(1)
+    return labels.unique()
+
+def _lovasz_graph(probs, labels, classes, chunk) -> torch.Tensor:
+    "The per-class losses through autograd's graph (used under torch.func transforms; the reference of `_LovaszSoftmax`)"
+    return torch.cat([losses for *_, losses in _lovasz_parts(probs, labels, classes, chunk)])
+
+class _LovaszSoftmax(torch.autograd.Function):
+    "The per-class losses, the gradient of each probability computed as autograd would and written once"
+    @staticmethod
+    def forward(ctx, probs, p, y, idx, classes, chunk): # (N, C); (P, C), (P,) of the valid points, their indices or None
+        saved, losses = [], []
+        for *kept, loss in _lovasz_parts(p, y, classes, chunk): saved += kept; losses.append(loss)
+        ctx.save_for_backward(idx, *saved); ctx.shape = probs.shape
+        return torch.cat(losses)
+
+    @staticmethod
+    def backward(ctx, grad): # (k,) the gradient of each class's loss
+        idx, *saved = ctx.saved_tensors
+        out, start = grad.new_zeros(ctx.shape if idx is None else (len(idx), ctx.shape[1])), 0  # the valid points' rows
+        for part, diff, order, g in zip(*[iter(saved)] * 4):
+            g_points = torch.empty_like(g).scatter_(1, order, g)  # the sorted increments back in point order
+            # autograd's chain: sum, product with g, |.|, minus; its accumulations into zeros make a -0 a +0, so does + 0
+            out[:, part] = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0).t()
+            start += len(part)
+        return out if idx is None else out.new_zeros(ctx.shape).index_copy_(0, idx, out), None, None, None, None, None
+
+def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
+                   labels:torch.Tensor, # (N,) labels in 0..C-1 (where valid)
                    class_seen=None, # if given, only these classes count
-                   chunk:int=LOVASZ_CHUNK): # at most this many classes x points sorted at once
-    "Lovász-softmax averaged over the classes present in `labels`, the classes sorted together"
-    classes = labels.unique()
+                   chunk:int=LOVASZ_CHUNK, # at most this many classes x points sorted at once
+                   valid:torch.Tensor|None=None): # (N,) bool: the points that count (None: all)
+    "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
+    idx = None if valid is None else valid.nonzero().squeeze(1)
+    with torch.no_grad(): p, y = (probs, labels) if idx is None else (probs[idx], labels[idx])
+    classes = _present(y, probs.shape[1])
     if class_seen is not None:
         classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool, device=classes.device)]
-    if not len(classes): return probs.sum() * 0.0
-    n, losses = len(labels), []
-    for part in classes.split(max(1, chunk // n)):
-        fg = labels[None] == part[:, None]  # (k, P)
-        errors = (fg.to(probs.dtype) - probs.t()[part]).abs()
-        perm = _sorted_by_error(errors)
-        errors_sorted, fg_sorted = errors.reshape(-1)[perm].view_as(errors), fg.reshape(-1)[perm].view_as(fg)
-        losses.append((errors_sorted * lovasz_grad(fg_sorted).to(probs.dtype)).sum(-1))
-    return torch.cat(losses).mean()
+    if not len(classes): return (probs if idx is None else probs[idx]).sum() * 0.0
+    if torch._C._are_functorch_transforms_active():  # no ctx-style Function under torch.func: autograd's graph
+        return _lovasz_graph(probs if idx is None else probs[idx], y, classes, chunk).mean()
+    return _LovaszSoftmax.apply(probs, p, y, idx, classes, chunk).mean()
 
 @LOSSES.register_module()
 class LovaszLoss(nn.Module):
@@ -91,11 +138,9 @@ class LovaszLoss(nn.Module):
         self.ignore_index, self.loss_weight = ignore_index, loss_weight
 
     def forward(self, pred:torch.Tensor, target:torch.Tensor) -> torch.Tensor: # (N, C) logits, (N,) labels
-        probs = pred.softmax(dim=1)
-        if self.ignore_index is not None:
-            valid = target != self.ignore_index
-            probs, target = probs[valid], target[valid]
-        return lovasz_softmax(probs, target, self.class_seen) * self.loss_weight
+        valid = None if self.ignore_index is None else target != self.ignore_index
+        return lovasz_softmax(pred.softmax(dim=1), target, self.class_seen, valid=valid) * self.loss_weight
+
 
 # %% ../nbs/21_losses.ipynb #c017
 class Criteria(nn.Module):

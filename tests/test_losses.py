@@ -2,7 +2,7 @@
 import itertools, math
 import pytest
 import torch
-from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, _sorted_by_error, build_criteria, lovasz_grad, lovasz_softmax
+from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, _present, _sorted_by_error, build_criteria, lovasz_grad, lovasz_softmax
 
 
 def jaccard_loss(mispredicted: set, fg: set) -> float:
@@ -190,5 +190,106 @@ def test_sorted_by_error_orders_floats_as_a_stable_descending_sort():
     e = torch.tensor([[0.0, 1.0, 1e-40, 0.5, float("inf"), 0.5, 3e-8, 0.0], [0.25, 0.25, 0.0, 1.0, 2.0, 1e-45, 0.7, 0.25]])
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         x = e.to(dtype)
-        ref = x.sort(dim=-1, descending=True, stable=True)[1] + torch.tensor([[0], [8]])
-        assert torch.equal(_sorted_by_error(x), ref.view(-1)), dtype
+        ref = x.sort(dim=-1, descending=True, stable=True)[1]
+        assert torch.equal(_sorted_by_error(x), ref), dtype
+
+
+def previous_lovasz_loss(logits, labels, ignore_index=-1, class_seen=None, chunk=2**23):
+    "LovaszLoss before its hand-written backward (autograd's graph, stable argsort of (class, error) keys), kept to compare"
+    probs = logits.softmax(dim=1)
+    if ignore_index is not None:
+        valid = labels != ignore_index
+        probs, labels = probs[valid], labels[valid]
+    classes = labels.unique()
+    if class_seen is not None:
+        classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool)]
+    if not len(classes):
+        return probs.sum() * 0.0
+    n, losses = len(labels), []
+    for part in classes.split(max(1, chunk // n)):
+        fg = labels[None] == part[:, None]
+        errors = (fg.to(probs.dtype) - probs.t()[part]).abs()
+        k = len(part)
+        if errors.dtype == torch.float64:
+            perm = (errors.detach().sort(dim=-1, descending=True, stable=True)[1] + n * torch.arange(k)[:, None]).view(-1)
+        else:
+            bits = errors.detach().float().view(torch.int32).long()
+            perm = ((torch.arange(k)[:, None] << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True)
+        errors_sorted, fg_sorted = errors.reshape(-1)[perm].view_as(errors), fg.reshape(-1)[perm].view_as(fg)
+        losses.append((errors_sorted * lovasz_grad(fg_sorted).to(probs.dtype)).sum(-1))
+    return torch.cat(losses).mean()
+
+
+def bits(t):
+    return t.view({torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[t.dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ignore_index", [-1, None, 255])
+@pytest.mark.parametrize("chunk", [2**23, 1, 3000])
+@pytest.mark.parametrize("ties", [False, True])
+def test_lovasz_bit_identical_to_previous_implementation(dtype, ignore_index, chunk, ties):
+    "Value and gradient of the criteria (CE + Lovász) through a linear head: the same bits as autograd's graph before"
+    g = torch.Generator().manual_seed(5)
+    feat = torch.randn(1500, 16, generator=g, dtype=dtype)
+    labels = torch.randint(-1, 12, (1500,), generator=g)
+    if ignore_index == 255:
+        labels[labels == -1] = 255
+    if ignore_index is None:
+        labels = labels.clamp(min=0)
+    head = torch.nn.Linear(16, 13).to(dtype)
+    if ties:  # few distinct logits: many equal errors
+        feat = feat.round()
+        with torch.no_grad(): head.weight.copy_(head.weight.round()); head.bias.zero_()
+    ce = CrossEntropyLoss(ignore_index=-1 if ignore_index is None else ignore_index)
+    results = []
+    for new in (True, False):
+        head.zero_grad(set_to_none=True)
+        x = head(feat)
+        lov = (lovasz_softmax(x.softmax(1), labels, chunk=chunk, valid=None if ignore_index is None else labels != ignore_index)
+               if new else previous_lovasz_loss(x, labels, ignore_index, chunk=chunk))
+        loss = ce(x, labels) + lov
+        loss.backward()
+        results.append([loss.detach(), head.weight.grad, head.bias.grad])
+    for a, b in zip(*results):
+        assert torch.equal(bits(a), bits(b))
+    assert results[0][1].abs().max() > 0
+
+
+@pytest.mark.parametrize("class_seen", [None, {0, 3, 7, 11}, {50}])
+def test_lovasz_loss_bit_identical_to_previous_with_class_seen_and_all_ignored(class_seen):
+    g = torch.Generator().manual_seed(6)
+    logits, labels = torch.randn(800, 12, generator=g) * 3, torch.randint(-1, 12, (800,), generator=g)
+    for lab in (labels, torch.full_like(labels, -1)):
+        out = []
+        for f in (lambda x: LovaszLoss(class_seen=class_seen)(x, lab), lambda x: previous_lovasz_loss(x, lab, class_seen=class_seen)):
+            x = logits.clone().requires_grad_()
+            loss = f(x)
+            loss.backward()
+            out.append((loss.detach(), x.grad))
+        assert torch.equal(bits(out[0][0]), bits(out[1][0])) and torch.equal(bits(out[0][1]), bits(out[1][1]))
+
+
+def test_lovasz_under_torch_func_uses_the_graph():
+    "torch.func.grad runs (the autograd graph, no ctx-style Function) and gives the same gradient"
+    g = torch.Generator().manual_seed(7)
+    logits, labels = torch.randn(300, 6, generator=g), torch.randint(-1, 6, (300,), generator=g)
+    got = torch.func.grad(lambda x: LovaszLoss()(x, labels))(logits)
+    x = logits.clone().requires_grad_()
+    previous_lovasz_loss(x, labels).backward()
+    assert torch.equal(got, x.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sorted_by_error_distinct_keys_match_the_stable_argsort(dtype):
+    g = torch.Generator().manual_seed(8)
+    for e in (torch.rand(9, 1000, generator=g), torch.randint(0, 5, (9, 1000), generator=g).float() / 4,
+              torch.tensor([[0.0, float("inf"), 1e-45, 3e-8, 0.0, 2.0]])):
+        e = e.to(dtype)
+        assert torch.equal(_sorted_by_error(e), _sorted_by_error(e, distinct=False))
+
+
+def test_present_is_unique():
+    for labels in (torch.tensor([3, 0, 3, 7]), torch.tensor([5, -1, 2]), torch.tensor([1, 25]), torch.tensor([], dtype=torch.long),
+                   torch.randint(0, 20, (1000,))):
+        assert torch.equal(_present(labels, 20), labels.unique())
