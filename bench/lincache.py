@@ -5,18 +5,18 @@
 6 train and 2 validation demo rooms by default, so that both runs fit in 20 minutes on 2 busy cores
 (--rooms 24 --val-rooms 6: the full demo set, about 4x longer). Both runs use configs/demo/semseg-demo-lin.py
 unchanged except for the folders, rooms and (--schedule) passes: same seed, optimizer, OneCycle schedule, loss and
-validation. --schedule demo (default): the demo recipe's 48 passes validated every 6 (8 cycles);
---schedule sonata: the Sonata ScanNet `lin` recipe's 800 passes validated every 8 (epoch=800, eval_epoch=100:
-100 cycles), about 8 minutes with --weight on 2 quiet cores. --epoch / --eval-epoch override either. The PreciseEvaluator hook is
-left out of both (the final test is the same work in both modes): the mIoU compared is the Trainer's validation
-mIoU on the validation rooms (best and last cycle). `cached_s` includes building the cache.
+validation. --schedule demo (default): the demo recipe's 48 passes validated every 6 (8 cycles); --schedule sonata:
+the Sonata ScanNet `lin` recipe's 800 passes validated every 8 (epoch=800, eval_epoch=100: 100 cycles), 6-9 minutes
+on 2 quiet cores. --epoch / --eval-epoch override either. The PreciseEvaluator hook is left out of both (the final
+test is the same work in both modes): the mIoU compared is the Trainer's validation mIoU on the validation rooms
+(best and last cycle). `cached_s` includes building the cache.
 Without --weight, a demo `ft` run (--ft-epoch passes, not timed) trains the encoder that both probe.
-The machine is shared: the 1-minute load average is recorded before and after each run, with the process CPU time
-and the wall and CPU time of each phase (`phases`: cache building, train cycles, steps, Lovász loss, backward, encoder
-calls, validations, checkpoints; nested phases overlap). One-time costs of the process (torch's lazy imports on the
-first optimizer) are paid before either run is timed.
+The machine is shared: the 1-minute load average is recorded before and after each run, with the process CPU time,
+its system part and page faults, and the wall and CPU time of each phase (`phases`: cache building, train cycles,
+steps, cached batch reads, Lovász loss, backward, encoder calls, validations, checkpoints; nested phases overlap).
+One-time costs of the process (torch's lazy imports on the first optimizer) are paid before either run is timed.
 """
-import argparse, collections, datetime, functools, gc, json, math, os, platform, shutil, sys, tempfile, time
+import argparse, collections, datetime, functools, gc, json, math, os, platform, resource, shutil, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,8 @@ def time_phases():
     for owner, name, label in [(L, "build_cache", "build_cache"), (T.Trainer, "train_epoch", "train_cycles"),
                                (T.Trainer, "run_step", "steps"), (Lo.LovaszLoss, "forward", "lovasz"),
                                (torch.Tensor, "backward", "backward"), (S.DefaultSegmentorV2, "features", "encoder"),
-                               (T.Trainer, "validate", "validation"), (T.Trainer, "save", "checkpoints")]:
+                               (T.Trainer, "validate", "validation"), (T.Trainer, "save", "checkpoints"),
+                               (L.CachedViews, "collated", "batch_reads")]:
         timed(owner, name, label)
 
 
@@ -75,14 +76,14 @@ def warm_up():
 def run(make, label):
     "Build and train; wall time from construction (cache building included) to the end"
     PHASES.clear()
-    load0, t, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    load0, t, cpu, r0 = os.getloadavg()[0], time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
     trainer = make(); trainer.train()
-    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    seconds, cpu, r1 = time.perf_counter() - t, time.process_time() - cpu, resource.getrusage(resource.RUSAGE_SELF)
     recs = records(trainer.save_path)
     val, train = [r for r in recs if r["type"] == "val"], [r for r in recs if r["type"] == "train"]
     out = dict(s=round(seconds, 1), cpu_s=round(cpu, 1), miou=max(r["mIoU"] for r in val), last_miou=val[-1]["mIoU"],
                first_loss=train[0]["loss"], last_loss=train[-1]["loss"], load_1min=[load0, os.getloadavg()[0]],
-               steps=trainer.step, phases={k: dict(wall_s=round(w, 2), cpu_s=round(c, 2), calls=n) for k, (w, c, n) in PHASES.items()})
+               steps=trainer.step, page_faults=r1.ru_minflt - r0.ru_minflt, sys_s=round(r1.ru_stime - r0.ru_stime, 2), phases={k: dict(wall_s=round(w, 2), cpu_s=round(c, 2), calls=n) for k, (w, c, n) in PHASES.items()})
     print(f"{label}: {json.dumps(out)}", file=sys.stderr)
     return trainer, out
 
@@ -163,7 +164,8 @@ def main(argv=None):
                 first_loss=dict(cached=c["first_loss"], uncached=u["first_loss"]),
                 last_loss=dict(cached=c["last_loss"], uncached=u["last_loss"]),
                 load_1min=dict(cached=c["load_1min"], uncached=u["load_1min"]),
-                cpu_s=dict(cached=c["cpu_s"], uncached=u["cpu_s"]), phases=dict(cached=c["phases"], uncached=u["phases"]))
+                cpu_s=dict(cached=c["cpu_s"], uncached=u["cpu_s"]), sys_s=dict(cached=c["sys_s"], uncached=u["sys_s"]),
+                page_faults=dict(cached=c["page_faults"], uncached=u["page_faults"]), phases=dict(cached=c["phases"], uncached=u["phases"]))
     text = json.dumps(res, indent=1)
     if args.json is not None:
         print(text)

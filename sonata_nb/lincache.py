@@ -212,6 +212,11 @@ class CachedSegmentor(DefaultSegmentorV2):
         self.memo.clear(); self.memo_bytes = 0
         return super().load_state_dict(*args, **kwargs)
 
+def _storage_users(t:torch.Tensor) -> int|None:
+    "How many tensors share `t`'s storage (`t` and its views, wherever they are kept); None where torch cannot tell"
+    try: s = t.untyped_storage(); return torch._C._storage_Use_Count(s._cdata) - 1  # less `s` itself
+    except (AttributeError, RuntimeError): return None
+
 class CachedViews(Dataset):
     "The cached views of a `FeatureCache` indexed like a looped train set, by `(epoch, index)` keys of `EpochSampler`"
     def __init__(self, cache:FeatureCache, loop:int, seed:int, # the cache, passes per epoch (`data.train.loop`), seed
@@ -220,6 +225,7 @@ class CachedViews(Dataset):
         self.shift = np.random.default_rng(seed).integers(0, self.k, self.n)
         self.feat = np.array(cache.feat) if cache.feat.size * 2 <= ram_mb * 2**20 else cache.feat
         self.ram = None if isinstance(self.feat, np.memmap) else torch.from_numpy(self.feat)  # the fp16 features in memory
+        self.largest, self.buffers = int((cache.index[:, 3] - cache.index[:, 2]).max(initial=0)), []  # batch buffers, reused
     def __len__(self): return self.n * self.loop
     def rows(self, key) -> tuple[int, int]: # an `(epoch, index)` key
         "First and end row in the cache of the view that `key` draws"
@@ -236,11 +242,19 @@ class CachedViews(Dataset):
         ends = np.cumsum([e - s for s, e in rows])
         segment = np.empty(int(ends[-1]), np.int64)
         for (s, e), end in zip(rows, ends): segment[end - (e - s):end] = self.cache.segment[s:e]
-        feat = torch.empty(int(ends[-1]), self.cache.feat.shape[1])
+        feat = self.buffer(int(ends[-1]), len(keys))
         for (s, e), end in zip(rows, ends):  # up-cast while copying (torch's threads from memory, numpy's from the file)
             if self.ram is not None: feat[end - (e - s):end].copy_(self.ram[s:e])
             else: feat[end - (e - s):end].numpy()[:] = self.feat[s:e]
         return dict(lincache_feat=feat, segment=torch.from_numpy(segment), offset=torch.from_numpy(ends))
+
+    def buffer(self, n:int, views:int) -> torch.Tensor: # rows, views in the batch
+        "An (n, C) float32 tensor: rows of a kept buffer that no tensor uses any more, else of a new one (kept, up to 4)"
+        for b in self.buffers:
+            if len(b) >= n and _storage_users(b) == 1: return b[:n]
+        b = torch.empty(max(n, self.largest * views), self.cache.feat.shape[1])
+        if len(self.buffers) < 4 and _storage_users(b) == 1: self.buffers.append(b)
+        return b[:n]
 
 class _Collated(Dataset):
     "A batch of `CachedViews` per list of keys (for a `DataLoader` over a `BatchSampler`)"

@@ -202,19 +202,19 @@ def previous_lovasz_loss(logits, labels, ignore_index=-1, class_seen=None, chunk
         probs, labels = probs[valid], labels[valid]
     classes = labels.unique()
     if class_seen is not None:
-        classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool)]
+        classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool, device=classes.device)]
     if not len(classes):
         return probs.sum() * 0.0
-    n, losses = len(labels), []
+    n, losses, dev = len(labels), [], probs.device
     for part in classes.split(max(1, chunk // n)):
         fg = labels[None] == part[:, None]
         errors = (fg.to(probs.dtype) - probs.t()[part]).abs()
         k = len(part)
         if errors.dtype == torch.float64:
-            perm = (errors.detach().sort(dim=-1, descending=True, stable=True)[1] + n * torch.arange(k)[:, None]).view(-1)
+            perm = (errors.detach().sort(dim=-1, descending=True, stable=True)[1] + n * torch.arange(k, device=dev)[:, None]).view(-1)
         else:
             bits = errors.detach().float().view(torch.int32).long()
-            perm = ((torch.arange(k)[:, None] << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True)
+            perm = ((torch.arange(k, device=dev)[:, None] << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True)
         errors_sorted, fg_sorted = errors.reshape(-1)[perm].view_as(errors), fg.reshape(-1)[perm].view_as(fg)
         losses.append((errors_sorted * lovasz_grad(fg_sorted).to(probs.dtype)).sum(-1))
     return torch.cat(losses).mean()
@@ -293,3 +293,19 @@ def test_present_is_unique():
     for labels in (torch.tensor([3, 0, 3, 7]), torch.tensor([5, -1, 2]), torch.tensor([1, 25]), torch.tensor([], dtype=torch.long),
                    torch.randint(0, 20, (1000,))):
         assert torch.equal(_present(labels, 20), labels.unique())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lovasz_bit_identical_to_previous_on_cuda(dtype):
+    "On the GPU (one flat sort of distinct keys, the hand-written backward): the previous implementation's bits"
+    g = torch.Generator().manual_seed(9)
+    logits = (torch.randn(60000, 20, generator=g, dtype=dtype) * 3).cuda()
+    labels = torch.randint(-1, 20, (60000,), generator=g).cuda()
+    out = []
+    for f in (lambda x: LovaszLoss()(x, labels), lambda x: previous_lovasz_loss(x, labels)):
+        x = logits.clone().requires_grad_()
+        loss = f(x)
+        loss.backward()
+        out.append((loss.detach(), x.grad))
+    assert torch.equal(bits(out[0][0]), bits(out[1][0])) and torch.equal(bits(out[0][1]), bits(out[1][1]))
