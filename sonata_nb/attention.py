@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from . import attention_kernel
 from .structure import Point, PointModule, offset2bincount
 
 try: import flash_attn
@@ -30,6 +31,10 @@ class PatchLayout(NamedTuple):
     short_index: torch.Tensor # (P_short, L) serialized positions of the short patches (repeated past their length)
     short_mask: torch.Tensor|None # (P_short, L) True for real keys; None when all short patches have length L
     out_index: torch.Tensor # (N,) row of cat(full outputs, short outputs) holding each serialized position's output
+    full_len: torch.Tensor # (P_full,) slots of each full patch holding its own points (the rest repeat earlier ones)
+    short_len: torch.Tensor # (P_short,) points of each short patch
+    dup_base: torch.Tensor # (P_full,) row of a full patch's first repeated slot among all repeated slots
+    dup_slot: torch.Tensor # (n_dup,) flat slots `p * K + t` of the repeated slots of the full patches, in order
 
 @torch.no_grad()
 def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in serialized order
@@ -59,32 +64,39 @@ def patch_layout(offset:torch.Tensor, # (B,) cumulative ends of the samples, in 
     # output rows: a sample's full patches are consecutive (row (first patch) * K + j for its point j), short ones follow
     out_start = np.where(full, (np.cumsum(n_full) - n_full) * K, n_full.sum() * K + (np.cumsum(n_short) - n_short) * L)
     N, N_pad = int(ends[-1]) if len(c) else 0, int(pad_ends[-1]) if len(c) else 0
-    parts = [(starts[sample] + k * K)[in_full], (c[sample] - k * K)[in_full], starts[short], short_len, ends, pad_ends,
-             pad_starts - starts, out_start - starts, np.append(pad_starts[sample] + k * K, N_pad)]
+    full_len = np.minimum(c[sample] - k * K, K)[in_full]
+    dups = K - full_len  # slots past a sample's end in its last patch: they repeat its points K before
+    dup_base = np.cumsum(dups) - dups
+    dup_slot = np.repeat(np.arange(len(dups)) * K + full_len - dup_base, dups) + np.arange(int(dups.sum()))
+    parts = [(starts[sample] + k * K)[in_full], full_len, starts[short], short_len, ends, pad_ends,
+             pad_starts - starts, out_start - starts, np.append(pad_starts[sample] + k * K, N_pad), dup_base, dup_slot]
     values = torch.from_numpy(np.concatenate(parts))  # one host-to-device copy, asynchronous on CUDA
     values = (values.pin_memory() if dev.type == "cuda" else values).to(dev, non_blocking=True)
-    base, limit, short_start, short_len, ends, pad_ends, pad_shift, out_shift, cu = values.split([len(p) for p in parts])
+    base, full_len, short_start, short_len, ends, pad_ends, pad_shift, out_shift, cu, dup_base, dup_slot = values.split([len(p) for p in parts])
     t, col = torch.arange(K, device=dev), torch.arange(L, device=dev)
-    full_index = base[:, None] + torch.where(t < limit[:, None], t, t - K)  # slots past a sample's end: the points K before
+    full_index = base[:, None] + torch.where(t < full_len[:, None], t, t - K)  # slots past a sample's end: the points K before
     short_index = short_start[:, None] + torch.minimum(col, short_len[:, None] - 1)  # repeated past the sample's end
     pos, slot = torch.arange(N, device=dev), torch.arange(N_pad, device=dev)
     sample, slot_sample = torch.searchsorted(ends, pos, right=True), torch.searchsorted(pad_ends, slot, right=True)
     held = slot - pad_shift[slot_sample]  # the position a slot holds, were it not padding
     return PatchLayout(pad=torch.where(held < ends[slot_sample], held, held - K), unpad=pos + pad_shift[sample],
                        cu_seqlens=cu.int(), patch_size=K, full_index=full_index, short_index=short_index,
-                       short_mask=None if L_min == L else col < short_len[:, None], out_index=pos + out_shift[sample])
+                       short_mask=None if L_min == L else col < short_len[:, None], out_index=pos + out_shift[sample],
+                       full_len=full_len, short_len=short_len, dup_base=dup_base, dup_slot=dup_slot)
 
 # %% ../nbs/03_attention.ipynb #c011
-BACKENDS = ("auto", "flash", "sdpa", "math")
+BACKENDS = ("auto", "flash", "sdpa", "math", "triton")
 _backend = "auto"
 
-def set_attention_backend(name:str): # "auto", "flash", "sdpa" or "math"
+def set_attention_backend(name:str): # "auto", "flash", "sdpa", "math" or "triton"
     "Choose how `SerializedAttention` computes attention (module-wide switch)"
     global _backend
     if name not in BACKENDS: raise ValueError(f"Unknown attention backend {name!r}; choose from {BACKENDS}")
     if name == "flash" and flash_attn is None:
         raise ImportError("Attention backend 'flash' needs the flash_attn package (pip install flash-attn); "
                           "use 'sdpa' instead")
+    if name == "triton" and not attention_kernel.available():
+        raise ImportError("Attention backend 'triton' needs the triton package (pip install triton); use 'sdpa' instead")
     _backend = name
 
 def get_attention_backend() -> str:
@@ -106,9 +118,10 @@ def _patch_attention(q, k, v, # (P, H, L, d) each
 # %% ../nbs/03_attention.ipynb #c013
 class AttentionMaps(NamedTuple):
     "What a block's attention reads besides its features: the backend and the gather maps of its order"
-    backend: str # "flash", "sdpa" or "math", as resolved for the features' device
+    backend: str # "flash", "sdpa", "math" or "triton", as resolved for the features' device and dtype
     patch_size: int # K of the layout
-    tensors: tuple # flash: (pad, unpad, cu_seqlens); sdpa and math: (full, short, out_index, short_mask or None)
+    tensors: tuple # flash: (pad, unpad, cu_seqlens); sdpa and math: (full, short, out_index, short_mask or None);
+                   # triton: (full, full_len, dup_base, dup_rows, short, short_len)
 
 class SerializedAttention(PointModule):
     "Multi-head self-attention within patches of serialized points (PTv3 / Sonata `SerializedAttention`)"
@@ -163,11 +176,20 @@ class SerializedAttention(PointModule):
         if key not in cache[1] or cache[1][key][0] is not layout: cache[1][key] = (layout, make())
         return cache[1][key][1]
 
-    def _resolve_backend(self, device) -> str:
-        name = _backend
+    def _kernel_fits(self, device, dtype) -> bool:
+        "Whether the Triton kernel computes this module's attention on qkv rows of `device` and `dtype`"
+        return (attention_kernel.usable(device, dtype, self.channels // self.num_heads)
+                and not (self.upcast_attention or self.upcast_softmax) and not (self.training and self.attn_drop > 0))
+
+    def _resolve_backend(self, device, dtype) -> str: # features' device, qkv's dtype
+        name, upcast = _backend, self.upcast_attention or self.upcast_softmax
         if name == "auto":
-            use_flash = flash_attn is not None and device.type == "cuda" and not (self.upcast_attention or self.upcast_softmax)
-            name = "flash" if use_flash else "sdpa"
+            use_flash = flash_attn is not None and device.type == "cuda" and not upcast
+            name = "flash" if use_flash else "triton" if device.type == "cuda" and self._kernel_fits(device, dtype) else "sdpa"
+        if name == "triton" and not self._kernel_fits(device, dtype):
+            raise ValueError(f"Attention backend 'triton' needs CUDA, float16/bfloat16 qkv (autocast), a head dimension "
+                             f"of 16-128, no upcast and no attention dropout in training; got {device}, {dtype}, head "
+                             f"dimension {self.channels // self.num_heads}: use 'auto' or 'sdpa'")
         if name == "flash":
             if flash_attn is None: raise ImportError("Attention backend 'flash' needs the flash_attn package")
             if device.type != "cuda": raise ValueError("Attention backend 'flash' needs CUDA tensors; use 'sdpa' on CPU")
@@ -181,7 +203,15 @@ class SerializedAttention(PointModule):
         layout = self.get_layout(point)
         order = point.serialized_order[self.order_index]
         inverse = point.serialized_inverse[self.order_index]
-        backend = self._resolve_backend(point.feat.device)
+        feat = point.feat
+        dtype = torch.get_autocast_dtype(feat.device.type) if torch.is_autocast_enabled(feat.device.type) else feat.dtype
+        backend = self._resolve_backend(feat.device, dtype)
+        if backend == "triton":
+            def make():
+                full = order[layout.full_index]
+                return (full, layout.full_len, layout.dup_base, full.reshape(-1)[layout.dup_slot], order[layout.short_index],
+                        layout.short_len)
+            return AttentionMaps(backend, layout.patch_size, self._maps(point, layout, "triton", make))
         if backend == "flash":
             pad, unpad = self._maps(point, layout, "flash", lambda: (order[layout.pad], layout.unpad[inverse]))
             return AttentionMaps(backend, layout.patch_size, (pad, unpad, layout.cu_seqlens))
@@ -195,7 +225,9 @@ class SerializedAttention(PointModule):
         H, C = self.num_heads, self.channels
         qkv = self.qkv(feat)
         dropout_p = self.attn_drop if self.training else 0.0
-        if maps.backend == "flash":  # q/k/v in float16 and back, as the reference (`qkv.half()`, `feat.to(qkv.dtype)`)
+        if maps.backend == "triton":
+            feat = attention_kernel.patch_attention(qkv, H, self.scale, *maps.tensors)
+        elif maps.backend == "flash":  # q/k/v in float16 and back, as the reference (`qkv.half()`, `feat.to(qkv.dtype)`)
             pad, unpad, cu_seqlens = maps.tensors
             feat = flash_attn.flash_attn_varlen_qkvpacked_func(
                 qkv[pad].half().reshape(-1, 3, H, C // H), cu_seqlens,

@@ -253,7 +253,9 @@ def test_auto_backend_is_the_default_and_uses_sdpa_without_flash_on_cpu():
     before = A.get_attention_backend()
     try:
         A.set_attention_backend("auto")
-        assert A.SerializedAttention(8, 2, 16)._resolve_backend(torch.device("cpu")) == "sdpa"
-        assert A.SerializedAttention(8, 2, 16, upcast_softmax=True)._resolve_backend(torch.device("cpu")) == "sdpa"
+        cpu = torch.device("cpu")
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):  # the Triton kernel only on CUDA under "auto"
+            assert A.SerializedAttention(32, 2, 16)._resolve_backend(cpu, dtype) == "sdpa"
+            assert A.SerializedAttention(32, 2, 16, upcast_softmax=True)._resolve_backend(cpu, dtype) == "sdpa"
     finally:
         A.set_attention_backend(before)

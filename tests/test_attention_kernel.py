@@ -1,0 +1,184 @@
+"""The Triton patch-attention kernel (`sonata_nb.attention_kernel`, attention backend "triton") on the CPU, in Triton's
+interpreter: forward and gradients against the float64 per-patch oracle of tests/test_attention.py and against the
+padded equal-size path, in float16 (the interpreter's bfloat16 matrix product is wrong; bfloat16 runs on the GPU). Each check runs in a fresh Python (`python
+tests/test_attention_kernel.py CHECK`, forked by tests/forkserver.py), as the interpreter must be chosen before the
+kernels are defined; GPU checks (compiled kernels, the whole encoder) are in tests/test_model.py."""
+import importlib.util, os, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def run_check(forkserver, check:str, interpret:bool=True) -> str:
+    "Run `check` of this file in a fresh Python; its stdout"
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "PYTHONPATH": str(ROOT)}
+    if interpret: env["TRITON_INTERPRET"] = "1"
+    r = forkserver.run([__file__, check], cwd=ROOT, env=env, timeout=900)
+    assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r.stdout
+
+
+@needs_triton
+@pytest.mark.parametrize("check", ["module_matches_oracle", "kernel_matches_padded_path", "bad_input", "no_grad"])
+def test_interpreted(forkserver, check):
+    print(run_check(forkserver, check))
+
+
+@needs_triton
+def test_kernels_compile_for_the_gpu(forkserver):
+    "The interpreter does not catch what only the compiler rejects: compile the three kernels to PTX for sm_90"
+    print(run_check(forkserver, "compile", interpret=False))
+
+
+# ---------------------------------------------------------------- checks, run in the subprocess
+def _setup():
+    sys.path.insert(0, str(ROOT / "tests"))
+    from sonata_nb import attention_kernel
+    assert attention_kernel.available() and attention_kernel.interpreted()
+
+
+def check_module_matches_oracle():
+    "SerializedAttention on the kernel backend, float16 weights and features, against the float64 per-patch loop"
+    _setup()
+    import torch
+    from test_attention import SIZES, make_point, oracle
+    from sonata_nb.attention import SerializedAttention, set_attention_backend
+    from sonata_nb.structure import Point
+    for case, sizes in SIZES.items():
+        for order_index in (0, 2):
+            point = make_point(sizes, C=32)
+            attn = SerializedAttention(32, 2, patch_size=8, order_index=order_index, upcast_attention=False,
+                                       upcast_softmax=False).eval()
+            expected = oracle(attn, Point(point), 8)
+            set_attention_backend("triton")
+            p = Point(point); p.feat = p.feat.half()
+            got = attn.half()(p).feat.float()
+            set_attention_backend("sdpa")
+            attn.float()
+            err = (got - expected).abs().max().item()
+            assert err < 4e-3 * max(1.0, expected.abs().max().item()), (case, order_index, err)
+            print(case, order_index, f"{err:.1e}")
+
+
+def _maps(counts, K, order):
+    import torch
+    from sonata_nb.attention import patch_layout
+    lay = patch_layout(torch.tensor(counts).cumsum(0), K, tuple(counts))
+    full = order[lay.full_index]
+    return lay, (full, lay.full_len, lay.dup_base, full.reshape(-1)[lay.dup_slot], order[lay.short_index], lay.short_len)
+
+
+def _padded(qkv, heads, scale, lay, order):
+    "The equal-size path (explicit softmax) on gathered, padded patches, in qkv's dtype, back in qkv's rows"
+    import torch
+    from sonata_nb.attention import _patch_attention
+    C, outs = qkv.shape[1] // 3, []
+    for index, mask in ((order[lay.full_index], None), (order[lay.short_index], lay.short_mask)):
+        if index.numel() == 0: continue
+        q, k, v = qkv[index].unflatten(-1, (3, heads, C // heads)).permute(2, 0, 3, 1, 4).unbind(0)
+        outs.append(_patch_attention(q, k, v, mask, scale, 0.0, math=True).transpose(1, 2).reshape(-1, C))
+    return torch.cat(outs)[lay.out_index[torch.argsort(order)]]
+
+
+def check_kernel_matches_padded_path():
+    """Output and qkv gradient against the padded path in float32: within a few times the padded path's own error in
+    the same half dtype. Cases: repeated slots, a sample of exactly K, short patches of two lengths; K not a multiple of
+    the kernel's blocks; only short patches; only full patches, none repeating; head dimension 32"""
+    _setup()
+    import torch
+    from sonata_nb.attention_kernel import patch_attention
+    cases = [([70, 32, 5, 40, 9], 32, 2, 16), ([100, 7], 40, 3, 16), ([3, 5, 6], 8, 1, 32), ([64, 128], 32, 2, 16),
+             ([150], 72, 4, 16)]  # float16: the interpreter's bfloat16 matrix product is wrong (bfloat16: GPU test)
+    dtype = torch.float16
+    for i, (counts, K, H, d) in enumerate(cases):
+        g = torch.Generator().manual_seed(i)
+        N, C, scale = sum(counts), H * d, d ** -0.5
+        order = torch.randperm(N, generator=g)
+        lay, maps = _maps(counts, K, order)
+        x = (torch.randn(N, 3 * C, generator=g) * 1.5).to(dtype)
+        grad = torch.randn(N, C, generator=g).to(dtype)
+        runs = {}
+        for name, fn, cast in (("kernel", lambda q: patch_attention(q, H, scale, *maps), dtype),
+                               ("padded_half", lambda q: _padded(q, H, scale, lay, order), dtype),
+                               ("padded_float", lambda q: _padded(q, H, scale, lay, order), torch.float64)):
+            q = x.to(cast).clone().requires_grad_()
+            out = fn(q); out.backward(grad.to(cast))
+            assert out.dtype == cast and torch.isfinite(out).all() and torch.isfinite(q.grad).all(), name
+            runs[name] = (out.double(), q.grad.double())
+        ref_out, ref_grad = runs["padded_float"]
+        for j, what in enumerate(("output", "gradient")):
+            err = (runs["kernel"][j] - runs["padded_float"][j]).abs().max().item()
+            half_err = (runs["padded_half"][j] - runs["padded_float"][j]).abs().max().item()
+            scale_ = runs["padded_float"][j].abs().max().item()
+            print(counts, K, H, d, dtype, what, f"kernel {err:.1e}, padded {str(dtype)[6:]} {half_err:.1e} (values up to {scale_:.2f})")
+            assert err <= 3 * half_err + 1e-3 * scale_, (counts, what, err, half_err)
+
+
+def check_no_grad():
+    "Under no_grad (inference) the forward keeps nothing and gives the same output"
+    _setup()
+    import torch
+    from sonata_nb.attention_kernel import patch_attention
+    order = torch.randperm(60)
+    lay, maps = _maps([45, 15], 16, order)
+    x = torch.randn(60, 96).half()
+    with torch.no_grad(): a = patch_attention(x, 2, 0.25, *maps)
+    b = patch_attention(x.clone().requires_grad_(), 2, 0.25, *maps)
+    assert not a.requires_grad and b.requires_grad
+    torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def check_bad_input():
+    "Wrong dtype, shape, head dimension: a ValueError that says what it needs; the backend switch refuses float32"
+    _setup()
+    import torch
+    from sonata_nb.attention import SerializedAttention, set_attention_backend
+    from sonata_nb.attention_kernel import patch_attention
+    from sonata_nb.structure import Point
+    from test_attention import make_point
+    order = torch.randperm(20)
+    _, maps = _maps([20], 8, order)
+    for x, words in ((torch.randn(20, 96), "float16/bfloat16"), (torch.randn(20, 96).bfloat16(), "float16/bfloat16"), (torch.randn(20, 95).half(), "(N, 3C)"),
+                     (torch.randn(20, 48).half(), "head dimension")):
+        try: patch_attention(x, 2, 0.25, *maps)
+        except ValueError as e: assert words in str(e), e
+        else: raise AssertionError(f"no error for {words}")
+    set_attention_backend("triton")
+    try: SerializedAttention(32, 2, 8).eval()(make_point([20], C=32))
+    except ValueError as e: assert "float16/bfloat16 qkv" in str(e) and "'sdpa'" in str(e), e
+    else: raise AssertionError("the triton backend ran on float32 features")
+
+
+def check_compile():
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from sonata_nb import attention_kernel as K
+    assert not K.interpreted()
+    if "nvidia" not in triton.backends.backends: print("no NVIDIA backend in this Triton: nothing compiled"); return
+    for t in ("fp16", "bf16"):
+        for D in (16, 32):
+            for whole in (True, False):
+                for fn, name, sig in (
+                        (K._pa_fwd, "fwd", dict(QKV=f"*{t}", Idx="*i64", Qlen="*i64", Klen="*i64", Out=f"*{t}", Lse="*fp32",
+                                                L="i32", C="i32", H="i32", qk_scale="fp32")),
+                        (K._pa_dkdv, "dkdv", dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
+                                                  Klen="*i64", DupBase="*i64", DQKV=f"*{t}", Dup="*fp32", L="i32", C="i32",
+                                                  H="i32", qk_scale="fp32", sm_scale="fp32")),
+                        (K._pa_dq, "dq", dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
+                                              Klen="*i64", DQKV=f"*{t}", L="i32", C="i32", H="i32", qk_scale="fp32",
+                                              sm_scale="fp32"))):
+                    bm, bn, warps, stages = K.CONFIG[name]
+                    consts = dict(D=D, KLEN_IS_L=whole, BLOCK_M=bm, BLOCK_N=bn)
+                    if name == "fwd": consts["STORE_LSE"] = True
+                    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
+                    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+                    assert ".entry" in k.asm["ptx"]
+    print("compiled for sm_90")
+
+
+if __name__ == "__main__":
+    globals()[f"check_{sys.argv[1]}"]()
