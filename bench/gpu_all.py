@@ -22,7 +22,9 @@ after the first (MIN_REPLAYS = 3: Sonata's stage 3); spconv_sort = neighbour-map
 (`set_half_layernorm("frozen")`: inference and the frozen encoder of lin; fused on CUDA); block0_eager = every stage's
 first block runs as it is, the GPU running it while the host captures the template (`_whole_stages = False`);
 fp32_ln = torch's float32 LayerNorm under autocast (`set_half_layernorm(False)`); no_mlp_recompute = the MLPs save
-GELU's output (`set_mlp_recompute(False)`). The baseline is the library's defaults.
+GELU's output (`set_mlp_recompute(False)`); sdpa_attention = the SDPA attention path (gathered q/k/v, torch's
+attention, scatter) instead of the Triton patch-attention kernel (`set_attention_backend("sdpa")`; baseline: "auto",
+the kernel on CUDA under autocast). The baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -33,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from steps import (batch_arguments, TASKS, amp_dtype, build, ft_memory, host_profile, profile_fn, profile_table, step_fn,
                    sync, time_fn)
+import sonata_nb.attention as A
 import sonata_nb.model as M
 from sonata_nb.model import MLP, set_half_layernorm, set_spconv_algo, upcast
 
@@ -63,6 +66,8 @@ def apply(model, lev:dict):
     if hasattr(M, "_whole_stages"): M._whole_stages = lev.get("whole", _DEFAULTS["whole"])
     elif not lev.get("whole", True): raise RuntimeError("this checkout has no sonata_nb.model._whole_stages")
     if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", _MIN_REPLAYS)
+    if "triton" in A.BACKENDS: A.set_attention_backend(lev.get("attention", "auto"))
+    elif lev.get("attention", "auto") != "auto": raise RuntimeError("this checkout has no attention backend 'triton'")
 
 
 def sdpa_context(lev:dict):
@@ -161,7 +166,8 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     graphs_stage3=dict(min_replays=3), graphs_stage3_fused_ln_half=dict(min_replays=3, fused_ln=True, half_ln=True),
     spconv_sort=dict(torch_sort=False), spconv_sort_no_graphs=dict(torch_sort=False, graphs=False),
     frozen_half=dict(half_ln="frozen"), block0_eager=dict(whole=False), frozen_half_block0=dict(half_ln="frozen", whole=False),
-    fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False))
+    fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False),
+    sdpa_attention=dict(attention="sdpa"))
 DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,fused_ln,sdpa_flash"  # against the library's defaults
 
 
@@ -176,7 +182,12 @@ def main(argv=None):
     p.add_argument("--profile-variant", default="fused_ln_half", help="the variant profiled beside the baseline")
     p.add_argument("--budget", type=float, default=330, help="seconds after which remaining variants are skipped")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out"))
+    p.add_argument("--attention-config", default=None, help="JSON with `best_config` (bench/attention_kernel.py --sweep): "
+                   "the Triton attention kernel's block sizes")
     args = p.parse_args(argv)
+    if args.attention_config:
+        from sonata_nb import attention_kernel
+        attention_kernel.CONFIG.update({k: tuple(v) for k, v in json.loads(Path(args.attention_config).read_text())["best_config"].items()})
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown: p.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")

@@ -33,6 +33,74 @@ def test_kernels_compile_for_the_gpu(forkserver):
     print(run_check(forkserver, "compile", interpret=False))
 
 
+# ---------------------------------------------------------------- on the GPU (compiled kernels), in this process
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None and not os.environ.get("TRITON_INTERPRET")
+
+cuda = pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton only: the compiled kernels")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_kernel_on_cuda_matches_the_padded_path(dtype):
+    "Output and qkv gradient on CUDA against the padded path in float64: within 3x the padded path's own half error"
+    import torch
+    from sonata_nb.attention_kernel import patch_attention
+    dtype = getattr(torch, dtype)
+    cases = [([70, 32, 5, 40, 9], 32, 2, 16), ([100, 7], 40, 3, 16), ([3, 5, 6], 8, 1, 32), ([64, 128], 32, 2, 16),
+             ([3000, 2500, 700], 1024, 3, 16), ([5000], 1024, 32, 16), ([2100, 900], 1024, 4, 64)]
+    for i, (counts, K, H, d) in enumerate(cases):
+        g = torch.Generator().manual_seed(i)
+        N, C, scale = sum(counts), H * d, d ** -0.5
+        order = torch.randperm(N, generator=g).cuda()
+        lay, maps = _maps(counts, K, order)
+        x = (torch.randn(N, 3 * C, generator=g) * 1.5).cuda()
+        grad = torch.randn(N, C, generator=g).cuda().to(dtype)
+        runs = []
+        for fn, cast in ((lambda q: patch_attention(q, H, scale, *maps), dtype), (lambda q: _padded(q, H, scale, lay, order), dtype),
+                         (lambda q: _padded(q, H, scale, lay, order), torch.float64)):
+            q = x.to(cast).clone().requires_grad_()
+            out = fn(q); out.backward(grad.to(cast))
+            assert out.dtype == cast and torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+            runs.append((out.double(), q.grad.double()))
+        for j, what in enumerate(("output", "gradient")):
+            err, half_err = [(r[j] - runs[2][j]).abs().max().item() for r in runs[:2]]
+            print(counts, K, H, d, dtype, what, f"kernel {err:.1e}, padded {half_err:.1e}")
+            assert err <= 3 * half_err + 1e-3 * runs[2][j].abs().max().item(), (counts, what, err, half_err)
+
+
+@cuda
+@pytest.mark.parametrize("enc_mode", [True, False])
+def test_encoder_on_cuda_with_the_kernel_is_as_close_to_float32_as_with_sdpa(enc_mode):
+    """A Sonata-width encoder's fp16-autocast forward and parameter gradients (a `ft` step) with the kernel backend:
+    as close to the float32 result as the SDPA backend's (within 1.5x its relative L2 distance)"""
+    import torch
+    from sonata_nb import attention as A
+    from sonata_nb.model import SONATA_CONFIG, PointTransformerV3, upcast
+    from sonata_nb.testing import toy_cloud
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**SONATA_CONFIG, "enc_mode": enc_mode}).cuda().train()
+    data = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in toy_cloud(n=6000, seed=3).items()}
+    def run(backend, amp):
+        A.set_attention_backend(backend)
+        try:
+            torch.manual_seed(1)  # the same stochastic-depth draws
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                out = m(data); out = upcast(out) if enc_mode else out.feat
+            out.float().square().mean().backward()
+            grads = torch.cat([p.grad.flatten().float() for p in m.parameters() if p.grad is not None])
+            m.zero_grad(set_to_none=True)
+            return out.float(), grads
+        finally: A.set_attention_backend("auto")
+    ref, kernel, sdpa = run("sdpa", False), run("triton", True), run("sdpa", True)
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    for j, what in enumerate(("output", "gradients")):
+        k_err, s_err = rel(kernel[j], ref[j]), rel(sdpa[j], ref[j])
+        print(what, f"kernel {k_err:.2e}, sdpa {s_err:.2e} (relative L2 to float32)")
+        assert k_err <= 1.5 * s_err + 1e-4, (what, k_err, s_err)
+
+
 # ---------------------------------------------------------------- checks, run in the subprocess
 def _setup():
     sys.path.insert(0, str(ROOT / "tests"))
