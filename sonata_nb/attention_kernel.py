@@ -18,10 +18,12 @@ __all__ = ['LOG2E', 'CONFIG', 'usable', 'patch_attention']
 # %% ../nbs/03c_attention_kernel.ipynb #a005
 LOG2E = 1.4426950408889634
 
+_LOOSE = dict(do_not_specialize=["L"], do_not_specialize_on_alignment=["Qlen", "Klen", "DupBase"])  # one compile per dtype
+
 if triton is not None:
-    @triton.jit
+    @triton.jit(**_LOOSE)
     def _pa_fwd(QKV, Idx, Qlen, Klen, Out, Lse, L, C, H, qk_scale, D:tl.constexpr, KLEN_IS_L:tl.constexpr,
-                STORE_LSE:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+                EVEN:tl.constexpr, STORE_LSE:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         mb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_len = tl.load(Qlen + p)
         k_len = L if KLEN_IS_L else tl.load(Klen + p)
@@ -34,25 +36,26 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
-        for n0 in range(0, k_len, BLOCK_N):
+        for n0 in range(0, k_len, BLOCK_N):  # m_i: running max of the raw scores; exp2(s * qk_scale - m * qk_scale)
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < k_len
             rows_n = tl.load(Idx + base + offs_n, mask=n_mask, other=0).to(tl.int64)
             kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
             k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
             v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
-            s = tl.where(n_mask[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))  # log2 units
+            s = tl.dot(q, tl.trans(k))
+            if not EVEN: s = tl.where(n_mask[None, :], s, float("-inf"))  # EVEN: every key block is full
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.math.exp2(m_i - m_new)
-            pr = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2((m_i - m_new) * qk_scale)
+            pr = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
             l_i = l_i * alpha + tl.sum(pr, 1)
             acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(Out + rows_m[:, None] * C + h * D + d[None, :], out.to(Out.dtype.element_ty), mask=m_mask[:, None])
-        if STORE_LSE: tl.store(Lse + rows_m * H + h, m_i + tl.math.log2(l_i), mask=m_mask)
+        if STORE_LSE: tl.store(Lse + rows_m * H + h, m_i * qk_scale + tl.math.log2(l_i), mask=m_mask)  # log2 units
 
-    @triton.jit
+    @triton.jit(**_LOOSE)
     def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, Dup, L, C, H, qk_scale, sm_scale,
                  D:tl.constexpr, KLEN_IS_L:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         nb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -92,9 +95,9 @@ if triton is not None:
             tl.store(dptr, dk, mask=dup[:, None])
             tl.store(dptr + C, dv, mask=dup[:, None])
 
-    @triton.jit
+    @triton.jit(**_LOOSE)
     def _pa_dq(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DQKV, L, C, H, qk_scale, sm_scale,
-               D:tl.constexpr, KLEN_IS_L:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+               D:tl.constexpr, KLEN_IS_L:tl.constexpr, EVEN:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         mb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_len = tl.load(Qlen + p)
         k_len = L if KLEN_IS_L else tl.load(Klen + p)
@@ -115,14 +118,15 @@ if triton is not None:
             kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
             k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
             v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
-            pr = tl.where(n_mask[None, :], tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
+            pr = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+            if not EVEN: pr = tl.where(n_mask[None, :], pr, 0.0)
             ds = pr * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
         tl.store(DQKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], (dq * sm_scale).to(DQKV.dtype.element_ty),
                  mask=m_mask[:, None])
 
 # %% ../nbs/03c_attention_kernel.ipynb #a007
-CONFIG = dict(fwd=(128, 64, 4, 2), dkdv=(64, 64, 4, 2), dq=(64, 64, 4, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 128, 4, 2), dq=(64, 64, 4, 3))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
 _HALF = (torch.float16, torch.bfloat16)
 
 def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:
@@ -134,6 +138,7 @@ def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:
 def _launch(kernel, L, P, H, name, *args, **consts):
     bm, bn, warps, stages = CONFIG[name]
     grid = (triton.cdiv(L, bn if name == "dkdv" else bm), P, H)
+    if name != "dkdv": consts["EVEN"] = consts["KLEN_IS_L"] and L % bn == 0  # full patches: no partial key block
     kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **consts)
 
 class _PatchAttention(torch.autograd.Function):
