@@ -126,7 +126,7 @@ if triton is not None:
                  mask=m_mask[:, None])
 
 # %% ../nbs/03c_attention_kernel.ipynb #a007
-CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 128, 4, 2), dq=(64, 64, 4, 3))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 64, 2, 2), dq=(64, 64, 4, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
 _HALF = (torch.float16, torch.bfloat16)
 
 def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:

@@ -99,7 +99,8 @@ def test_encoder_on_cuda_with_the_kernel_is_as_close_to_float32_as_with_sdpa(enc
     AK.patch_attention = lambda *a, **k: calls.append(1) or orig(*a, **k)
     try: ref, kernel, sdpa = run("sdpa", False), run("auto", True), run("sdpa", True)
     finally: AK.patch_attention = orig
-    assert len(calls) == sum(SONATA_CONFIG["enc_depths"]), len(calls)  # every encoder block, once
+    fits = [a for a in m.modules() if isinstance(a, A.SerializedAttention) and a.channels // a.num_heads in (16, 32, 64, 128)]
+    assert len(calls) == len(fits) >= sum(SONATA_CONFIG["enc_depths"]), (len(calls), len(fits))  # each such block once
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()
     for j, what in enumerate(("output", "gradients")):
         k_err, s_err = rel(kernel[j], ref[j]), rel(sdpa[j], ref[j])
