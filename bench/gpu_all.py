@@ -180,6 +180,7 @@ def main(argv=None):
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--profile-steps", type=int, default=2, help="0: no profiles")
     p.add_argument("--profile-variant", default="fused_ln_half", help="the variant profiled beside the baseline")
+    p.add_argument("--host-task", default="infer", choices=TASKS, help="the task of the Python (cProfile) host profiles")
     p.add_argument("--budget", type=float, default=330, help="seconds after which remaining variants are skipped")
     p.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).resolve().parent / "out"))
     p.add_argument("--attention-config", default=None, help="JSON with `best_config` (bench/attention_kernel.py --sweep): "
@@ -217,7 +218,7 @@ def main(argv=None):
             if ref is not None: base["baseline_rel_l2_vs_fp32"] = rel_l2(ref.cpu(), fp32)
         rows.append(base); save()
         if rnd == 0 and args.profile_steps:
-            report["host_profile"]["baseline_infer"] = host_profile(step_fn("infer", model, head, data, labels))
+            report["host_profile"][f"baseline_{args.host_task}"] = host_profile(step_fn(args.host_task, model, head, data, labels))
             report["profiles"]["baseline"] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device,
                                                             args.profile_steps) for t in TASKS}
             save()
@@ -229,7 +230,7 @@ def main(argv=None):
                 apply(model, VARIANTS[name])
                 report["profiles"][name] = {t: profile_fn(step_fn(t, model, head, data, labels), args.device,
                                                           args.profile_steps) for t in TASKS}
-                report["host_profile"][name + "_infer"] = host_profile(step_fn("infer", model, head, data, labels))
+                report["host_profile"][f"{name}_{args.host_task}"] = host_profile(step_fn(args.host_task, model, head, data, labels))
                 apply(model, {}); save()
         report["variants"] = median_rows(report["rounds"]); save()
         print(table(report["variants"], args, env), flush=True)
