@@ -106,18 +106,19 @@ def main():
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, command=portable_command(sys.argv),
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), default_config={k: list(v) for k, v in AK.CONFIG.items()})
     # the same attention: relative L2 of the kernel's output to the SDPA path's, per stage (fp16 rounding)
-    res["rel_l2_kernel_vs_sdpa"] = []
-    for attn, point, feat, _ in stages:
-        outs = [stage_fns(attn, point, feat, b)[0]().float() for b in ("sdpa", "triton")]
-        res["rel_l2_kernel_vs_sdpa"].append(((outs[1] - outs[0]).norm() / outs[0].norm()).item())
-    for rnd in range(2):  # interleaved: sdpa, kernel, sdpa, kernel
-        for backend in ("sdpa", "triton"):
-            res.setdefault(backend, []).append(measure(stages, backend, args.repeats))
-    if args.sweep:
-        res["sweep"] = sweep(stages, args.repeats)
-        res["best_config"] = {k: list(v) for k, v in AK.CONFIG.items()}
-        res["triton_best"] = measure(stages, "triton", args.repeats)
-    A.set_attention_backend("auto")
+    try:
+        res["rel_l2_kernel_vs_sdpa"] = []
+        for attn, point, feat, _ in stages:
+            outs = [stage_fns(attn, point, feat, b)[0]().float() for b in ("sdpa", "triton")]
+            res["rel_l2_kernel_vs_sdpa"].append(((outs[1] - outs[0]).norm() / outs[0].norm()).item())
+        for rnd in range(2):  # interleaved: sdpa, kernel, sdpa, kernel
+            for backend in ("sdpa", "triton"):
+                res.setdefault(backend, []).append(measure(stages, backend, args.repeats))
+        if args.sweep:
+            res["sweep"] = sweep(stages, args.repeats)
+            res["best_config"] = {k: list(v) for k, v in AK.CONFIG.items()}
+            res["triton_best"] = measure(stages, "triton", args.repeats)
+    finally: A.set_attention_backend("auto")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -14,7 +14,8 @@ round. Variants are skipped, and said so, when `--budget` seconds are spent. Wri
 bench/out/) after every variant. Levers (VARIANTS): fused_ln = Triton LayerNorm (`set_fused_layernorm`); half_ln =
 LayerNorm in the activation dtype; mlp_recompute = MLP GELU recomputed in backward (`set_mlp_recompute`);
 spconv_native / spconv_split = spconv algorithm Native / MaskSplitImplicitGemm (baseline: MaskImplicitGemm);
-sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-efficient kernel (baseline: torch's pick);
+sdpa_flash / sdpa_efficient = torch SDPA restricted to its flash / memory-efficient kernel (baseline: torch's pick; only
+where SDPA runs: with the patch-attention kernel on, combine them with sdpa_attention);
 compile_mlp = torch.compile(dynamic=True) of every block MLP; no_graphs = each stage's blocks run one by one in
 inference (baseline: replayed as one CUDA graph, `set_block_graphs`); graphs_stage3 = only stages with 3 or more blocks
 after the first (MIN_REPLAYS = 3: Sonata's stage 3); spconv_sort = neighbour-map masks sorted by spconv's thrust
@@ -24,7 +25,7 @@ first block runs as it is, the GPU running it while the host captures the templa
 fp32_ln = torch's float32 LayerNorm under autocast (`set_half_layernorm(False)`); no_mlp_recompute = the MLPs save
 GELU's output (`set_mlp_recompute(False)`); sdpa_attention = the SDPA attention path (gathered q/k/v, torch's
 attention, scatter) instead of the Triton patch-attention kernel (`set_attention_backend("sdpa")`; baseline: "auto",
-the kernel on CUDA under autocast). The baseline is the library's defaults.
+the kernel on CUDA under autocast, unless flash_attn is installed: then flash-attn's kernel). The baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -167,8 +168,8 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     spconv_sort=dict(torch_sort=False), spconv_sort_no_graphs=dict(torch_sort=False, graphs=False),
     frozen_half=dict(half_ln="frozen"), block0_eager=dict(whole=False), frozen_half_block0=dict(half_ln="frozen", whole=False),
     fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False),
-    sdpa_attention=dict(attention="sdpa"))
-DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,fused_ln,sdpa_flash"  # against the library's defaults
+    sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"))
+DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,fused_ln,sdpa_attention"  # against the library's defaults
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['LOG2E', 'CONFIG', 'usable', 'patch_attention']
+__all__ = ['LOG2E', 'CONFIG', 'MAX_PATCHES', 'usable', 'patch_attention']
 
 # %% ../nbs/03c_attention_kernel.ipynb #a005
 LOG2E = 1.4426950408889634
@@ -127,36 +127,51 @@ if triton is not None:
 
 # %% ../nbs/03c_attention_kernel.ipynb #a007
 CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 64, 2, 2), dq=(64, 64, 4, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+MAX_PATCHES = 65535  # CUDA's limit of a grid's second dimension: more patches launch in chunks
 _HALF = (torch.float16, torch.bfloat16)
 
 def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:
     "Whether `patch_attention` runs on qkv rows of this device, dtype and head dimension"
-    # Triton's CPU interpreter (3.9) multiplies bfloat16 matrices wrongly: float16 only there
-    return (available() and (device.type == "cuda" or interpreted()) and head_dim in (16, 32, 64, 128)
-            and (dtype in _HALF if device.type == "cuda" else dtype == torch.float16))
+    if not (available() and head_dim in (16, 32, 64, 128)): return False
+    if device.type == "cuda":  # Ampere or newer: half-precision tensor-core products in both dtypes
+        return not interpreted() and dtype in _HALF and torch.cuda.get_device_capability(device) >= (8, 0)
+    return interpreted() and dtype == torch.float16  # Triton's CPU interpreter (3.9) multiplies bfloat16 wrongly
 
-def _launch(kernel, L, P, H, name, *args, **consts):
+def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its CONFIG key, P, L, H
+            per_patch:dict, **kwargs): # the kernel's arguments with a row per patch (sliced per chunk), the others
+    "Launch `kernel` over the patches, in chunks of at most MAX_PATCHES"
     bm, bn, warps, stages = CONFIG[name]
-    grid = (triton.cdiv(L, bn if name == "dkdv" else bm), P, H)
-    if name != "dkdv": consts["EVEN"] = consts["KLEN_IS_L"] and L % bn == 0  # full patches: no partial key block
-    kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **consts)
+    if name != "dkdv": kwargs["EVEN"] = kwargs["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
+    for lo in range(0, patches, MAX_PATCHES):
+        n = min(MAX_PATCHES, patches - lo)
+        grid = (triton.cdiv(length, bn if name == "dkdv" else bm), n, heads)
+        kernel[grid](**{k: v[lo:lo + n] for k, v in per_patch.items()}, **kwargs, BLOCK_M=bm, BLOCK_N=bn,
+                     num_warps=warps, num_stages=stages)
+
+def _parts(full, full_len, dup_base, short, short_len):
+    "(index map, per-patch lengths, repeated-slot bases, full patches?) of the full and the short patches present"
+    return [(idx, qlen, base, whole) for idx, qlen, base, whole in ((full, full_len, dup_base, True), (short, short_len, short_len, False))
+            if idx.shape[0] and idx.shape[1]]
+
+def _forward(qkv, heads:int, scale:float, full, full_len, dup_base, short, short_len, keep:bool) -> tuple:
+    "(output, log-sum-exp per point and head in log2 units, or None when not `keep`)"
+    N, C = qkv.shape[0], qkv.shape[1] // 3
+    out = qkv.new_empty(N, C)
+    lse = torch.empty(N, heads, device=qkv.device, dtype=torch.float32) if keep else None
+    with _on(qkv.device):
+        for idx, qlen, _, whole in _parts(full, full_len, dup_base, short, short_len):
+            P, L = idx.shape
+            _launch(_pa_fwd, "fwd", P, L, heads, dict(Idx=idx, Qlen=qlen, Klen=qlen), QKV=qkv, Out=out,
+                    Lse=out if lse is None else lse, L=L, C=C, H=heads, qk_scale=scale * LOG2E, D=C // heads,
+                    KLEN_IS_L=whole, STORE_LSE=keep)
+    return out, lse
 
 class _PatchAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, heads, scale, full, full_len, dup_base, dup_rows, short, short_len):
-        N, C = qkv.shape[0], qkv.shape[1] // 3
-        D, keep = C // heads, ctx.needs_input_grad[0]  # False under no_grad: no log-sum-exp kept
-        out = qkv.new_empty(N, C)
-        lse = torch.empty(N, heads, device=qkv.device, dtype=torch.float32) if keep else out
-        with _on(qkv.device):
-            for idx, qlen, whole in ((full, full_len, True), (short, short_len, False)):
-                P, L = idx.shape
-                if P == 0 or L == 0: continue
-                _launch(_pa_fwd, L, P, heads, "fwd", qkv, idx, qlen, qlen, out, lse, L, C, heads, scale * LOG2E,
-                        D=D, KLEN_IS_L=whole, STORE_LSE=keep)
-        if keep:
-            ctx.save_for_backward(qkv, out, lse, full, full_len, dup_base, dup_rows, short, short_len)
-            ctx.heads, ctx.scale = heads, scale
+        out, lse = _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=True)
+        ctx.save_for_backward(qkv, out, lse, full, full_len, dup_base, dup_rows, short, short_len)
+        ctx.heads, ctx.scale = heads, scale
         return out
 
     @staticmethod
@@ -168,15 +183,14 @@ class _PatchAttention(torch.autograd.Function):
         delta = (dout.float() * out.float()).view(N, heads, D).sum(-1)  # rowsum(dO * O) per query and head
         dqkv = torch.empty_like(qkv)  # every row is a query of one slot and a key of its own slot: all written
         dup = torch.empty(len(dup_rows), 2 * C, device=qkv.device, dtype=torch.float32)
+        common = dict(QKV=qkv, DO=dout, Lse=lse, Delta=delta, DQKV=dqkv, C=C, H=heads, qk_scale=scale * LOG2E,
+                      sm_scale=scale, D=D)
         with _on(qkv.device):
-            for idx, qlen, whole in ((full, full_len, True), (short, short_len, False)):
+            for idx, qlen, base, whole in _parts(full, full_len, dup_base, short, short_len):
                 P, L = idx.shape
-                if P == 0 or L == 0: continue
-                args = (L, C, heads, scale * LOG2E, scale)
-                _launch(_pa_dkdv, L, P, heads, "dkdv", qkv, dout, lse, delta, idx, qlen, qlen, dup_base, dqkv, dup,
-                        *args, D=D, KLEN_IS_L=whole)
-                _launch(_pa_dq, L, P, heads, "dq", qkv, dout, lse, delta, idx, qlen, qlen, dqkv, *args,
-                        D=D, KLEN_IS_L=whole)
+                _launch(_pa_dkdv, "dkdv", P, L, heads, dict(Idx=idx, Qlen=qlen, Klen=qlen, DupBase=base), Dup=dup, L=L,
+                        KLEN_IS_L=whole, **common)
+                _launch(_pa_dq, "dq", P, L, heads, dict(Idx=idx, Qlen=qlen, Klen=qlen), L=L, KLEN_IS_L=whole, **common)
         if len(dup_rows): dqkv[:, C:].index_add_(0, dup_rows, dup.to(dqkv.dtype))  # each repeated point once
         return dqkv, None, None, None, None, None, None, None, None
 
@@ -194,6 +208,10 @@ def patch_attention(qkv:torch.Tensor, # (N, 3C) rows of [q | k | v], head by hea
     if qkv.dim() != 2 or qkv.shape[1] % (3 * heads):
         raise ValueError(f"qkv must be (N, 3C) with C divisible by heads={heads}, got {tuple(qkv.shape)}")
     if not usable(qkv.device, qkv.dtype, qkv.shape[1] // 3 // heads):
-        raise ValueError(f"patch_attention needs Triton, CUDA (or the interpreter), float16/bfloat16 qkv and a head "
-                         f"dimension of 16, 32, 64 or 128; got {qkv.device}, {qkv.dtype}, {qkv.shape[1] // 3 // heads}")
-    return _PatchAttention.apply(qkv.contiguous(), heads, scale, full, full_len, dup_base, dup_rows, short, short_len)
+        raise ValueError(f"patch_attention needs Triton, an Ampere or newer CUDA GPU (or the interpreter), "
+                         f"float16/bfloat16 qkv and a head dimension of 16, 32, 64 or 128; got {qkv.device}, {qkv.dtype}, "
+                         f"head dimension {qkv.shape[1] // 3 // heads}")
+    qkv = qkv.contiguous()
+    if not (torch.is_grad_enabled() and qkv.requires_grad):  # nothing to differentiate: no log-sum-exp, no graph node
+        return _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=False)[0]
+    return _PatchAttention.apply(qkv, heads, scale, full, full_len, dup_base, dup_rows, short, short_len)

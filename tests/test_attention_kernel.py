@@ -22,7 +22,7 @@ def run_check(forkserver, check:str, interpret:bool=True) -> str:
 
 
 @needs_triton
-@pytest.mark.parametrize("check", ["module_matches_oracle", "kernel_matches_padded_path", "bad_input", "no_grad"])
+@pytest.mark.parametrize("check", ["module_matches_oracle", "kernel_matches_padded_path", "bad_input", "no_grad", "chunks"])
 def test_interpreted(forkserver, check):
     print(run_check(forkserver, check))
 
@@ -202,8 +202,25 @@ def check_no_grad():
     x = torch.randn(60, 96).half()
     with torch.no_grad(): a = patch_attention(x, 2, 0.25, *maps)
     b = patch_attention(x.clone().requires_grad_(), 2, 0.25, *maps)
-    assert not a.requires_grad and b.requires_grad
-    torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    with torch.no_grad(): c = patch_attention(x.clone().requires_grad_(), 2, 0.25, *maps)
+    assert not a.requires_grad and b.requires_grad and c.grad_fn is None
+    torch.testing.assert_close(a, b.detach(), rtol=0, atol=0); torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+def check_chunks():
+    "More patches than one launch may take (MAX_PATCHES, lowered here): launched in chunks, the same output and gradient"
+    _setup()
+    import torch
+    from sonata_nb import attention_kernel as AK
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+    _, maps = _maps([70, 32, 5, 40, 9, 100, 3, 41], 16, order)  # 19 full patches, 2 short ones
+    x, g = torch.randn(300, 96).half(), torch.randn(300, 32).half()
+    def run():
+        q = x.clone().requires_grad_(); out = AK.patch_attention(q, 2, 0.25, *maps); out.backward(g)
+        return out, q.grad
+    whole = run()
+    AK.MAX_PATCHES = 4
+    for a, b in zip(run(), whole): torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def check_bad_input():
