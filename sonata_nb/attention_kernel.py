@@ -138,15 +138,14 @@ def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:
     return interpreted() and dtype == torch.float16  # Triton's CPU interpreter (3.9) multiplies bfloat16 wrongly
 
 def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its CONFIG key, P, L, H
-            per_patch:dict, **kwargs): # the kernel's arguments with a row per patch (sliced per chunk), the others
+            args, **consts): # args(first, n): the kernel's arguments for patches [first, first + n); constexprs
     "Launch `kernel` over the patches, in chunks of at most MAX_PATCHES"
     bm, bn, warps, stages = CONFIG[name]
-    if name != "dkdv": kwargs["EVEN"] = kwargs["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
+    if name != "dkdv": consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
     for lo in range(0, patches, MAX_PATCHES):
         n = min(MAX_PATCHES, patches - lo)
         grid = (triton.cdiv(length, bn if name == "dkdv" else bm), n, heads)
-        kernel[grid](**{k: v[lo:lo + n] for k, v in per_patch.items()}, **kwargs, BLOCK_M=bm, BLOCK_N=bn,
-                     num_warps=warps, num_stages=stages)
+        kernel[grid](*args(lo, n), BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **consts)
 
 def _parts(full, full_len, dup_base, short, short_len):
     "(index map, per-patch lengths, repeated-slot bases, full patches?) of the full and the short patches present"
@@ -161,9 +160,9 @@ def _forward(qkv, heads:int, scale:float, full, full_len, dup_base, short, short
     with _on(qkv.device):
         for idx, qlen, _, whole in _parts(full, full_len, dup_base, short, short_len):
             P, L = idx.shape
-            _launch(_pa_fwd, "fwd", P, L, heads, dict(Idx=idx, Qlen=qlen, Klen=qlen), QKV=qkv, Out=out,
-                    Lse=out if lse is None else lse, L=L, C=C, H=heads, qk_scale=scale * LOG2E, D=C // heads,
-                    KLEN_IS_L=whole, STORE_LSE=keep)
+            _launch(_pa_fwd, "fwd", P, L, heads, lambda lo, n: (
+                qkv, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], out, out if lse is None else lse, L, C, heads,
+                scale * LOG2E), D=C // heads, KLEN_IS_L=whole, STORE_LSE=keep)
     return out, lse
 
 class _PatchAttention(torch.autograd.Function):
@@ -183,14 +182,15 @@ class _PatchAttention(torch.autograd.Function):
         delta = (dout.float() * out.float()).view(N, heads, D).sum(-1)  # rowsum(dO * O) per query and head
         dqkv = torch.empty_like(qkv)  # every row is a query of one slot and a key of its own slot: all written
         dup = torch.empty(len(dup_rows), 2 * C, device=qkv.device, dtype=torch.float32)
-        common = dict(QKV=qkv, DO=dout, Lse=lse, Delta=delta, DQKV=dqkv, C=C, H=heads, qk_scale=scale * LOG2E,
-                      sm_scale=scale, D=D)
         with _on(qkv.device):
             for idx, qlen, base, whole in _parts(full, full_len, dup_base, short, short_len):
                 P, L = idx.shape
-                _launch(_pa_dkdv, "dkdv", P, L, heads, dict(Idx=idx, Qlen=qlen, Klen=qlen, DupBase=base), Dup=dup, L=L,
-                        KLEN_IS_L=whole, **common)
-                _launch(_pa_dq, "dq", P, L, heads, dict(Idx=idx, Qlen=qlen, Klen=qlen), L=L, KLEN_IS_L=whole, **common)
+                tail = (L, C, heads, scale * LOG2E, scale)
+                _launch(_pa_dkdv, "dkdv", P, L, heads, lambda lo, n: (
+                    qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], base[lo:lo + n], dqkv, dup,
+                    *tail), D=D, KLEN_IS_L=whole)
+                _launch(_pa_dq, "dq", P, L, heads, lambda lo, n: (
+                    qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], dqkv, *tail), D=D, KLEN_IS_L=whole)
         if len(dup_rows): dqkv[:, C:].index_add_(0, dup_rows, dup.to(dqkv.dtype))  # each repeated point once
         return dqkv, None, None, None, None, None, None, None, None
 
