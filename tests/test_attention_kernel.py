@@ -71,6 +71,22 @@ def test_kernel_on_cuda_matches_the_padded_path(dtype):
 
 
 @cuda
+def test_chunked_launches_on_cuda_equal_one_launch(monkeypatch):
+    "More patches than one launch may take (MAX_PATCHES lowered): the same output and gradient, bit for bit"
+    import torch
+    from sonata_nb import attention_kernel as AK
+    order = torch.randperm(6000, generator=torch.Generator().manual_seed(0)).cuda()
+    _, maps = _maps([2500, 1800, 1024, 600, 76], 64, order)
+    x, g = torch.randn(6000, 144, device="cuda").half(), torch.randn(6000, 48, device="cuda").half()
+    def run():
+        q = x.clone().requires_grad_(); out = AK.patch_attention(q, 3, 0.25, *maps); out.backward(g)
+        return out, q.grad
+    whole = run()
+    monkeypatch.setattr(AK, "MAX_PATCHES", 7)
+    for a, b in zip(run(), whole): assert torch.equal(a, b)
+
+
+@cuda
 @pytest.mark.parametrize("enc_mode", [True, False])
 def test_encoder_on_cuda_with_the_kernel_is_as_close_to_float32_as_with_sdpa(enc_mode):
     """A Sonata-width encoder's fp16-autocast forward and parameter gradients (a `ft` step) under "auto" (the kernel
