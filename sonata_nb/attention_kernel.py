@@ -21,41 +21,28 @@ LOG2E = 1.4426950408889634
 _LOOSE = dict(do_not_specialize=["L"], do_not_specialize_on_alignment=["Qlen", "Klen", "DupBase"])  # one compile per dtype
 
 if triton is not None:
-    @triton.jit
-    def _patch(Qlen, Klen, L, p, KLEN_IS_L:tl.constexpr):
-        "(own slots, key slots, first slot in the index map) of patch `p`"
-        k_len = L if KLEN_IS_L else tl.load(Klen + p)
-        return tl.load(Qlen + p), k_len, p.to(tl.int64) * L
-
-    @triton.jit
-    def _rows(Idx, first, offs, mask):
-        "The rows of the patch's slots `offs` (row 0 where not `mask`)"
-        return tl.load(Idx + first + offs, mask=mask, other=0).to(tl.int64)
-
-    @triton.jit
-    def _load(Ptr, rows, stride, col, mask, D:tl.constexpr):
-        "Columns [col, col + D) of `rows` of a row-major array with rows of `stride` (zeros where not `mask`): (R, D)"
-        return tl.load(Ptr + rows[:, None] * stride + col + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0)
-
     @triton.jit(**_LOOSE)
     def _pa_fwd(QKV, Idx, Qlen, Klen, Out, Lse, L, C, H, qk_scale, D:tl.constexpr, KLEN_IS_L:tl.constexpr,
                 EVEN:tl.constexpr, STORE_LSE:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         mb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        q_len, k_len, base = _patch(Qlen, Klen, L, p, KLEN_IS_L)
+        q_len = tl.load(Qlen + p)
+        k_len = L if KLEN_IS_L else tl.load(Klen + p)
+        base = p.to(tl.int64) * L
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         m_mask = offs_m < q_len
         d = tl.arange(0, D)
-        rows_m = _rows(Idx, base, offs_m, m_mask)
-        q = _load(QKV, rows_m, 3 * C, h * D, m_mask, D)
+        rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
+        q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, D], tl.float32)
         for n0 in range(0, k_len, BLOCK_N):  # m_i: running max of the raw scores; exp2(s * qk_scale - m * qk_scale)
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < k_len
-            rows_n = _rows(Idx, base, offs_n, n_mask)
-            k = _load(QKV, rows_n, 3 * C, C + h * D, n_mask, D)
-            v = _load(QKV, rows_n, 3 * C, 2 * C + h * D, n_mask, D)
+            rows_n = tl.load(Idx + base + offs_n, mask=n_mask, other=0).to(tl.int64)
+            kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
+            k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
+            v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k))
             if not EVEN: s = tl.where(n_mask[None, :], s, float("-inf"))  # EVEN: every key block is full
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -72,21 +59,24 @@ if triton is not None:
     def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, Dup, L, C, H, qk_scale, sm_scale,
                  D:tl.constexpr, KLEN_IS_L:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         nb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        q_len, k_len, base = _patch(Qlen, Klen, L, p, KLEN_IS_L)
+        q_len = tl.load(Qlen + p)
+        k_len = L if KLEN_IS_L else tl.load(Klen + p)
+        base = p.to(tl.int64) * L
         offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < k_len
         d = tl.arange(0, D)
-        rows_n = _rows(Idx, base, offs_n, n_mask)
-        k = _load(QKV, rows_n, 3 * C, C + h * D, n_mask, D)
-        v = _load(QKV, rows_n, 3 * C, 2 * C + h * D, n_mask, D)
+        rows_n = tl.load(Idx + base + offs_n, mask=n_mask, other=0).to(tl.int64)
+        kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
+        k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
+        v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
         dk = tl.zeros([BLOCK_N, D], tl.float32)
         dv = tl.zeros([BLOCK_N, D], tl.float32)
         for m0 in range(0, q_len, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             m_mask = offs_m < q_len
-            rows_m = _rows(Idx, base, offs_m, m_mask)
-            q = _load(QKV, rows_m, 3 * C, h * D, m_mask, D)
-            do = _load(DO, rows_m, C, h * D, m_mask, D)
+            rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
+            q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
+            do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
             lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))  # no query: probability 0
             delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
             pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
@@ -109,22 +99,25 @@ if triton is not None:
     def _pa_dq(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DQKV, L, C, H, qk_scale, sm_scale,
                D:tl.constexpr, KLEN_IS_L:tl.constexpr, EVEN:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         mb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        q_len, k_len, base = _patch(Qlen, Klen, L, p, KLEN_IS_L)
+        q_len = tl.load(Qlen + p)
+        k_len = L if KLEN_IS_L else tl.load(Klen + p)
+        base = p.to(tl.int64) * L
         offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
         m_mask = offs_m < q_len
         d = tl.arange(0, D)
-        rows_m = _rows(Idx, base, offs_m, m_mask)
-        q = _load(QKV, rows_m, 3 * C, h * D, m_mask, D)
-        do = _load(DO, rows_m, C, h * D, m_mask, D)
+        rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
+        q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
+        do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
         lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))
         delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         for n0 in range(0, k_len, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < k_len
-            rows_n = _rows(Idx, base, offs_n, n_mask)
-            k = _load(QKV, rows_n, 3 * C, C + h * D, n_mask, D)
-            v = _load(QKV, rows_n, 3 * C, 2 * C + h * D, n_mask, D)
+            rows_n = tl.load(Idx + base + offs_n, mask=n_mask, other=0).to(tl.int64)
+            kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
+            k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
+            v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
             pr = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
             if not EVEN: pr = tl.where(n_mask[None, :], pr, 0.0)
             ds = pr * (tl.dot(do, tl.trans(v)) - delta[:, None])
