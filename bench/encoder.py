@@ -6,7 +6,8 @@ point per 2 cm voxel, 9 features (coord, colour, normal). For batch 1 and 4, und
 - points/s, ms per batch, peak memory (torch.cuda.max_memory_allocated);
 - share of the forward time in attention, sparse convolution, pooling (without its re-serialization) and
   serialization (+ sparsify), timed with CUDA events around those modules (a separate, instrumented run);
-- agreement of the attention backends sdpa and math on one batch (fp32 and the chosen autocast dtype).
+- agreement of the attention backends sdpa and auto (the library's default: the Triton patch-attention kernel on a GPU
+  under autocast) with math on one batch (fp32 and the chosen autocast dtype).
 
     python bench/encoder.py                                 # H100: 100k points, batch 1 and 4
     python bench/encoder.py --json bench_encoder.json
@@ -162,19 +163,22 @@ def measure(model, data, train, amp, repeats, warmup, device) -> dict:
 
 
 def compare_backends(model, data, amp, amp_name) -> list:
-    "Up-cast features of one eval forward with sdpa vs math, in fp32 and under `amp`"
+    "Up-cast features of one eval forward with sdpa and auto vs math, in fp32 and under `amp`"
     rows, saved = [], get_attention_backend()
     model.eval()
     for label, dtype in [("fp32", None)] + ([(amp_name, amp)] if amp is not None else []):
         feats = {}
-        for backend in ("sdpa", "math"):
+        for backend in ("math", "sdpa", "auto"):
             set_attention_backend(backend)
-            torch.manual_seed(0)  # the same order shuffles for both backends
+            torch.manual_seed(0)  # the same order shuffles for every backend
             with torch.no_grad(), torch.autocast(data["feat"].device.type, dtype=dtype, enabled=dtype is not None):
                 feats[backend] = upcast(model(data)).float()
-        a, b = feats["sdpa"], feats["math"]
-        rows.append(dict(dtype=label, max_abs_diff=(a - b).abs().max().item(), rel_l2=((a - b).norm() / b.norm()).item(),
-                         min_cosine=torch.nn.functional.cosine_similarity(a, b, dim=1).min().item()))
+        b = feats["math"]
+        for backend in ("sdpa", "auto"):
+            a = feats[backend]
+            rows.append(dict(dtype=label, backend=backend, max_abs_diff=(a - b).abs().max().item(),
+                             rel_l2=((a - b).norm() / b.norm()).item(),
+                             min_cosine=torch.nn.functional.cosine_similarity(a, b, dim=1).min().item()))
     set_attention_backend(saved)
     return rows
 
@@ -185,11 +189,12 @@ def main(argv=None):
     p.add_argument("--points", type=int, default=100_000, help="grid-sampled points per scene")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="scenes per batch")
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="autocast dtype (fp32: no autocast)")
-    p.add_argument("--backend", default="sdpa", choices=list(attention.BACKENDS), help="attention backend to time")
+    p.add_argument("--backend", default="auto", choices=list(attention.BACKENDS),
+                   help="attention backend to time (auto: the library's default)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--tiny", action="store_true", help="narrow encoder (CPU check of the script)")
-    p.add_argument("--no-compare", action="store_true", help="skip the sdpa vs math comparison")
+    p.add_argument("--no-compare", action="store_true", help="skip the sdpa / auto vs math comparison")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--scan", default=str(DEFAULT_SCAN), help="ScanNet scans/<scene> folder for the issue's case")
     p.add_argument("--crop", type=int, default=None, help="issue case: keep this many points of the scan (CPU checks)")
@@ -288,10 +293,10 @@ def markdown(report) -> str:
         lines.append(f"| {b['batch']} | {b['mode']} | {b['total_ms']:.1f} | " + " | ".join(shares)
                      + f" | {100 * (1 - sum(parts) / b['total_ms']):.0f}% |")
     if report["backend_agreement"]:
-        lines += ["", "Attention backends sdpa vs math (batch 1, up-cast features)", "",
-                  "| dtype | max abs diff | relative L2 | min cosine |", "|---|---|---|---|"]
+        lines += ["", "Attention backends sdpa and auto vs math (batch 1, up-cast features)", "",
+                  "| dtype | backend | max abs diff | relative L2 | min cosine |", "|---|---|---|---|---|"]
         for r in report["backend_agreement"]:
-            lines.append(f"| {r['dtype']} | {r['max_abs_diff']:.2e} | {r['rel_l2']:.2e} | {r['min_cosine']:.6f} |")
+            lines.append(f"| {r['dtype']} | {r['backend']} | {r['max_abs_diff']:.2e} | {r['rel_l2']:.2e} | {r['min_cosine']:.6f} |")
     return "\n".join(lines)
 
 
