@@ -187,7 +187,7 @@ class SerializedAttention(PointModule):
             use_flash = flash_attn is not None and device.type == "cuda" and not upcast
             name = "flash" if use_flash else "triton" if device.type == "cuda" and self._kernel_fits(device, dtype) else "sdpa"
         if name == "triton" and not self._kernel_fits(device, dtype):
-            raise ValueError(f"Attention backend 'triton' needs CUDA, float16/bfloat16 qkv (autocast), a head dimension "
+            raise ValueError(f"Attention backend 'triton' needs an Ampere or newer GPU, float16/bfloat16 qkv (autocast), a head dimension "
                              f"of 16-128, no upcast and no attention dropout in training; got {device}, {dtype}, head "
                              f"dimension {self.channels // self.num_heads}: use 'auto' or 'sdpa'")
         if name == "flash":
