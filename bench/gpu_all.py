@@ -25,7 +25,10 @@ first block runs as it is, the GPU running it while the host captures the templa
 fp32_ln = torch's float32 LayerNorm under autocast (`set_half_layernorm(False)`); no_mlp_recompute = the MLPs save
 GELU's output (`set_mlp_recompute(False)`); sdpa_attention = the SDPA attention path (gathered q/k/v, torch's
 attention, scatter) instead of the Triton patch-attention kernel (`set_attention_backend("sdpa")`; baseline: "auto",
-the kernel on CUDA under autocast, unless flash_attn is installed: then flash-attn's kernel). The baseline is the library's defaults.
+the kernel on CUDA under autocast, unless flash_attn is installed: then flash-attn's kernel); torch_ln = torch's
+LayerNorm kernels for the float32 norms (`set_fused_layernorm(False)`; baseline: the fused Triton kernel on CUDA);
+torch_bias_grad = torch's sum for Linear bias gradients (`sonata_nb.kernels.set_bias_grad_kernel(False)`; baseline:
+the column-sum kernel). The baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -38,6 +41,7 @@ from steps import (batch_arguments, TASKS, amp_dtype, build, ft_memory, host_pro
                    sync, time_fn)
 import sonata_nb.attention as A
 import sonata_nb.model as M
+import sonata_nb.kernels as K
 from sonata_nb.model import MLP, set_half_layernorm, set_spconv_algo, upcast
 
 
@@ -64,6 +68,8 @@ def apply(model, lev:dict):
     for key, switch, _, _ in _SWITCHES:
         if hasattr(M, switch): getattr(M, switch)(lev.get(key, _DEFAULTS[key]))
         elif lev.get(key, _DEFAULTS[key]) != _DEFAULTS[key]: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
+    if hasattr(K, "set_bias_grad_kernel"): K.set_bias_grad_kernel(lev.get("bias_kernel", True))
+    elif not lev.get("bias_kernel", True): raise RuntimeError("this checkout has no sonata_nb.kernels.set_bias_grad_kernel")
     if hasattr(M, "_whole_stages"): M._whole_stages = lev.get("whole", _DEFAULTS["whole"])
     elif not lev.get("whole", True): raise RuntimeError("this checkout has no sonata_nb.model._whole_stages")
     if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", _MIN_REPLAYS)
@@ -168,8 +174,9 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     spconv_sort=dict(torch_sort=False), spconv_sort_no_graphs=dict(torch_sort=False, graphs=False),
     frozen_half=dict(half_ln="frozen"), block0_eager=dict(whole=False), frozen_half_block0=dict(half_ln="frozen", whole=False),
     fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False),
-    sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"))
-DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,fused_ln,sdpa_attention"  # against the library's defaults
+    sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"),
+    torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False))
+DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,torch_bias_grad,sdpa_attention"  # against the library's defaults
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from . import attention_kernel
+from .kernels import Linear
 from .structure import Point, PointModule, offset2bincount
 
 try: import flash_attn
@@ -149,8 +150,8 @@ class SerializedAttention(PointModule):
         self.order_index, self.attn_drop = order_index, attn_drop
         self.enable_rpe, self.enable_flash = enable_rpe, enable_flash
         self.upcast_attention, self.upcast_softmax = upcast_attention, upcast_softmax
-        self.qkv = nn.Linear(channels, channels * 3, bias=qkv_bias)
-        self.proj = nn.Linear(channels, channels)
+        self.qkv = Linear(channels, channels * 3, bias=qkv_bias)
+        self.proj = Linear(channels, channels)
         self.proj_drop = nn.Dropout(proj_drop)
 
     @torch.no_grad()

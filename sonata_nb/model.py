@@ -23,7 +23,8 @@ from .checkpoint import read_checkpoint, resolve_source
 from .registry import Registry
 from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
-from .kernels import fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
+from . import kernels
+from .kernels import Linear, column_sum, fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
     interpreted as _triton_interpreted
 
 # %% auto #0
@@ -90,16 +91,18 @@ class SubMConv3d(spconv.SubMConv3d):
             weight, amp = weight.to(torch.float16), torch.autocast("cuda", enabled=False)
         else: amp = contextlib.nullcontext()
         # spconv's `training` argument only selects how the bias is applied: fused into the kernel (eval) or added
-        # after it. The unfused path is required on the CPU and faster on the GPU under autocast, so it is always used.
+        # after it. The unfused path is required on the CPU and faster on the GPU under autocast; the bias is added
+        # here, as spconv would, by `kernels.add_bias_` (its gradient from the column-sum kernel where that runs).
         algo = ConvAlgo.Native if cpu else self._cuda_algo()
         if not cpu: self.prepare_map(input)
         saved, self.algo = self.algo, algo
         try:
             with amp:
-                return self._conv_forward(True, input, weight, self.bias, name=self.name,
-                                          sparse_unique_name=self._sparse_unique_name, act_type=self.act_type,
-                                          act_alpha=self.act_alpha, act_beta=self.act_beta)
+                out = self._conv_forward(True, input, weight, None, name=self.name,
+                                         sparse_unique_name=self._sparse_unique_name, act_type=self.act_type,
+                                         act_alpha=self.act_alpha, act_beta=self.act_beta)
         finally: self.algo = saved
+        return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
 
     def _cuda_algo(self) -> ConvAlgo: return SPCONV_ALGOS[_spconv_algo] if _spconv_algo else self.algo
 
@@ -147,6 +150,12 @@ def set_mlp_recompute(on:bool=True): # True: MLPs save fc1's output only and rec
     global _mlp_recompute
     _mlp_recompute = bool(on)
 
+def _bias_sum(g:torch.Tensor, # (N, C) output gradient of a layer with a bias
+              dt): # autocast's dtype in the forward, or None
+    "A bias gradient: `kernels.column_sum` where `kernels.linear` would use it (autocast, the kernels' device), else torch's"
+    if dt is not None and kernels._bias_grad_kernel and kernels.available() and kernels._kernel_device(g): return column_sum(g)
+    return g.sum(0)
+
 class _MLPRecompute(torch.autograd.Function):
     "`fc2(gelu(fc1(x)))` saving `h = fc1(x)` (not `gelu(h)`); autocast's casts replicated by hand in the backward"
     @staticmethod
@@ -171,11 +180,11 @@ class _MLPRecompute(torch.autograd.Function):
             dy2, a2, x2 = dy.reshape(-1, dy.shape[-1]), a.reshape(-1, a.shape[-1]), xc.reshape(-1, xc.shape[-1])
             da = dy.matmul(w2c)
             dw2 = a2.t().mm(dy2).t().to(w2.dtype)
-            db2 = dy2.sum(0).to(ctx.b_dtypes[1]) if ctx.b_dtypes[1] is not None else None
+            db2 = _bias_sum(dy2, ctx.dt).to(ctx.b_dtypes[1]) if ctx.b_dtypes[1] is not None else None
             dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate)
             dh2 = dh.reshape(-1, dh.shape[-1])
             dw1 = x2.t().mm(dh2).t().to(w1.dtype)
-            db1 = dh2.sum(0).to(ctx.b_dtypes[0]) if ctx.b_dtypes[0] is not None else None
+            db1 = _bias_sum(dh2, ctx.dt).to(ctx.b_dtypes[0]) if ctx.b_dtypes[0] is not None else None
             dx = dh.matmul(w1c).to(ctx.x_dtype)
         return dx, dw1, db1, dw2, db2, None
 
@@ -188,9 +197,9 @@ class MLP(nn.Module):
                  drop:float=0.0): # dropout after each layer
         super().__init__()
         out_channels, hidden_channels = out_channels or in_channels, hidden_channels or in_channels
-        self.fc1 = nn.Linear(in_channels, hidden_channels)
+        self.fc1 = Linear(in_channels, hidden_channels)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_channels, out_channels)
+        self.fc2 = Linear(hidden_channels, out_channels)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -200,7 +209,7 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 _half_layernorm = "frozen"
-_fused_layernorm = False
+_fused_layernorm = True
 _fused_on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take the fused path through the interpreter
 
 def set_half_layernorm(mode:bool|str=True): # True: always; "frozen": where no gradient flows through the norm; False: never
@@ -210,14 +219,14 @@ def set_half_layernorm(mode:bool|str=True): # True: always; "frozen": where no g
     _half_layernorm = mode if isinstance(mode, str) else bool(mode)
 
 def set_fused_layernorm(on:bool=True): # True: LayerNorm of CUDA tensors through `kernels.fused_layer_norm`
-    "Speed switch: every `LayerNorm` on a CUDA tensor runs the fused Triton kernel when Triton is installed (module-wide)"
+    "Speed switch (on by default): every `LayerNorm` on a CUDA tensor runs the fused Triton kernel when Triton is installed (module-wide)"
     global _fused_layernorm
     _fused_layernorm = bool(on)
 
 _env_fused = os.environ.get("SONATA_FUSED_LAYERNORM", "")
 if _env_fused not in ("", "0", "1"):
     raise ValueError(f"SONATA_FUSED_LAYERNORM={_env_fused!r}: use 1 (fused Triton LayerNorm on CUDA) or 0 (torch's)")
-set_fused_layernorm(_env_fused == "1")
+set_fused_layernorm(_env_fused != "0")
 
 class _LayerNormHalfInput(torch.autograd.Function):
     "torch's float32 LayerNorm of a half-precision input, as CUDA autocast runs it, saving the half input instead of its float32 copy"
@@ -282,7 +291,7 @@ class Embedding(PointModule):
                  mask_token:bool=False): # add a learned token for masked points (pretraining)
         super().__init__()
         self.in_channels, self.embed_channels = in_channels, embed_channels
-        self.stem = PointSequential(linear=nn.Linear(in_channels, embed_channels),
+        self.stem = PointSequential(linear=Linear(in_channels, embed_channels),
                                     norm=LayerNorm(embed_channels), act=nn.GELU())
         self.mask_token = nn.Parameter(torch.zeros(1, embed_channels)) if mask_token else None
 
@@ -319,7 +328,7 @@ class Block(PointModule):
         super().__init__()
         self.channels, self.pre_norm = channels, pre_norm
         self.cpe = PointSequential(SubMConv3d(channels, channels, kernel_size=3, bias=True, indice_key=cpe_indice_key),
-                                   nn.Linear(channels, channels), LayerNorm(channels))
+                                   Linear(channels, channels), LayerNorm(channels))
         self.norm1 = PointSequential(LayerNorm(channels))
         self.ls1 = PointSequential(LayerScale(channels, layer_scale) if layer_scale is not None else nn.Identity())
         self.attn = SerializedAttention(channels=channels, num_heads=num_heads, patch_size=patch_size, qkv_bias=qkv_bias,
@@ -668,7 +677,7 @@ class GridPooling(PointModule):
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.shuffle_orders, self.traceable = shuffle_orders, traceable
-        self.proj = nn.Linear(in_channels, out_channels)
+        self.proj = Linear(in_channels, out_channels)
         self.norm = PointSequential(LayerNorm(out_channels))
         self.act = PointSequential(nn.GELU())
 
@@ -718,8 +727,8 @@ class GridUnpooling(PointModule):
                  out_channels:int, # output width
                  traceable:bool=False): # keep the coarse Point as `unpooling_parent`
         super().__init__()
-        self.proj = PointSequential(nn.Linear(in_channels, out_channels), LayerNorm(out_channels), nn.GELU())
-        self.proj_skip = PointSequential(nn.Linear(skip_channels, out_channels), LayerNorm(out_channels), nn.GELU())
+        self.proj = PointSequential(Linear(in_channels, out_channels), LayerNorm(out_channels), nn.GELU())
+        self.proj_skip = PointSequential(Linear(skip_channels, out_channels), LayerNorm(out_channels), nn.GELU())
         self.traceable = traceable
 
     def forward(self, point:Point):

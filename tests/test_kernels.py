@@ -32,6 +32,12 @@ def test_fused_block_matches_torch_block(forkserver):
 
 
 @needs_triton
+def test_column_sum_and_linear(forkserver):
+    "column_sum against float64; Linear / the MLP / a Block with the bias-gradient kernel against torch's sums"
+    print(run_check(forkserver, "bias"))
+
+
+@needs_triton
 def test_serialization_kernel_matches_torch(forkserver):
     "encode_orders' Triton kernel gives the torch path's codes bit for bit (depths 1..16, any orders, with or without batch)"
     print(run_check(forkserver, "serialization"))
@@ -41,7 +47,7 @@ def test_serialization_kernel_matches_torch(forkserver):
 def test_environment_switch(forkserver):
     run_check(forkserver, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="1")
     run_check(forkserver, "env_off", interpret=False, SONATA_FUSED_LAYERNORM="0")
-    run_check(forkserver, "env_off", interpret=False)  # the default
+    run_check(forkserver, "env_on", interpret=False)  # the default
     with pytest.raises(AssertionError, match="SONATA_FUSED_LAYERNORM='yes'"):
         run_check(forkserver, "env_on", interpret=False, SONATA_FUSED_LAYERNORM="yes")
 
@@ -156,7 +162,7 @@ def _tiny_block_run(block, data, fused:bool, autocast:bool):
     finally:
         model.fused_layer_norm = real
         for h in hooks: h.remove()
-        model.set_fused_layernorm(False)
+        model.set_fused_layernorm(True)  # the default
 
 
 def check_block():
@@ -197,6 +203,82 @@ def check_block():
     assert _tiny_block_run(block, data, True, False)[3] == 0
 
 
+def check_bias():
+    import torch
+    from torch import nn
+    from sonata_nb import kernels, model
+    from sonata_nb.testing import toy_cloud
+    assert kernels.interpreted() and kernels._bias_grad_kernel  # on by default
+    f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    # widths of one and of several column tiles (128), rows more than the programs' bands (interpreter: 8 programs)
+    for N, C, dtype in [(5000, 48, f16), (777, 300, bf16), (3, 7, f32), (4097, 130, f16), (1, 1, f32), (0, 5, f16), (6, 0, f32)]:
+        x = (torch.randn(N, C, generator=g) * 4 + 1).to(dtype)
+        s = kernels.column_sum(x)
+        exact = x.double().sum(0)
+        assert s.dtype == f32 and s.shape == (C,)
+        assert ((s.double() - exact).abs() <= 2e-7 * x.double().abs().sum(0) + 1e-6).all(), (N, C, dtype)
+    x = torch.randn(64, 10, generator=g)
+    torch.testing.assert_close(kernels.column_sum(x.t()), x.t().sum(0), rtol=1e-6, atol=1e-5)  # strided rows
+    for bad, msg in [(torch.ones(3), "2-D"), (torch.ones(2, 2, dtype=torch.float64), "float64"), (torch.ones(2, 2, 2), "2-D")]:
+        try: kernels.column_sum(bad)
+        except ValueError as e: assert msg in str(e), e
+        else: raise AssertionError(msg)
+    # Linear: only on the kernels' device (here the interpreter's CPU, asked for), under autocast, training a bias
+    lin = kernels.Linear(48, 20)
+    x = torch.randn(300, 48, generator=g, requires_grad=True)
+    with torch.autocast("cpu", dtype=bf16): assert lin(x).grad_fn.name() == "AddmmBackward0"  # not asked: torch's
+    kernels._on_cpu = True
+    try:
+        with torch.autocast("cpu", dtype=bf16):
+            assert lin(x).grad_fn.name() == "AutocastLinearBackward"
+            with torch.no_grad(): assert lin(x).grad_fn is None
+            lin.bias.requires_grad_(False); assert lin(x).grad_fn.name() != "AutocastLinearBackward"; lin.bias.requires_grad_(True)
+            kernels.set_bias_grad_kernel(False); assert lin(x).grad_fn.name() != "AutocastLinearBackward"; kernels.set_bias_grad_kernel(True)
+        assert lin(x).grad_fn.name() != "AutocastLinearBackward"  # no autocast: torch's float32 linear
+        # leading dimensions, an input that needs no gradient, a float32 or bfloat16 input
+        for shape, grad_x, dtype in [((4, 50, 48), True, f32), ((300, 48), False, f32), ((300, 48), True, bf16)]:
+            ref = nn.Linear(48, 20); ref.load_state_dict(lin.state_dict())
+            xs = torch.randn(shape, generator=g).to(dtype)
+            outs = []
+            for m in (lin, ref):
+                xi = xs.clone().requires_grad_(grad_x)
+                with torch.autocast("cpu", dtype=bf16): y = m(xi)
+                dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.dtype)
+                y.backward(dy)
+                outs.append((y, xi.grad, m.weight.grad.clone(), m.bias.grad.clone()))
+                m.zero_grad(set_to_none=True)
+            for a, b in zip(outs[0][:3], outs[1][:3]):  # output, input and weight gradients: torch's, bit for bit
+                assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), shape
+            exact = dy.double().reshape(-1, 20).sum(0)
+            assert outs[0][3].dtype == f32 and (outs[0][3].double() - exact).abs().max() < 1e-4, shape
+        # a Block trained under autocast: the same outputs and gradients as with torch's sums, bias gradients closer to
+        # the float32 run's (torch rounds them to bfloat16)
+        torch.manual_seed(0)
+        block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0")
+        data = toy_cloud(n=300, clouds=2, grid=0.1)
+        data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+        def run(kernel, autocast=True):
+            kernels.set_bias_grad_kernel(kernel)
+            try: return _tiny_block_run(block, data, False, autocast)
+            finally: kernels.set_bias_grad_kernel(True)
+        o_k, gx_k, gp_k, _, _ = run(True)
+        o_t, gx_t, gp_t, _, _ = run(False)
+        o_32, _, gp_32, _, _ = run(True, autocast=False)
+        assert torch.equal(o_k, o_t)
+        biases = [n for n in gp_t if n.endswith("bias") and "norm" not in n and "cpe.2" not in n]
+        assert sorted(biases) == ["attn.proj.bias", "attn.qkv.bias", "cpe.0.bias", "cpe.1.bias", "mlp.0.fc1.bias", "mlp.0.fc2.bias"], biases
+        for n in gp_t:
+            if n in biases:  # the kernel's float32 sums against torch's bfloat16 ones
+                e_k, e_t = (gp_k[n] - gp_32[n]).norm(), (gp_t[n] - gp_32[n]).norm()
+                assert e_k <= e_t * 1.05 + 1e-6, (n, e_k, e_t)
+            torch.testing.assert_close(gp_k[n], gp_t[n], rtol=2e-2, atol=2e-2 * gp_t[n].abs().max().item(), msg=n)
+        torch.testing.assert_close(gx_k, gx_t, rtol=2e-2, atol=1e-2)
+        print("block: bias gradient errors to float32, kernel vs torch:",
+              {n: round(((gp_k[n] - gp_32[n]).norm() / (gp_t[n] - gp_32[n]).norm().clamp_min(1e-12)).item(), 3) for n in biases})
+    finally: kernels._on_cpu = False
+
+
 def check_compile():
     import triton
     from triton.backends.compiler import GPUTarget
@@ -222,6 +304,14 @@ def check_compile():
                 dict(W=None, B=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
         compile(kernels._ln_bwd, dict(X="*fp32", DY="*fp32", DX="*fp32", iters="i32", **common),
                 dict(W=None, DWp=None, DBp=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
+    for dtype in ("fp16", "bf16", "fp32"):
+        for C in (48, 1536):
+            br, bc = kernels._column_blocks(C)
+            consts = dict(BLOCK_R=br, BLOCK_C=bc)
+            sig = dict(X=f"*{dtype}", P="*fp32", N="i32", C="i32", stride="i32", rows_per_program="i32", **{k: "constexpr" for k in consts})
+            k = triton.compile(ASTSource(fn=kernels._col_sum, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                               options=dict(num_warps=4))
+            assert ".entry" in k.asm["ptx"]
     from sonata_nb import serialization as S
     tables = {f"{t}{l}": "*i64" for l in (1, 2, 3) for t in ("D", "N")}
     for g, b, depth, kinds, rows, batch in (("i64", "i64", 16, 0b11100100, 4, True), ("i32", "i32", 9, 0b0111, 2, False)):
@@ -255,7 +345,7 @@ def check_no_triton():
     try: kernels.fused_layer_norm(torch.randn(3, 4))
     except RuntimeError as e: assert "pip install triton" in str(e), e
     else: raise AssertionError("fused_layer_norm ran without triton")
-    model.set_fused_layernorm(True)
+    assert model._fused_layernorm  # the default, and without Triton torch's layer_norm runs
     ln, x = model.LayerNorm(4), torch.randn(3, 4)
     torch.testing.assert_close(ln(x), torch.nn.functional.layer_norm(x, (4,), ln.weight, ln.bias), rtol=0, atol=0)
 

@@ -313,6 +313,7 @@ def test_block_graphs_of_a_frozen_encoder_in_train_mode_draw_as_the_blocks_bitwi
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: autocast's float32 LayerNorm")
 def test_layer_norm_saving_its_half_input_is_torchs_bitwise_on_cuda():
     "A trained LayerNorm under CUDA autocast saves its half input (not the float32 copy): torch's outputs and gradients"
+    from sonata_nb import model as M
     from sonata_nb.model import LayerNorm
     torch.manual_seed(0)
     ln = LayerNorm(96).cuda()
@@ -325,8 +326,36 @@ def test_layer_norm_saving_its_half_input_is_torchs_bitwise_on_cuda():
         out = [y, xx.grad, ln.weight.grad.clone(), ln.bias.grad.clone()]
         ln.zero_grad(set_to_none=True)
         return out
-    ours, theirs = run(ln), run(lambda t: torch.nn.LayerNorm.forward(ln, t))
+    M.set_fused_layernorm(False)  # torch's kernels (the fused ones, on by default, are tested in tests/test_kernels.py)
+    try: ours, theirs = run(ln), run(lambda t: torch.nn.LayerNorm.forward(ln, t))
+    finally: M.set_fused_layernorm(True)
     for a, b in zip(ours, theirs): assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: the compiled column-sum kernel")
+def test_linear_bias_gradient_kernel_on_cuda():
+    "kernels.Linear under CUDA autocast: torch's output, input and weight gradients bit for bit; float32 column sums"
+    from sonata_nb import kernels
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for N, C in ((239901, 48), (21582, 1536), (5130, 2048), (7, 3)):  # Sonata's widest and narrowest, and tiny
+        x = torch.randn(N, C, device="cuda", generator=g, dtype=torch.float16) * 4
+        exact = x.double().sum(0)
+        s = kernels.column_sum(x)
+        assert s.dtype == torch.float32 and ((s.double() - exact).abs() <= 2e-7 * x.double().abs().sum(0) + 1e-6).all(), (N, C)
+    lin = kernels.Linear(96, 288).cuda()
+    ref = torch.nn.Linear(96, 288).cuda(); ref.load_state_dict(lin.state_dict())
+    x = torch.randn(194994, 96, device="cuda", generator=g)
+    dy = torch.randn(194994, 288, device="cuda", generator=g).half()
+    outs = []
+    for m in (lin, ref):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.float16): y = m(xi)
+        y.backward(dy)
+        outs.append((y, xi.grad, m.weight.grad, m.bias.grad))
+    assert outs[0][0].grad_fn.name() == "AutocastLinearBackward"
+    for a, b in zip(outs[0][:3], outs[1][:3]): assert a.dtype == b.dtype and torch.equal(a, b)
+    exact = dy.double().sum(0)
+    assert (outs[0][3].double() - exact).abs().max() <= (outs[1][3].double() - exact).abs().max()
 
 
 # --- host reads ------------------------------------------------------------------------------------------------
