@@ -28,7 +28,9 @@ attention, scatter) instead of the Triton patch-attention kernel (`set_attention
 the kernel on CUDA under autocast, unless flash_attn is installed: then flash-attn's kernel); torch_ln = torch's
 LayerNorm kernels for the float32 norms (`set_fused_layernorm(False)`; baseline: the fused Triton kernel on CUDA);
 torch_bias_grad = torch's sum for Linear bias gradients (`sonata_nb.kernels.set_bias_grad_kernel(False)`; baseline:
-the column-sum kernel). The baseline is the library's defaults.
+the column-sum kernel); triton_launch = every Triton kernel launched through Triton's `kernel[grid]` (per-call
+specialization; `sonata_nb.kernels.set_fast_launch(False)`; baseline: `kernels.Launcher`'s direct launches). The
+baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -70,6 +72,8 @@ def apply(model, lev:dict):
         elif lev.get(key, _DEFAULTS[key]) != _DEFAULTS[key]: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
     if hasattr(K, "set_bias_grad_kernel"): K.set_bias_grad_kernel(lev.get("bias_kernel", True))
     elif not lev.get("bias_kernel", True): raise RuntimeError("this checkout has no sonata_nb.kernels.set_bias_grad_kernel")
+    if hasattr(K, "set_fast_launch"): K.set_fast_launch(lev.get("fast_launch", True))
+    elif not lev.get("fast_launch", True): raise RuntimeError("this checkout has no sonata_nb.kernels.set_fast_launch")
     if hasattr(M, "_whole_stages"): M._whole_stages = lev.get("whole", _DEFAULTS["whole"])
     elif not lev.get("whole", True): raise RuntimeError("this checkout has no sonata_nb.model._whole_stages")
     if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", _MIN_REPLAYS)
@@ -175,8 +179,9 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     frozen_half=dict(half_ln="frozen"), block0_eager=dict(whole=False), frozen_half_block0=dict(half_ln="frozen", whole=False),
     fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False),
     sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"),
-    torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False))
-DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,torch_bias_grad,sdpa_attention"  # against the library's defaults
+    torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False),
+    triton_launch=dict(fast_launch=False), triton_launch_torch_ln_bias_grad=dict(fast_launch=False, fused_ln=False, bias_kernel=False))
+DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,torch_bias_grad,triton_launch,sdpa_attention"  # against the library's defaults
 
 
 def main(argv=None):

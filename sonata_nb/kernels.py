@@ -15,8 +15,8 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'FusedLayerNorm', 'fused_layer_norm', 'set_bias_grad_kernel',
-           'column_sum', 'AutocastLinear', 'linear', 'add_bias_', 'Linear']
+__all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm',
+           'fused_layer_norm', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'linear', 'add_bias_', 'Linear']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -91,6 +91,59 @@ def interpreted() -> bool:
 
 def _rtne_bf16(dtype) -> bool: return dtype == torch.bfloat16 and interpreted()
 
+# %% ../nbs/03b_kernels.ipynb #k006b
+_fast_launch = True
+
+def set_fast_launch(on:bool=True): # True: launch each compiled kernel directly after its first launch (CUDA)
+    "Host-time switch: `Launcher` skips Triton's per-call specialization after a kernel's first launch (module-wide)"
+    global _fast_launch
+    _fast_launch = bool(on)
+
+def _arg_key(a):
+    "What Triton specializes a kernel argument on, or finer: tensors by dtype and 16-byte alignment, ints by 1, 16 and width"
+    if isinstance(a, torch.Tensor): return (a.dtype, a.data_ptr() % 16 == 0)
+    if isinstance(a, bool) or a is None: return a
+    if isinstance(a, int): return (int, a == 1, a % 16 == 0, -2**31 <= a < 2**31, a < 2**63)
+    if isinstance(a, float): return float
+    return a  # constexpr values: dtypes, strings, ...
+
+class Launcher:
+    "`kernel[grid](*args, **kwargs)` as Triton runs it, but repeated launches of one argument key go to the compiled kernel directly"
+    def __init__(self, fn): # a @triton.jit function
+        self.fn, self.compiled = fn, {}
+        self.names = list(fn.arg_names)
+        self.constexpr = [p.is_constexpr for p in getattr(fn, "params", ())] or [False] * len(self.names)
+
+    def __getitem__(self, grid:tuple): return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+
+    def launch(self, grid:tuple, args:tuple, kwargs:dict):
+        "Launch over `grid`: through Triton at a key's first launch (compiling if needed), then through its compiled kernel"
+        rt = getattr(getattr(triton, "knobs", None), "runtime", None)
+        if not _fast_launch or interpreted() or rt is None or _hooked(rt.launch_enter_hook) or _hooked(rt.launch_exit_hook):
+            return self.fn[grid](*args, **kwargs)
+        device = torch.cuda.current_device()
+        # positional arguments by what Triton specialises on (constexprs by value), keywords (constexprs, options) by value
+        key = (device, tuple(a if c else _arg_key(a) for a, c in zip(args, self.constexpr)), tuple(kwargs.items()))
+        kernel = self.compiled.get(key)
+        if kernel is None:
+            kernel = self.compiled[key] = self.fn[grid](*args, **kwargs)
+            return kernel
+        bound = list(args) + [kwargs[n] for n in self.names[len(args):]]
+        g = tuple(grid) + (1, 1)
+        kernel.run(g[0], g[1], g[2], _current_stream(device), kernel.function, kernel.packed_metadata, None, None, None, *bound)
+        return kernel
+
+def _hooked(hook) -> bool: return hook is not None and bool(getattr(hook, "calls", True))  # a hook, or a chain of some
+
+def _current_stream(device:int) -> int: return triton.runtime.driver.active.get_current_stream(device)
+
+_launchers = {}
+
+def launcher(fn) -> Launcher:
+    "The `Launcher` of a @triton.jit function (one per function, holding its compiled kernels)"
+    if fn not in _launchers: _launchers[fn] = Launcher(fn)
+    return _launchers[fn]
+
 # %% ../nbs/03b_kernels.ipynb #k007
 TILE = 4096  # elements of a program's row tile (rows × padded width)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -143,7 +196,7 @@ def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
     rstd = torch.empty_like(mean)
     if N:
         br, bc, nw = _blocks(C)
-        with _on(x.device): _ln_fwd[(triton.cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
+        with _on(x.device): launcher(_ln_fwd)[(triton.cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
                                        HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
                                        RTNE_BF16=_rtne_bf16(out_dtype))
     return y, x2, mean, rstd
@@ -169,7 +222,7 @@ class FusedLayerNorm(torch.autograd.Function):
         dwp = torch.zeros((G, C), dtype=torch.float32, device=x2.device) if has_w else None
         dbp = torch.zeros((G, C), dtype=torch.float32, device=x2.device) if has_b else None
         if N:
-            with _on(x2.device): _ln_bwd[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, triton.cdiv(triton.cdiv(N, br), G),
+            with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, triton.cdiv(triton.cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype))
         dw = dwp.sum(0).to(weight.dtype) if has_w else None
         db = dbp.sum(0).to(ctx.bias_dtype) if has_b else None
@@ -231,7 +284,7 @@ def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfl
     rows_per_program = triton.cdiv(triton.cdiv(N, row_programs), br) * br
     row_programs = triton.cdiv(N, rows_per_program)
     partial = torch.empty((row_programs, C), dtype=torch.float32, device=x.device)
-    with _on(x.device): _col_sum[(row_programs, col_programs)](x, partial, N, C, x.stride(0), rows_per_program,
+    with _on(x.device): launcher(_col_sum)[(row_programs, col_programs)](x, partial, N, C, x.stride(0), rows_per_program,
                                                            BLOCK_R=br, BLOCK_C=bc, num_warps=4)
     return partial.sum(0)
 

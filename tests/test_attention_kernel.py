@@ -124,6 +124,39 @@ def test_encoder_on_cuda_with_the_kernel_is_as_close_to_float32_as_with_sdpa(enc
         assert k_err <= 1.5 * s_err + 1e-4, (what, k_err, s_err)
 
 
+@cuda
+def test_direct_launches_on_cuda_are_tritons():
+    """kernels.Launcher's direct launches (after each key's first) give Triton's own launches' results bit for bit:
+    column sums and LayerNorms of aligned and unaligned rows, and a Sonata-width encoder's fp16 forward"""
+    import torch
+    from sonata_nb import kernels
+    from sonata_nb.model import SONATA_CONFIG, PointTransformerV3, upcast
+    from sonata_nb.testing import toy_cloud
+    flat = torch.randn(1001 * 48 + 1, device="cuda").half()
+    w, b = torch.rand(48, device="cuda") + 0.5, torch.randn(48, device="cuda")
+    def kernels_run():
+        out = []
+        for x in (flat[:-1].view(1001, 48), flat[1:].view(1001, 48), flat[:-1].view(1001, 48)):  # 16-byte aligned or not
+            xi = x.clone().float().requires_grad_() if x.data_ptr() % 16 == 0 else x
+            out.append(kernels.column_sum(x))
+            y = kernels.fused_layer_norm(xi, w, b)
+            out.append(y)
+            if xi.requires_grad: y.square().sum().backward(); out.append(xi.grad)
+        return out
+    torch.manual_seed(0)
+    m = PointTransformerV3(**SONATA_CONFIG).cuda().eval()
+    data = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in toy_cloud(n=6000, seed=3).items()}
+    def encoder_run():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16): return [upcast(m(data))]
+    for run in (kernels_run, encoder_run):
+        direct = [run(), run()]  # the second call launches directly
+        kernels.set_fast_launch(False)
+        try: triton_ = run()
+        finally: kernels.set_fast_launch(True)
+        for a, b_, c in zip(*direct, triton_): assert torch.equal(a, c) and torch.equal(b_, c)
+    assert any(len(l.compiled) for l in kernels._launchers.values())
+
+
 # ---------------------------------------------------------------- checks, run in the subprocess
 def _setup():
     sys.path.insert(0, str(ROOT / "tests"))

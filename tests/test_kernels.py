@@ -38,6 +38,13 @@ def test_column_sum_and_linear(forkserver):
 
 
 @needs_triton
+def test_launcher(forkserver):
+    "Every launch site passes each kernel parameter (the direct launch needs them all, in order); the key and its cache"
+    print(run_check(forkserver, "launch_sites"))
+    print(run_check(forkserver, "launch_cache", interpret=False))
+
+
+@needs_triton
 def test_serialization_kernel_matches_torch(forkserver):
     "encode_orders' Triton kernel gives the torch path's codes bit for bit (depths 1..16, any orders, with or without batch)"
     print(run_check(forkserver, "serialization"))
@@ -277,6 +284,67 @@ def check_bias():
         print("block: bias gradient errors to float32, kernel vs torch:",
               {n: round(((gp_k[n] - gp_32[n]).norm() / (gp_t[n] - gp_32[n]).norm().clamp_min(1e-12)).item(), 3) for n in biases})
     finally: kernels._on_cpu = False
+
+
+def check_launch_sites():
+    import torch
+    from sonata_nb import kernels, attention_kernel
+    seen = {}
+    real = kernels.Launcher.launch
+    def spy(self, grid, args, kwargs):
+        missing = [n for n in self.names[len(args):] if n not in kwargs]
+        assert not missing, (self.fn.__name__, missing)
+        seen[self.fn.__name__] = seen.get(self.fn.__name__, 0) + 1
+        return real(self, grid, args, kwargs)
+    kernels.Launcher.launch = spy
+    x = torch.randn(50, 48, requires_grad=True)
+    w, b = torch.rand(48, requires_grad=True), torch.randn(48, requires_grad=True)
+    kernels.fused_layer_norm(x, w, b).sum().backward()
+    kernels.fused_layer_norm(x, None, None).sum().backward()
+    kernels.column_sum(torch.randn(30, 20))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_attention_kernel import _maps
+    _, maps = _maps([45, 15], 16, torch.randperm(60))
+    qkv = torch.randn(60, 96).half().requires_grad_()
+    attention_kernel.patch_attention(qkv, 2, 0.25, *maps).float().sum().backward()
+    assert set(seen) == {"_ln_fwd", "_ln_bwd", "_col_sum", "_pa_fwd", "_pa_dkdv", "_pa_dq"}, seen
+    print(seen)
+
+
+def check_launch_cache():
+    "The direct launch, with a stand-in compiled kernel: one Triton launch per key, then `run` with every argument in order"
+    import torch
+    from sonata_nb import kernels
+    assert not kernels.interpreted()
+    runs, firsts = [], []
+    class Compiled:
+        function, packed_metadata = "fn", "meta"
+        def run(self, *a): runs.append(a)
+    class Fn:
+        arg_names = ["X", "N", "eps", "BLOCK"]
+        def __getitem__(self, grid):
+            def first(*args, **kwargs): firsts.append((grid, args, kwargs)); return Compiled()
+            return first
+    torch.cuda.current_device = lambda: 0
+    kernels._current_stream = lambda device: 1234
+    lau = kernels.Launcher(Fn())
+    x = torch.zeros(64, dtype=torch.float16)
+    lau[(3,)](x, 100, 1e-5, BLOCK=64, num_warps=4)
+    assert len(firsts) == 1 and not runs
+    lau[(5, 2)](x, 100, 1e-5, BLOCK=64, num_warps=4)
+    assert len(firsts) == 1 and runs == [(5, 2, 1, 1234, "fn", "meta", None, None, None, x, 100, 1e-5, 64)], runs
+    # what Triton specialises on makes a new key: alignment, an int equal to 1 or divisible by 16, dtype, a constexpr
+    for args, kw in [((x[1:], 100, 1e-5), {}), ((x, 1, 1e-5), {}), ((x, 96, 1e-5), {}), ((x.float(), 100, 1e-5), {}),
+                     ((x, 100, 1e-5), dict(BLOCK=32))]:
+        n = len(firsts)
+        lau[(1,)](*args, **{**dict(BLOCK=64, num_warps=4), **kw})
+        assert len(firsts) == n + 1, (args, kw)
+    lau[(1,)](x[8:], 101, 2.0, BLOCK=64, num_warps=4)  # aligned again, other values of the same kinds: the first key
+    assert len(firsts) == 6 and len(runs) == 2
+    kernels.set_fast_launch(False)
+    lau[(1,)](x, 100, 1e-5, BLOCK=64, num_warps=4)
+    assert len(firsts) == 7 and len(runs) == 2
+    print("launch cache ok")
 
 
 def check_compile():

@@ -179,9 +179,19 @@ def test_subm_conv_on_cuda_matches_spconv_bitwise(amp):
     def spconv_forward(sp):  # spconv's own path, training flag set as SubMConv3d does
         conv.training = True
         return spconv.SubMConv3d.forward(conv, sp)
+    from sonata_nb import kernels
     ours, theirs = run(conv), run(spconv_forward)
     assert ours[0].dtype == theirs[0].dtype and torch.equal(ours[0], theirs[0])
-    for a, b in zip(ours[1], theirs[1]): assert a.dtype == b.dtype and torch.equal(a, b)
+    for a, b in zip(ours[1][:2], theirs[1][:2]): assert a.dtype == b.dtype and torch.equal(a, b)
+    # the bias gradient: the column-sum kernel's float32 sum (spconv's: torch's sum, in the output's dtype)
+    exact = (2 * ours[0].double()).sum(0)
+    assert ours[1][2].dtype == theirs[1][2].dtype
+    slack = 1e-6 * (2 * ours[0].double()).abs().sum(0).max()  # float32 rounding, where both sums are float32
+    assert (ours[1][2].double() - exact).abs().max() <= (theirs[1][2].double() - exact).abs().max() + slack
+    kernels.set_bias_grad_kernel(False)
+    try: torch_sums = run(conv)
+    finally: kernels.set_bias_grad_kernel(True)
+    for a, b in zip(torch_sums[1], theirs[1]): assert a.dtype == b.dtype and torch.equal(a, b)
 
 
 
