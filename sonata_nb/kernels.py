@@ -184,7 +184,8 @@ def _check(x, weight, bias, out_dtype):
 
 def _on(device:torch.device):
     "The context launching a kernel on `device`: Triton launches on the current CUDA device, whatever its tensors' device"
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device(): return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
     "(y as (N, C), x as (N, C), mean, rstd): the forward kernel on the rows of `x`"
@@ -219,13 +220,13 @@ class FusedLayerNorm(torch.autograd.Function):
         dx = torch.empty_like(x2)
         br, bc, nw = _blocks(C)
         G = _n_programs(x2.device, triton.cdiv(N, br)) if N else 1
-        dwp = torch.zeros((G, C), dtype=torch.float32, device=x2.device) if has_w else None
-        dbp = torch.zeros((G, C), dtype=torch.float32, device=x2.device) if has_b else None
+        dwp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if has_w and N else None  # each program writes its row
+        dbp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if has_b and N else None
         if N:
             with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, triton.cdiv(triton.cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype))
-        dw = dwp.sum(0).to(weight.dtype) if has_w else None
-        db = dbp.sum(0).to(ctx.bias_dtype) if has_b else None
+        dw = (dwp.sum(0) if N else x2.new_zeros(C, dtype=torch.float32)).to(weight.dtype) if has_w else None
+        db = (dbp.sum(0) if N else x2.new_zeros(C, dtype=torch.float32)).to(ctx.bias_dtype) if has_b else None
         return dx.view(ctx.shape), dw, db, None, None
 
 def fused_layer_norm(x:torch.Tensor, # (..., C) float32, float16 or bfloat16
@@ -291,14 +292,16 @@ def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfl
 # %% ../nbs/03b_kernels.ipynb #k021
 _on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take `linear`'s kernel path through the interpreter
 
+def _as(t:torch.Tensor, dtype) -> torch.Tensor: return t if t.dtype == dtype else t.to(dtype)  # no call where nothing changes
+
 class AutocastLinear(torch.autograd.Function):
     "`F.linear` as autocast runs it (input, weight and bias cast to its dtype), the bias gradient summed by `column_sum`"
     @staticmethod
     def forward(ctx, x, weight, bias):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev)
-        xc, wc = x.to(dt), weight.to(dt)  # the casts autocast makes (and autograd would save)
-        with torch.autocast(dev, enabled=False): y = F.linear(xc, wc, bias.to(dt))
+        xc, wc = _as(x, dt), _as(weight, dt)  # the casts autocast makes (and autograd would save)
+        with torch.autocast(dev, enabled=False): y = F.linear(xc, wc, _as(bias, dt))
         ctx.save_for_backward(xc if ctx.needs_input_grad[1] else None, wc if ctx.needs_input_grad[0] else None)
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
         return y
@@ -310,9 +313,9 @@ class AutocastLinear(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1])
         dx = dw = db = None
         with torch.autocast(dy.device.type, enabled=False):  # torch's linear backward, but for the bias sum
-            if ctx.needs_input_grad[0]: dx = dy.matmul(wc).to(ctx.dtypes[0])
-            if ctx.needs_input_grad[1]: dw = xc.reshape(-1, xc.shape[-1]).t().mm(dy2).t().to(ctx.dtypes[1])
-            if ctx.needs_input_grad[2]: db = column_sum(dy2).to(ctx.dtypes[2])
+            if ctx.needs_input_grad[0]: dx = _as(dy.matmul(wc), ctx.dtypes[0])
+            if ctx.needs_input_grad[1]: dw = _as(xc.reshape(-1, xc.shape[-1]).t().mm(dy2).t(), ctx.dtypes[1])
+            if ctx.needs_input_grad[2]: db = _as(column_sum(dy2), ctx.dtypes[2])
         return dx, dw, db
 
 def _kernel_device(x:torch.Tensor) -> bool:
