@@ -5,7 +5,7 @@
 # %% ../nbs/03c_attention_kernel.ipynb #a002
 from __future__ import annotations
 import torch
-from .kernels import _on, available, interpreted, launcher
+from .kernels import _cdiv, _on, available, interpreted, launcher
 
 try:
     import triton
@@ -144,7 +144,7 @@ def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its 
     if name != "dkdv": consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
     for lo in range(0, patches, MAX_PATCHES):
         n = min(MAX_PATCHES, patches - lo)
-        grid = (triton.cdiv(length, bn if name == "dkdv" else bm), n, heads)
+        grid = (_cdiv(length, bn if name == "dkdv" else bm), n, heads)
         launcher(kernel)[grid](*args(lo, n), BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **consts)
 
 def _parts(full, full_len, dup_base, short, short_len):

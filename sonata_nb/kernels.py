@@ -113,17 +113,20 @@ class Launcher:
         self.fn, self.compiled = fn, {}
         self.names = list(fn.arg_names)
         self.constexpr = [p.is_constexpr for p in getattr(fn, "params", ())] or [False] * len(self.names)
+        self.interpreted = type(fn).__name__ == "InterpretedFunction"
 
     def __getitem__(self, grid:tuple): return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid:tuple, args:tuple, kwargs:dict):
         "Launch over `grid`: through Triton at a key's first launch (compiling if needed), then through its compiled kernel"
         rt = getattr(getattr(triton, "knobs", None), "runtime", None)
-        if not _fast_launch or interpreted() or rt is None or _hooked(rt.launch_enter_hook) or _hooked(rt.launch_exit_hook):
+        if not _fast_launch or self.interpreted or rt is None or _hooked(rt.launch_enter_hook) or _hooked(rt.launch_exit_hook):
             return self.fn[grid](*args, **kwargs)
         device = torch.cuda.current_device()
         # positional arguments by what Triton specialises on (constexprs by value), keywords (constexprs, options) by value
-        key = (device, tuple(a if c else _arg_key(a) for a, c in zip(args, self.constexpr)), tuple(kwargs.items()))
+        key = [device, *kwargs.items()]
+        for a, c in zip(args, self.constexpr): key.append(a if c else _arg_key(a))
+        key = tuple(key)
         kernel = self.compiled.get(key)
         if kernel is None:
             kernel = self.compiled[key] = self.fn[grid](*args, **kwargs)
@@ -135,7 +138,12 @@ class Launcher:
 
 def _hooked(hook) -> bool: return hook is not None and bool(getattr(hook, "calls", True))  # a hook, or a chain of some
 
-def _current_stream(device:int) -> int: return triton.runtime.driver.active.get_current_stream(device)
+_stream_of = None  # Triton's current-stream function (torch's), looked up at the first direct launch
+
+def _current_stream(device:int) -> int:
+    global _stream_of
+    if _stream_of is None: _stream_of = triton.runtime.driver.active.get_current_stream
+    return _stream_of(device)
 
 _launchers = {}
 
@@ -146,19 +154,25 @@ def launcher(fn) -> Launcher:
 
 # %% ../nbs/03b_kernels.ipynb #k007
 TILE = 4096  # elements of a program's row tile (rows × padded width)
+
+def _cdiv(a:int, b:int) -> int: return -(-a // b)  # triton.cdiv without its constexpr-function wrapper (host time)
+def _pow2(n:int) -> int: return 1 << max(0, n - 1).bit_length()  # the next power of two >= n (triton.next_power_of_2)
+_sms = {}  # SM count per CUDA device
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def _blocks(C:int, # row width
             tile:int|None=None) -> tuple[int, int, int]: # elements a program (default TILE)
     "Rows per program, padded width and warps for rows of `C` channels"
-    block_c = triton.next_power_of_2(C)
+    block_c = _pow2(C)
     block_r = max(1, (tile or TILE) // block_c)
     return block_r, block_c, min(16, max(4, block_r * block_c // 512))  # about 16 elements a thread
 
 def _n_programs(device:torch.device, # where the kernel runs
                 tiles:int) -> int: # row tiles
     "Programs of the backward pass: four per SM on CUDA (each loops over its share of the tiles)"
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    if device.type != "cuda": sms = 2
+    elif (sms := _sms.get(device.index)) is None:
+        sms = _sms[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(tiles, 4 * sms))
 
 def _check(x, weight, bias, out_dtype):
@@ -197,7 +211,7 @@ def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
     rstd = torch.empty_like(mean)
     if N:
         br, bc, nw = _blocks(C)
-        with _on(x.device): launcher(_ln_fwd)[(triton.cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
+        with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
                                        HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
                                        RTNE_BF16=_rtne_bf16(out_dtype))
     return y, x2, mean, rstd
@@ -219,11 +233,11 @@ class FusedLayerNorm(torch.autograd.Function):
         dy = dy.reshape(N, C).contiguous()
         dx = torch.empty_like(x2)
         br, bc, nw = _blocks(C)
-        G = _n_programs(x2.device, triton.cdiv(N, br)) if N else 1
+        G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
         dwp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if has_w and N else None  # each program writes its row
         dbp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if has_b and N else None
         if N:
-            with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, triton.cdiv(triton.cdiv(N, br), G),
+            with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, _cdiv(_cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype))
         dw = (dwp.sum(0) if N else x2.new_zeros(C, dtype=torch.float32)).to(weight.dtype) if has_w else None
         db = (dbp.sum(0) if N else x2.new_zeros(C, dtype=torch.float32)).to(ctx.bias_dtype) if has_b else None
@@ -265,7 +279,7 @@ if triton is not None:
 
 def _column_blocks(C:int) -> tuple[int, int]:
     "Rows and columns of a column-sum program's tile (TILE elements, at most 128 columns)"
-    block_c = min(128, triton.next_power_of_2(C))
+    block_c = min(128, _pow2(C))
     return max(1, TILE // block_c), block_c
 
 def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfloat16, rows of stride-1 columns
@@ -280,10 +294,10 @@ def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfl
     N, C = x.shape
     if N == 0 or C == 0: return torch.zeros(C, dtype=torch.float32, device=x.device)
     br, bc = _column_blocks(C)
-    col_programs = triton.cdiv(C, bc)
-    row_programs = max(1, min(triton.cdiv(N, br), _n_programs(x.device, triton.cdiv(N, br)) // col_programs))
-    rows_per_program = triton.cdiv(triton.cdiv(N, row_programs), br) * br
-    row_programs = triton.cdiv(N, rows_per_program)
+    col_programs = _cdiv(C, bc)
+    row_programs = max(1, min(_cdiv(N, br), _n_programs(x.device, _cdiv(N, br)) // col_programs))
+    rows_per_program = _cdiv(_cdiv(N, row_programs), br) * br
+    row_programs = _cdiv(N, rows_per_program)
     partial = torch.empty((row_programs, C), dtype=torch.float32, device=x.device)
     with _on(x.device): launcher(_col_sum)[(row_programs, col_programs)](x, partial, N, C, x.stride(0), rows_per_program,
                                                            BLOCK_R=br, BLOCK_C=bc, num_warps=4)
