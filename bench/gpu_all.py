@@ -27,8 +27,8 @@ GELU's output (`set_mlp_recompute(False)`); sdpa_attention = the SDPA attention 
 attention, scatter) instead of the Triton patch-attention kernel (`set_attention_backend("sdpa")`; baseline: "auto",
 the kernel on CUDA under autocast, unless flash_attn is installed: then flash-attn's kernel); torch_ln = torch's
 LayerNorm kernels for the float32 norms (`set_fused_layernorm(False)`; baseline: the fused Triton kernel on CUDA);
-torch_bias_grad = torch's sum for Linear bias gradients (`sonata_nb.kernels.set_bias_grad_kernel(False)`; baseline:
-the column-sum kernel); triton_launch = every Triton kernel launched through Triton's `kernel[grid]` (per-call
+bias_kernel / torch_bias_grad = Linear bias gradients by the column-sum kernel / by torch's sum
+(`sonata_nb.kernels.set_bias_grad_kernel(True / False)`; baseline: the library's default, torch's sum); triton_launch = every Triton kernel launched through Triton's `kernel[grid]` (per-call
 specialization; `sonata_nb.kernels.set_fast_launch(False)`; baseline: `kernels.Launcher`'s direct launches). The
 baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
@@ -61,6 +61,7 @@ _SWITCHES = (("half_ln", "set_half_layernorm", "_half_layernorm", False), ("fuse
              ("torch_sort", "set_torch_map_sort", "_torch_map_sort", True))
 _DEFAULTS = {key: getattr(M, attr, default) for key, _, attr, default in _SWITCHES}
 _DEFAULTS["whole"] = getattr(M, "_whole_stages", True)
+_K_DEFAULTS = dict(bias_kernel=getattr(K, "_bias_grad_kernel", False))
 
 
 def apply(model, lev:dict):
@@ -70,8 +71,8 @@ def apply(model, lev:dict):
     for key, switch, _, _ in _SWITCHES:
         if hasattr(M, switch): getattr(M, switch)(lev.get(key, _DEFAULTS[key]))
         elif lev.get(key, _DEFAULTS[key]) != _DEFAULTS[key]: raise RuntimeError(f"this checkout has no sonata_nb.model.{switch}")
-    if hasattr(K, "set_bias_grad_kernel"): K.set_bias_grad_kernel(lev.get("bias_kernel", True))
-    elif not lev.get("bias_kernel", True): raise RuntimeError("this checkout has no sonata_nb.kernels.set_bias_grad_kernel")
+    if hasattr(K, "set_bias_grad_kernel"): K.set_bias_grad_kernel(lev.get("bias_kernel", _K_DEFAULTS["bias_kernel"]))
+    elif lev.get("bias_kernel", False): raise RuntimeError("this checkout has no sonata_nb.kernels.set_bias_grad_kernel")
     if hasattr(K, "set_fast_launch"): K.set_fast_launch(lev.get("fast_launch", True))
     elif not lev.get("fast_launch", True): raise RuntimeError("this checkout has no sonata_nb.kernels.set_fast_launch")
     if hasattr(M, "_whole_stages"): M._whole_stages = lev.get("whole", _DEFAULTS["whole"])
@@ -179,9 +180,9 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     frozen_half=dict(half_ln="frozen"), block0_eager=dict(whole=False), frozen_half_block0=dict(half_ln="frozen", whole=False),
     fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False),
     sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"),
-    torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False),
+    torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), bias_kernel=dict(bias_kernel=True), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False),
     triton_launch=dict(fast_launch=False), triton_launch_torch_ln_bias_grad=dict(fast_launch=False, fused_ln=False, bias_kernel=False))
-DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,torch_bias_grad,triton_launch,sdpa_attention"  # against the library's defaults
+DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,bias_kernel,triton_launch,sdpa_attention"  # against the library's defaults
 
 
 def main(argv=None):

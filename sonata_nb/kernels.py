@@ -256,10 +256,10 @@ def fused_layer_norm(x:torch.Tensor, # (..., C) float32, float16 or bfloat16
     return FusedLayerNorm.apply(x, weight, bias, float(eps), out_dtype)
 
 # %% ../nbs/03b_kernels.ipynb #k020
-_bias_grad_kernel = True
+_bias_grad_kernel = False
 
 def set_bias_grad_kernel(on:bool=True): # True: `Linear` sums bias gradients with `column_sum` (CUDA autocast training)
-    "Speed switch: the bias gradient of every `Linear` trained under CUDA autocast comes from the column-sum kernel (module-wide)"
+    "Speed switch (off by default): the bias gradient of every `Linear` trained under CUDA autocast comes from the column-sum kernel (module-wide)"
     global _bias_grad_kernel
     _bias_grad_kernel = bool(on)
 

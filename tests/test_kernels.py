@@ -215,7 +215,8 @@ def check_bias():
     from torch import nn
     from sonata_nb import kernels, model
     from sonata_nb.testing import toy_cloud
-    assert kernels.interpreted() and kernels._bias_grad_kernel  # on by default
+    assert kernels.interpreted() and not kernels._bias_grad_kernel  # off by default
+    kernels.set_bias_grad_kernel(True)
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     g = torch.Generator().manual_seed(0)
     # widths of one and of several column tiles (128), rows more than the programs' bands (interpreter: 8 programs)
@@ -268,7 +269,7 @@ def check_bias():
         def run(kernel, autocast=True):
             kernels.set_bias_grad_kernel(kernel)
             try: return _tiny_block_run(block, data, False, autocast)
-            finally: kernels.set_bias_grad_kernel(True)
+            finally: kernels.set_bias_grad_kernel(True)  # (this check's setting)
         o_k, gx_k, gp_k, _, _ = run(True)
         o_t, gx_t, gp_t, _, _ = run(False)
         o_32, _, gp_32, _, _ = run(True, autocast=False)

@@ -180,7 +180,10 @@ def test_subm_conv_on_cuda_matches_spconv_bitwise(amp):
         conv.training = True
         return spconv.SubMConv3d.forward(conv, sp)
     from sonata_nb import kernels
-    ours, theirs = run(conv), run(spconv_forward)
+    kernels.set_bias_grad_kernel(True)  # off by default: here the column-sum kernel's bias gradient
+    try: ours = run(conv)
+    finally: kernels.set_bias_grad_kernel(False)
+    theirs = run(spconv_forward)
     assert ours[0].dtype == theirs[0].dtype and torch.equal(ours[0], theirs[0])
     for a, b in zip(ours[1][:2], theirs[1][:2]): assert a.dtype == b.dtype and torch.equal(a, b)
     # the bias gradient: the column-sum kernel's float32 sum (spconv's: torch's sum, in the output's dtype)
@@ -188,9 +191,7 @@ def test_subm_conv_on_cuda_matches_spconv_bitwise(amp):
     assert ours[1][2].dtype == theirs[1][2].dtype
     slack = 1e-6 * (2 * ours[0].double()).abs().sum(0).max()  # float32 rounding, where both sums are float32
     assert (ours[1][2].double() - exact).abs().max() <= (theirs[1][2].double() - exact).abs().max() + slack
-    kernels.set_bias_grad_kernel(False)
-    try: torch_sums = run(conv)
-    finally: kernels.set_bias_grad_kernel(True)
+    torch_sums = run(conv)  # the default: torch's sums, spconv's bits
     for a, b in zip(torch_sums[1], theirs[1]): assert a.dtype == b.dtype and torch.equal(a, b)
 
 
@@ -346,6 +347,12 @@ def test_layer_norm_saving_its_half_input_is_torchs_bitwise_on_cuda():
 def test_linear_bias_gradient_kernel_on_cuda():
     "kernels.Linear under CUDA autocast: torch's output, input and weight gradients bit for bit; float32 column sums"
     from sonata_nb import kernels
+    kernels.set_bias_grad_kernel(True)  # off by default
+    try: _linear_bias_gradient_kernel_on_cuda(kernels)
+    finally: kernels.set_bias_grad_kernel(False)
+
+
+def _linear_bias_gradient_kernel_on_cuda(kernels):
     g = torch.Generator(device="cuda").manual_seed(0)
     for N, C in ((239901, 48), (21582, 1536), (5130, 2048), (7, 3)):  # Sonata's widest and narrowest, and tiny
         x = torch.randn(N, C, device="cuda", generator=g, dtype=torch.float16) * 4
