@@ -114,18 +114,19 @@ class Launcher:
         self.names = list(fn.arg_names)
         self.constexpr = [p.is_constexpr for p in getattr(fn, "params", ())] or [False] * len(self.names)
         self.interpreted = type(fn).__name__ == "InterpretedFunction"
+        self.arg_set = set(self.names)
+        self.constexpr_names = {n for n, c in zip(self.names, self.constexpr) if c}
 
     def __getitem__(self, grid:tuple): return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid:tuple, args:tuple, kwargs:dict):
         "Launch over `grid`: through Triton at a key's first launch (compiling if needed), then through its compiled kernel"
-        rt = getattr(getattr(triton, "knobs", None), "runtime", None)
-        if not _fast_launch or self.interpreted or rt is None or _hooked(rt.launch_enter_hook) or _hooked(rt.launch_exit_hook):
-            return self.fn[grid](*args, **kwargs)
+        if not _fast_launch or self.interpreted or not _plain_triton(): return self.fn[grid](*args, **kwargs)
         device = torch.cuda.current_device()
-        # positional arguments by what Triton specialises on (constexprs by value), keywords (constexprs, options) by value
-        key = [device, *kwargs.items()]
-        for a, c in zip(args, self.constexpr): key.append(a if c else _arg_key(a))
+        # what Triton specialises on; constexpr parameters and launch options (num_warps, ...) by type and value
+        key = [device]
+        for a, c in zip(args, self.constexpr): key.append((type(a), a) if c else _arg_key(a))
+        for k, v in kwargs.items(): key += (k, (type(v), v) if k in self.constexpr_names or k not in self.arg_set else _arg_key(v))
         key = tuple(key)
         kernel = self.compiled.get(key)
         if kernel is None:
@@ -137,6 +138,14 @@ class Launcher:
         return kernel
 
 def _hooked(hook) -> bool: return hook is not None and bool(getattr(hook, "calls", True))  # a hook, or a chain of some
+
+def _plain_triton() -> bool:
+    "Whether Triton runs without launch hooks, debug mode or instrumentation (else every launch goes through Triton)"
+    knobs = getattr(triton, "knobs", None)
+    if knobs is None: return False
+    rt, comp = knobs.runtime, knobs.compilation
+    return not (_hooked(rt.launch_enter_hook) or _hooked(rt.launch_exit_hook) or getattr(rt, "debug", False)
+                or getattr(comp, "instrumentation_mode", "") or getattr(rt, "add_stages_inspection_hook", None) is not None)
 
 _stream_of = None  # Triton's current-stream function (torch's), looked up at the first direct launch
 
@@ -309,7 +318,7 @@ _on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take `linear
 def _as(t:torch.Tensor, dtype) -> torch.Tensor: return t if t.dtype == dtype else t.to(dtype)  # no call where nothing changes
 
 class AutocastLinear(torch.autograd.Function):
-    "`F.linear` as autocast runs it (input, weight and bias cast to its dtype), the bias gradient summed by `column_sum`"
+    "`F.linear` as autocast runs it (input, weight and bias cast to its dtype), the bias gradient summed by `column_sum`; first-order gradients only"
     @staticmethod
     def forward(ctx, x, weight, bias):
         dev = x.device.type
@@ -360,9 +369,9 @@ class _AddBias(torch.autograd.Function):
 
 def add_bias_(x:torch.Tensor, # (..., C) a layer's output, changed in place
               bias:torch.Tensor): # (C,)
-    "`x += bias` (as spconv adds a convolution's bias in training); training on the kernels' device: the bias gradient by `column_sum`"
+    "`x += bias` (as spconv adds a convolution's bias in training); training under autocast with `set_bias_grad_kernel`: the bias gradient by `column_sum`"
     if (_bias_grad_kernel and bias.requires_grad and torch.is_grad_enabled() and triton is not None and x.ndim >= 2
-            and _kernel_device(x) and not torch._C._are_functorch_transforms_active()):
+            and _kernel_device(x) and torch.is_autocast_enabled(x.device.type) and not torch._C._are_functorch_transforms_active()):
         return _AddBias.apply(x, bias)
     return x.add_(bias)
 

@@ -42,6 +42,7 @@ def test_launcher(forkserver):
     "Every launch site passes each kernel parameter (the direct launch needs them all, in order); the key and its cache"
     print(run_check(forkserver, "launch_sites"))
     print(run_check(forkserver, "launch_cache", interpret=False))
+    print(run_check(forkserver, "arg_key", interpret=False))
 
 
 @needs_triton
@@ -144,6 +145,7 @@ def _tiny_block_run(block, data, fused:bool, autocast:bool):
     import torch
     from sonata_nb import model
     from sonata_nb.structure import Point
+    before = model._fused_layernorm
     model.set_fused_layernorm(fused)
     calls, dtypes = [], {}
     real = model.fused_layer_norm
@@ -169,7 +171,7 @@ def _tiny_block_run(block, data, fused:bool, autocast:bool):
     finally:
         model.fused_layer_norm = real
         for h in hooks: h.remove()
-        model.set_fused_layernorm(True)  # the default
+        model.set_fused_layernorm(before)
 
 
 def check_block():
@@ -266,13 +268,20 @@ def check_bias():
         block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0")
         data = toy_cloud(n=300, clouds=2, grid=0.1)
         data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+        sums, real = [], kernels.column_sum
+        def counted(g):
+            sums.append(g.shape[1])
+            return real(g)
         def run(kernel, autocast=True):
             kernels.set_bias_grad_kernel(kernel)
+            kernels.column_sum = model.column_sum = counted
             try: return _tiny_block_run(block, data, False, autocast)
-            finally: kernels.set_bias_grad_kernel(True)  # (this check's setting)
+            finally: kernels.set_bias_grad_kernel(True); kernels.column_sum = model.column_sum = real  # (this check's setting)
         o_k, gx_k, gp_k, _, _ = run(True)
+        assert sorted(sums) == [48, 48, 48, 48, 144, 192], sums  # cpe conv and Linear, proj, fc2, qkv, fc1: all by the kernel
         o_t, gx_t, gp_t, _, _ = run(False)
         o_32, _, gp_32, _, _ = run(True, autocast=False)
+        assert len(sums) == 6, sums  # neither with the switch off nor without autocast
         assert torch.equal(o_k, o_t)
         biases = [n for n in gp_t if n.endswith("bias") and "norm" not in n and "cpe.2" not in n]
         assert sorted(biases) == ["attn.proj.bias", "attn.qkv.bias", "cpe.0.bias", "cpe.1.bias", "mlp.0.fc1.bias", "mlp.0.fc2.bias"], biases
@@ -312,6 +321,25 @@ def check_launch_sites():
     print(seen)
 
 
+def check_arg_key():
+    "Arguments with equal `_arg_key` get equal specializations from the installed Triton (the key is at least as fine)"
+    import torch
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    from sonata_nb import kernels
+    base = torch.zeros(64, dtype=torch.float16)
+    values = [1, 0, 2, 15, 16, 17, 32, 2**31 - 16, 2**31 - 1, 2**31, 2**32, -1, -16, -2**31, -2**31 - 1, 2**63 - 1, 2**63 - 16,
+              True, False, 0.5, 1.0, None, base, base[1:], base[8:], base[3:], base.float(), torch.zeros(3, dtype=torch.int64)]
+    groups = {}
+    for v in values:
+        for align in (True, False):
+            spec = str(native_specialize_impl(BaseBackend, v, False, True, align))
+            groups.setdefault((kernels._arg_key(v), align), set()).add(spec)
+    coarse = {k: g for k, g in groups.items() if len(g) > 1}
+    assert not coarse, coarse
+    print(len(groups), "keys, each one specialization")
+
+
 def check_launch_cache():
     "The direct launch, with a stand-in compiled kernel: one Triton launch per key, then `run` with every argument in order"
     import torch
@@ -321,8 +349,11 @@ def check_launch_cache():
     class Compiled:
         function, packed_metadata = "fn", "meta"
         def run(self, *a): runs.append(a)
+    class Param:
+        def __init__(self, c): self.is_constexpr = c
     class Fn:
         arg_names = ["X", "N", "eps", "BLOCK"]
+        params = [Param(False), Param(False), Param(False), Param(True)]
         def __getitem__(self, grid):
             def first(*args, **kwargs): firsts.append((grid, args, kwargs)); return Compiled()
             return first
@@ -342,9 +373,12 @@ def check_launch_cache():
         assert len(firsts) == n + 1, (args, kw)
     lau[(1,)](x[8:], 101, 2.0, BLOCK=64, num_warps=4)  # aligned again, other values of the same kinds: the first key
     assert len(firsts) == 6 and len(runs) == 2
+    # runtime arguments passed by keyword are keyed as positional ones: one key for N=300 and N=301
+    lau[(1,)](x, N=300, eps=0.5, BLOCK=64, num_warps=4); lau[(1,)](x, N=301, eps=0.25, BLOCK=64, num_warps=4)
+    assert len(firsts) == 7 and len(runs) == 3 and runs[-1][-4:] == (x, 301, 0.25, 64), runs[-1]
     kernels.set_fast_launch(False)
     lau[(1,)](x, 100, 1e-5, BLOCK=64, num_warps=4)
-    assert len(firsts) == 7 and len(runs) == 2
+    assert len(firsts) == 8 and len(runs) == 3
     print("launch cache ok")
 
 

@@ -180,9 +180,11 @@ def test_subm_conv_on_cuda_matches_spconv_bitwise(amp):
         conv.training = True
         return spconv.SubMConv3d.forward(conv, sp)
     from sonata_nb import kernels
+    before = kernels._bias_grad_kernel
     kernels.set_bias_grad_kernel(True)  # off by default: here the column-sum kernel's bias gradient
     try: ours = run(conv)
-    finally: kernels.set_bias_grad_kernel(False)
+    finally: kernels.set_bias_grad_kernel(before)
+    assert (ours[0].grad_fn.name() == "_AddBiasBackward") == (amp is not None)  # the kernel's path (under autocast only)
     theirs = run(spconv_forward)
     assert ours[0].dtype == theirs[0].dtype and torch.equal(ours[0], theirs[0])
     for a, b in zip(ours[1][:2], theirs[1][:2]): assert a.dtype == b.dtype and torch.equal(a, b)
@@ -337,9 +339,10 @@ def test_layer_norm_saving_its_half_input_is_torchs_bitwise_on_cuda():
         out = [y, xx.grad, ln.weight.grad.clone(), ln.bias.grad.clone()]
         ln.zero_grad(set_to_none=True)
         return out
+    before = M._fused_layernorm
     M.set_fused_layernorm(False)  # torch's kernels (the fused ones, on by default, are tested in tests/test_kernels.py)
     try: ours, theirs = run(ln), run(lambda t: torch.nn.LayerNorm.forward(ln, t))
-    finally: M.set_fused_layernorm(True)
+    finally: M.set_fused_layernorm(before)
     for a, b in zip(ours, theirs): assert a.dtype == b.dtype and torch.equal(a, b)
 
 
@@ -347,9 +350,10 @@ def test_layer_norm_saving_its_half_input_is_torchs_bitwise_on_cuda():
 def test_linear_bias_gradient_kernel_on_cuda():
     "kernels.Linear under CUDA autocast: torch's output, input and weight gradients bit for bit; float32 column sums"
     from sonata_nb import kernels
+    before = kernels._bias_grad_kernel
     kernels.set_bias_grad_kernel(True)  # off by default
     try: _linear_bias_gradient_kernel_on_cuda(kernels)
-    finally: kernels.set_bias_grad_kernel(False)
+    finally: kernels.set_bias_grad_kernel(before)
 
 
 def _linear_bias_gradient_kernel_on_cuda(kernels):
