@@ -4,7 +4,7 @@
 
 # %% ../nbs/03b_kernels.ipynb #k002
 from __future__ import annotations
-import contextlib
+import contextlib, functools
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -164,11 +164,13 @@ def launcher(fn) -> Launcher:
 # %% ../nbs/03b_kernels.ipynb #k007
 TILE = 4096  # elements of a program's row tile (rows × padded width)
 
+def _as(t:torch.Tensor, dtype) -> torch.Tensor: return t if t.dtype == dtype else t.to(dtype)  # no call where nothing changes
 def _cdiv(a:int, b:int) -> int: return -(-a // b)  # triton.cdiv without its constexpr-function wrapper (host time)
 def _pow2(n:int) -> int: return 1 << max(0, n - 1).bit_length()  # the next power of two >= n (triton.next_power_of_2)
 _sms = {}  # SM count per CUDA device
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+@functools.lru_cache(maxsize=None)
 def _blocks(C:int, # row width
             tile:int|None=None) -> tuple[int, int, int]: # elements a program (default TILE)
     "Rows per program, padded width and warps for rows of `C` channels"
@@ -216,8 +218,7 @@ def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
     x2 = x.reshape(-1, C).contiguous()
     N = x2.shape[0]
     y = torch.empty((N, C), dtype=out_dtype, device=x.device)
-    mean = torch.empty(N, dtype=torch.float32, device=x.device)
-    rstd = torch.empty_like(mean)
+    mean, rstd = torch.empty((2, N), dtype=torch.float32, device=x.device)  # one allocation (host time)
     if N:
         br, bc, nw = _blocks(C)
         with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
@@ -243,13 +244,16 @@ class FusedLayerNorm(torch.autograd.Function):
         dx = torch.empty_like(x2)
         br, bc, nw = _blocks(C)
         G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
-        dwp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if has_w and N else None  # each program writes its row
-        dbp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if has_b and N else None
+        if N and (has_w or has_b):  # each program writes its row of the weight's and the bias's partial sums
+            parts = torch.empty((2, G, C), dtype=torch.float32, device=x2.device)
+            dwp, dbp = parts[0] if has_w else None, parts[1] if has_b else None
+        else: parts = dwp = dbp = None
         if N:
             with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, _cdiv(_cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype))
-        dw = (dwp.sum(0) if N else x2.new_zeros(C, dtype=torch.float32)).to(weight.dtype) if has_w else None
-        db = (dbp.sum(0) if N else x2.new_zeros(C, dtype=torch.float32)).to(ctx.bias_dtype) if has_b else None
+        sums = parts.sum(1) if parts is not None else x2.new_zeros((2, C), dtype=torch.float32)  # one reduction for both
+        dw = _as(sums[0], weight.dtype) if has_w else None
+        db = _as(sums[1], ctx.bias_dtype) if has_b else None
         return dx.view(ctx.shape), dw, db, None, None
 
 def fused_layer_norm(x:torch.Tensor, # (..., C) float32, float16 or bfloat16
@@ -314,8 +318,6 @@ def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfl
 
 # %% ../nbs/03b_kernels.ipynb #k021
 _on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take `linear`'s kernel path through the interpreter
-
-def _as(t:torch.Tensor, dtype) -> torch.Tensor: return t if t.dtype == dtype else t.to(dtype)  # no call where nothing changes
 
 class AutocastLinear(torch.autograd.Function):
     "`F.linear` as autocast runs it (input, weight and bias cast to its dtype), the bias gradient summed by `column_sum`; first-order gradients only"
