@@ -4,7 +4,7 @@
 
 # %% ../nbs/03b_kernels.ipynb #k002
 from __future__ import annotations
-import contextlib, functools
+import contextlib, functools, math
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -212,13 +212,19 @@ def _on(device:torch.device):
     if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device(): return contextlib.nullcontext()
     return torch.cuda.device(device)
 
+def _pair(shape:tuple, device) -> torch.Tensor:
+    "Two float32 buffers of `shape` in one allocation, as (2, *shape), each starting 16-byte aligned (one kernel specialization)"
+    n = math.prod(shape)
+    n16 = -(-n // 4) * 4
+    return torch.empty(2 * n16, dtype=torch.float32, device=device).view(2, n16)[:, :n].view(2, *shape)
+
 def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
     "(y as (N, C), x as (N, C), mean, rstd): the forward kernel on the rows of `x`"
     C = x.shape[-1]
     x2 = x.reshape(-1, C).contiguous()
     N = x2.shape[0]
     y = torch.empty((N, C), dtype=out_dtype, device=x.device)
-    mean, rstd = torch.empty((2, N), dtype=torch.float32, device=x.device)  # one allocation (host time)
+    mean, rstd = _pair((N,), x.device)
     if N:
         br, bc, nw = _blocks(C)
         with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
@@ -245,7 +251,7 @@ class FusedLayerNorm(torch.autograd.Function):
         br, bc, nw = _blocks(C)
         G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
         if N and (has_w or has_b):  # each program writes its row of the weight's and the bias's partial sums
-            parts = torch.empty((2, G, C), dtype=torch.float32, device=x2.device)
+            parts = _pair((G, C), x2.device)
             dwp, dbp = parts[0] if has_w else None, parts[1] if has_b else None
         else: parts = dwp = dbp = None
         if N:
