@@ -16,7 +16,8 @@ except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm',
-           'fused_layer_norm', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'linear', 'add_bias_', 'Linear']
+           'fused_layer_norm', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'sums_bias', 'linear',
+           'add_bias_', 'Linear']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -353,14 +354,18 @@ def _kernel_device(x:torch.Tensor) -> bool:
     "Whether the kernels run on `x`'s device: CUDA when compiled; the CPU in the interpreter when the tests ask"
     return x.device.type == "cpu" and _on_cpu if interpreted() else x.is_cuda
 
+def sums_bias(x:torch.Tensor, # a layer's input (or output), (..., C)
+              bias:torch.Tensor|None) -> bool: # the layer's bias
+    "Whether the layer's bias gradient comes from `column_sum`: the switch on, the bias trained under autocast on the kernels' device"
+    return (_bias_grad_kernel and bias is not None and bias.requires_grad and torch.is_grad_enabled() and triton is not None
+            and x.ndim >= 2 and _kernel_device(x) and torch.is_autocast_enabled(x.device.type)
+            and not torch._C._are_functorch_transforms_active())
+
 def linear(x:torch.Tensor, # (..., in) input
            weight:torch.Tensor, # (out, in)
            bias:torch.Tensor|None=None): # (out,) or None
     "`F.linear(x, weight, bias)`; training under autocast with `set_bias_grad_kernel` on, through `AutocastLinear`"
-    if (_bias_grad_kernel and bias is not None and bias.requires_grad and torch.is_grad_enabled() and triton is not None
-            and x.ndim >= 2 and _kernel_device(x) and torch.is_autocast_enabled(x.device.type)
-            and not torch._C._are_functorch_transforms_active()):
-        return AutocastLinear.apply(x, weight, bias)
+    if sums_bias(x, bias): return AutocastLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 class _AddBias(torch.autograd.Function):
@@ -378,9 +383,7 @@ class _AddBias(torch.autograd.Function):
 def add_bias_(x:torch.Tensor, # (..., C) a layer's output, changed in place
               bias:torch.Tensor): # (C,)
     "`x += bias` (as spconv adds a convolution's bias in training); training under autocast with `set_bias_grad_kernel`: the bias gradient by `column_sum`"
-    if (_bias_grad_kernel and bias.requires_grad and torch.is_grad_enabled() and triton is not None and x.ndim >= 2
-            and _kernel_device(x) and torch.is_autocast_enabled(x.device.type) and not torch._C._are_functorch_transforms_active()):
-        return _AddBias.apply(x, bias)
+    if sums_bias(x, bias): return _AddBias.apply(x, bias)
     return x.add_(bias)
 
 class Linear(nn.Linear):

@@ -151,23 +151,22 @@ def set_mlp_recompute(on:bool=True): # True: MLPs save fc1's output only and rec
     _mlp_recompute = bool(on)
 
 def _bias_sum(g:torch.Tensor, # (N, C) output gradient of a layer with a bias
-              dt, # autocast's dtype in the forward, or None
-              kernel:bool): # `kernels.set_bias_grad_kernel`'s setting in the forward
-    "A bias gradient: `kernels.column_sum` where `kernels.linear` would use it (autocast, the kernels' device), else torch's"
-    if dt is not None and kernel and kernels.available() and kernels._kernel_device(g): return column_sum(g)
-    return g.sum(0)
+              kernel:bool): # `kernels.sums_bias` of the layer in the forward
+    "A bias gradient: `kernels.column_sum` where `kernels.linear` would use it, else torch's sum"
+    return column_sum(g) if kernel else g.sum(0)
 
 class _MLPRecompute(torch.autograd.Function):
     "`fc2(gelu(fc1(x)))` saving `h = fc1(x)` (not `gelu(h)`); autocast's casts replicated by hand in the backward"
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, approximate):
+    def forward(ctx, x, w1, b1, w2, b2, approximate, bias_kernel):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         xc = x.to(dt) if dt is not None else x  # what autocast hands fc1 (and autograd saves)
         h = F.linear(xc, w1, b1)
         y = F.linear(F.gelu(h, approximate=approximate), w2, b2)
         ctx.save_for_backward(xc, w1, h, w2)
-        ctx.dt, ctx.approximate, ctx.x_dtype, ctx.bias_kernel = dt, approximate, x.dtype, kernels._bias_grad_kernel
+        ctx.dt, ctx.approximate, ctx.x_dtype = dt, approximate, x.dtype
+        ctx.bias_kernel = bias_kernel  # (fc1, fc2): `kernels.sums_bias`, decided where gradients are on (not in here)
         ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
         return y
 
@@ -181,13 +180,13 @@ class _MLPRecompute(torch.autograd.Function):
             dy2, a2, x2 = dy.reshape(-1, dy.shape[-1]), a.reshape(-1, a.shape[-1]), xc.reshape(-1, xc.shape[-1])
             da = dy.matmul(w2c)
             dw2 = a2.t().mm(dy2).t().to(w2.dtype)
-            db2 = _bias_sum(dy2, ctx.dt, ctx.bias_kernel).to(ctx.b_dtypes[1]) if ctx.b_dtypes[1] is not None else None
+            db2 = _bias_sum(dy2, ctx.bias_kernel[1]).to(ctx.b_dtypes[1]) if ctx.b_dtypes[1] is not None else None
             dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate)
             dh2 = dh.reshape(-1, dh.shape[-1])
             dw1 = x2.t().mm(dh2).t().to(w1.dtype)
-            db1 = _bias_sum(dh2, ctx.dt, ctx.bias_kernel).to(ctx.b_dtypes[0]) if ctx.b_dtypes[0] is not None else None
+            db1 = _bias_sum(dh2, ctx.bias_kernel[0]).to(ctx.b_dtypes[0]) if ctx.b_dtypes[0] is not None else None
             dx = dh.matmul(w1c).to(ctx.x_dtype)
-        return dx, dw1, db1, dw2, db2, None
+        return dx, dw1, db1, dw2, db2, None, None
 
 class MLP(nn.Module):
     "Two-layer perceptron of a transformer block"
@@ -206,7 +205,8 @@ class MLP(nn.Module):
     def forward(self, x):
         if (_mlp_recompute and torch.is_grad_enabled() and type(self.act) is nn.GELU
                 and (self.drop.p == 0 or not self.training) and not _functorch_active()):
-            return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.act.approximate)
+            return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.act.approximate,
+                                       (kernels.sums_bias(x, self.fc1.bias), kernels.sums_bias(x, self.fc2.bias)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 _half_layernorm = "frozen"
