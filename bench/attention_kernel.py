@@ -1,6 +1,7 @@
 """The patch attention of the issue's batch, stage by stage: the Triton kernel (attention backend "triton",
 `sonata_nb.attention_kernel`) against the SDPA path (backend "sdpa": gathered q/k/v, torch's attention, scatter back),
-forward (no grad) and forward + backward, and, with `--sweep`, the kernel's block sizes, warps and stages.
+forward (no grad) and forward + backward, and, with `--sweep`, the kernel's block sizes, warps and stages;
+`--one-pass` adds the kernel with its one-pass backward (`set_one_pass_backward`: dq added atomically).
 
     PYTHONPATH=. python bench/attention_kernel.py --json bench/results/attention_kernel_h100.json --sweep
 
@@ -76,11 +77,14 @@ def measure(stages, backend, repeats) -> dict:
                 fwd_bwd_step_ms=sum(r["fwd_bwd_ms"] * r["blocks"] for r in rows))
 
 
-def sweep(stages, repeats) -> dict:
+def sweep(stages, repeats, kernels=("fwd", "dkdv", "dq")) -> dict:
     "Per kernel, its configurations timed with the others at their best so far; CONFIG left at the best"
     tried = {}
-    for name, options, what in (("fwd", FWD, "fwd_step_ms"), ("dkdv", BWD, "fwd_bwd_step_ms"), ("dq", BWD, "fwd_bwd_step_ms")):
+    for name, options, what in (("fwd", FWD, "fwd_step_ms"), ("dkdv", BWD, "fwd_bwd_step_ms"), ("dq", BWD, "fwd_bwd_step_ms"),
+                                ("bwd", BWD, "fwd_bwd_step_ms")):
+        if name not in kernels: continue
         results = []
+        AK.set_one_pass_backward(name == "bwd")
         for cfg in options:
             AK.CONFIG[name] = cfg
             try: ms = measure(stages, "triton", repeats)[what]
@@ -90,6 +94,7 @@ def sweep(stages, repeats) -> dict:
         best = min((r for r in results if r["step_ms"] is not None), key=lambda r: r["step_ms"])
         AK.CONFIG[name] = tuple(best["config"])
         tried[name] = results
+    AK.set_one_pass_backward(False)
     return tried
 
 
@@ -98,6 +103,8 @@ def main():
     batch_arguments(p)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--sweep", action="store_true", help="time the kernel's configurations and keep the fastest")
+    p.add_argument("--sweep-kernels", default="fwd,dkdv,dq", help="the kernels --sweep times (bwd: the one-pass backward)")
+    p.add_argument("--one-pass", action="store_true", help="also time the one-pass backward (dq added atomically), interleaved")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     assert torch.cuda.is_available(), "CUDA only"
@@ -111,11 +118,13 @@ def main():
         for attn, point, feat, _ in stages:
             outs = [stage_fns(attn, point, feat, b)[0]().float() for b in ("sdpa", "triton")]
             res["rel_l2_kernel_vs_sdpa"].append(((outs[1] - outs[0]).norm() / outs[0].norm()).item())
-        for rnd in range(2):  # interleaved: sdpa, kernel, sdpa, kernel
-            for backend in ("sdpa", "triton"):
-                res.setdefault(backend, []).append(measure(stages, backend, args.repeats))
+        for rnd in range(2):  # interleaved: sdpa, kernel, (kernel with the one-pass backward,) sdpa, kernel, ...
+            for backend in ("sdpa", "triton", "triton_one_pass") if args.one_pass else ("sdpa", "triton"):
+                AK.set_one_pass_backward(backend == "triton_one_pass")
+                res.setdefault(backend, []).append(measure(stages, backend.replace("_one_pass", ""), args.repeats))
+            AK.set_one_pass_backward(False)
         if args.sweep:
-            res["sweep"] = sweep(stages, args.repeats)
+            res["sweep"] = sweep(stages, args.repeats, args.sweep_kernels.split(","))
             res["best_config"] = {k: list(v) for k, v in AK.CONFIG.items()}
             res["triton_best"] = measure(stages, "triton", args.repeats)
     finally: A.set_attention_backend("auto")
@@ -128,7 +137,7 @@ def main():
     for i, r in enumerate(res["sdpa"][0]["stages"]):
         print(f"| {i} | {r['points']:,} | {r['channels']} / {r['heads']} | {r['blocks']} | {med('sdpa', i, 'fwd_ms'):.3f} | "
               f"{med('triton', i, 'fwd_ms'):.3f} | {med('sdpa', i, 'fwd_bwd_ms'):.3f} | {med('triton', i, 'fwd_bwd_ms'):.3f} |")
-    for b in ("sdpa", "triton"):
+    for b in ("sdpa", "triton", "triton_one_pass")[:3 if args.one_pass else 2]:
         print(b, "per step: fwd", [round(r["fwd_step_ms"], 2) for r in res[b]], "fwd+bwd", [round(r["fwd_bwd_step_ms"], 2) for r in res[b]])
     if args.sweep:
         print("best", res["best_config"], "fwd", round(res["triton_best"]["fwd_step_ms"], 2), "fwd+bwd",

@@ -29,7 +29,9 @@ the kernel on CUDA under autocast, unless flash_attn is installed: then flash-at
 LayerNorm kernels for the float32 norms (`set_fused_layernorm(False)`; baseline: the fused Triton kernel on CUDA);
 bias_kernel / torch_bias_grad = Linear bias gradients by the column-sum kernel / by torch's sum
 (`sonata_nb.kernels.set_bias_grad_kernel(True / False)`; baseline: the library's default, torch's sum); triton_launch = every Triton kernel launched through Triton's `kernel[grid]` (per-call
-specialization; `sonata_nb.kernels.set_fast_launch(False)`; baseline: `kernels.Launcher`'s direct launches). The
+specialization; `sonata_nb.kernels.set_fast_launch(False)`; baseline: `kernels.Launcher`'s direct launches); one_pass_bwd =
+the patch attention's backward in one kernel, dq added atomically (`sonata_nb.attention_kernel.set_one_pass_backward`;
+baseline: a dk/dv kernel, then a dq kernel). The
 baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
@@ -44,6 +46,7 @@ from steps import (batch_arguments, TASKS, amp_dtype, build, ft_memory, host_pro
 import sonata_nb.attention as A
 import sonata_nb.model as M
 import sonata_nb.kernels as K
+import sonata_nb.attention_kernel as AK
 from sonata_nb.model import MLP, set_half_layernorm, set_spconv_algo, upcast
 
 
@@ -78,6 +81,8 @@ def apply(model, lev:dict):
     if hasattr(M, "_whole_stages"): M._whole_stages = lev.get("whole", _DEFAULTS["whole"])
     elif not lev.get("whole", True): raise RuntimeError("this checkout has no sonata_nb.model._whole_stages")
     if hasattr(M, "MIN_REPLAYS"): M.MIN_REPLAYS = lev.get("min_replays", _MIN_REPLAYS)
+    if hasattr(AK, "set_one_pass_backward"): AK.set_one_pass_backward(lev.get("one_pass", False))
+    elif lev.get("one_pass", False): raise RuntimeError("this checkout has no sonata_nb.attention_kernel.set_one_pass_backward")
     if "triton" in A.BACKENDS: A.set_attention_backend(lev.get("attention", "auto"))
     elif lev.get("attention", "auto") != "auto": raise RuntimeError("this checkout has no attention backend 'triton'")
 
@@ -181,7 +186,8 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     fp32_ln=dict(half_ln=False), no_mlp_recompute=dict(mlp_recompute=False), fp32_ln_block0=dict(half_ln=False, whole=False), fp32_ln_no_graphs=dict(half_ln=False, graphs=False),
     sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"),
     torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), bias_kernel=dict(bias_kernel=True), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False),
-    triton_launch=dict(fast_launch=False), triton_launch_torch_ln_bias_grad=dict(fast_launch=False, fused_ln=False, bias_kernel=False))
+    triton_launch=dict(fast_launch=False), triton_launch_torch_ln_bias_grad=dict(fast_launch=False, fused_ln=False, bias_kernel=False),
+    one_pass_bwd=dict(one_pass=True))
 DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,bias_kernel,triton_launch,sdpa_attention"  # against the library's defaults
 
 

@@ -13,7 +13,7 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['LOG2E', 'CONFIG', 'MAX_PATCHES', 'usable', 'patch_attention']
+__all__ = ['LOG2E', 'CONFIG', 'MAX_PATCHES', 'set_one_pass_backward', 'usable', 'patch_attention']
 
 # %% ../nbs/03c_attention_kernel.ipynb #a005
 LOG2E = 1.4426950408889634
@@ -96,6 +96,50 @@ if triton is not None:
             tl.store(dptr + C, dv, mask=dup[:, None])
 
     @triton.jit(**_LOOSE)
+    def _pa_bwd(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, DQ, Dup, L, C, H, qk_scale, sm_scale,
+                D:tl.constexpr, KLEN_IS_L:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+        # `_pa_dkdv` that also adds each tile's dq share, ds @ k, into a float32 buffer (atomically): one pass
+        nb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        q_len = tl.load(Qlen + p)
+        k_len = L if KLEN_IS_L else tl.load(Klen + p)
+        if nb * BLOCK_N >= k_len: return  # no key of this patch in the block
+        base = p.to(tl.int64) * L
+        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < k_len
+        d = tl.arange(0, D)
+        rows_n = tl.load(Idx + base + offs_n, mask=n_mask, other=0).to(tl.int64)
+        kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
+        k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
+        v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_N, D], tl.float32)
+        dv = tl.zeros([BLOCK_N, D], tl.float32)
+        for m0 in range(0, q_len, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            m_mask = offs_m < q_len
+            rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
+            q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
+            do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
+            lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))
+            delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
+            pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+            dv += tl.dot(pT.to(do.dtype), do)
+            dsT = (pT * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
+            dk += tl.dot(dsT, q)
+            dq = tl.dot(tl.trans(dsT), k)  # (BLOCK_M, D); masked keys hold k = 0
+            tl.atomic_add(DQ + rows_m[:, None] * C + h * D + d[None, :], dq * sm_scale, mask=m_mask[:, None], sem="relaxed")
+        dk = dk * sm_scale
+        own = offs_n < q_len
+        out = DQKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
+        tl.store(out + C, dk.to(DQKV.dtype.element_ty), mask=own[:, None])
+        tl.store(out + 2 * C, dv.to(DQKV.dtype.element_ty), mask=own[:, None])
+        if KLEN_IS_L:
+            dup = n_mask & (offs_n >= q_len)
+            drow = tl.where(dup, tl.load(DupBase + p) + offs_n - q_len, 0).to(tl.int64)
+            dptr = Dup + drow[:, None] * (2 * C) + h * D + d[None, :]
+            tl.store(dptr, dk, mask=dup[:, None])
+            tl.store(dptr + C, dv, mask=dup[:, None])
+
+    @triton.jit(**_LOOSE)
     def _pa_dq(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DQKV, L, C, H, qk_scale, sm_scale,
                D:tl.constexpr, KLEN_IS_L:tl.constexpr, EVEN:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         mb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -126,9 +170,15 @@ if triton is not None:
                  mask=m_mask[:, None])
 
 # %% ../nbs/03c_attention_kernel.ipynb #a007
-CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 64, 2, 2), dq=(64, 64, 4, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 64, 2, 2), dq=(64, 64, 4, 2), bwd=(32, 64, 2, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
 MAX_PATCHES = 65535  # CUDA's limit of a grid's second dimension: more patches launch in chunks
 _HALF = (torch.float16, torch.bfloat16)
+_one_pass = False
+
+def set_one_pass_backward(on:bool=True): # True: one backward kernel, dq added atomically (order not deterministic)
+    "Backward switch: `_pa_bwd` (dk, dv and dq in one pass over the scores) instead of `_pa_dkdv` then `_pa_dq`"
+    global _one_pass
+    _one_pass = bool(on)
 
 def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:
     "Whether `patch_attention` runs on qkv rows of this device, dtype and head dimension"
@@ -141,10 +191,10 @@ def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its 
             args, **consts): # args(first, n): the kernel's arguments for patches [first, first + n); constexprs
     "Launch `kernel` over the patches, in chunks of at most MAX_PATCHES"
     bm, bn, warps, stages = CONFIG[name]
-    if name != "dkdv": consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
+    if name in ("fwd", "dq"): consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
     for lo in range(0, patches, MAX_PATCHES):
         n = min(MAX_PATCHES, patches - lo)
-        grid = (_cdiv(length, bn if name == "dkdv" else bm), n, heads)
+        grid = (_cdiv(length, bm if name in ("fwd", "dq") else bn), n, heads)
         launcher(kernel)[grid](*args(lo, n), BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **consts)
 
 def _parts(full, full_len, dup_base, short, short_len):
@@ -182,15 +232,22 @@ class _PatchAttention(torch.autograd.Function):
         delta = (dout.float() * out.float()).view(N, heads, D).sum(-1)  # rowsum(dO * O) per query and head
         dqkv = torch.empty_like(qkv)  # every row is a query of one slot and a key of its own slot: all written
         dup = torch.empty(len(dup_rows), 2 * C, device=qkv.device, dtype=torch.float32)
+        dq = torch.zeros(N, C, device=qkv.device, dtype=torch.float32) if _one_pass else None
         with _on(qkv.device):
             for idx, qlen, base, whole in _parts(full, full_len, dup_base, short, short_len):
                 P, L = idx.shape
                 tail = (L, C, heads, scale * LOG2E, scale)
+                if _one_pass:
+                    _launch(_pa_bwd, "bwd", P, L, heads, lambda lo, n: (
+                        qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], base[lo:lo + n], dqkv, dq,
+                        dup, *tail), D=D, KLEN_IS_L=whole)
+                    continue
                 _launch(_pa_dkdv, "dkdv", P, L, heads, lambda lo, n: (
                     qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], base[lo:lo + n], dqkv, dup,
                     *tail), D=D, KLEN_IS_L=whole)
                 _launch(_pa_dq, "dq", P, L, heads, lambda lo, n: (
                     qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], dqkv, *tail), D=D, KLEN_IS_L=whole)
+        if dq is not None: dqkv[:, :C] = dq  # every point is the query of one slot: all rows summed
         if len(dup_rows): dqkv[:, C:].index_add_(0, dup_rows, dup.to(dqkv.dtype))  # each repeated point once
         return dqkv, None, None, None, None, None, None, None, None
 
