@@ -56,8 +56,9 @@ if triton is not None:
         if STORE_LSE: tl.store(Lse + rows_m * H + h, m_i * qk_scale + tl.math.log2(l_i), mask=m_mask)  # log2 units
 
     @triton.jit(**_LOOSE)
-    def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, Dup, L, C, H, qk_scale, sm_scale,
-                 D:tl.constexpr, KLEN_IS_L:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+    def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, DQ, Dup, L, C, H, qk_scale, sm_scale,
+                 D:tl.constexpr, KLEN_IS_L:tl.constexpr, ONE_PASS:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+        # ONE_PASS: each tile also adds its share of dq, ds @ k, into the float32 buffer DQ (atomically; else DQ is unused)
         nb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_len = tl.load(Qlen + p)
         k_len = L if KLEN_IS_L else tl.load(Klen + p)
@@ -81,58 +82,17 @@ if triton is not None:
             delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
             pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
             dv += tl.dot(pT.to(do.dtype), do)
-            dsT = pT * (tl.dot(v, tl.trans(do)) - delta[None, :])
-            dk += tl.dot(dsT.to(q.dtype), q)
+            dsT = (pT * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
+            dk += tl.dot(dsT, q)
+            if ONE_PASS:  # (BLOCK_M, D); masked keys hold k = 0
+                tl.atomic_add(DQ + rows_m[:, None] * C + h * D + d[None, :], tl.dot(tl.trans(dsT), k) * sm_scale,
+                              mask=m_mask[:, None], sem="relaxed")
         dk = dk * sm_scale
         own = offs_n < q_len  # a point's own slot: its rows of dqkv, written once
         out = DQKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
         tl.store(out + C, dk.to(DQKV.dtype.element_ty), mask=own[:, None])
         tl.store(out + 2 * C, dv.to(DQKV.dtype.element_ty), mask=own[:, None])
         if KLEN_IS_L:  # repeated slots (past q_len): rows of the buffer added to the repeated points afterwards
-            dup = n_mask & (offs_n >= q_len)
-            drow = tl.where(dup, tl.load(DupBase + p) + offs_n - q_len, 0).to(tl.int64)
-            dptr = Dup + drow[:, None] * (2 * C) + h * D + d[None, :]
-            tl.store(dptr, dk, mask=dup[:, None])
-            tl.store(dptr + C, dv, mask=dup[:, None])
-
-    @triton.jit(**_LOOSE)
-    def _pa_bwd(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, DQ, Dup, L, C, H, qk_scale, sm_scale,
-                D:tl.constexpr, KLEN_IS_L:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
-        # `_pa_dkdv` that also adds each tile's dq share, ds @ k, into a float32 buffer (atomically): one pass
-        nb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        q_len = tl.load(Qlen + p)
-        k_len = L if KLEN_IS_L else tl.load(Klen + p)
-        if nb * BLOCK_N >= k_len: return  # no key of this patch in the block
-        base = p.to(tl.int64) * L
-        offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < k_len
-        d = tl.arange(0, D)
-        rows_n = tl.load(Idx + base + offs_n, mask=n_mask, other=0).to(tl.int64)
-        kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
-        k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
-        v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
-        dk = tl.zeros([BLOCK_N, D], tl.float32)
-        dv = tl.zeros([BLOCK_N, D], tl.float32)
-        for m0 in range(0, q_len, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            m_mask = offs_m < q_len
-            rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
-            q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
-            do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
-            lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))
-            delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
-            pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
-            dv += tl.dot(pT.to(do.dtype), do)
-            dsT = (pT * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
-            dk += tl.dot(dsT, q)
-            dq = tl.dot(tl.trans(dsT), k)  # (BLOCK_M, D); masked keys hold k = 0
-            tl.atomic_add(DQ + rows_m[:, None] * C + h * D + d[None, :], dq * sm_scale, mask=m_mask[:, None], sem="relaxed")
-        dk = dk * sm_scale
-        own = offs_n < q_len
-        out = DQKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
-        tl.store(out + C, dk.to(DQKV.dtype.element_ty), mask=own[:, None])
-        tl.store(out + 2 * C, dv.to(DQKV.dtype.element_ty), mask=own[:, None])
-        if KLEN_IS_L:
             dup = n_mask & (offs_n >= q_len)
             drow = tl.where(dup, tl.load(DupBase + p) + offs_n - q_len, 0).to(tl.int64)
             dptr = Dup + drow[:, None] * (2 * C) + h * D + d[None, :]
@@ -176,7 +136,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _one_pass = False
 
 def set_one_pass_backward(on:bool=True): # True: one backward kernel, dq added atomically (order not deterministic)
-    "Backward switch: `_pa_bwd` (dk, dv and dq in one pass over the scores) instead of `_pa_dkdv` then `_pa_dq`"
+    "Backward switch: `_pa_dkdv` computes dq too (one pass over the scores, block sizes of `CONFIG['bwd']`) instead of `_pa_dkdv` then `_pa_dq`"
     global _one_pass
     _one_pass = bool(on)
 
@@ -237,16 +197,12 @@ class _PatchAttention(torch.autograd.Function):
             for idx, qlen, base, whole in _parts(full, full_len, dup_base, short, short_len):
                 P, L = idx.shape
                 tail = (L, C, heads, scale * LOG2E, scale)
-                if _one_pass:
-                    _launch(_pa_bwd, "bwd", P, L, heads, lambda lo, n: (
-                        qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], base[lo:lo + n], dqkv, dq,
-                        dup, *tail), D=D, KLEN_IS_L=whole)
-                    continue
-                _launch(_pa_dkdv, "dkdv", P, L, heads, lambda lo, n: (
-                    qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], base[lo:lo + n], dqkv, dup,
-                    *tail), D=D, KLEN_IS_L=whole)
-                _launch(_pa_dq, "dq", P, L, heads, lambda lo, n: (
-                    qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], dqkv, *tail), D=D, KLEN_IS_L=whole)
+                _launch(_pa_dkdv, "bwd" if _one_pass else "dkdv", P, L, heads, lambda lo, n: (
+                    qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], base[lo:lo + n], dqkv,
+                    lse if dq is None else dq, dup, *tail), D=D, KLEN_IS_L=whole, ONE_PASS=_one_pass)  # DQ unused: lse
+                if not _one_pass:
+                    _launch(_pa_dq, "dq", P, L, heads, lambda lo, n: (
+                        qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], dqkv, *tail), D=D, KLEN_IS_L=whole)
         if dq is not None: dqkv[:, :C] = dq  # every point is the query of one slot: all rows summed
         if len(dup_rows): dqkv[:, C:].index_add_(0, dup_rows, dup.to(dqkv.dtype))  # each repeated point once
         return dqkv, None, None, None, None, None, None, None, None

@@ -29,7 +29,7 @@ def test_interpreted(forkserver, check):
 
 @needs_triton
 def test_kernels_compile_for_the_gpu(forkserver):
-    "The interpreter does not catch what only the compiler rejects: compile the four kernels to PTX for sm_90"
+    "The interpreter does not catch what only the compiler rejects: compile the kernels (both backwards) to PTX for sm_90"
     print(run_check(forkserver, "compile", interpret=False))
 
 
@@ -221,8 +221,11 @@ def check_kernel_matches_padded_path():
     cases = [([70, 32, 5, 40, 9], 32, 2, 16), ([100, 7], 40, 3, 16), ([3, 5, 6], 8, 1, 32), ([64, 128], 32, 2, 16),
              ([150], 72, 4, 16)]  # float16: the interpreter's bfloat16 matrix product is wrong (bfloat16: GPU test)
     dtype = torch.float16
+    launched, launch = [], AK._launch
+    AK._launch = lambda kernel, name, *a, **k: (launched.append(name), launch(kernel, name, *a, **k))[1]
     for i, (counts, K, H, d), one_pass in [(i, c, o) for o in (False, True) for i, c in enumerate(cases)]:
         AK.set_one_pass_backward(one_pass)  # both backwards: dk/dv then dq, or one pass adding dq atomically
+        launched.clear()
         g = torch.Generator().manual_seed(i)
         N, C, scale = sum(counts), H * d, d ** -0.5
         order = torch.randperm(N, generator=g)
@@ -237,6 +240,7 @@ def check_kernel_matches_padded_path():
             out = fn(q); out.backward(grad.to(cast))
             assert out.dtype == cast and torch.isfinite(out).all() and torch.isfinite(q.grad).all(), name
             runs[name] = (out.double(), q.grad.double())
+        assert set(launched) == ({"fwd", "bwd"} if one_pass else {"fwd", "dkdv", "dq"}), launched  # the backward asked for
         ref_out, ref_grad = runs["padded_float"]
         for j, what in enumerate(("output", "gradient")):
             err = (runs["kernel"][j] - runs["padded_float"][j]).abs().max().item()
@@ -313,12 +317,10 @@ def check_compile():
                 for fn, name, sig in (
                         (K._pa_fwd, "fwd", dict(QKV=f"*{t}", Idx="*i64", Qlen="*i64", Klen="*i64", Out=f"*{t}", Lse="*fp32",
                                                 L="i32", C="i32", H="i32", qk_scale="fp32")),
-                        (K._pa_dkdv, "dkdv", dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
-                                                  Klen="*i64", DupBase="*i64", DQKV=f"*{t}", Dup="*fp32", L="i32", C="i32",
-                                                  H="i32", qk_scale="fp32", sm_scale="fp32")),
-                        (K._pa_bwd, "bwd", dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
-                                                Klen="*i64", DupBase="*i64", DQKV=f"*{t}", DQ="*fp32", Dup="*fp32", L="i32",
-                                                C="i32", H="i32", qk_scale="fp32", sm_scale="fp32")),
+                        *[(K._pa_dkdv, name, dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
+                                                  Klen="*i64", DupBase="*i64", DQKV=f"*{t}", DQ="*fp32", Dup="*fp32", L="i32",
+                                                  C="i32", H="i32", qk_scale="fp32", sm_scale="fp32"))
+                          for name in ("dkdv", "bwd")],  # two-pass and one-pass backward
                         (K._pa_dq, "dq", dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
                                               Klen="*i64", DQKV=f"*{t}", L="i32", C="i32", H="i32", qk_scale="fp32",
                                               sm_scale="fp32"))):
@@ -326,6 +328,7 @@ def check_compile():
                     consts = dict(D=D, KLEN_IS_L=whole, BLOCK_M=bm, BLOCK_N=bn)
                     if name == "fwd": consts["STORE_LSE"] = True
                     if name in ("fwd", "dq"): consts["EVEN"] = whole
+                    if name in ("dkdv", "bwd"): consts["ONE_PASS"] = name == "bwd"
                     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
                     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
                     assert ".entry" in k.asm["ptx"]
