@@ -31,8 +31,9 @@ from .kernels import Linear, column_sum, fused_layer_norm, MAX_C as _FUSED_MAX_C
 __all__ = ['SPCONV_ALGOS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo',
            'set_torch_map_sort', 'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP',
            'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_block_graphs', 'Stage',
-           'unique_cells', 'plan_pooling', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'upcast',
-           'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+           'unique_cells', 'plan_pooling', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'HostPlan',
+           'pooling_strides', 'upcast', 'split_checkpoint', 'check_config', 'LoadReport', 'load_weights',
+           'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -656,6 +657,11 @@ def plan_pooling(point:Point, # the network's input: grid_coord (or coord and gr
                  strides:list): # the stride of each pooling, in order
     "Read, with the Point's host shape in one transfer, the cells of each sample after every pooling; `GridPooling` uses them instead of waiting for the GPU"
     point._ensure_grid_coord()
+    plan = point.get("_host_plan")  # made on the CPU with the batch (`HostPlan`): nothing to read
+    if plan is not None and plan.fits(point, strides):
+        point.set_host_shape(plan.shape)
+        point["_pooling_plan"] = (point.grid_coord, point.offset, list(plan.cells))
+        return
     if len(point.grid_coord) == 0 or not strides:  # nothing to plan (read_host_shape's errors name the problem)
         point.read_host_shape()
         return
@@ -855,6 +861,54 @@ def _check_stages(config:dict): # PTv3 constructor arguments
     if not config["enc_mode"]: want.update(dec_depths=n - 1, dec_channels=n - 1, dec_num_head=n - 1, dec_patch_size=n - 1)
     bad = [f"{k} has {len(config[k])} entries, expected {v}" for k, v in want.items() if len(config[k]) != v]
     if bad: raise ValueError(f"PT-v3m2 config with {n} encoder stages (len(enc_depths)): " + "; ".join(bad))
+
+# %% ../nbs/04_model.ipynb #c034i
+class HostPlan:
+    "A batch's host shape and cells after every pooling, made on the CPU (e.g. in a DataLoader worker): the forward then reads nothing from the GPU"
+    def __init__(self, batch:Mapping, # a collated batch on the CPU with grid_coord and offset
+                 strides:list): # the stride of each pooling of the model (`pooling_strides(model)`)
+        grid, offset = batch.get("grid_coord"), batch.get("offset")
+        if not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in (grid, offset)):
+            raise ValueError("HostPlan needs the batch's grid_coord and offset as CPU tensors: make it in the collate, "
+                             f"before the batch moves to the GPU (got grid_coord {_describe(grid)}, offset {_describe(offset)})")
+        point = Point(grid_coord=grid, offset=offset)
+        plan_pooling(point, list(strides))  # on CPU tensors its read costs nothing
+        self.grid_coord, self.offset, self.shape = grid, offset, point.host_shape()
+        self.cells = tuple(point["_pooling_plan"][2]) if "_pooling_plan" in point else ()
+        self.strides = [s for s, _ in self.cells]
+        self.bound = (grid, offset, grid._version, offset._version)  # the tensors (and versions) it describes
+
+    def moved(self, batch:Mapping, # the batch this plan came with
+              moved:Mapping): # the same batch with its tensors moved (`to_device`)
+        "This plan bound to `moved`'s grid_coord and offset, or None (with a warning) if `batch` no longer holds the values it was made from"
+        grid, offset = batch.get("grid_coord"), batch.get("offset")
+        if not (self._holds(grid, self.grid_coord, 0) and self._holds(offset, self.offset, 1)):
+            warnings.warn("The batch's HostPlan was made for other grid_coord/offset values (changed after the collate?); "
+                          "it is dropped and the forward reads the sizes from the GPU (make the plan after the last change)")
+            return None
+        plan = copy.copy(self)
+        plan.bound = (moved["grid_coord"], moved["offset"], moved["grid_coord"]._version, moved["offset"]._version)
+        return plan
+
+    def _holds(self, t, made_from:torch.Tensor, i:int) -> bool:
+        "Whether `t` holds the values this plan was made from: the bound tensor unchanged, or equal CPU values"
+        if t is self.bound[i]: return t._version == self.bound[2 + i]
+        return (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.shape == made_from.shape
+                and t.dtype == made_from.dtype and torch.equal(t, made_from))
+
+    def fits(self, point:Point, # the network's input
+             strides:list) -> bool: # the model's pooling strides
+        "Whether this plan describes `point` (its grid_coord and offset are the bound tensors, unchanged) for `strides`"
+        grid, offset, gv, ov = self.bound
+        return (point.get("grid_coord") is grid and point.get("offset") is offset and grid._version == gv
+                and offset._version == ov and list(strides) == self.strides)
+
+def _describe(t) -> str: return f"a {t.device.type} tensor" if isinstance(t, torch.Tensor) else repr(type(t).__name__)
+
+def pooling_strides(model:nn.Module) -> list|None:
+    "The pooling strides of the one `PointTransformerV3` inside `model` (for `HostPlan`), or None if it holds none or several"
+    nets = [m for m in model.modules() if isinstance(m, PointTransformerV3)]
+    return nets[0]._pooling_strides() if len(nets) == 1 else None
 
 # %% ../nbs/04_model.ipynb #c036
 SONATA_CONFIG = dict(

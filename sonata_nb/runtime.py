@@ -39,8 +39,11 @@ def default_device() -> torch.device:
 
 def to_device(batch:dict, # tensors and anything else
               device:torch.device): # where the tensors go
-    "`batch` with its tensors moved to `device`"
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    "`batch` with its tensors moved to `device` (and what describes them, e.g. a `HostPlan`, re-made for the moved ones)"
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    for k, v in batch.items():
+        if callable(getattr(v, "moved", None)): moved[k] = v.moved(batch, moved)
+    return moved
 
 # %% ../nbs/00a_runtime.ipynb #c011
 LOG_FORMAT = "[%(asctime)s %(levelname)s %(filename)s line %(lineno)d %(process)d] %(message)s"

@@ -24,7 +24,7 @@ from .experiment import (ExperimentLocked, NonFiniteError, check_finite_state, l
                                   resume_checkpoint, save_atomic, strip_module, truncate_metrics)
 from .hooks import build_hooks
 from .metrics import SegMetrics
-from .model import load_weights
+from .model import HostPlan, load_weights, pooling_strides
 from .registry import Registry
 from .runtime import (all_reduce_sum, count_parameters, default_device, get_rank, get_world_size,
                                is_main_process, setup_logger, show_progress, to_device, to_plain)
@@ -32,8 +32,8 @@ from .segmentor import backbone_of, build_model
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler', 'SeededBatch',
-           'SampleSeeded', 'BatchSeeded', 'EpochBatches', 'param_groups', 'build_optimizer', 'OneCycleLR',
-           'build_scheduler', 'amp_setup', 'Trainer']
+           'SampleSeeded', 'HostPlanned', 'BatchSeeded', 'EpochBatches', 'param_groups', 'build_optimizer',
+           'OneCycleLR', 'build_scheduler', 'amp_setup', 'Trainer']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -93,6 +93,17 @@ class SampleSeeded(Dataset):
         try: return self.dataset[index]
         finally: set_rng_state(saved)
     def __getitems__(self, keys): return SeededBatch([self[k] for k in keys], keys)  # DataLoader's batched fetch
+
+class HostPlanned:
+    "Wrap `collate_fn` so that each batch with grid_coord and offset carries a `HostPlan` for `strides` (made in the worker)"
+    def __init__(self, collate_fn, # e.g. `BatchSeeded(point_collate_fn)`
+                 strides:list, # the model's pooling strides (`pooling_strides(model)`)
+                ):
+        self.collate_fn, self.strides = collate_fn, list(strides)
+    def __call__(self, batch):
+        out = self.collate_fn(batch)
+        if isinstance(out, dict) and "grid_coord" in out and "offset" in out: out["_host_plan"] = HostPlan(out, self.strides)
+        return out
 
 class BatchSeeded:
     "Wrap `collate_fn` so that a `SeededBatch` is collated with generators seeded by `seed` and its samples' keys"
@@ -292,6 +303,8 @@ def build_train_loader(self:Trainer) -> DataLoader:
     self.train_sampler = EpochSampler(data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
     drop_last = len(self.train_sampler) >= self.batch_size
     collate = BatchSeeded(partial(point_collate_fn, mix_prob=self.cfg.get("mix_prob", 0)), self.seed)  # Mix3D
+    strides = pooling_strides(self.model)
+    if strides is not None: collate = HostPlanned(collate, strides)  # the forward then reads nothing from the GPU
     loader = DataLoader(
         SampleSeeded(data, self.seed), batch_sampler=EpochBatches(self.train_sampler, self.batch_size, drop_last),
         num_workers=self.num_workers, collate_fn=collate, pin_memory=self.device.type == "cuda",

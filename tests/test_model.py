@@ -471,6 +471,26 @@ def test_forward_reads_the_device_once(enc_mode, train):
     assert len(reads.sites) == 1, reads.sites  # Point.read_host_shape, called by plan_pooling
 
 
+@pytest.mark.parametrize("enc_mode", [True, False])
+@pytest.mark.parametrize("train", [False, True])
+def test_forward_with_a_host_plan_reads_nothing(enc_mode, train):
+    "With a HostPlan made on the CPU and bound by to_device, the forward reads nothing from the device, and computes the same"
+    from sonata_nb.model import HostPlan, pooling_strides
+    from sonata_nb.runtime import to_device
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "enc_mode": enc_mode, "shuffle_orders": True}).train(train)
+    data = cloud()
+    batch = to_device({**data, "_host_plan": HostPlan(data, pooling_strides(m))}, torch.device("cpu"))
+    outs = []
+    for b, reads_expected in ((batch, 0), (data, 1)):
+        torch.manual_seed(1)
+        with HostReads() as reads: out = m(b)
+        if train: out.feat.sum().backward()
+        assert len(reads.sites) == reads_expected, reads.sites
+        outs.append(out.feat.detach())
+    assert torch.equal(outs[0], outs[1])
+
+
 # --- upcast ----------------------------------------------------------------------------------------------------
 
 def test_upcast_gives_1232_and_1088_channels_with_the_sonata_widths():

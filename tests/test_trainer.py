@@ -96,6 +96,22 @@ class _ThreadCounts(torch.utils.data.Dataset):
         return {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
 
 
+def test_train_batches_carry_a_host_plan(tmp_path, data_root):
+    "The train loader's batches carry a HostPlan for the model's strides; moved to the device it fits the model's input"
+    from sonata_nb.model import HostPlan, pooling_strides
+    from sonata_nb.runtime import to_device
+    from sonata_nb.structure import Point
+    t = Trainer(demo_cfg("ft", tmp_path/"ft", data_root))
+    try:
+        batch = next(iter(t.train_loader))
+        plan = batch["_host_plan"]
+        assert isinstance(plan, HostPlan) and plan.strides == pooling_strides(t.model) == [2, 2, 2, 2]
+        moved = to_device(batch, t.device)
+        assert moved["_host_plan"].fits(Point(moved), plan.strides)
+        assert moved["_host_plan"].shape.counts == tuple(torch.diff(batch["offset"], prepend=torch.zeros(1, dtype=torch.long)).tolist())
+    finally: t.lock.release()
+
+
 def test_loader_workers_use_one_native_thread():
     "worker_init_fn limits numpy's BLAS (and OpenMP) to one thread per worker: workers x cores threads would thrash"
     from functools import partial
