@@ -17,7 +17,7 @@ except ImportError: triton = None
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm',
            'fused_layer_norm', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'sums_bias', 'linear',
-           'add_bias_', 'Linear']
+           'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -389,3 +389,85 @@ def add_bias_(x:torch.Tensor, # (..., C) a layer's output, changed in place
 class Linear(nn.Linear):
     "`nn.Linear` computing `linear`: the same parameters, state-dict keys and function"
     def forward(self, x): return linear(x, self.weight, self.bias)
+
+# %% ../nbs/03b_kernels.ipynb #k031
+if triton is not None:
+    @triton.jit
+    def _res_drop_fwd(S, X, R, OUT, N, C, keep, scale, BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr,
+                      RTNE_X:tl.constexpr, RTNE_OUT:tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_C)
+        rmask = rows < N
+        mask = rmask[:, None] & (cols < C)[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        m = tl.where(tl.load(R + rows, mask=rmask, other=1.0) < keep, scale, 0.0)  # the row's mask value, or 0
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        prod = _cast(x * m[:, None], X.dtype.element_ty, RTNE_X).to(tl.float32)  # torch's product, in the branch's dtype
+        out = tl.load(S + offs, mask=mask, other=0.0).to(tl.float32) + prod
+        tl.store(OUT + offs, _cast(out, OUT.dtype.element_ty, RTNE_OUT), mask=mask)
+
+    @triton.jit
+    def _res_drop_bwd(DOUT, R, DX, N, C, keep, scale, BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_C)
+        rmask = rows < N
+        mask = rmask[:, None] & (cols < C)[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        m = tl.where(tl.load(R + rows, mask=rmask, other=1.0) < keep, scale, 0.0)
+        g = _cast(tl.load(DOUT + offs, mask=mask, other=0.0).to(tl.float32), DX.dtype.element_ty, RTNE_BF16).to(tl.float32)
+        tl.store(DX + offs, _cast(g * m[:, None], DX.dtype.element_ty, RTNE_BF16), mask=mask)
+
+@functools.lru_cache(maxsize=None)
+def _kept_value(keep:float, dtype:torch.dtype) -> float:
+    "DropPath's factor of a kept row as torch makes it: 1 times the float32 reciprocal of `keep`, rounded to `dtype`"
+    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(keep, dtype=torch.float32)
+    return float(inv.to(dtype))
+
+class ResidualDropPath(torch.autograd.Function):
+    "`shortcut + x * mask`, DropPath's mask made from the rows' draws `r`, in one kernel each way (torch's roundings)"
+    @staticmethod
+    def forward(ctx, shortcut, x, r, keep:float):
+        N, C = x.shape
+        scale = _kept_value(keep, x.dtype)
+        out = torch.empty((N, C), dtype=torch.promote_types(shortcut.dtype, x.dtype), device=x.device)
+        if N and C:
+            br, bc, nw = _blocks(C)
+            with _on(x.device): launcher(_res_drop_fwd)[(_cdiv(N, br),)](shortcut, x, r, out, N, C, keep, scale, BLOCK_R=br,
+                BLOCK_C=bc, RTNE_X=_rtne_bf16(x.dtype), RTNE_OUT=_rtne_bf16(out.dtype), num_warps=nw)
+        ctx.save_for_backward(r)
+        ctx.keep, ctx.scale, ctx.dtypes = keep, scale, (shortcut.dtype, x.dtype)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        r, = ctx.saved_tensors
+        ds = _as(dout, ctx.dtypes[0]) if ctx.needs_input_grad[0] else None  # the engine's cast of the sum's gradient
+        dx = None
+        if ctx.needs_input_grad[1]:
+            dout = dout.contiguous()
+            N, C = dout.shape
+            dx = torch.empty((N, C), dtype=ctx.dtypes[1], device=dout.device)
+            if N and C:
+                br, bc, nw = _blocks(C)
+                with _on(dout.device): launcher(_res_drop_bwd)[(_cdiv(N, br),)](dout, r, dx, N, C, ctx.keep, ctx.scale,
+                    BLOCK_R=br, BLOCK_C=bc, RTNE_BF16=_rtne_bf16(dx.dtype), num_warps=nw)
+        return ds, dx, None, None
+
+def fuses_residual(shortcut:torch.Tensor, # (N, C) the residual stream
+                   x:torch.Tensor) -> bool: # (N, C) the branch
+    "Whether `residual_drop_path` runs the kernels on these tensors (a half-precision branch on the kernels' device)"
+    return (triton is not None and x.ndim == 2 and x.dtype in (torch.float16, torch.bfloat16) and shortcut.shape == x.shape
+            and shortcut.dtype in _DTYPES and shortcut.device == x.device and _kernel_device(x)
+            and x.is_contiguous() and shortcut.is_contiguous() and not torch._C._are_functorch_transforms_active())
+
+def residual_drop_path(shortcut:torch.Tensor, # (N, C) the residual stream
+                       x:torch.Tensor, # (N, C) the branch
+                       drop_prob:float): # DropPath's probability of dropping a row, in (0, 1)
+    "`shortcut + DropPath(drop_prob)(x)` in training: torch's draws and numbers, one kernel each way (see `fuses_residual`)"
+    if not 0.0 < drop_prob < 1.0: raise ValueError(f"residual_drop_path: drop_prob must be in (0, 1), got {drop_prob}")
+    if not fuses_residual(shortcut, x):
+        raise ValueError(f"residual_drop_path takes contiguous (N, C) tensors of one shape on the kernels' device, a float16 or "
+                         f"bfloat16 branch; got {tuple(shortcut.shape)} {shortcut.dtype} and {tuple(x.shape)} {x.dtype} on {x.device}")
+    r = torch.rand((x.shape[0], 1), device=x.device)  # DropPath's draw
+    return ResidualDropPath.apply(shortcut, x, r, 1.0 - drop_prob)

@@ -30,10 +30,10 @@ from .kernels import Linear, column_sum, fused_layer_norm, MAX_C as _FUSED_MAX_C
 # %% auto #0
 __all__ = ['SPCONV_ALGOS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo',
            'set_torch_map_sort', 'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP',
-           'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_block_graphs', 'Stage',
-           'unique_cells', 'plan_pooling', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'HostPlan',
-           'pooling_strides', 'upcast', 'split_checkpoint', 'check_config', 'LoadReport', 'load_weights',
-           'load_encoder', 'save_checkpoint']
+           'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_fused_residual',
+           'set_block_graphs', 'Stage', 'unique_cells', 'plan_pooling', 'GridPooling', 'GridUnpooling',
+           'PointTransformerV3', 'HostPlan', 'pooling_strides', 'upcast', 'split_checkpoint', 'check_config',
+           'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -363,12 +363,30 @@ class Block(PointModule):
         feat = feat + _run(cpe, sparse.features)
         shortcut = feat
         h = seq(self.norm1, feat) if self.pre_norm else feat
-        feat = shortcut + seq(self.drop_path, seq(self.ls1, attend(h)))
+        feat = _residual(shortcut, seq(self.ls1, attend(h)), self.drop_path)
         if not self.pre_norm: feat = seq(self.norm1, feat)
         shortcut = feat
-        feat = shortcut + seq(self.drop_path, seq(self.ls2, seq(self.mlp, seq(self.norm2, feat) if self.pre_norm else feat)))
+        feat = _residual(shortcut, seq(self.ls2, seq(self.mlp, seq(self.norm2, feat) if self.pre_norm else feat)), self.drop_path)
         if not self.pre_norm: feat = seq(self.norm2, feat)
         return feat, sparse
+
+_fused_residual = True
+
+def set_fused_residual(on:bool=True): # True: a training block adds its DropPath branches by `kernels.residual_drop_path`
+    "Speed switch (on by default): residual branches with stochastic depth in one kernel each way where it runs (module-wide; the same numbers)"
+    global _fused_residual
+    _fused_residual = bool(on)
+
+def _residual(shortcut:torch.Tensor, # (N, C) the residual stream
+              branch:torch.Tensor, # (N, C) a branch's output
+              drop_path:PointSequential): # the block's `drop_path` container
+    "`shortcut + drop_path(branch)`: through `kernels.residual_drop_path` where it runs (training, no hooks on the DropPath)"
+    d = drop_path._modules.get("0")
+    if (_fused_residual and type(d) is DropPath and d.training and 0.0 < d.drop_prob < 1.0 and not d._forward_hooks
+            and not d._forward_pre_hooks and not nn.modules.module._global_forward_hooks
+            and not nn.modules.module._global_forward_pre_hooks and kernels.fuses_residual(shortcut, branch)):
+        return kernels.residual_drop_path(shortcut, branch, d.drop_prob)
+    return shortcut + _run(drop_path._modules.values(), branch)
 
 def _run(modules, x): # plain torch modules applied in turn to a tensor; nn.Identity skipped
     for m in modules:

@@ -38,6 +38,12 @@ def test_column_sum_and_linear(forkserver):
 
 
 @needs_triton
+def test_residual_drop_path_is_torchs(forkserver):
+    "residual_drop_path and a training Block through it give torch's DropPath + sum bit for bit (bf16 autocast, interpreter)"
+    print(run_check(forkserver, "residual"))
+
+
+@needs_triton
 def test_launcher(forkserver):
     "Every launch site passes each kernel parameter (the direct launch needs them all, in order); the key and its cache"
     print(run_check(forkserver, "launch_sites"))
@@ -212,6 +218,50 @@ def check_block():
     assert _tiny_block_run(block, data, True, False)[3] == 0
 
 
+def check_residual():
+    import torch
+    from sonata_nb import kernels, model
+    from sonata_nb.structure import Point
+    from sonata_nb.testing import toy_cloud
+    kernels._on_cpu = True  # the interpreted kernels on CPU tensors
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.4).train()
+    data = toy_cloud(n=300, clouds=2, grid=0.1)
+    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    calls, real = [], kernels.residual_drop_path
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    kernels.residual_drop_path = counted
+    runs = []
+    for fused in (True, False):
+        model.set_fused_residual(fused)
+        block.zero_grad()
+        p = Point({k: v.clone() for k, v in data.items()})
+        p.feat.requires_grad_()
+        feat_in = p.feat
+        p.serialization(order=("z", "z-trans"), shuffle_orders=False)
+        p.sparsify()
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = block(p).feat
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+        runs.append((out.detach(), feat_in.grad.clone(), {n: q.grad.clone() for n, q in block.named_parameters()}))
+    model.set_fused_residual(True)
+    assert len(calls) == 2, calls  # the attention and the MLP branch of the fused run
+    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
+    assert o_f.dtype == o_t.dtype == torch.float32 and torch.equal(o_f, o_t)
+    assert torch.equal(g_f, g_t)
+    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+    block.eval()  # eval: DropPath is off, the plain sum
+    p = Point({k: v.clone() for k, v in data.items()})
+    p.serialization(order=("z", "z-trans"), shuffle_orders=False)
+    p.sparsify()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16): block(p)
+    assert len(calls) == 2, calls
+    print("residual_drop_path: a training block bitwise torch's; calls", len(calls))
+
+
 def check_bias():
     import torch
     from torch import nn
@@ -317,7 +367,11 @@ def check_launch_sites():
     _, maps = _maps([45, 15], 16, torch.randperm(60))
     qkv = torch.randn(60, 96).half().requires_grad_()
     attention_kernel.patch_attention(qkv, 2, 0.25, *maps).float().sum().backward()
-    assert set(seen) == {"_ln_fwd", "_ln_bwd", "_col_sum", "_pa_fwd", "_pa_dkdv", "_pa_dq"}, seen
+    kernels._on_cpu = True
+    s, h = torch.randn(40, 48, requires_grad=True), torch.randn(40, 48).half().requires_grad_()
+    kernels.residual_drop_path(s, h, 0.2).sum().backward()
+    kernels._on_cpu = False
+    assert set(seen) == {"_ln_fwd", "_ln_bwd", "_col_sum", "_pa_fwd", "_pa_dkdv", "_pa_dq", "_res_drop_fwd", "_res_drop_bwd"}, seen
     print(seen)
 
 
@@ -414,6 +468,20 @@ def check_compile():
             sig = dict(X=f"*{dtype}", P="*fp32", N="i32", C="i32", stride="i32", rows_per_program="i32", **{k: "constexpr" for k in consts})
             k = triton.compile(ASTSource(fn=kernels._col_sum, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                                options=dict(num_warps=4))
+            assert ".entry" in k.asm["ptx"]
+    for x, out in (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp16")):
+        for C in (48, 512):
+            br, bc, nw = kernels._blocks(C)
+            consts = dict(BLOCK_R=br, BLOCK_C=bc)
+            sig = dict(S=f"*{out}", X=f"*{x}", R="*fp32", OUT=f"*{out}", N="i32", C="i32", keep="fp32", scale="fp32",
+                       RTNE_X="constexpr", RTNE_OUT="constexpr", **{k: "constexpr" for k in consts})
+            k = triton.compile(ASTSource(fn=kernels._res_drop_fwd, signature=sig, constexprs=dict(consts, RTNE_X=False, RTNE_OUT=False)),
+                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw))
+            assert ".entry" in k.asm["ptx"]
+            sig = dict(DOUT=f"*{out}", R="*fp32", DX=f"*{x}", N="i32", C="i32", keep="fp32", scale="fp32", RTNE_BF16="constexpr",
+                       **{k: "constexpr" for k in consts})
+            k = triton.compile(ASTSource(fn=kernels._res_drop_bwd, signature=sig, constexprs=dict(consts, RTNE_BF16=False)),
+                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw))
             assert ".entry" in k.asm["ptx"]
     from sonata_nb import serialization as S
     tables = {f"{t}{l}": "*i64" for l in (1, 2, 3) for t in ("D", "N")}

@@ -379,6 +379,45 @@ def _linear_bias_gradient_kernel_on_cuda(kernels):
     assert (outs[0][3].double() - exact).abs().max() <= (outs[1][3].double() - exact).abs().max()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: the compiled residual kernels")
+@pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16])
+def test_fused_residual_on_cuda_is_torchs_bitwise(amp):
+    "A training Block (Sonata stage-1 width) through kernels.residual_drop_path: torch's DropPath + sum bit for bit"
+    from sonata_nb import kernels, model as M
+    torch.manual_seed(0)
+    block = M.Block(96, 6, patch_size=1024, cpe_indice_key="stage1", drop_path=0.3).cuda().train()
+    data = cloud(n=30000, grid=0.02)
+    data = {k: v.cuda() for k, v in data.items()}
+    data["feat"] = torch.randn(len(data["coord"]), 96, device="cuda")
+    calls, real = [], kernels.residual_drop_path
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    kernels.residual_drop_path = counted
+    runs = []
+    try:
+        for fused in (True, False):
+            M.set_fused_residual(fused)
+            block.zero_grad(set_to_none=True)
+            p = Point({k: v.clone() for k, v in data.items()})
+            p.feat.requires_grad_()
+            feat_in = p.feat
+            p.serialization(order=("z", "z-trans"), shuffle_orders=False)
+            p.sparsify()
+            torch.manual_seed(3)
+            with torch.autocast("cuda", dtype=amp): out = block(p).feat
+            out.backward(torch.randn(out.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1)))
+            runs.append((out.detach(), feat_in.grad, {n: q.grad for n, q in block.named_parameters()}))
+    finally:
+        kernels.residual_drop_path = real
+        M.set_fused_residual(True)
+    assert len(calls) == 2
+    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
+    assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
+    assert torch.equal(g_f, g_t)
+    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+
+
 # --- host reads ------------------------------------------------------------------------------------------------
 
 _READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
