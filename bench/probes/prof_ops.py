@@ -1,0 +1,34 @@
+"""A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [torch_residual]"""
+import sys, json, os
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+from steps import build, step_fn
+model, head, data, labels = build("cuda", scan=sys.argv[1])
+if len(sys.argv) > 3 and sys.argv[3] == "torch_residual":
+    import sonata_nb.model as M; M.set_fused_residual(False)
+task = sys.argv[2] if len(sys.argv) > 2 else "ft"
+fn = step_fn(task, model, head, data, labels)
+for _ in range(3): fn()
+torch.cuda.synchronize()
+steps = 2
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for _ in range(steps): fn()
+    torch.cuda.synchronize()
+ev = prof.key_averages()
+def dev(e):
+    us = getattr(e, "self_device_time_total", None)
+    return e.self_cuda_time_total if us is None else us
+kern = sorted([dict(name=e.key[:120], calls=e.count // steps, ms=dev(e) / 1e3 / steps) for e in ev
+               if getattr(e, "device_type", None) == DeviceType.CUDA and dev(e) > 0], key=lambda r: -r["ms"])
+ops = sorted([dict(name=e.key, calls=e.count // steps, ms=dev(e) / 1e3 / steps, cpu_ms=e.self_cpu_time_total / 1e3 / steps)
+              for e in ev if getattr(e, "device_type", None) == DeviceType.CPU and dev(e) > 0], key=lambda r: -r["ms"])
+cpu = sorted([dict(name=e.key, calls=e.count // steps, cpu_ms=e.self_cpu_time_total / 1e3 / steps)
+              for e in ev if getattr(e, "device_type", None) == DeviceType.CPU], key=lambda r: -r["cpu_ms"])
+busy = sum(r["ms"] for r in kern)
+print(task, "busy %.1f ms, kernels/step %d" % (busy, sum(r["calls"] for r in kern)))
+for r in kern[:60]: print("K %7.2f %5d %s" % (r["ms"], r["calls"], r["name"][:110]))
+for r in ops[:45]: print("O %7.2f %5d cpu %6.2f %s" % (r["ms"], r["calls"], r["cpu_ms"], r["name"][:90]))
+for r in cpu[:25]: print("C %7.2f %5d %s" % (r["cpu_ms"], r["calls"], r["name"][:90]))
+json.dump(dict(busy=busy, kernels=kern, ops=ops, cpu=cpu[:200]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3] if len(sys.argv) > 3 else "")), "w"))
