@@ -469,5 +469,8 @@ def residual_drop_path(shortcut:torch.Tensor, # (N, C) the residual stream
     if not fuses_residual(shortcut, x):
         raise ValueError(f"residual_drop_path takes contiguous (N, C) tensors of one shape on the kernels' device, a float16 or "
                          f"bfloat16 branch; got {tuple(shortcut.shape)} {shortcut.dtype} and {tuple(x.shape)} {x.dtype} on {x.device}")
+    return _residual_drop_path(shortcut, x, drop_prob)
+
+def _residual_drop_path(shortcut, x, drop_prob:float): # checked by the caller (`fuses_residual`, 0 < drop_prob < 1)
     r = torch.rand((x.shape[0], 1), device=x.device)  # DropPath's draw
     return ResidualDropPath.apply(shortcut, x, r, 1.0 - drop_prob)

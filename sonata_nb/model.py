@@ -385,7 +385,7 @@ def _residual(shortcut:torch.Tensor, # (N, C) the residual stream
     if (_fused_residual and type(d) is DropPath and d.training and 0.0 < d.drop_prob < 1.0 and not d._forward_hooks
             and not d._forward_pre_hooks and not nn.modules.module._global_forward_hooks
             and not nn.modules.module._global_forward_pre_hooks and kernels.fuses_residual(shortcut, branch)):
-        return kernels.residual_drop_path(shortcut, branch, d.drop_prob)
+        return kernels._residual_drop_path(shortcut, branch, d.drop_prob)  # (checked above)
     return shortcut + _run(drop_path._modules.values(), branch)
 
 def _run(modules, x): # plain torch modules applied in turn to a tensor; nn.Identity skipped

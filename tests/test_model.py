@@ -389,11 +389,11 @@ def test_fused_residual_on_cuda_is_torchs_bitwise(amp):
     data = cloud(n=30000, grid=0.02)
     data = {k: v.cuda() for k, v in data.items()}
     data["feat"] = torch.randn(len(data["coord"]), 96, device="cuda")
-    calls, real = [], kernels.residual_drop_path
+    calls, real = [], kernels._residual_drop_path
     def counted(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    kernels.residual_drop_path = counted
+    kernels._residual_drop_path = counted
     runs = []
     try:
         for fused in (True, False):
@@ -409,7 +409,7 @@ def test_fused_residual_on_cuda_is_torchs_bitwise(amp):
             out.backward(torch.randn(out.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1)))
             runs.append((out.detach(), feat_in.grad, {n: q.grad for n, q in block.named_parameters()}))
     finally:
-        kernels.residual_drop_path = real
+        kernels._residual_drop_path = real
         M.set_fused_residual(True)
     assert len(calls) == 2
     (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
