@@ -381,12 +381,19 @@ def _residual(shortcut:torch.Tensor, # (N, C) the residual stream
               branch:torch.Tensor, # (N, C) a branch's output
               drop_path:PointSequential): # the block's `drop_path` container
     "`shortcut + drop_path(branch)`: through `kernels.residual_drop_path` where it runs (training, no hooks on the DropPath)"
-    d = drop_path._modules.get("0")
-    if (_fused_residual and type(d) is DropPath and d.training and 0.0 < d.drop_prob < 1.0 and not d._forward_hooks
-            and not d._forward_pre_hooks and not nn.modules.module._global_forward_hooks
-            and not nn.modules.module._global_forward_pre_hooks and kernels.fuses_residual(shortcut, branch)):
+    mods = drop_path._modules
+    d = mods.get("0") if len(mods) == 1 else None
+    if (_fused_residual and type(d) is DropPath and d.training and 0.0 < d.drop_prob < 1.0 and not _hooked(d)
+            and kernels.fuses_residual(shortcut, branch)):
         return kernels._residual_drop_path(shortcut, branch, d.drop_prob)  # (checked above)
     return shortcut + _run(drop_path._modules.values(), branch)
+
+def _hooked(m:nn.Module) -> bool:
+    "Whether calling `m` would run hooks (its own or global ones, forward or backward)"
+    g = nn.modules.module
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks)
 
 def _run(modules, x): # plain torch modules applied in turn to a tensor; nn.Identity skipped
     for m in modules:
@@ -653,16 +660,26 @@ def _cells(sorted_key:torch.Tensor, # (N,) N >= 1 cell keys, sorted, the sample 
 def unique_cells(key:torch.Tensor, # (N,) int64 cell key of each point, the sample index in the top bits
                  offset:torch.Tensor, # (B,) cumulative ends of the samples (points sorted by sample)
                  host:list|None=None, # the cell offset if known on the host (`plan_pooling`): then no device read
+                 check:bool=False, # compare `host` with the device's count without waiting (a `HostPlan`'s)
                 ) -> tuple: # keys (M,), inverse (N,), counts (M,), cell offset (B,) and its host copy
     "`torch.unique(key, sorted=True, return_inverse=True, return_counts=True)` plus the cells per sample, at most one device read"
     sorted_key, perm = torch.sort(key)
     cell, cell_offset = _cells(sorted_key, offset)
     if host is None: host = cell_offset.tolist()  # the only wait for the GPU
+    elif check: _check_planned(cell_offset, host)
     m = host[-1] if host else 0
     unique = sorted_key.new_empty(m).scatter_(0, cell, sorted_key)  # each cell's points carry the same key
     counts = torch.zeros(m, dtype=torch.long, device=key.device).scatter_add_(0, cell, torch.ones_like(cell))
     inverse = torch.empty_like(cell).scatter_(0, perm, cell)
     return unique, inverse, counts, cell_offset, host
+
+def _check_planned(cell_offset:torch.Tensor, # (B,) cells per sample, as the device counts them
+                   host:list): # the same from a plan made on the host
+    "Stop the run if a plan made on the host does not match the device's cells: an asynchronous assertion, nothing waits"
+    expected = torch.tensor(host, dtype=cell_offset.dtype)
+    expected = (expected.pin_memory() if cell_offset.is_cuda else expected).to(cell_offset.device, non_blocking=True)
+    torch._assert_async((cell_offset == expected).all(), "a HostPlan's pooling cells differ from the batch's: its grid_coord "
+                        "or offset changed after the plan was made (make the plan after the last change)")
 
 def _cell_keys(grid:torch.Tensor, # (N, 3) non-negative grid coordinates below 2**16 (checked by the caller)
                batch:torch.Tensor) -> torch.Tensor: # (N,) sample of each point
@@ -678,7 +695,7 @@ def plan_pooling(point:Point, # the network's input: grid_coord (or coord and gr
     plan = point.get("_host_plan")  # made on the CPU with the batch (`HostPlan`): nothing to read
     if plan is not None and plan.fits(point, strides):
         point.set_host_shape(plan.shape)
-        point["_pooling_plan"] = (point.grid_coord, point.offset, list(plan.cells))
+        point["_pooling_plan"] = (point.grid_coord, point.offset, list(plan.cells), True)  # True: check on the device
         return
     if len(point.grid_coord) == 0 or not strides:  # nothing to plan (read_host_shape's errors name the problem)
         point.read_host_shape()
@@ -716,7 +733,7 @@ class GridPooling(PointModule):
         plan = point.get("_pooling_plan")  # (grid_coord and offset it was made for, [(stride, cell offset), ...])
         planned = plan is not None and plan[0] is point.grid_coord and plan[1] is point.offset and plan[2] and plan[2][0][0] == s
         key, cluster, counts, offset, ends = unique_cells(_cell_keys(grid, point.batch), point.offset,
-                                                          plan[2][0][1] if planned else None)
+                                                          plan[2][0][1] if planned else None, planned and plan[3:] == (True,))
         mask = (1 << 16) - 1
         grid_coord = torch.stack([key >> 32 & mask, key >> 16 & mask, key & mask], 1)
         feat = self.proj(point.feat)
@@ -726,7 +743,7 @@ class GridPooling(PointModule):
                            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False),
                        coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48, offset=offset)
         pooled.set_host_shape(HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), lo, tuple(hi)))
-        if planned and len(plan[2]) > 1: pooled["_pooling_plan"] = (grid_coord, offset, plan[2][1:])
+        if planned and len(plan[2]) > 1: pooled["_pooling_plan"] = (grid_coord, offset, plan[2][1:], *plan[3:])
         for k in _AVERAGED_KEYS:
             if k in point.keys(): pooled[k] = self._mean(point[k], cluster, counts)
         for k in _CARRIED_KEYS:
@@ -889,38 +906,54 @@ class HostPlan:
         if not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in (grid, offset)):
             raise ValueError("HostPlan needs the batch's grid_coord and offset as CPU tensors: make it in the collate, "
                              f"before the batch moves to the GPU (got grid_coord {_describe(grid)}, offset {_describe(offset)})")
+        if grid.is_inference() or offset.is_inference():
+            raise ValueError("HostPlan: grid_coord/offset were made under torch.inference_mode, which keeps no record of "
+                             "changes to them; make the batch (the collate) and the plan outside inference mode")
         point = Point(grid_coord=grid, offset=offset)
         plan_pooling(point, list(strides))  # on CPU tensors its read costs nothing
-        self.grid_coord, self.offset, self.shape = grid, offset, point.host_shape()
+        self.grid_coord, self.ends, self.shape = grid, tuple(offset.tolist()), point.host_shape()
         self.cells = tuple(point["_pooling_plan"][2]) if "_pooling_plan" in point else ()
         self.strides = [s for s, _ in self.cells]
-        self.bound = (grid, offset, grid._version, offset._version)  # the tensors (and versions) it describes
+        self.bound = _bind(grid, offset)  # the tensors it describes and their version counters
+
+    def __getstate__(self): # sent from a DataLoader worker: a plan whose tensors changed since is sent unusable
+        return {**self.__dict__, "bound": self.bound if self.bound is not None and _unchanged(self.bound) else None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.bound is not None: self.bound = _bind(*self.bound[:2])  # unpickled tensors count anew
 
     def moved(self, batch:Mapping, # the batch this plan came with
               moved:Mapping): # the same batch with its tensors moved (`to_device`)
         "This plan bound to `moved`'s grid_coord and offset, or None (with a warning) if `batch` no longer holds the values it was made from"
-        grid, offset = batch.get("grid_coord"), batch.get("offset")
-        if not (self._holds(grid, self.grid_coord, 0) and self._holds(offset, self.offset, 1)):
+        if not self._describes(batch.get("grid_coord"), batch.get("offset")):
             warnings.warn("The batch's HostPlan was made for other grid_coord/offset values (changed after the collate?); "
                           "it is dropped and the forward reads the sizes from the GPU (make the plan after the last change)")
             return None
+        grid, offset = moved["grid_coord"], moved["offset"]
+        if grid.is_inference() or offset.is_inference(): return None  # moved under inference_mode: no change record to watch
         plan = copy.copy(self)
-        plan.bound = (moved["grid_coord"], moved["offset"], moved["grid_coord"]._version, moved["offset"]._version)
+        plan.bound = _bind(grid, offset)
         return plan
 
-    def _holds(self, t, made_from:torch.Tensor, i:int) -> bool:
-        "Whether `t` holds the values this plan was made from: the bound tensor unchanged, or equal CPU values"
-        if t is self.bound[i]: return t._version == self.bound[2 + i]
-        return (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.shape == made_from.shape
-                and t.dtype == made_from.dtype and torch.equal(t, made_from))
+    def _describes(self, grid, offset) -> bool:
+        "Whether `grid` and `offset` hold the values this plan was made from (the bound tensors unchanged, or equal CPU values)"
+        if self.bound is None or not all(isinstance(t, torch.Tensor) for t in (grid, offset)): return False
+        bound = grid is self.bound[0] and offset is self.bound[1]
+        if bound and not _unchanged(self.bound): return False
+        if offset.device.type == "cpu" and tuple(offset.tolist()) != self.ends: return False  # cheap: checked always
+        if bound: return True
+        made = self.grid_coord
+        return grid.device.type == "cpu" and grid.shape == made.shape and grid.dtype == made.dtype and torch.equal(grid, made)
 
     def fits(self, point:Point, # the network's input
              strides:list) -> bool: # the model's pooling strides
         "Whether this plan describes `point` (its grid_coord and offset are the bound tensors, unchanged) for `strides`"
-        grid, offset, gv, ov = self.bound
-        return (point.get("grid_coord") is grid and point.get("offset") is offset and grid._version == gv
-                and offset._version == ov and list(strides) == self.strides)
+        return (self.bound is not None and point.get("grid_coord") is self.bound[0] and point.get("offset") is self.bound[1]
+                and _unchanged(self.bound) and list(strides) == self.strides)
 
+def _bind(grid, offset) -> tuple: return (grid, offset, grid._version, offset._version)
+def _unchanged(bound:tuple) -> bool: return bound[0]._version == bound[2] and bound[1]._version == bound[3]
 def _describe(t) -> str: return f"a {t.device.type} tensor" if isinstance(t, torch.Tensor) else repr(type(t).__name__)
 
 def pooling_strides(model:nn.Module) -> list|None:

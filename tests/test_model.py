@@ -379,6 +379,36 @@ def _linear_bias_gradient_kernel_on_cuda(kernels):
     assert (outs[0][3].double() - exact).abs().max() <= (outs[1][3].double() - exact).abs().max()
 
 
+def test_host_plan_survives_loader_workers():
+    "A plan made in a DataLoader worker (sent through a pipe: unpickled tensors count their versions anew) still fits"
+    from sonata_nb.model import HostPlan
+    from sonata_nb.runtime import to_device
+    from sonata_nb.trainer import HostPlanned
+    class Clouds(torch.utils.data.Dataset):
+        def __len__(self): return 2
+        def __getitem__(self, i): return cloud(seed=i)
+    collate = HostPlanned(lambda xs: xs[0], [2, 2])
+    loader = torch.utils.data.DataLoader(Clouds(), batch_size=1, num_workers=1, collate_fn=collate)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a dropped plan warns
+        for batch in loader:
+            moved = to_device(batch, torch.device("cpu"))
+            assert isinstance(moved["_host_plan"], HostPlan) and moved["_host_plan"].fits(Point(moved), [2, 2])
+
+
+def test_fused_residual_steps_aside_for_hooks():
+    "A DropPath with a backward hook (or several modules in drop_path) keeps torch's operations"
+    from sonata_nb import model as M
+    b = Block(16, 2, drop_path=0.3).train()
+    d = b.drop_path[0]
+    assert not M._hooked(d)
+    h = d.register_full_backward_hook(lambda *a: None)
+    assert M._hooked(d)
+    h.remove()
+    assert not M._hooked(d)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: the compiled residual kernels")
 @pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16])
 def test_fused_residual_on_cuda_is_torchs_bitwise(amp):
