@@ -637,11 +637,11 @@ class Stage(PointSequential):
         feat = point.feat
         if not (_block_graphs and len(blocks) >= 1 + max(MIN_REPLAYS, 1) and (feat.is_cuda or _replay_on_cpu)): return None
         if not all(isinstance(b, Block) for b in blocks): return None
+        if torch.is_grad_enabled() and feat.requires_grad: return None  # training through the stage: known before the walk
         infos = [_block_info(b) for b in blocks]
         if any(alone for _, _, alone in infos) or nn.modules.module._global_forward_hooks or \
                 nn.modules.module._global_forward_pre_hooks: return None
-        if torch.is_grad_enabled() and (feat.requires_grad or any(p.requires_grad for (params, _, _), _, _ in infos for p in params)):
-            return None
+        if torch.is_grad_enabled() and any(p.requires_grad for (params, _, _), _, _ in infos for p in params): return None
         return infos if all(signature == infos[1][1] for _, signature, _ in infos[2:]) else None
 
 # %% ../nbs/04_model.ipynb #c021
