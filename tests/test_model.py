@@ -397,6 +397,23 @@ def test_host_plan_survives_loader_workers():
             assert isinstance(moved["_host_plan"], HostPlan) and moved["_host_plan"].fits(Point(moved), [2, 2])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: the pinned copy and the asynchronous check")
+def test_host_plan_on_cuda_matches_the_read():
+    "On CUDA a batch with a HostPlan (checked on the device without waiting) gives the output of the one without, bitwise"
+    from sonata_nb.model import HostPlan, pooling_strides
+    from sonata_nb.runtime import to_device
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**SONATA_CONFIG, "enc_depths": (1, 1, 1, 1, 1), "enc_patch_size": (128,) * 5}).cuda().eval()
+    data = cloud(n=20000, grid=0.02)
+    planned = to_device({**data, "_host_plan": HostPlan(data, pooling_strides(m))}, torch.device("cuda"))
+    plain = to_device(data, torch.device("cuda"))
+    assert planned["_host_plan"] is not None
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        a, b = upcast(m(planned)), upcast(m(plain))
+    torch.cuda.synchronize()  # a failed device check would raise here
+    assert torch.equal(a, b)
+
+
 def test_fused_residual_steps_aside_for_hooks():
     "A DropPath with a backward hook (or several modules in drop_path) keeps torch's operations"
     from sonata_nb import model as M
