@@ -459,7 +459,8 @@ def fuses_residual(shortcut:torch.Tensor, # (N, C) the residual stream
     "Whether `residual_drop_path` runs the kernels on these tensors (a half-precision branch on the kernels' device)"
     return (triton is not None and x.ndim == 2 and x.dtype in (torch.float16, torch.bfloat16) and shortcut.shape == x.shape
             and shortcut.dtype in _DTYPES and shortcut.device == x.device and _kernel_device(x)
-            and x.is_contiguous() and shortcut.is_contiguous() and not torch._C._are_functorch_transforms_active())
+            and x.is_contiguous() and shortcut.is_contiguous() and torch.get_default_dtype() == torch.float32  # float32 draws
+            and not torch._C._are_functorch_transforms_active())
 
 def residual_drop_path(shortcut:torch.Tensor, # (N, C) the residual stream
                        x:torch.Tensor, # (N, C) the branch
