@@ -386,7 +386,7 @@ def _residual(shortcut:torch.Tensor, # (N, C) the residual stream
     if (_fused_residual and type(d) is DropPath and d.training and 0.0 < d.drop_prob < 1.0 and not _hooked(d)
             and kernels.fuses_residual(shortcut, branch)):
         return kernels._residual_drop_path(shortcut, branch, d.drop_prob)  # (checked above)
-    return shortcut + _run(drop_path._modules.values(), branch)
+    return shortcut + _run(mods.values(), branch)
 
 def _hooked(m:nn.Module) -> bool:
     "Whether calling `m` would run hooks (its own or global ones, forward or backward)"
@@ -707,7 +707,8 @@ def plan_pooling(point:Point, # the network's input: grid_coord (or coord and gr
         cells.append(_cells(key, point.offset)[1])
     _, values = point.read_host_shape(torch.cat(cells))
     B = len(point.offset)
-    point["_pooling_plan"] = (point.grid_coord, point.offset, [(s, values[i * B:(i + 1) * B]) for i, s in enumerate(strides)])
+    point["_pooling_plan"] = (point.grid_coord, point.offset, [(s, values[i * B:(i + 1) * B]) for i, s in enumerate(strides)],
+                              False)  # read from the device: nothing to check
 
 class GridPooling(PointModule):
     "Coarsen a serialized Point on a `stride`-times larger grid: Linear, max per cell, LayerNorm, GELU"
@@ -730,10 +731,10 @@ class GridPooling(PointModule):
             raise ValueError("grid_coord must lie in [0, 2**16) (the serialization limit); shift the cloud to positive "
                              "grid coordinates (GridSample does) or use a coarser grid_size")
         grid = torch.div(point.grid_coord, s, rounding_mode="floor").long()
-        plan = point.get("_pooling_plan")  # (grid_coord and offset it was made for, [(stride, cell offset), ...])
+        plan = point.get("_pooling_plan")  # (grid_coord and offset it was made for, [(stride, cell offset), ...], check them?)
         planned = plan is not None and plan[0] is point.grid_coord and plan[1] is point.offset and plan[2] and plan[2][0][0] == s
         key, cluster, counts, offset, ends = unique_cells(_cell_keys(grid, point.batch), point.offset,
-                                                          plan[2][0][1] if planned else None, planned and plan[3:] == (True,))
+                                                          plan[2][0][1] if planned else None, planned and plan[3])
         mask = (1 << 16) - 1
         grid_coord = torch.stack([key >> 32 & mask, key >> 16 & mask, key & mask], 1)
         feat = self.proj(point.feat)
@@ -743,7 +744,7 @@ class GridPooling(PointModule):
                            0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False),
                        coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48, offset=offset)
         pooled.set_host_shape(HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), lo, tuple(hi)))
-        if planned and len(plan[2]) > 1: pooled["_pooling_plan"] = (grid_coord, offset, plan[2][1:], *plan[3:])
+        if planned and len(plan[2]) > 1: pooled["_pooling_plan"] = (grid_coord, offset, plan[2][1:], plan[3])
         for k in _AVERAGED_KEYS:
             if k in point.keys(): pooled[k] = self._mean(point[k], cluster, counts)
         for k in _CARRIED_KEYS:

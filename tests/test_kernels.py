@@ -2,7 +2,7 @@
 The kernels run in Triton's interpreter, which must be chosen (TRITON_INTERPRET=1) before they are defined, so each
 check runs in a fresh Python: this file run as a script, `python tests/test_kernels.py CHECK` (forked from one Python
 that has imported torch and spconv, tests/forkserver.py: neither triton nor sonata_nb is imported before the check)."""
-import importlib.util, os, sys
+import contextlib, importlib.util, os, sys
 from pathlib import Path
 
 import pytest
@@ -146,36 +146,49 @@ def check_kernel():
         else: raise AssertionError(f"no error for {msg}")
 
 
+@contextlib.contextmanager
+def counting(owner, name:str):
+    "The list of calls of `owner.name` made inside the block (the attribute wrapped, then restored)"
+    calls, real = [], getattr(owner, name)
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    setattr(owner, name, counted)
+    try: yield calls
+    finally: setattr(owner, name, real)
+
+
+def block_step(block, data, dtype=None, seed=None):
+    "(output, input gradient, parameter gradients) of a forward + backward of `block` on `data`, under autocast to `dtype` (None: off); `seed`: the global seed just before the forward (the DropPath draws)"
+    import torch
+    from sonata_nb.structure import Point
+    block.zero_grad(set_to_none=True)
+    p = Point({k: v.clone() for k, v in data.items()})
+    p.feat.requires_grad_()
+    feat_in = p.feat
+    p.serialization(order=("z", "z-trans"), shuffle_orders=False)
+    p.sparsify()
+    if seed is not None: torch.manual_seed(seed)
+    with torch.autocast(p.feat.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        out = block(p).feat
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.device, out.dtype))
+    return out.detach(), feat_in.grad.clone(), {n: q.grad.clone() for n, q in block.named_parameters()}
+
+
 def _tiny_block_run(block, data, fused:bool, autocast:bool):
     "Output, input gradient and parameter gradients of `block` on `data`, with the fused switch `fused`"
     import torch
     from sonata_nb import model
-    from sonata_nb.structure import Point
     before = model._fused_layernorm
     model.set_fused_layernorm(fused)
-    calls, dtypes = [], {}
-    real = model.fused_layer_norm
-    def counted(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-    model.fused_layer_norm = counted
+    dtypes = {}
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: dtypes.__setitem__(n, o.dtype))
              for n, m in block.named_modules() if isinstance(m, model.LayerNorm)]
     try:
-        block.zero_grad()
-        p = Point({k: v.clone() for k, v in data.items()})
-        p.feat.requires_grad_()
-        feat_in = p.feat
-        p.serialization(order=("z", "z-trans"), shuffle_orders=False)
-        p.sparsify()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = block(p).feat
-        g = torch.Generator().manual_seed(1)
-        out.backward(torch.randn(out.shape, generator=g).to(out.dtype))
-        grads = {n: q.grad.clone() for n, q in block.named_parameters()}
-        return out.detach().float(), feat_in.grad.clone(), grads, len(calls), dtypes
+        with counting(model, "fused_layer_norm") as calls:
+            out, grad, grads = block_step(block, data, torch.bfloat16 if autocast else None)
+        return out.float(), grad, grads, len(calls), dtypes
     finally:
-        model.fused_layer_norm = real
         for h in hooks: h.remove()
         model.set_fused_layernorm(before)
 
@@ -221,32 +234,17 @@ def check_block():
 def check_residual():
     import torch
     from sonata_nb import kernels, model
-    from sonata_nb.structure import Point
     from sonata_nb.testing import toy_cloud
     kernels._on_cpu = True  # the interpreted kernels on CPU tensors
     torch.manual_seed(0)
     block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.4).train()
     data = toy_cloud(n=300, clouds=2, grid=0.1)
     data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
-    calls, real = [], kernels._residual_drop_path
-    def counted(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-    kernels._residual_drop_path = counted
     runs = []
-    for fused in (True, False):
-        model.set_fused_residual(fused)
-        block.zero_grad()
-        p = Point({k: v.clone() for k, v in data.items()})
-        p.feat.requires_grad_()
-        feat_in = p.feat
-        p.serialization(order=("z", "z-trans"), shuffle_orders=False)
-        p.sparsify()
-        torch.manual_seed(5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = block(p).feat
-        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
-        runs.append((out.detach(), feat_in.grad.clone(), {n: q.grad.clone() for n, q in block.named_parameters()}))
+    with counting(kernels, "_residual_drop_path") as calls:
+        for fused in (True, False):
+            model.set_fused_residual(fused)
+            runs.append(block_step(block, data, torch.bfloat16, seed=5))
     model.set_fused_residual(True)
     assert len(calls) == 2, calls  # the attention and the MLP branch of the fused run
     (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
@@ -254,12 +252,10 @@ def check_residual():
     assert torch.equal(g_f, g_t)
     for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
     block.eval()  # eval: DropPath is off, the plain sum
-    p = Point({k: v.clone() for k, v in data.items()})
-    p.serialization(order=("z", "z-trans"), shuffle_orders=False)
-    p.sparsify()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16): block(p)
-    assert len(calls) == 2, calls
-    print("residual_drop_path: a training block bitwise torch's; calls", len(calls))
+    with counting(kernels, "_residual_drop_path") as calls:
+        block_step(block, data, torch.bfloat16)
+    assert len(calls) == 0, calls
+    print("residual_drop_path: a training block bitwise torch's; in eval torch's sum")
 
 
 def check_bias():

@@ -13,6 +13,9 @@ from sonata_nb.serialization import encode
 from sonata_nb.structure import Point
 from sonata_nb.testing import toy_cloud
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_kernels import block_step, counting  # a Block's training step, a call counter (shared with the kernel checks)
+
 SCAN = Path(__file__).resolve().parents[2] / "shared/data/scannet_raw/scans/scene0000_00/scene0000_00_vh_clean_2.ply"
 TINY = dict(in_channels=9, order=("z", "z-trans", "hilbert", "hilbert-trans"), stride=(2, 2, 2),
             enc_depths=(1, 1, 1, 2), enc_channels=(8, 16, 16, 32), enc_num_head=(2, 2, 2, 4),
@@ -436,28 +439,13 @@ def test_fused_residual_on_cuda_is_torchs_bitwise(amp):
     data = cloud(n=30000, grid=0.02)
     data = {k: v.cuda() for k, v in data.items()}
     data["feat"] = torch.randn(len(data["coord"]), 96, device="cuda")
-    calls, real = [], kernels._residual_drop_path
-    def counted(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-    kernels._residual_drop_path = counted
     runs = []
     try:
-        for fused in (True, False):
-            M.set_fused_residual(fused)
-            block.zero_grad(set_to_none=True)
-            p = Point({k: v.clone() for k, v in data.items()})
-            p.feat.requires_grad_()
-            feat_in = p.feat
-            p.serialization(order=("z", "z-trans"), shuffle_orders=False)
-            p.sparsify()
-            torch.manual_seed(3)
-            with torch.autocast("cuda", dtype=amp): out = block(p).feat
-            out.backward(torch.randn(out.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1)))
-            runs.append((out.detach(), feat_in.grad, {n: q.grad for n, q in block.named_parameters()}))
-    finally:
-        kernels._residual_drop_path = real
-        M.set_fused_residual(True)
+        with counting(kernels, "_residual_drop_path") as calls:
+            for fused in (True, False):
+                M.set_fused_residual(fused)
+                runs.append(block_step(block, data, amp, seed=3))
+    finally: M.set_fused_residual(True)
     assert len(calls) == 2
     (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
@@ -547,20 +535,8 @@ def test_host_reads_sees_waits_and_not_host_work():
 
 @pytest.mark.parametrize("enc_mode", [True, False])
 @pytest.mark.parametrize("train", [False, True])
-def test_forward_reads_the_device_once(enc_mode, train):
-    "Sizes come from one read at the input (host shape and the cells after every pooling): nothing else waits for the GPU"
-    torch.manual_seed(0)
-    m = PointTransformerV3(**{**TINY, "enc_mode": enc_mode, "shuffle_orders": True}).train(train)
-    data = cloud()
-    with HostReads() as reads: out = m(data)
-    if train: out.feat.sum().backward()
-    assert len(reads.sites) == 1, reads.sites  # Point.read_host_shape, called by plan_pooling
-
-
-@pytest.mark.parametrize("enc_mode", [True, False])
-@pytest.mark.parametrize("train", [False, True])
-def test_forward_with_a_host_plan_reads_nothing(enc_mode, train):
-    "With a HostPlan made on the CPU and bound by to_device, the forward reads nothing from the device, and computes the same"
+def test_forward_reads_the_device_once_or_never_with_a_host_plan(enc_mode, train):
+    "Sizes come from one read at the input (host shape and the cells after every pooling), or with a HostPlan made on the CPU and bound by to_device from none; the same output"
     from sonata_nb.model import HostPlan, pooling_strides
     from sonata_nb.runtime import to_device
     torch.manual_seed(0)
