@@ -24,12 +24,13 @@ from .registry import Registry
 from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
+from .sparse_conv import neighbour_table, subm_conv
 from .kernels import Linear, column_sum, fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
     interpreted as _triton_interpreted
 
 # %% auto #0
 __all__ = ['SPCONV_ALGOS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo',
-           'set_torch_map_sort', 'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP',
+           'set_torch_map_sort', 'set_gather_conv', 'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP',
            'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_fused_residual',
            'set_block_graphs', 'Stage', 'unique_cells', 'plan_pooling', 'GridPooling', 'GridUnpooling',
            'PointTransformerV3', 'HostPlan', 'pooling_strides', 'upcast', 'split_checkpoint', 'check_config',
@@ -57,6 +58,19 @@ def set_torch_map_sort(on:bool=True): # True: sort the neighbour-map masks with 
     global _torch_map_sort
     _torch_map_sort = bool(on)
 
+_gather_conv = True
+_gather_on_cpu = False  # tests only: CPU convolutions take the gather path too
+
+def set_gather_conv(on:bool=True): # True: `SubMConv3d` on CUDA convolves by `sparse_conv.subm_conv`; False: spconv's kernels
+    "Speed switch (on by default): CUDA submanifold convolutions as gathers and GEMMs on a torch-built neighbour table (module-wide; the same function)"
+    global _gather_conv
+    _gather_conv = bool(on)
+
+_env_gather = os.environ.get("SONATA_GATHER_CONV", "")
+if _env_gather not in ("", "0", "1"):
+    raise ValueError(f"SONATA_GATHER_CONV={_env_gather!r}: use 1 (gathers and GEMMs, the default) or 0 (spconv's kernels)")
+set_gather_conv(_env_gather != "0")
+
 def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
                      input:spconv.SparseConvTensor, # CUDA sparse tensor
                      algo:ConvAlgo) -> ImplicitGemmIndiceData: # MaskImplicitGemm or MaskSplitImplicitGemm
@@ -81,6 +95,15 @@ class SubMConv3d(spconv.SubMConv3d):
     "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution"
     def forward(self, input:spconv.SparseConvTensor): # sparse tensor with `features` on any device
         feat, weight, cpu = input.features, self.weight, not input.features.is_cuda
+        if self.gathers(input):
+            if not cpu and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
+                x, weight = feat if feat.dtype == torch.float16 else feat.to(torch.float16), weight.to(torch.float16)
+                with torch.autocast("cuda", enabled=False): out = subm_conv(x, self.table(input), weight)
+            else:  # as spconv computes without CUDA autocast: in the weight's dtype (no bfloat16 under CPU autocast)
+                with torch.autocast(feat.device.type, enabled=False):
+                    out = subm_conv(feat if feat.dtype == weight.dtype else feat.to(weight.dtype), self.table(input), weight)
+            out = input.replace_feature(out)
+            return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
         if cpu:  # CPU kernels: ConvAlgo.Native, in the weight's dtype (no bfloat16, e.g. under CPU autocast)
             if feat.dtype != weight.dtype: input = input.replace_feature(feat.to(weight.dtype))
             amp = torch.autocast("cpu", enabled=False)
@@ -105,10 +128,35 @@ class SubMConv3d(spconv.SubMConv3d):
         finally: self.algo = saved
         return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
 
+    def gathers(self, input:spconv.SparseConvTensor) -> bool: # the sparse tensor about to be convolved
+        "Whether this convolution runs as `sparse_conv.subm_conv` (switch on, CUDA or the tests' CPU flag, a cubic odd kernel, stride and dilation 1)"
+        k = self.kernel_size[0]
+        return (_gather_conv and (input.features.is_cuda or _gather_on_cpu) and k % 2 == 1
+                and tuple(self.kernel_size) == (k,) * 3 and tuple(self.stride) == (1,) * 3
+                and tuple(self.dilation) == (1,) * 3 and self.weight.shape[1:4] == (k,) * 3)
+
+    def table(self, input:spconv.SparseConvTensor) -> torch.Tensor: # the sparse tensor about to be convolved
+        "The neighbour table of `input` for this kernel size, from `input.indice_dict` (shared within a stage) or built and kept there"
+        key = None if self.indice_key is None else f"{self.indice_key}/table{self.kernel_size[0]}"
+        table = input.indice_dict.get(key) if key else None
+        if table is None:
+            table = neighbour_table(input.indices, input.spatial_shape, input.batch_size, self.kernel_size[0])
+            if key: input.indice_dict[key] = table
+        return table
+
+    def map_ready(self, input:spconv.SparseConvTensor) -> bool: # CUDA sparse tensor, after `prepare_map`
+        "Whether `input` holds this convolution's neighbour map (or table), so that a captured graph need not build one"
+        if self.gathers(input):
+            return self.indice_key is not None and f"{self.indice_key}/table{self.kernel_size[0]}" in input.indice_dict
+        return input.find_indice_pair(self.indice_key) is not None
+
     def _cuda_algo(self) -> ConvAlgo: return SPCONV_ALGOS[_spconv_algo] if _spconv_algo else self.algo
 
     def prepare_map(self, input:spconv.SparseConvTensor): # CUDA sparse tensor
-        "Put this convolution's neighbour map, sorted by torch, into `input.indice_dict` if absent (spconv finds it there)"
+        "Put this convolution's neighbour table, or its spconv map sorted by torch, into `input.indice_dict` if absent"
+        if self.gathers(input):
+            if self.indice_key is not None: self.table(input)
+            return
         algo = self._cuda_algo()
         if (_torch_map_sort and self.indice_key is not None and algo != ConvAlgo.Native
                 and math.prod(self.kernel_size) <= 31 and input.find_indice_pair(self.indice_key) is None):
@@ -604,10 +652,10 @@ class Stage(PointSequential):
         if template is None or template.signature != infos[1][1]: template = templates[blocks[1].training] = _Template(blocks[1])
         cuda, conv = point.feat.is_cuda, blocks[0].cpe[0]
         key = (point.feat.device, point.feat.dtype, cuda and torch.is_autocast_enabled("cuda"),
-               cuda and torch.get_autocast_dtype("cuda"), cuda and conv._cuda_algo(), _torch_map_sort)
+               cuda and torch.get_autocast_dtype("cuda"), cuda and conv._cuda_algo(), _torch_map_sort, _gather_conv)
         if _whole_stages and template.whole and key in template.warm and infos[0][1] == template.signature:
             if cuda: conv.prepare_map(point.sparse_conv_feat)  # outside the capture: it allocates and sorts
-            if not cuda or point.sparse_conv_feat.find_indice_pair(conv.indice_key) is not None:
+            if not cuda or conv.map_ready(point.sparse_conv_feat):
                 out = self._replay(template, blocks, weights, point)
                 if out is not None: return out
                 if not _block_graphs: return self.forward_modules(blocks, point)  # the capture failed (warned)

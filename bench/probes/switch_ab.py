@@ -1,0 +1,42 @@
+"""A/B of a module-wide speed switch on the issue's batch with a HostPlan: interleaved pairs (order alternating),
+per task a synchronized step (latency, host) and 4 steps queued back to back (chained, per step).
+Usage: python bench/probes/switch_ab.py SCAN_DIR SWITCH [PAIRS] [TASKS]   SWITCH: gather | residual"""
+import sys, json, os, statistics, time
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
+from steps import build, step_fn, sync
+import sonata_nb.model as M
+from sonata_nb.model import HostPlan, pooling_strides
+from sonata_nb.runtime import to_device
+from scan import issue_batch
+SWITCHES = dict(gather=M.set_gather_conv, residual=M.set_fused_residual)
+scan, name = sys.argv[1], sys.argv[2]
+pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
+tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
+switch = SWITCHES[name]
+model, head, _, labels = build("cuda", scan=scan)
+cpu = issue_batch(scan)
+data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
+out = dict(switch=name, card=torch.cuda.get_device_name(), pairs=pairs)
+for task in tasks:
+    fn = step_fn(task, model, head, data, labels)
+    for on in (True, False, True, False): switch(on); fn()
+    sync("cuda")
+    res = {on: dict(chained=[], lat=[], host=[]) for on in (True, False)}
+    ratios = []
+    for i in range(pairs):
+        pair = {}
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            switch(on)
+            t = time.perf_counter(); fn(); h = time.perf_counter(); sync("cuda"); e = time.perf_counter()
+            res[on]["lat"].append((e - t) * 1e3); res[on]["host"].append((h - t) * 1e3)
+            t = time.perf_counter()
+            for _ in range(4): fn()
+            sync("cuda"); c = (time.perf_counter() - t) * 1e3 / 4
+            res[on]["chained"].append(c); pair[on] = c
+        ratios.append(pair[False] / pair[True])
+    out[task] = {("on" if on else "off"): {k: round(statistics.median(v), 2) for k, v in r.items()} for on, r in res.items()}
+    out[task]["off_over_on_chained"] = round(statistics.median(ratios), 3)
+    print(task, json.dumps(out[task]), flush=True)
+switch(True)
+json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), f"switch_ab_{name}.json"), "w"), indent=1)
