@@ -60,12 +60,12 @@ def gather_weight_grad(dy:torch.Tensor, # (M, C_out) output gradient
                        x:torch.Tensor, # (N, C) features
                        table:torch.Tensor, # (M, K) neighbour indices into x, N where there is none
                       ) -> torch.Tensor: # (C_out, K*C), in x's dtype
-    "`dyᵀ` times the gathered rows of `x`: a block of rows at a time, blocks summed in float32"
+    "`dyᵀ` times the gathered rows of `x`: a block of rows at a time, blocks summed in float32 (or x's wider dtype)"
     xz, rows = _padded(x), _rows_per_block(table, x.shape[1])
     if len(table) <= rows: return dy.t() @ _gathered(xz, table)
-    acc = None
+    acc, wide = None, torch.promote_types(x.dtype, torch.float32)
     for s in range(0, len(table), rows):
-        part = (dy[s:s + rows].t() @ _gathered(xz, table[s:s + rows])).float()
+        part = (dy[s:s + rows].t() @ _gathered(xz, table[s:s + rows])).to(wide)
         acc = part if acc is None else acc.add_(part)
     return acc.to(x.dtype)
 

@@ -162,9 +162,17 @@ def test_eval_is_deterministic_even_with_shuffle_orders():
 
 # --- CUDA ------------------------------------------------------------------------------------------------------
 
+@pytest.fixture
+def spconv_kernels():
+    "SubMConv3d through spconv's kernels (the CUDA default is the gather path, tests/test_sparse_conv.py)"
+    from sonata_nb import model as M
+    M.set_gather_conv(False)
+    try: yield
+    finally: M.set_gather_conv(True)
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit GEMM under CUDA autocast")
 @pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16, None])
-def test_subm_conv_on_cuda_matches_spconv_bitwise(amp):
+def test_subm_conv_on_cuda_matches_spconv_bitwise(amp, spconv_kernels):
     "Our casts before spconv's function = spconv's own casts inside it: same outputs and gradients, bit for bit"
     import spconv.pytorch as spconv
     torch.manual_seed(0)
@@ -243,7 +251,7 @@ def test_bad_offsets_and_empty_clouds_get_the_clear_errors(bad):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit-GEMM neighbour maps")
 @pytest.mark.parametrize("algo", ["mask_implicit_gemm", "mask_split_implicit_gemm"])
-def test_torch_sorted_neighbour_map_is_spconvs_bitwise(algo):
+def test_torch_sorted_neighbour_map_is_spconvs_bitwise(algo, spconv_kernels):
     "The map with its masks sorted by torch = spconv's thrust-sorted map; outputs and gradients bit for bit"
     import spconv.pytorch as spconv
     from spconv.pytorch import ops

@@ -1,0 +1,167 @@
+"The submanifold convolution as gathers and GEMMs (sonata_nb.sparse_conv) against spconv's, and SubMConv3d's switch"
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+import spconv.pytorch as spconv
+from sonata_nb import model as M, sparse_conv as S
+from sonata_nb.model import PointTransformerV3, SubMConv3d, upcast
+from sonata_nb.sparse_conv import neighbour_table, subm_conv
+from sonata_nb.testing import toy_cloud
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_model import TINY
+
+cloud = partial(toy_cloud, n=1500)
+
+
+def random_cells(n:int, extent:int, batch:int, seed:int=0, device="cpu") -> torch.Tensor:
+    "(N, 4) int32 spconv indices: distinct cells of `batch` scenes in a cube of `extent`, shuffled"
+    g = torch.Generator().manual_seed(seed)
+    cells = torch.unique(torch.cat([torch.randint(0, batch, (n, 1), generator=g),
+                                    torch.randint(0, extent, (n, 3), generator=g)], 1), dim=0)
+    return cells[torch.randperm(len(cells), generator=g)].int().to(device)
+
+
+@pytest.fixture
+def gather_on_cpu():
+    "SubMConv3d takes the gather path on the CPU too (it is the CUDA default)"
+    M._gather_on_cpu = True
+    try: yield
+    finally: M._gather_on_cpu = False
+
+
+@pytest.mark.parametrize("k,batch", [(3, 1), (3, 2), (5, 2)])
+def test_gather_conv_is_spconvs_function_in_float64(k, batch):
+    "Output, input and weight gradients equal spconv's CPU kernels' (Native) in float64, scenes kept apart"
+    idx = random_cells(1500, 14, batch)
+    x = torch.randn(len(idx), 7, dtype=torch.float64, requires_grad=True)
+    conv = spconv.SubMConv3d(7, 5, k, bias=False, indice_key="a", algo=spconv.ConvAlgo.Native).double()
+    y = conv(spconv.SparseConvTensor(x, idx, [14, 14, 14], batch)).features
+    dy = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, conv.weight), dy)
+    w = conv.weight.detach().clone().requires_grad_()
+    ours = subm_conv(x, neighbour_table(idx, [14, 14, 14], batch, k), w)
+    ours_dx, ours_dw = torch.autograd.grad(ours, (x, w), dy)
+    torch.testing.assert_close(ours, y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours_dx, dx, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours_dw, dw, rtol=1e-12, atol=1e-10)
+
+
+def test_gather_conv_in_row_blocks_is_the_same(monkeypatch):
+    "Rows gathered a block at a time (bounded memory): the same output and gradients (to the GEMMs' rounding)"
+    idx = random_cells(3000, 12, 2, seed=1)
+    table = neighbour_table(idx, [12, 12, 12], 2)
+    x = torch.randn(len(idx), 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 3, 3, 3, 8, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(len(idx), 6, dtype=torch.float64)
+    whole = (subm_conv(x, table, w), *torch.autograd.grad(subm_conv(x, table, w), (x, w), dy))
+    monkeypatch.setattr(S, "GATHER_ELEMENTS", 27 * 8 * 100)  # blocks of 100 rows
+    y = subm_conv(x, table, w)
+    blocks = (y, *torch.autograd.grad(y, (x, w), dy))
+    for a, b in zip(whole, blocks): torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-10)
+
+
+def test_neighbour_table_checks_its_input():
+    idx = random_cells(50, 4, 1)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"): neighbour_table(idx[:, 1:], [4, 4, 4], 1)
+    with pytest.raises(ValueError, match="overflow"): neighbour_table(idx, [2**21] * 3, 4)
+    with pytest.raises(ValueError, match="must share a dtype"):
+        subm_conv(torch.randn(len(idx), 3), neighbour_table(idx, [4, 4, 4], 1), torch.randn(2, 3, 3, 3, 3, dtype=torch.float64))
+
+
+def test_submconv3d_gather_path_matches_spconv_and_shares_the_stage_table(gather_on_cpu):
+    "The module on the gather path: spconv's outputs and gradients (float32), one table per indice_key, cached in the tensor"
+    torch.manual_seed(0)
+    a, b = SubMConv3d(8, 8, 3, bias=True, indice_key="s"), SubMConv3d(8, 8, 3, bias=True, indice_key="s")
+    idx = random_cells(2000, 16, 2, seed=2)
+    feat = torch.randn(len(idx), 8)
+    def run():
+        x = feat.clone().requires_grad_()
+        sp = spconv.SparseConvTensor(x, idx, [16, 16, 16], 2)
+        y = b(a(sp))
+        y.features.square().sum().backward()
+        res = (y.features, x.grad, a.weight.grad, a.bias.grad, b.weight.grad)
+        a.zero_grad(set_to_none=True); b.zero_grad(set_to_none=True)
+        return res, y
+    ours, y = run()
+    assert [k for k in y.indice_dict] == ["s/table3"] and a.gathers(y) and a.map_ready(y)
+    M._gather_on_cpu = False
+    theirs, y2 = run()
+    assert "s/table3" not in y2.indice_dict and not a.gathers(y2)
+    for u, v in zip(ours, theirs): torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+def test_submconv3d_falls_back_to_spconv_where_the_gather_path_does_not_apply(gather_on_cpu):
+    "A strided or dilated convolution is left to spconv (the gather path is submanifold, cubic, dense offsets only)"
+    sp = spconv.SparseConvTensor(torch.randn(10, 4), random_cells(10, 4, 1)[:10], [4, 4, 4], 1)
+    assert SubMConv3d(4, 4, 3).gathers(sp)
+    assert not SubMConv3d(4, 4, 3, dilation=2).gathers(sp)
+    assert not SubMConv3d(4, 4, (3, 3, 1)).gathers(sp)
+    M.set_gather_conv(False)
+    try: assert not SubMConv3d(4, 4, 3).gathers(sp)
+    finally: M.set_gather_conv(True)
+
+
+def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
+    "A tiny encoder's output and gradients with the gather path = with spconv's kernels (float32, to rounding)"
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "drop_path": 0.0})
+    data = cloud()
+    def run(on):
+        M._gather_on_cpu = on
+        out = upcast(m(data))
+        out.square().mean().backward()
+        grads = [p.grad.clone() for p in m.parameters()]
+        m.zero_grad(set_to_none=True)
+        return out, grads
+    ours, theirs = run(True), run(False)
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-4, atol=1e-5)
+    for u, v in zip(ours[1], theirs[1]): torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-5)
+
+
+def test_stage_template_path_with_the_gather_conv(gather_on_cpu):
+    "The inference template (weights and maps copied into one block, run eagerly on the CPU) with the gather path"
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, "enc_depths": (1, 3, 1, 4), "dec_depths": (3, 1, 1), "enc_mode": False}).eval()
+    data = cloud()
+    with torch.no_grad(): eager = m(data).feat
+    M._replay_on_cpu = True
+    try:
+        with torch.no_grad(): replayed = [m(data).feat for _ in range(2)]
+    finally: M._replay_on_cpu = False
+    for r in replayed: assert torch.equal(r, eager)
+
+
+# --- CUDA ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit-GEMM neighbour maps and kernels")
+@pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16, None])
+def test_gather_conv_on_cuda_matches_spconv(amp):
+    "On CUDA: the table is spconv's implicit-GEMM map; outputs and gradients equal spconv's to half-precision rounding"
+    torch.manual_seed(0)
+    conv = SubMConv3d(48, 32, kernel_size=3, bias=True, indice_key="k").cuda()
+    idx = random_cells(60000, 60, 2, device="cuda")
+    feat = torch.randn(len(idx), 48, device="cuda")
+    def run(gather):
+        M.set_gather_conv(gather)
+        try:
+            x = feat.clone().requires_grad_()
+            sp = spconv.SparseConvTensor(x, idx, [60, 60, 60], 2)
+            with torch.autocast("cuda", dtype=amp or torch.float16, enabled=amp is not None): y = conv(sp)
+            y.features.float().square().sum().backward()
+            res = (y.features, x.grad, conv.weight.grad.clone(), conv.bias.grad.clone())
+            conv.zero_grad(set_to_none=True)
+            return res, y
+        finally: M.set_gather_conv(True)
+    ours, y = run(True)
+    theirs, y2 = run(False)
+    table, pair = y.indice_dict["k/table3"], y2.indice_dict["k"].pair_fwd
+    assert torch.equal(torch.where(table == len(idx), -1, table), pair.t())
+    tol = dict(rtol=2e-2, atol=2e-2) if amp is not None else dict(rtol=1e-4, atol=1e-4)
+    for u, v in zip(ours, theirs):
+        assert u.dtype == v.dtype
+        torch.testing.assert_close(u.float(), v.float(), **tol)
