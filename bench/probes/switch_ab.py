@@ -37,6 +37,9 @@ for task in tasks:
         ratios.append(pair[False] / pair[True])
     out[task] = {("on" if on else "off"): {k: round(statistics.median(v), 2) for k, v in r.items()} for on, r in res.items()}
     out[task]["off_over_on_chained"] = round(statistics.median(ratios), 3)
+    for on in (True, False):  # the step's peak memory (model, head and batch resident)
+        switch(on); sync("cuda"); torch.cuda.reset_peak_memory_stats(); fn(); sync("cuda")
+        out[task]["on" if on else "off"]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     print(task, json.dumps(out[task]), flush=True)
 switch(True)
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), f"switch_ab_{name}.json"), "w"), indent=1)
