@@ -6,9 +6,16 @@
 from __future__ import annotations
 import itertools, math
 import torch
+from .kernels import _cdiv, _on, _pow2, available, interpreted, launcher
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['GATHER_ELEMENTS', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'SubmanifoldConv', 'subm_conv']
+__all__ = ['GATHER_ELEMENTS', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'set_conv_kernel', 'kernel_usable',
+           'SubmanifoldConv', 'subm_conv']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -69,12 +76,110 @@ def gather_weight_grad(dy:torch.Tensor, # (M, C_out) output gradient
         acc = part if acc is None else acc.add_(part)
     return acc.to(x.dtype)
 
+# %% ../nbs/03d_sparse_conv.ipynb #v021
+_conv_kernel = False
+
+def set_conv_kernel(on:bool=True): # True: `subm_conv` runs the Triton kernels where they run; False: gathers and GEMMs
+    "Speed switch: submanifold convolutions by Triton implicit-GEMM kernels instead of gathered rows and cuBLAS (module-wide; the same function)"
+    global _conv_kernel
+    _conv_kernel = bool(on)
+
+def kernel_usable(x:torch.Tensor) -> bool: # the features about to be convolved
+    "Whether the Triton kernels run on `x`: float16/bfloat16 on an Ampere or newer GPU, or float16 CPU tensors in the interpreter"
+    if not available() or x.dtype not in (torch.float16, torch.bfloat16): return False
+    if x.is_cuda: return not interpreted() and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return interpreted() and x.dtype == torch.float16  # the interpreter's bfloat16 product is wrong (as for the attention kernel)
+
+if triton is not None:
+    @triton.jit
+    def _sc_conv(X, T, W, Y, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr,
+                 BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
+        # Y[i, o] = sum_k sum_c X[T[i, k], c] * W(k', c, o), W(k', c, o) at W + k' * CI_w + c * s_in + o * s_out,
+        # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent
+        pm, po = tl.program_id(0), tl.program_id(1)
+        rows = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < N
+        o = po * BLOCK_O + tl.arange(0, BLOCK_O)
+        omask = o < CO
+        ci = tl.arange(0, BLOCK_I)
+        cw = CO if FLIP else CI  # the weight's innermost extent (C_in of the module)
+        acc = tl.zeros([BLOCK_M, BLOCK_O], tl.float32)
+        for k in range(0, K):
+            nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
+            valid = nb < N
+            kw = K - 1 - k if FLIP else k
+            for c0 in range(0, CI, BLOCK_I):
+                c = c0 + ci
+                cmask = c < CI
+                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
+                acc = tl.dot(x, w, acc)
+        tl.store(Y + rows.to(tl.int64)[:, None] * CO + o[None, :], acc.to(Y.dtype.element_ty), mask=rmask[:, None] & omask[None, :])
+
+    @triton.jit
+    def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
+                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
+        # P[s, k, c, o] = sum over rows i of band s of X[T[i, k], c] * DY[i, o]
+        k, t, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        tiles_o = (CO + BLOCK_O - 1) // BLOCK_O
+        c = (t // tiles_o) * BLOCK_I + tl.arange(0, BLOCK_I)
+        o = (t % tiles_o) * BLOCK_O + tl.arange(0, BLOCK_O)
+        cmask, omask = c < CI, o < CO
+        start = s * band
+        end = tl.minimum(start + band, N)
+        acc = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
+        for m0 in range(start, end, BLOCK_M):
+            rows = m0 + tl.arange(0, BLOCK_M)
+            rmask = rows < end
+            nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
+            valid = nb < N
+            x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
+            dy = tl.load(DY + rows.to(tl.int64)[:, None] * CO + o[None, :], mask=rmask[:, None] & omask[None, :], other=0.0)
+            acc = tl.dot(tl.trans(x), dy, acc)
+        tl.store(P + ((s * K + k) * CI + c[:, None]).to(tl.int64) * CO + o[None, :], acc, mask=cmask[:, None] & omask[None, :])
+
+def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
+
+def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight
+    "Forward (`flip=False`: x has C_in channels, out C_out) or input gradient (`flip=True`: x is dy, out C_in) by `_sc_conv`"
+    c_out, K, c_in = weight.shape
+    ci, co = (c_out, c_in) if flip else (c_in, c_out)
+    # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
+    s_in, s_out = (K * c_in, 1) if flip else (1, K * c_in)
+    y = x.new_empty(len(x), co)
+    bm, bi, bo = 128, _width(ci, 64), _width(co, 128)
+    if len(x):
+        with _on(x.device):
+            launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
+                x, table, weight, y, len(x), ci, co, K, s_in, s_out, FLIP=flip, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
+                num_warps=4, num_stages=2)
+    return y
+
+def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
+    "The weight gradient (C_out, K, C_in) in x's dtype: `_sc_wgrad`'s bands of rows, their float32 sums added by torch"
+    bm, bi, bo = 64, _width(c_in, 64), _width(c_out, 64)
+    tiles = _cdiv(c_in, bi) * _cdiv(c_out, bo)
+    n = len(x)
+    bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(4 * _programs(x.device), K * tiles)))  # ~4 programs per SM, >= 4 blocks of rows each
+    band = _cdiv(max(n, 1), bands)
+    parts = torch.empty(bands, K, c_in, c_out, device=x.device, dtype=torch.float32)
+    with _on(x.device):
+        launcher(_sc_wgrad)[(K, tiles, bands)](x, table, dy, parts, n, c_in, c_out, K, band,
+                                               BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, num_warps=4, num_stages=2)
+    return parts.sum(0).permute(2, 0, 1).to(x.dtype)
+
+def _programs(device:torch.device) -> int:
+    "The device's SM count (the interpreter: 4)"
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
 # %% ../nbs/03d_sparse_conv.ipynb #v011
 class SubmanifoldConv(torch.autograd.Function):
-    "Submanifold convolution on a neighbour table: forward and both gradients as gathers and matrix products"
+    "Submanifold convolution on a neighbour table: forward and both gradients as gathers and matrix products, or by the Triton kernels"
     @staticmethod
-    def forward(ctx, x, table, weight): # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype
+    def forward(ctx, x, table, weight, triton_kernels): # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype; bool
         ctx.save_for_backward(x, table, weight)
+        ctx.triton_kernels = triton_kernels
+        if triton_kernels: return _triton_conv(x, table, weight, flip=False)
         return gather_matmul(x, table, weight.reshape(weight.shape[0], -1))
 
     @staticmethod
@@ -83,10 +188,14 @@ class SubmanifoldConv(torch.autograd.Function):
         c_out, K, c_in = weight.shape
         dy = dy.contiguous()
         dx = dw = None
+        if ctx.triton_kernels:
+            if ctx.needs_input_grad[0]: dx = _triton_conv(dy, table, weight, flip=True)
+            if ctx.needs_input_grad[2]: dw = _triton_weight_grad(dy, x, table, c_out, K, c_in)
+            return dx, None, dw, None
         if ctx.needs_input_grad[0]:  # mirrored cells, each transposed: (C_in, K, C_out)
             dx = gather_matmul(dy, table, weight.flip(1).permute(2, 1, 0).reshape(c_in, K * c_out))
         if ctx.needs_input_grad[2]: dw = gather_weight_grad(dy, x, table).view(c_out, K, c_in)
-        return dx, None, dw
+        return dx, None, dw, None
 
 def subm_conv(x:torch.Tensor, # (N, C_in) features, float
               table:torch.Tensor, # (N, K) from `neighbour_table`
@@ -101,4 +210,6 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
                          f"(the table's columns) and C_in = {x.shape[1]} (the features' channels)")
     if weight.dtype != x.dtype:
         raise ValueError(f"subm_conv: weight {weight.dtype} and features {x.dtype} must share a dtype (cast first, as autocast would)")
-    return SubmanifoldConv.apply(x, table, weight.reshape(weight.shape[0], K, weight.shape[-1]))
+    x = x.contiguous()
+    return SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(),
+                                 _conv_kernel and kernel_usable(x))

@@ -165,3 +165,128 @@ def test_gather_conv_on_cuda_matches_spconv(amp):
     for u, v in zip(ours, theirs):
         assert u.dtype == v.dtype
         torch.testing.assert_close(u.float(), v.float(), **tol)
+
+
+# --- the Triton kernels: in the interpreter (a fresh Python each), compiled for sm_90, on CUDA -------------------
+
+import importlib.util, os
+ROOT = Path(__file__).resolve().parents[1]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def run_check(forkserver, check:str, interpret:bool=True) -> str:
+    "Run `check` of this file in a fresh Python (the interpreter must be chosen before the kernels are defined); its stdout"
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "PYTHONPATH": str(ROOT)}
+    if interpret: env["TRITON_INTERPRET"] = "1"
+    r = forkserver.run([__file__, check], cwd=ROOT, env=env, timeout=900)
+    assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r.stdout
+
+
+@needs_triton
+@pytest.mark.parametrize("check", ["kernels_match_the_gathers", "module_takes_the_kernels"])
+def test_interpreted(forkserver, check):
+    print(run_check(forkserver, check))
+
+
+@needs_triton
+def test_kernels_compile_for_the_gpu(forkserver):
+    "What only the compiler rejects: both kernels compiled to PTX for sm_90 (float16 and bfloat16, both directions)"
+    print(run_check(forkserver, "compile", interpret=False))
+
+
+def check_kernels_match_the_gathers():
+    "Forward, input and weight gradients of the kernels = the gathers' (float16, to rounding) and float64's, odd widths, many bands"
+    from sonata_nb import sparse_conv as S
+    assert S.kernel_usable(torch.zeros(1, dtype=torch.float16))
+    g = torch.Generator().manual_seed(0)
+    for k, ci, co, batch in ((3, 24, 40, 2), (3, 70, 20, 1), (5, 6, 16, 2), (3, 16, 130, 1)):
+        idx = random_cells(900, 10, batch, seed=k + ci)
+        t = neighbour_table(idx, [10, 10, 10], batch, k)
+        x = torch.randn(len(idx), ci, generator=g).half().requires_grad_()
+        w = (torch.randn(co, k, k, k, ci, generator=g) / (k ** 1.5 * ci) ** 0.5).half().requires_grad_()
+        dy = torch.randn(len(idx), co, generator=g).half()
+        def run(on):
+            S.set_conv_kernel(on)
+            try:
+                y = subm_conv(x, t, w)
+                return (y, *torch.autograd.grad(y, (x, w), dy))
+            finally: S.set_conv_kernel(False)
+        ours, gathered = run(True), run(False)
+        assert ours[0].dtype == torch.float16 and ours[2].dtype == torch.float16
+        x64, w64, dy64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_(), dy.double()
+        y64 = subm_conv(x64, t, w64)
+        exact = (y64, *torch.autograd.grad(y64, (x64, w64), dy64))
+        for name, a, b, e in zip(("y", "dx", "dw"), ours, gathered, exact):
+            err, ref = (a.double() - e).abs().max().item(), (b.double() - e).abs().max().item()
+            scale = e.abs().max().item()
+            assert err <= 2 * ref + 1e-3 * scale, (k, ci, co, name, err, ref, scale)  # as close to float64 as the gathers
+            print(k, ci, co, name, f"kernel {err / scale:.2e}, gathers {ref / scale:.2e} of the largest value")
+
+
+def check_module_takes_the_kernels():
+    "SubMConv3d on float16 features takes the kernels when switched on (its weight cast to float16 as the gathers')"
+    from sonata_nb import model as M, sparse_conv as S
+    M._gather_on_cpu = True
+    torch.manual_seed(0)
+    conv = SubMConv3d(16, 16, 3, bias=True, indice_key="s").half()
+    idx = random_cells(800, 10, 1)
+    sp = spconv.SparseConvTensor(torch.randn(len(idx), 16).half(), idx, [10, 10, 10], 1)
+    calls = []
+    real = S._triton_conv
+    S._triton_conv = lambda *a, **k: calls.append(1) or real(*a, **k)
+    S.set_conv_kernel(True)
+    try: on = conv(sp).features
+    finally: S.set_conv_kernel(False); S._triton_conv = real
+    off = conv(sp).features
+    assert calls and torch.allclose(on.float(), off.float(), atol=2e-2, rtol=1e-2)
+
+
+def check_compile():
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from sonata_nb import sparse_conv as S
+    for dt in ("fp16", "bf16"):
+        for flip in (False, True):
+            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32",
+                       FLIP="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
+            triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=dict(FLIP=flip, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64)),
+                           target=GPUTarget("cuda", 90, 32))
+        sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
+                   BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
+        triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=dict(BLOCK_M=64, BLOCK_I=64, BLOCK_O=64)),
+                       target=GPUTarget("cuda", 90, 32))
+    print("compiled for sm_90")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None or bool(os.environ.get("TRITON_INTERPRET")),
+                    reason="CUDA and Triton only: the compiled kernels")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_conv_kernels_on_cuda_match_the_gathers(dtype):
+    "On CUDA: the kernels' output and gradients as close to float64 as the gathers' (a stage-0-like and a stage-3-like width)"
+    from sonata_nb import sparse_conv as S
+    g = torch.Generator().manual_seed(0)
+    for n, ext, ci, co in ((120000, 80, 48, 48), (8000, 30, 384, 384)):
+        idx = random_cells(n, ext, 2, device="cuda")
+        t = neighbour_table(idx, [ext] * 3, 2)
+        x = torch.randn(len(idx), ci, generator=g).to("cuda", dtype).requires_grad_()
+        w = (torch.randn(co, 3, 3, 3, ci, generator=g) / (27 * ci) ** 0.5).to("cuda", dtype).requires_grad_()
+        dy = torch.randn(len(idx), co, generator=g).to("cuda", dtype)
+        def run(on):
+            S.set_conv_kernel(on)
+            try:
+                y = subm_conv(x, t, w)
+                return (y, *torch.autograd.grad(y, (x, w), dy))
+            finally: S.set_conv_kernel(False)
+        ours, gathered = run(True), run(False)
+        x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        y64 = subm_conv(x64, t, w64)
+        exact = (y64, *torch.autograd.grad(y64, (x64, w64), dy.double()))
+        for a, b, e in zip(ours, gathered, exact):
+            assert a.dtype == b.dtype
+            assert (a.double() - e).abs().max() <= 2 * (b.double() - e).abs().max() + 1e-3 * e.abs().max()
+
+
+if __name__ == "__main__":
+    globals()[f"check_{sys.argv[1]}"]()

@@ -1,6 +1,6 @@
 """A/B of a module-wide speed switch on the issue's batch with a HostPlan: interleaved pairs (order alternating),
 per task a synchronized step (latency, host) and 4 steps queued back to back (chained, per step).
-Usage: python bench/probes/switch_ab.py SCAN_DIR SWITCH [PAIRS] [TASKS]   SWITCH: gather | residual"""
+Usage: python bench/probes/switch_ab.py SCAN_DIR SWITCH [PAIRS] [TASKS]   SWITCH: gather | residual | conv_kernel"""
 import sys, json, os, statistics, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
@@ -9,7 +9,8 @@ import sonata_nb.model as M
 from sonata_nb.model import HostPlan, pooling_strides
 from sonata_nb.runtime import to_device
 from scan import issue_batch
-SWITCHES = dict(gather=M.set_gather_conv, residual=M.set_fused_residual)
+import sonata_nb.sparse_conv as SC
+SWITCHES = dict(gather=M.set_gather_conv, residual=M.set_fused_residual, conv_kernel=SC.set_conv_kernel)
 scan, name = sys.argv[1], sys.argv[2]
 pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
@@ -41,5 +42,5 @@ for task in tasks:
         switch(on); sync("cuda"); torch.cuda.reset_peak_memory_stats(); fn(); sync("cuda")
         out[task]["on" if on else "off"]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     print(task, json.dumps(out[task]), flush=True)
-switch(True)
+switch({"conv_kernel": False}.get(name, True))  # back to the library's default
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), f"switch_ab_{name}.json"), "w"), indent=1)
