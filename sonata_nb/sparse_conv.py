@@ -4,7 +4,7 @@
 
 # %% ../nbs/03d_sparse_conv.ipynb #v002
 from __future__ import annotations
-import itertools, math
+import math
 import torch
 from .kernels import _cdiv, _on, _pow2, available, interpreted, launcher
 
@@ -32,12 +32,12 @@ def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then th
     if math.prod(span) >= 2**62:
         raise ValueError(f"neighbour_table: {span} cells overflow 64-bit keys; crop the scene or use a coarser grid")
     ind = indices.long()
-    shift = torch.tensor([0, r, r, r], device=ind.device)
-    def key(c): return ((c[..., 0] * span[1] + c[..., 1]) * span[2] + c[..., 2]) * span[3] + c[..., 3]
-    keys, order = torch.sort(key(ind + shift))
-    cube = torch.tensor(list(itertools.product(range(-r, r + 1), repeat=3)), device=ind.device)
-    offsets = torch.cat([cube.new_zeros(len(cube), 1), cube], 1)  # (K, 4): the batch index does not move
-    wanted = key(ind[:, None] + shift + offsets)  # (N, K): the neighbours' keys
+    b, c = ind[:, 0], ind[:, 1:] + r  # coordinates shifted by r
+    def key(b, c): return ((b * span[1] + c[..., 0]) * span[2] + c[..., 1]) * span[3] + c[..., 2]
+    keys, order = torch.sort(key(b, c))
+    a = torch.arange(-r, r + 1, device=ind.device)  # made on the device: no copy from the host, which would wait
+    cube = torch.stack(torch.meshgrid(a, a, a, indexing="ij"), -1).view(-1, 3)  # (K, 3), the first coordinate slowest
+    wanted = key(b[:, None], c[:, None] + cube)  # (N, K): the neighbours' keys
     pos = torch.searchsorted(keys, wanted).clamp_(max=max(N - 1, 0))
     found = keys[pos] == wanted if N else torch.zeros_like(wanted, dtype=torch.bool)
     return torch.where(found, order[pos], N).int()

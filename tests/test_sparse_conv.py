@@ -290,3 +290,19 @@ def test_conv_kernels_on_cuda_match_the_gathers(dtype):
 
 if __name__ == "__main__":
     globals()[f"check_{sys.argv[1]}"]()
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_gather_path_reads_nothing_from_the_device_with_a_host_plan(gather_on_cpu, train):
+    "The neighbour tables are built without a device read or a blocking copy: a forward with a HostPlan still reads nothing"
+    from test_model import HostReads
+    from sonata_nb.model import HostPlan, pooling_strides
+    from sonata_nb.runtime import to_device
+    torch.manual_seed(0)
+    m = PointTransformerV3(**TINY).train(train)
+    data = cloud()
+    batch = to_device({**data, "_host_plan": HostPlan(data, pooling_strides(m))}, torch.device("cpu"))
+    with HostReads() as reads: out = m(batch)
+    if train: out.feat.sum().backward()
+    assert reads.sites == []
+    assert any(k.endswith("/table3") for k in out.sparse_conv_feat.indice_dict)  # the gather path ran
