@@ -33,8 +33,8 @@ specialization; `sonata_nb.kernels.set_fast_launch(False)`; baseline: `kernels.L
 the patch attention's backward in one kernel, dq added atomically (`sonata_nb.attention_kernel.set_one_pass_backward`;
 baseline: a dk/dv kernel, then a dq kernel); torch_residual = the training blocks' DropPath branches added by torch's
 operations (`sonata_nb.model.set_fused_residual(False)`; baseline: `kernels.residual_drop_path`, one kernel each way);
-spconv_conv = the blocks' submanifold convolutions by spconv's kernels (`sonata_nb.model.set_gather_conv(False)`;
-baseline: `sparse_conv.subm_conv`, gathers and GEMMs on a torch-built neighbour table). The baseline is the library's defaults.
+gather_conv = the blocks' submanifold convolutions by `sparse_conv.subm_conv`, gathers and GEMMs on a torch-built
+neighbour table (`sonata_nb.model.set_gather_conv(True)`; baseline: spconv's kernels). The baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -191,7 +191,7 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"),
     torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), bias_kernel=dict(bias_kernel=True), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False),
     triton_launch=dict(fast_launch=False), triton_launch_torch_ln_bias_grad=dict(fast_launch=False, fused_ln=False, bias_kernel=False),
-    one_pass_bwd=dict(one_pass=True), torch_residual=dict(fused_residual=False), spconv_conv=dict(gather_conv=False))
+    one_pass_bwd=dict(one_pass=True), torch_residual=dict(fused_residual=False), gather_conv=dict(gather_conv=True))
 DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,bias_kernel,triton_launch,sdpa_attention"  # against the library's defaults
 
 

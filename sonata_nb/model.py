@@ -58,18 +58,18 @@ def set_torch_map_sort(on:bool=True): # True: sort the neighbour-map masks with 
     global _torch_map_sort
     _torch_map_sort = bool(on)
 
-_gather_conv = True
+_gather_conv = False
 _gather_on_cpu = False  # tests only: CPU convolutions take the gather path too
 
 def set_gather_conv(on:bool=True): # True: `SubMConv3d` on CUDA convolves by `sparse_conv.subm_conv`; False: spconv's kernels
-    "Speed switch (on by default): CUDA submanifold convolutions as gathers and GEMMs on a torch-built neighbour table (module-wide; the same function)"
+    "Speed switch: CUDA submanifold convolutions as gathers and GEMMs on a torch-built neighbour table (module-wide; the same function)"
     global _gather_conv
     _gather_conv = bool(on)
 
 _env_gather = os.environ.get("SONATA_GATHER_CONV", "")
 if _env_gather not in ("", "0", "1"):
-    raise ValueError(f"SONATA_GATHER_CONV={_env_gather!r}: use 1 (gathers and GEMMs, the default) or 0 (spconv's kernels)")
-set_gather_conv(_env_gather != "0")
+    raise ValueError(f"SONATA_GATHER_CONV={_env_gather!r}: use 1 (gathers and GEMMs) or 0 (spconv's kernels, the default)")
+set_gather_conv(_env_gather == "1")
 
 def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
                      input:spconv.SparseConvTensor, # CUDA sparse tensor

@@ -166,9 +166,10 @@ def test_eval_is_deterministic_even_with_shuffle_orders():
 def spconv_kernels():
     "SubMConv3d through spconv's kernels (the CUDA default is the gather path, tests/test_sparse_conv.py)"
     from sonata_nb import model as M
+    before = M._gather_conv
     M.set_gather_conv(False)
     try: yield
-    finally: M.set_gather_conv(True)
+    finally: M.set_gather_conv(before)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit GEMM under CUDA autocast")
 @pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16, None])

@@ -28,10 +28,11 @@ def random_cells(n:int, extent:int, batch:int, seed:int=0, device="cpu") -> torc
 
 @pytest.fixture
 def gather_on_cpu():
-    "SubMConv3d takes the gather path on the CPU too (it is the CUDA default)"
-    M._gather_on_cpu = True
+    "SubMConv3d takes the gather path, on the CPU too (the switch on, whatever the default)"
+    before = M._gather_conv
+    M._gather_on_cpu = True; M.set_gather_conv(True)
     try: yield
-    finally: M._gather_on_cpu = False
+    finally: M._gather_on_cpu = False; M.set_gather_conv(before)
 
 
 @pytest.mark.parametrize("k,batch", [(3, 1), (3, 2), (5, 2)])
@@ -101,9 +102,10 @@ def test_submconv3d_falls_back_to_spconv_where_the_gather_path_does_not_apply(ga
     assert SubMConv3d(4, 4, 3).gathers(sp)
     assert not SubMConv3d(4, 4, 3, dilation=2).gathers(sp)
     assert not SubMConv3d(4, 4, (3, 3, 1)).gathers(sp)
+    before = M._gather_conv
     M.set_gather_conv(False)
     try: assert not SubMConv3d(4, 4, 3).gathers(sp)
-    finally: M.set_gather_conv(True)
+    finally: M.set_gather_conv(before)
 
 
 def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
@@ -156,7 +158,8 @@ def test_gather_conv_on_cuda_matches_spconv(amp):
             res = (y.features, x.grad, conv.weight.grad.clone(), conv.bias.grad.clone())
             conv.zero_grad(set_to_none=True)
             return res, y
-        finally: M.set_gather_conv(True)
+        finally: M.set_gather_conv(before)
+    before = M._gather_conv
     ours, y = run(True)
     theirs, y2 = run(False)
     table, pair = y.indice_dict["k/table3"], y2.indice_dict["k"].pair_fwd
@@ -227,7 +230,7 @@ def check_kernels_match_the_gathers():
 def check_module_takes_the_kernels():
     "SubMConv3d on float16 features takes the kernels when switched on (its weight cast to float16 as the gathers')"
     from sonata_nb import model as M, sparse_conv as S
-    M._gather_on_cpu = True
+    M._gather_on_cpu = True; M.set_gather_conv(True)
     torch.manual_seed(0)
     conv = SubMConv3d(16, 16, 3, bias=True, indice_key="s").half()
     idx = random_cells(800, 10, 1)

@@ -15,6 +15,8 @@ scan, name = sys.argv[1], sys.argv[2]
 pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
 switch = SWITCHES[name]
+default = dict(gather=M._gather_conv, residual=M._fused_residual, conv_kernel=SC._conv_kernel)[name]
+if name == "conv_kernel": M.set_gather_conv(True)  # the kernels run inside the gather path's subm_conv
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
@@ -42,5 +44,5 @@ for task in tasks:
         switch(on); sync("cuda"); torch.cuda.reset_peak_memory_stats(); fn(); sync("cuda")
         out[task]["on" if on else "off"]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     print(task, json.dumps(out[task]), flush=True)
-switch({"conv_kernel": False}.get(name, True))  # back to the library's default
+switch(default)  # back to the library's default
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), f"switch_ab_{name}.json"), "w"), indent=1)
