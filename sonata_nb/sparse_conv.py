@@ -14,8 +14,8 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['GATHER_ELEMENTS', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'set_conv_kernel', 'kernel_usable',
-           'SubmanifoldConv', 'subm_conv']
+__all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'set_conv_kernel',
+           'kernel_usable', 'SubmanifoldConv', 'subm_conv']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -138,6 +138,9 @@ if triton is not None:
             acc = tl.dot(tl.trans(x), dy, acc)
         tl.store(P + ((s * K + k) * CI + c[:, None]).to(tl.int64) * CO + o[None, :], acc, mask=cmask[:, None] & omask[None, :])
 
+# kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM]): bench/conv_tune.py
+CONV_CONFIG = dict(conv=(128, 64, 64, 4, 2), wgrad=(64, 64, 64, 4, 2, 4))
+
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
 def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight
@@ -147,25 +150,27 @@ def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_o
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
     s_in, s_out = (K * c_in, 1) if flip else (1, K * c_in)
     y = x.new_empty(len(x), co)
-    bm, bi, bo = 128, _width(ci, 64), _width(co, 128)
+    bm, wi, wo, warps, stages = CONV_CONFIG["conv"]
+    bi, bo = _width(ci, wi), _width(co, wo)
     if len(x):
         with _on(x.device):
             launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
                 x, table, weight, y, len(x), ci, co, K, s_in, s_out, FLIP=flip, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
-                num_warps=4, num_stages=2)
+                num_warps=warps, num_stages=stages)
     return y
 
 def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
     "The weight gradient (C_out, K, C_in) in x's dtype: `_sc_wgrad`'s bands of rows, their float32 sums added by torch"
-    bm, bi, bo = 64, _width(c_in, 64), _width(c_out, 64)
+    bm, wi, wo, warps, stages, per_sm = CONV_CONFIG["wgrad"]
+    bi, bo = _width(c_in, wi), _width(c_out, wo)
     tiles = _cdiv(c_in, bi) * _cdiv(c_out, bo)
     n = len(x)
-    bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(4 * _programs(x.device), K * tiles)))  # ~4 programs per SM, >= 4 blocks of rows each
+    bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(per_sm * _programs(x.device), K * tiles)))  # `per_sm` programs per SM, >= 4 blocks of rows each
     band = _cdiv(max(n, 1), bands)
     parts = torch.empty(bands, K, c_in, c_out, device=x.device, dtype=torch.float32)
     with _on(x.device):
         launcher(_sc_wgrad)[(K, tiles, bands)](x, table, dy, parts, n, c_in, c_out, K, band,
-                                               BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, num_warps=4, num_stages=2)
+                                               BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, num_warps=warps, num_stages=stages)
     return parts.sum(0).permute(2, 0, 1).to(x.dtype)
 
 def _programs(device:torch.device) -> int:

@@ -1,0 +1,110 @@
+"""Block sizes of the Triton submanifold-convolution kernels (`sonata_nb.sparse_conv.CONV_CONFIG`) on the issue's batch.
+
+    PYTHONPATH=. python bench/conv_tune.py --scan .benchdata/scannet/scene0000_00 --json $OUT/conv_tune.json
+
+One ft-mode forward of the Sonata encoder (random weights) gives each stage's sparse tensor (its points and neighbour
+table); then, per configuration, the forward + input-gradient kernel (`_sc_conv`, both directions) and the
+weight-gradient kernel (`_sc_wgrad`) run on every stage's real table, float16, and are timed with CUDA events (median
+of `--repeats` after warm-up), each stage's time weighted by its number of blocks (3, 3, 3, 12, 3): the total per
+`ft` step. spconv's kernels on the same tensors are timed alongside (forward + backward of the module). Prints the
+best configuration of each kernel and the table; `--json` writes every measurement.
+"""
+import argparse, itertools, json, statistics, sys, time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steps import DEFAULT_SCAN, build
+import sonata_nb.model as M
+import sonata_nb.sparse_conv as S
+from sonata_nb.model import upcast
+from sonata_nb.sparse_conv import neighbour_table
+
+WIDTHS = ((32, 64), (64, 64), (64, 128))  # (widest BLOCK_I, widest BLOCK_O)
+CONV = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=2) for bm, (wi, wo), w in itertools.product((64, 128), WIDTHS, (4, 8))]
+WGRAD = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=2, per_sm=ps) for bm, (wi, wo), w, ps in itertools.product((64, 128), WIDTHS, (4, 8), (4, 8))]
+
+
+def cuda_ms(fn, repeats:int) -> float:
+    "Median milliseconds of `fn` by CUDA events after 3 warm-up calls"
+    for _ in range(3): fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def stage_tensors(scan) -> list:
+    "(stage key, blocks in it, x fp16, table, weight fp16 (C, 3, 3, 3, C), dy fp16, conv module, sparse tensor) per stage"
+    model, head, data, labels = build("cuda", scan=scan)
+    seen, caps = {}, []
+    def hook(mod, inp, out):
+        seen[mod.indice_key] = seen.get(mod.indice_key, 0) + 1
+        if seen[mod.indice_key] == 1: caps.append((mod, inp[0]))
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, M.SubMConv3d)]
+    model.train()
+    with torch.autocast("cuda", dtype=torch.float16): upcast(model(data))
+    for h in hs: h.remove()
+    out = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for mod, sp in caps:
+        x = sp.features.detach().half().contiguous()
+        t = neighbour_table(sp.indices, sp.spatial_shape, sp.batch_size, mod.kernel_size[0])
+        w = mod.weight.detach().half().reshape(mod.out_channels, -1, mod.in_channels).contiguous()
+        dy = torch.randn(len(x), mod.out_channels, device="cuda", generator=g).half()
+        out.append((mod.indice_key, seen[mod.indice_key], x, t, w, dy, mod, sp))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scan", default=str(DEFAULT_SCAN))
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    t0 = time.time()
+    stages = stage_tensors(args.scan)
+    res = dict(card=torch.cuda.get_device_name(), command=" ".join(sys.argv),
+               stages=[dict(key=k, blocks=n, points=len(x), channels=x.shape[1]) for k, n, x, *_ in stages])
+    # spconv's module, forward + backward, on each stage
+    M.set_gather_conv(False)
+    spconv_total = 0.0
+    for key, n, x, t, w, dy, mod, sp in stages:
+        xx = x.clone().requires_grad_()
+        def step():
+            with torch.autocast("cuda", dtype=torch.float16): y = mod(sp.replace_feature(xx)).features
+            y.backward(dy)
+        ms = cuda_ms(step, args.repeats)
+        spconv_total += n * ms
+    res["spconv_fwd_bwd_ms_per_step"] = spconv_total
+    print(f"spconv forward + backward, all blocks: {spconv_total:.2f} ms", flush=True)
+    rows = []
+    for kind, configs in (("conv", CONV), ("wgrad", WGRAD)):
+        for cfg in configs:
+            S.CONV_CONFIG[kind] = tuple(cfg.values())
+            total, per = 0.0, []
+            try:
+                for key, n, x, t, w, dy, mod, sp in stages:
+                    if kind == "conv":
+                        ms = cuda_ms(lambda: (S._triton_conv(x, t, w, flip=False), S._triton_conv(dy, t, w, flip=True)), args.repeats)
+                    else:
+                        ms = cuda_ms(lambda: S._triton_weight_grad(dy, x, t, w.shape[0], w.shape[1], w.shape[2]), args.repeats)
+                    per.append(ms); total += n * ms
+            except Exception as e:  # e.g. out of shared memory for a large tile: not a candidate
+                rows.append(dict(kind=kind, config=cfg, error=str(e)[:200])); continue
+            rows.append(dict(kind=kind, config=cfg, per_stage_ms=per, step_ms=total))
+            print(kind, cfg, f"{total:.2f} ms per step", [round(v, 3) for v in per], flush=True)
+    res["rows"] = rows
+    best = {kind: min((r for r in rows if r["kind"] == kind and "step_ms" in r), key=lambda r: r["step_ms"]) for kind in ("conv", "wgrad")}
+    res["best"] = best
+    res["best_total_ms"] = sum(b["step_ms"] for b in best.values())
+    print("best:", json.dumps({k: (b["config"], round(b["step_ms"], 2)) for k, b in best.items()}),
+          f"total {res['best_total_ms']:.2f} ms against spconv {spconv_total:.2f} ms; {time.time() - t0:.0f} s")
+    if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
