@@ -70,7 +70,7 @@ def main(argv=None):
     res = dict(card=torch.cuda.get_device_name(), command=" ".join(sys.argv),
                stages=[dict(key=k, blocks=n, points=len(x), channels=x.shape[1]) for k, n, x, *_ in stages])
     # spconv's module, forward + backward, on each stage
-    M.set_gather_conv(False)
+    M.set_conv_backend("spconv")
     spconv_total = 0.0
     for key, n, x, t, w, dy, mod, sp in stages:
         xx = x.clone().requires_grad_()

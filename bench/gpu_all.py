@@ -33,8 +33,9 @@ specialization; `sonata_nb.kernels.set_fast_launch(False)`; baseline: `kernels.L
 the patch attention's backward in one kernel, dq added atomically (`sonata_nb.attention_kernel.set_one_pass_backward`;
 baseline: a dk/dv kernel, then a dq kernel); torch_residual = the training blocks' DropPath branches added by torch's
 operations (`sonata_nb.model.set_fused_residual(False)`; baseline: `kernels.residual_drop_path`, one kernel each way);
-gather_conv = the blocks' submanifold convolutions by `sparse_conv.subm_conv`, gathers and GEMMs on a torch-built
-neighbour table (`sonata_nb.model.set_gather_conv(True)`; baseline: spconv's kernels). The baseline is the library's defaults.
+gather_conv / triton_conv = the blocks' submanifold convolutions by `sparse_conv.subm_conv` on a torch-built neighbour
+table, gathered rows and cuBLAS / Triton implicit-GEMM kernels (`sonata_nb.model.set_conv_backend("gather" / "triton")`;
+baseline: spconv's kernels). The baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -64,8 +65,7 @@ _MIN_REPLAYS = getattr(M, "MIN_REPLAYS", None)  # the library's defaults: the ba
 _SWITCHES = (("half_ln", "set_half_layernorm", "_half_layernorm", False), ("fused_ln", "set_fused_layernorm", "_fused_layernorm", False),
              ("mlp_recompute", "set_mlp_recompute", "_mlp_recompute", False), ("graphs", "set_block_graphs", "_block_graphs", True),
              ("torch_sort", "set_torch_map_sort", "_torch_map_sort", True),
-             ("fused_residual", "set_fused_residual", "_fused_residual", False),
-             ("gather_conv", "set_gather_conv", "_gather_conv", False))
+             ("fused_residual", "set_fused_residual", "_fused_residual", False))
 _DEFAULTS = {key: getattr(M, attr, default) for key, _, attr, default in _SWITCHES}
 _DEFAULTS["whole"] = getattr(M, "_whole_stages", True)
 _K_DEFAULTS = dict(bias_kernel=getattr(K, "_bias_grad_kernel", False))
@@ -74,6 +74,8 @@ _K_DEFAULTS = dict(bias_kernel=getattr(K, "_bias_grad_kernel", False))
 def apply(model, lev:dict):
     "Set the levers of a variant (everything else at the library's defaults)"
     set_spconv_algo(lev.get("spconv"))
+    if hasattr(M, "set_conv_backend"): M.set_conv_backend(lev.get("conv", "spconv"))
+    elif lev.get("conv", "spconv") != "spconv": raise RuntimeError("this checkout has no sonata_nb.model.set_conv_backend")
     compile_mlps(model, lev.get("compile", False))
     for key, switch, _, _ in _SWITCHES:
         if hasattr(M, switch): getattr(M, switch)(lev.get(key, _DEFAULTS[key]))
@@ -191,7 +193,7 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"),
     torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), bias_kernel=dict(bias_kernel=True), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False),
     triton_launch=dict(fast_launch=False), triton_launch_torch_ln_bias_grad=dict(fast_launch=False, fused_ln=False, bias_kernel=False),
-    one_pass_bwd=dict(one_pass=True), torch_residual=dict(fused_residual=False), gather_conv=dict(gather_conv=True))
+    one_pass_bwd=dict(one_pass=True), torch_residual=dict(fused_residual=False), gather_conv=dict(conv="gather"), triton_conv=dict(conv="triton"))
 DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,bias_kernel,triton_launch,sdpa_attention"  # against the library's defaults
 
 

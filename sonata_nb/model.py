@@ -29,12 +29,12 @@ from .kernels import Linear, column_sum, fused_layer_norm, MAX_C as _FUSED_MAX_C
     interpreted as _triton_interpreted
 
 # %% auto #0
-__all__ = ['SPCONV_ALGOS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES', 'set_spconv_algo',
-           'set_torch_map_sort', 'set_gather_conv', 'SubMConv3d', 'DropPath', 'LayerScale', 'set_mlp_recompute', 'MLP',
-           'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block', 'set_fused_residual',
-           'set_block_graphs', 'Stage', 'unique_cells', 'plan_pooling', 'GridPooling', 'GridUnpooling',
-           'PointTransformerV3', 'HostPlan', 'pooling_strides', 'upcast', 'split_checkpoint', 'check_config',
-           'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+__all__ = ['SPCONV_ALGOS', 'CONV_BACKENDS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES',
+           'set_spconv_algo', 'set_torch_map_sort', 'set_conv_backend', 'SubMConv3d', 'DropPath', 'LayerScale',
+           'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block',
+           'set_fused_residual', 'set_block_graphs', 'Stage', 'unique_cells', 'plan_pooling', 'GridPooling',
+           'GridUnpooling', 'PointTransformerV3', 'HostPlan', 'pooling_strides', 'upcast', 'split_checkpoint',
+           'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -58,18 +58,18 @@ def set_torch_map_sort(on:bool=True): # True: sort the neighbour-map masks with 
     global _torch_map_sort
     _torch_map_sort = bool(on)
 
-_gather_conv = False
-_gather_on_cpu = False  # tests only: CPU convolutions take the gather path too
+CONV_BACKENDS = ("spconv", "triton", "gather")
+_conv_backend = "spconv"
+_gather_on_cpu = False  # tests only: CPU convolutions take the `sparse_conv` path too
 
-def set_gather_conv(on:bool=True): # True: `SubMConv3d` on CUDA convolves by `sparse_conv.subm_conv`; False: spconv's kernels
-    "Speed switch: CUDA submanifold convolutions as gathers and GEMMs on a torch-built neighbour table (module-wide; the same function)"
-    global _gather_conv
-    _gather_conv = bool(on)
+def set_conv_backend(name:str): # "spconv" (its kernels), "triton" (`sparse_conv`'s kernels where they run) or "gather"
+    "Speed switch: how `SubMConv3d` convolves on CUDA; \"triton\" and \"gather\" use `sparse_conv.subm_conv` on a torch-built neighbour table (module-wide; the same function)"
+    global _conv_backend
+    if name not in CONV_BACKENDS:
+        raise ValueError(f"Unknown convolution backend {name!r} (SONATA_CONV_BACKEND or set_conv_backend); choose from {CONV_BACKENDS}")
+    _conv_backend = name
 
-_env_gather = os.environ.get("SONATA_GATHER_CONV", "")
-if _env_gather not in ("", "0", "1"):
-    raise ValueError(f"SONATA_GATHER_CONV={_env_gather!r}: use 1 (gathers and GEMMs) or 0 (spconv's kernels, the default)")
-set_gather_conv(_env_gather == "1")
+set_conv_backend(os.environ.get("SONATA_CONV_BACKEND") or "spconv")
 
 def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
                      input:spconv.SparseConvTensor, # CUDA sparse tensor
@@ -98,10 +98,11 @@ class SubMConv3d(spconv.SubMConv3d):
         if self.gathers(input):
             if not cpu and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
                 x, weight = feat if feat.dtype == torch.float16 else feat.to(torch.float16), weight.to(torch.float16)
-                with torch.autocast("cuda", enabled=False): out = subm_conv(x, self.table(input), weight)
+                with torch.autocast("cuda", enabled=False): out = subm_conv(x, self.table(input), weight, kernel=self._kernel())
             else:  # as spconv computes without CUDA autocast: in the weight's dtype (no bfloat16 under CPU autocast)
                 with torch.autocast(feat.device.type, enabled=False):
-                    out = subm_conv(feat if feat.dtype == weight.dtype else feat.to(weight.dtype), self.table(input), weight)
+                    out = subm_conv(feat if feat.dtype == weight.dtype else feat.to(weight.dtype), self.table(input), weight,
+                                    kernel=self._kernel())
             out = input.replace_feature(out)
             return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
         if cpu:  # CPU kernels: ConvAlgo.Native, in the weight's dtype (no bfloat16, e.g. under CPU autocast)
@@ -129,11 +130,14 @@ class SubMConv3d(spconv.SubMConv3d):
         return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
 
     def gathers(self, input:spconv.SparseConvTensor) -> bool: # the sparse tensor about to be convolved
-        "Whether this convolution runs as `sparse_conv.subm_conv` (switch on, CUDA or the tests' CPU flag, a cubic odd kernel, stride and dilation 1)"
+        "Whether this convolution runs as `sparse_conv.subm_conv` (backend not spconv, CUDA or the tests' CPU flag, a cubic odd kernel, stride and dilation 1)"
         k = self.kernel_size[0]
-        return (_gather_conv and (input.features.is_cuda or _gather_on_cpu) and k % 2 == 1
+        return (_conv_backend != "spconv" and (input.features.is_cuda or _gather_on_cpu) and k % 2 == 1
                 and tuple(self.kernel_size) == (k,) * 3 and tuple(self.stride) == (1,) * 3
                 and tuple(self.dilation) == (1,) * 3 and self.weight.shape[1:4] == (k,) * 3)
+
+    @staticmethod
+    def _kernel() -> bool|None: return None if _conv_backend == "triton" else False  # `subm_conv`'s choice of kernels
 
     def table(self, input:spconv.SparseConvTensor) -> torch.Tensor: # the sparse tensor about to be convolved
         "The neighbour table of `input` for this kernel size, from `input.indice_dict` (shared within a stage) or built and kept there"
@@ -652,7 +656,7 @@ class Stage(PointSequential):
         if template is None or template.signature != infos[1][1]: template = templates[blocks[1].training] = _Template(blocks[1])
         cuda, conv = point.feat.is_cuda, blocks[0].cpe[0]
         key = (point.feat.device, point.feat.dtype, cuda and torch.is_autocast_enabled("cuda"),
-               cuda and torch.get_autocast_dtype("cuda"), cuda and conv._cuda_algo(), _torch_map_sort, _gather_conv)
+               cuda and torch.get_autocast_dtype("cuda"), cuda and conv._cuda_algo(), _torch_map_sort, _conv_backend)
         if _whole_stages and template.whole and key in template.warm and infos[0][1] == template.signature:
             if cuda: conv.prepare_map(point.sparse_conv_feat)  # outside the capture: it allocates and sorts
             if not cuda or conv.map_ready(point.sparse_conv_feat):

@@ -14,8 +14,8 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'set_conv_kernel',
-           'kernel_usable', 'SubmanifoldConv', 'subm_conv']
+__all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'kernel_usable',
+           'SubmanifoldConv', 'subm_conv']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -77,13 +77,6 @@ def gather_weight_grad(dy:torch.Tensor, # (M, C_out) output gradient
     return acc.to(x.dtype)
 
 # %% ../nbs/03d_sparse_conv.ipynb #v021
-_conv_kernel = False
-
-def set_conv_kernel(on:bool=True): # True: `subm_conv` runs the Triton kernels where they run; False: gathers and GEMMs
-    "Speed switch: submanifold convolutions by Triton implicit-GEMM kernels instead of gathered rows and cuBLAS (module-wide; the same function)"
-    global _conv_kernel
-    _conv_kernel = bool(on)
-
 def kernel_usable(x:torch.Tensor) -> bool: # the features about to be convolved
     "Whether the Triton kernels run on `x`: float16/bfloat16 on an Ampere or newer GPU, or float16 CPU tensors in the interpreter"
     if not available() or x.dtype not in (torch.float16, torch.bfloat16): return False
@@ -205,6 +198,7 @@ class SubmanifoldConv(torch.autograd.Function):
 def subm_conv(x:torch.Tensor, # (N, C_in) features, float
               table:torch.Tensor, # (N, K) from `neighbour_table`
               weight:torch.Tensor, # (C_out, k, k, k, C_in): spconv's SubMConv3d layout, K = k³
+              kernel:bool|None=None, # the Triton kernels: None where they run (`kernel_usable`), True insist, False the gathers
              ) -> torch.Tensor: # (N, C_out), x's dtype
     "A submanifold convolution without bias (spconv's `SubMConv3d` function) on a neighbour table"
     if x.ndim != 2 or table.ndim != 2 or len(x) != len(table):
@@ -215,6 +209,10 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
                          f"(the table's columns) and C_in = {x.shape[1]} (the features' channels)")
     if weight.dtype != x.dtype:
         raise ValueError(f"subm_conv: weight {weight.dtype} and features {x.dtype} must share a dtype (cast first, as autocast would)")
+    usable = kernel_usable(x)
+    if kernel and not usable:
+        raise ValueError(f"subm_conv: the Triton kernels need Triton and float16/bfloat16 features on an Ampere or newer GPU "
+                         f"(or float16 in Triton's CPU interpreter); got {x.dtype} on {x.device}: pass kernel=None or False")
     x = x.contiguous()
     return SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(),
-                                 _conv_kernel and kernel_usable(x))
+                                 usable if kernel is None else kernel)

@@ -164,12 +164,12 @@ def test_eval_is_deterministic_even_with_shuffle_orders():
 
 @pytest.fixture
 def spconv_kernels():
-    "SubMConv3d through spconv's kernels (the CUDA default is the gather path, tests/test_sparse_conv.py)"
+    "SubMConv3d through spconv's kernels (the default; other backends: tests/test_sparse_conv.py)"
     from sonata_nb import model as M
-    before = M._gather_conv
-    M.set_gather_conv(False)
+    before = M._conv_backend
+    M.set_conv_backend("spconv")
     try: yield
-    finally: M.set_gather_conv(before)
+    finally: M.set_conv_backend(before)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit GEMM under CUDA autocast")
 @pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16, None])

@@ -28,11 +28,11 @@ def random_cells(n:int, extent:int, batch:int, seed:int=0, device="cpu") -> torc
 
 @pytest.fixture
 def gather_on_cpu():
-    "SubMConv3d takes the gather path, on the CPU too (the switch on, whatever the default)"
-    before = M._gather_conv
-    M._gather_on_cpu = True; M.set_gather_conv(True)
+    "SubMConv3d takes the `sparse_conv` path with the gathers, on the CPU too (whatever the default backend)"
+    before = M._conv_backend
+    M._gather_on_cpu = True; M.set_conv_backend("gather")
     try: yield
-    finally: M._gather_on_cpu = False; M.set_gather_conv(before)
+    finally: M._gather_on_cpu = False; M.set_conv_backend(before)
 
 
 @pytest.mark.parametrize("k,batch", [(3, 1), (3, 2), (5, 2)])
@@ -102,10 +102,11 @@ def test_submconv3d_falls_back_to_spconv_where_the_gather_path_does_not_apply(ga
     assert SubMConv3d(4, 4, 3).gathers(sp)
     assert not SubMConv3d(4, 4, 3, dilation=2).gathers(sp)
     assert not SubMConv3d(4, 4, (3, 3, 1)).gathers(sp)
-    before = M._gather_conv
-    M.set_gather_conv(False)
+    before = M._conv_backend
+    M.set_conv_backend("spconv")
     try: assert not SubMConv3d(4, 4, 3).gathers(sp)
-    finally: M.set_gather_conv(before)
+    finally: M.set_conv_backend(before)
+    with pytest.raises(ValueError, match="Unknown convolution backend"): M.set_conv_backend("cudnn")
 
 
 def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
@@ -148,8 +149,8 @@ def test_gather_conv_on_cuda_matches_spconv(amp):
     conv = SubMConv3d(48, 32, kernel_size=3, bias=True, indice_key="k").cuda()
     idx = random_cells(60000, 60, 2, device="cuda")
     feat = torch.randn(len(idx), 48, device="cuda")
-    def run(gather):
-        M.set_gather_conv(gather)
+    def run(backend):
+        M.set_conv_backend(backend)
         try:
             x = feat.clone().requires_grad_()
             sp = spconv.SparseConvTensor(x, idx, [60, 60, 60], 2)
@@ -158,10 +159,10 @@ def test_gather_conv_on_cuda_matches_spconv(amp):
             res = (y.features, x.grad, conv.weight.grad.clone(), conv.bias.grad.clone())
             conv.zero_grad(set_to_none=True)
             return res, y
-        finally: M.set_gather_conv(before)
-    before = M._gather_conv
-    ours, y = run(True)
-    theirs, y2 = run(False)
+        finally: M.set_conv_backend(before)
+    before = M._conv_backend
+    ours, y = run("gather")
+    theirs, y2 = run("spconv")
     table, pair = y.indice_dict["k/table3"], y2.indice_dict["k"].pair_fwd
     assert torch.equal(torch.where(table == len(idx), -1, table), pair.t())
     # spconv's forward and input-gradient kernels accumulate in half precision, ours in float32: both against float64
@@ -215,12 +216,9 @@ def check_kernels_match_the_gathers():
         x = torch.randn(len(idx), ci, generator=g).half().requires_grad_()
         w = (torch.randn(co, k, k, k, ci, generator=g) / (k ** 1.5 * ci) ** 0.5).half().requires_grad_()
         dy = torch.randn(len(idx), co, generator=g).half()
-        def run(on):
-            S.set_conv_kernel(on)
-            try:
-                y = subm_conv(x, t, w)
-                return (y, *torch.autograd.grad(y, (x, w), dy))
-            finally: S.set_conv_kernel(False)
+        def run(kernel):
+            y = subm_conv(x, t, w, kernel=kernel)
+            return (y, *torch.autograd.grad(y, (x, w), dy))
         ours, gathered = run(True), run(False)
         assert ours[0].dtype == torch.float16 and ours[2].dtype == torch.float16
         x64, w64, dy64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_(), dy.double()
@@ -234,21 +232,22 @@ def check_kernels_match_the_gathers():
 
 
 def check_module_takes_the_kernels():
-    "SubMConv3d on float16 features takes the kernels when switched on (its weight cast to float16 as the gathers')"
+    "SubMConv3d on float16 features takes the kernels with the \"triton\" backend, the gathers with \"gather\": the same outputs"
     from sonata_nb import model as M, sparse_conv as S
-    M._gather_on_cpu = True; M.set_gather_conv(True)
+    M._gather_on_cpu = True
     torch.manual_seed(0)
     conv = SubMConv3d(16, 16, 3, bias=True, indice_key="s").half()
     idx = random_cells(800, 10, 1)
     sp = spconv.SparseConvTensor(torch.randn(len(idx), 16).half(), idx, [10, 10, 10], 1)
-    calls = []
-    real = S._triton_conv
+    calls, real = [], S._triton_conv
     S._triton_conv = lambda *a, **k: calls.append(1) or real(*a, **k)
-    S.set_conv_kernel(True)
-    try: on = conv(sp).features
-    finally: S.set_conv_kernel(False); S._triton_conv = real
-    off = conv(sp).features
-    assert calls and torch.allclose(on.float(), off.float(), atol=2e-2, rtol=1e-2)
+    try:
+        M.set_conv_backend("triton"); on = conv(sp).features
+        assert calls
+        M.set_conv_backend("gather"); off = conv(sp).features
+        assert len(calls) == 1
+    finally: S._triton_conv = real; M.set_conv_backend("spconv")
+    assert torch.allclose(on.float(), off.float(), atol=2e-2, rtol=1e-2)
 
 
 def check_compile():
@@ -282,12 +281,9 @@ def test_conv_kernels_on_cuda_match_the_gathers(dtype):
         x = torch.randn(len(idx), ci, generator=g).to("cuda", dtype).requires_grad_()
         w = (torch.randn(co, 3, 3, 3, ci, generator=g) / (27 * ci) ** 0.5).to("cuda", dtype).requires_grad_()
         dy = torch.randn(len(idx), co, generator=g).to("cuda", dtype)
-        def run(on):
-            S.set_conv_kernel(on)
-            try:
-                y = subm_conv(x, t, w)
-                return (y, *torch.autograd.grad(y, (x, w), dy))
-            finally: S.set_conv_kernel(False)
+        def run(kernel):
+            y = subm_conv(x, t, w, kernel=kernel)
+            return (y, *torch.autograd.grad(y, (x, w), dy))
         ours, gathered = run(True), run(False)
         x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
         y64 = subm_conv(x64, t, w64)

@@ -8,7 +8,7 @@ from steps import build
 import sonata_nb.model as M
 from sonata_nb.model import upcast
 from sonata_nb.sparse_conv import neighbour_table, subm_conv
-M.set_gather_conv(False)  # the model's convolutions through spconv (its maps); ours below
+M.set_conv_backend("spconv")  # the model's convolutions through spconv (its maps); ours below
 
 def gather_conv(x, pair, w): # x (N, Cin) fp16, pair (K, N) int32, w (Cout, K, Cin) fp16
     idx = pair.t().contiguous().long(); idx = torch.where(idx < 0, x.shape[0], idx)

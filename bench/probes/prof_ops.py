@@ -1,4 +1,4 @@
-"""A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [torch_residual|spconv_conv|gather_conv|conv_kernel]"""
+"""A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [torch_residual|spconv_conv|gather_conv|triton_conv]"""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
@@ -8,9 +8,8 @@ from steps import build, step_fn
 model, head, data, labels = build("cuda", scan=sys.argv[1])
 if len(sys.argv) > 3 and sys.argv[3] == "torch_residual":
     import sonata_nb.model as M; M.set_fused_residual(False)
-if len(sys.argv) > 3 and sys.argv[3] in ("spconv_conv", "gather_conv", "conv_kernel"):
-    import sonata_nb.model as M, sonata_nb.sparse_conv as SC
-    M.set_gather_conv(sys.argv[3] != "spconv_conv"); SC.set_conv_kernel(sys.argv[3] == "conv_kernel")
+if len(sys.argv) > 3 and sys.argv[3] in ("spconv_conv", "gather_conv", "triton_conv"):
+    import sonata_nb.model as M; M.set_conv_backend(sys.argv[3].split("_")[0])
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
 fn = step_fn(task, model, head, data, labels)
 for _ in range(3): fn()

@@ -1,6 +1,6 @@
 """A/B of a module-wide speed switch on the issue's batch with a HostPlan: interleaved pairs (order alternating),
 per task a synchronized step (latency, host) and 4 steps queued back to back (chained, per step).
-Usage: python bench/probes/switch_ab.py SCAN_DIR SWITCH [PAIRS] [TASKS]   SWITCH: gather | residual | conv_kernel"""
+Usage: python bench/probes/switch_ab.py SCAN_DIR SWITCH [PAIRS] [TASKS]   SWITCH: gather | triton_conv (conv backend against spconv) | residual"""
 import sys, json, os, statistics, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
@@ -9,14 +9,13 @@ import sonata_nb.model as M
 from sonata_nb.model import HostPlan, pooling_strides
 from sonata_nb.runtime import to_device
 from scan import issue_batch
-import sonata_nb.sparse_conv as SC
-SWITCHES = dict(gather=M.set_gather_conv, residual=M.set_fused_residual, conv_kernel=SC.set_conv_kernel)
+def conv_backend(name): return lambda on: M.set_conv_backend(name if on else "spconv")
+SWITCHES = dict(gather=conv_backend("gather"), triton_conv=conv_backend("triton"), residual=M.set_fused_residual)
 scan, name = sys.argv[1], sys.argv[2]
 pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
 switch = SWITCHES[name]
-default = dict(gather=M._gather_conv, residual=M._fused_residual, conv_kernel=SC._conv_kernel)[name]
-if name == "conv_kernel": M.set_gather_conv(True)  # the kernels run inside the gather path's subm_conv
+default = dict(residual=M._fused_residual).get(name, M._conv_backend)
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
@@ -44,5 +43,5 @@ for task in tasks:
         switch(on); sync("cuda"); torch.cuda.reset_peak_memory_stats(); fn(); sync("cuda")
         out[task]["on" if on else "off"]["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     print(task, json.dumps(out[task]), flush=True)
-switch(default)  # back to the library's default
+(M.set_conv_backend if isinstance(default, str) else switch)(default)  # back to the library's default
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), f"switch_ab_{name}.json"), "w"), indent=1)
