@@ -6,7 +6,9 @@ One ft-mode forward of the Sonata encoder (random weights) gives each stage's sp
 table); then, per configuration, the forward + input-gradient kernel (`_sc_conv`, both directions) and the
 weight-gradient kernel (`_sc_wgrad`) run on every stage's real table, float16, and are timed with CUDA events (median
 of `--repeats` after warm-up), each stage's time weighted by its number of blocks (3, 3, 3, 12, 3): the total per
-`ft` step. spconv's kernels on the same tensors are timed alongside (forward + backward of the module). Prints the
+`ft` step. spconv's kernels on the same tensors are timed alongside as its module's forward + backward (which also
+casts the weight and adds the bias: ~1 small launch more each way than the bare kernels timed for Triton; the
+neighbour table, built once per stage, is not timed either). Prints the
 best configuration of each kernel and the table; `--json` writes every measurement.
 """
 import argparse, itertools, json, statistics, sys, time

@@ -142,16 +142,17 @@ class SubMConv3d(spconv.SubMConv3d):
     def table(self, input:spconv.SparseConvTensor) -> torch.Tensor: # the sparse tensor about to be convolved
         "The neighbour table of `input` for this kernel size, from `input.indice_dict` (shared within a stage) or built and kept there"
         key = None if self.indice_key is None else f"{self.indice_key}/table{self.kernel_size[0]}"
-        table = input.indice_dict.get(key) if key else None
-        if table is None:
-            table = neighbour_table(input.indices, input.spatial_shape, input.batch_size, self.kernel_size[0])
-            if key: input.indice_dict[key] = table
+        kept = input.indice_dict.get(key) if key else None
+        if kept is not None and kept[0] is input.indices: return kept[1]  # made for these very indices
+        table = neighbour_table(input.indices, input.spatial_shape, input.batch_size, self.kernel_size[0])
+        if key: input.indice_dict[key] = (input.indices, table)
         return table
 
     def map_ready(self, input:spconv.SparseConvTensor) -> bool: # CUDA sparse tensor, after `prepare_map`
         "Whether `input` holds this convolution's neighbour map (or table), so that a captured graph need not build one"
         if self.gathers(input):
-            return self.indice_key is not None and f"{self.indice_key}/table{self.kernel_size[0]}" in input.indice_dict
+            kept = input.indice_dict.get(f"{self.indice_key}/table{self.kernel_size[0]}") if self.indice_key is not None else None
+            return kept is not None and kept[0] is input.indices
         return input.find_indice_pair(self.indice_key) is not None
 
     def _cuda_algo(self) -> ConvAlgo: return SPCONV_ALGOS[_spconv_algo] if _spconv_algo else self.algo

@@ -209,6 +209,8 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
                          f"(the table's columns) and C_in = {x.shape[1]} (the features' channels)")
     if weight.dtype != x.dtype:
         raise ValueError(f"subm_conv: weight {weight.dtype} and features {x.dtype} must share a dtype (cast first, as autocast would)")
+    if torch.is_autocast_enabled(x.device.type):  # its products follow the inputs' dtype, not autocast's (backward too)
+        with torch.autocast(x.device.type, enabled=False): return subm_conv(x, table, weight, kernel)
     usable = kernel_usable(x)
     if kernel and not usable:
         raise ValueError(f"subm_conv: the Triton kernels need Triton and float16/bfloat16 features on an Ampere or newer GPU "

@@ -33,7 +33,7 @@ from .segmentor import backbone_of, build_model
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler', 'SeededBatch',
            'SampleSeeded', 'HostPlanned', 'BatchSeeded', 'EpochBatches', 'param_groups', 'build_optimizer',
-           'OneCycleLR', 'build_scheduler', 'amp_setup', 'Trainer']
+           'OneCycleLR', 'build_scheduler', 'amp_setup', 'Trainer', 'DeviceValues']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -246,6 +246,8 @@ class Trainer:
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
         self.amp, self.amp_dtype, self.scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"),
                                                           self.device, self.logger)
+        # a fused optimizer skips a step by a flag on the device: the step need not wait for the GPU (`optimizer_step_on_device`)
+        self.on_device_steps, self.unsettled = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False)), None
         self.start_epoch, self.best_metric, self.step, self.epoch = 0, -math.inf, 0, 0
         self.max_nonfinite = int(cfg.get("max_nonfinite_steps", 10) or 0)  # skipped steps in a row that stop the run
         self.skipped_steps, self.skipped_in_a_row = 0, 0
@@ -363,7 +365,7 @@ def run_step(self:Trainer, batch:dict, # a collated batch (moved to `device` her
         scaled = loss / self.accum
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
     self.nonfinite_loss += ~torch.isfinite(loss.detach())
-    if last: self.optimizer_step()
+    if last: (self.optimizer_step_on_device if self.on_device_steps else self.optimizer_step)()
     return loss.detach()
 
 @patch
@@ -392,8 +394,14 @@ def skip_step(self:Trainer, reason:str, # why, for the log
     with torch.no_grad():
         for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
     self.optimizer.zero_grad(set_to_none=True)
+    self.count_skip(reason, self.step, self.epoch)
+
+@patch
+def count_skip(self:Trainer, reason:str, # why, for the log
+               step:int, epoch:int): # the skipped optimizer step and its cycle, from 0
+    "Log and count a skipped step; after `max_nonfinite_steps` in a row raise `NonFiniteError`"
     self.skipped_steps += 1; self.skipped_in_a_row += 1
-    self.logger.warning(f"Step {self.step + 1} (cycle {self.epoch + 1}) skipped: {reason}; the weights, optimizer "
+    self.logger.warning(f"Step {step + 1} (cycle {epoch + 1}) skipped: {reason}; the weights, optimizer "
                         f"and schedule did not move ({self.skipped_in_a_row} in a row, {self.skipped_steps} in this run)")
     if self.max_nonfinite and self.skipped_in_a_row >= self.max_nonfinite:
         last = (f"the last good checkpoint is {self.last_checkpoint} (nothing was saved after it)"
@@ -403,6 +411,60 @@ def skip_step(self:Trainer, reason:str, # why, for the log
                f"the learning rate; {last}.")
         self.logger.error(msg)
         raise NonFiniteError(msg)
+
+# %% ../nbs/24_trainer.ipynb #s010b
+class DeviceValues:
+    "Values computed on the device, on their way to the host without waiting (pinned memory, asynchronous copy); `read` them later"
+    def __init__(self, *values:torch.Tensor): # 0-d tensors of one device
+        v = torch.stack([t.detach().float() for t in values])
+        self.event = None
+        if v.is_cuda:
+            self.host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            self.host.copy_(v, non_blocking=True)
+            self.event = torch.cuda.Event(); self.event.record()
+        else: self.host = v
+
+    def read(self) -> list: # the values as floats, once their copy is done (on CUDA: waits for it only)
+        if self.event is not None: self.event.synchronize()
+        return self.host.tolist()
+
+@patch
+def optimizer_step_on_device(self:Trainer):
+    "`optimizer_step` without a device read: the fused optimizer skips by a flag on the device, whose value `settle_step` reads a step later"
+    try: self.settle_step()  # the previous step's schedule first: this step's learning rate follows from it
+    except NonFiniteError:  # the run stops at the previous step, as the synchronous path does: this one never happened
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
+        raise
+    bad = all_reduce_sum(self.nonfinite_loss.clone()) > 0  # every process skips together
+    if self.scaler:
+        self.scaler.unscale_(self.optimizer)
+        kept = (self.scaler._scale.clone(), self.scaler._growth_tracker.clone())  # after a non-finite loss: left alone
+    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.get("clip_grad") or math.inf)
+    skip = bad | ~torch.isfinite(norm)
+    self.optimizer.grad_scale, self.optimizer.found_inf = None, skip.float()
+    try: self.optimizer.step()
+    finally: self.optimizer.grad_scale = self.optimizer.found_inf = None
+    with torch.no_grad():
+        if self.scaler:
+            self.scaler.update()  # lowers the scale after an overflow
+            self.scaler._scale.copy_(torch.where(bad, kept[0], self.scaler._scale))
+            self.scaler._growth_tracker.copy_(torch.where(bad, kept[1], self.scaler._growth_tracker))
+        for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(torch.where(skip, saved, b))
+    self.unsettled = (DeviceValues(skip, bad, norm), self.step, self.epoch, self.comm_info.get("iter", -1))
+    self.step += 1
+    if self.cfg.get("empty_cache") and self.device.type == "cuda": torch.cuda.empty_cache()
+
+@patch
+def settle_step(self:Trainer, upto:int|None=None, # settle only a step taken at this iteration of the cycle or before
+               ):
+    "The outcome of the last step decided on the device, read now: the scheduler's step, or the skip's log and count"
+    if self.unsettled is None or upto is not None and self.unsettled[3] > upto: return  # a later step: not yet
+    (skip, bad, norm), step, epoch = self.unsettled[0].read(), *self.unsettled[1:3]
+    self.unsettled = None
+    if not skip: self.scheduler.step(); self.skipped_in_a_row = 0; return
+    self.count_skip("a non-finite loss" if bad else f"a non-finite gradient norm ({norm})" + (
+        ", gradients overflowing float16: the GradScaler lowers its scale" if self.scaler else ""), step, epoch)
 
 # %% ../nbs/24_trainer.ipynb #s012b
 @patch
@@ -443,17 +505,27 @@ def run_cycles(self:Trainer, stop_epoch:int|None=None, # as in `train`
 @patch
 def train_epoch(self:Trainer, epoch:int, # the cycle, from 0
                ):
-    "One train cycle (`loop` passes over the train set): `before_epoch`, then each step between its hooks"
+    "One train cycle (`loop` passes over the train set): `before_epoch`, then each step between its hooks (on-device steps: a step's `after_step` once the next is queued)"
     self.ddp.train()
     self.epoch, self.comm_info = epoch, dict(current_metric_value=None)
     self.call_hooks("before_epoch")
+    waiting = None  # on-device steps: (iter, its loss on its way to the host) of the step whose hooks follow the next one
     for it, batch in enumerate(self.epoch_batches(epoch)):
         self.comm_info.update(iter=it, batch=batch)
         self.call_hooks("before_step")
-        loss = self.run_step(batch, first=it % self.accum == 0, last=(it + 1) % self.accum == 0).item()
-        self.comm_info.update(loss=loss, lr=self.optimizer.param_groups[0]["lr"])
-        self.call_hooks("after_step")
+        loss = self.run_step(batch, first=it % self.accum == 0, last=(it + 1) % self.accum == 0)
+        if not self.on_device_steps: self.finish_step(it, loss.item()); continue
+        if waiting is not None: self.finish_step(waiting[0], waiting[1].read()[0])  # queued long ago: no wait
+        waiting = (it, DeviceValues(loss))
+    if waiting is not None: self.finish_step(waiting[0], waiting[1].read()[0])
     self.comm_info.pop("batch", None)
+
+@patch
+def finish_step(self:Trainer, it:int, loss:float): # the step (iteration of the cycle) and its loss
+    "A train step's `after_step` hooks, with its loss and the learning rate it leaves (its schedule settled first)"
+    self.settle_step(upto=it)  # not a later step's: reading that one would wait for the GPU
+    self.comm_info.update(iter=it, loss=loss, lr=self.optimizer.param_groups[0]["lr"])
+    self.call_hooks("after_step")
 
 @patch
 def epoch_batches(self:Trainer, epoch:int, # the cycle, from 0

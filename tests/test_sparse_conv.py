@@ -35,17 +35,18 @@ def gather_on_cpu():
     finally: M._gather_on_cpu = False; M.set_conv_backend(before)
 
 
-@pytest.mark.parametrize("k,batch", [(3, 1), (3, 2), (5, 2)])
-def test_gather_conv_is_spconvs_function_in_float64(k, batch):
-    "Output, input and weight gradients equal spconv's CPU kernels' (Native) in float64, scenes kept apart"
+@pytest.mark.parametrize("k,batch,shape", [(3, 1, (14, 14, 14)), (3, 2, (14, 14, 14)), (5, 2, (14, 14, 14)), (3, 2, (14, 9, 6))])
+def test_gather_conv_is_spconvs_function_in_float64(k, batch, shape):
+    "Output, input and weight gradients equal spconv's CPU kernels' (Native) in float64, scenes kept apart, any extents"
     idx = random_cells(1500, 14, batch)
+    idx = torch.unique(torch.minimum(idx, torch.tensor([batch, *shape]) - 1), dim=0).int()  # within the extents
     x = torch.randn(len(idx), 7, dtype=torch.float64, requires_grad=True)
     conv = spconv.SubMConv3d(7, 5, k, bias=False, indice_key="a", algo=spconv.ConvAlgo.Native).double()
-    y = conv(spconv.SparseConvTensor(x, idx, [14, 14, 14], batch)).features
+    y = conv(spconv.SparseConvTensor(x, idx, list(shape), batch)).features
     dy = torch.randn_like(y)
     dx, dw = torch.autograd.grad(y, (x, conv.weight), dy)
     w = conv.weight.detach().clone().requires_grad_()
-    ours = subm_conv(x, neighbour_table(idx, [14, 14, 14], batch, k), w)
+    ours = subm_conv(x, neighbour_table(idx, list(shape), batch, k), w)
     ours_dx, ours_dw = torch.autograd.grad(ours, (x, w), dy)
     torch.testing.assert_close(ours, y, rtol=0, atol=1e-12)
     torch.testing.assert_close(ours_dx, dx, rtol=0, atol=1e-12)
@@ -90,10 +91,24 @@ def test_submconv3d_gather_path_matches_spconv_and_shares_the_stage_table(gather
         return res, y
     ours, y = run()
     assert [k for k in y.indice_dict] == ["s/table3"] and a.gathers(y) and a.map_ready(y)
+    assert y.indice_dict["s/table3"][0] is idx  # one table for both convolutions, made for these indices
     M._gather_on_cpu = False
     theirs, y2 = run()
     assert "s/table3" not in y2.indice_dict and not a.gathers(y2)
     for u, v in zip(ours, theirs): torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+def test_a_kept_table_serves_only_its_own_indices(gather_on_cpu):
+    "A sparse tensor that inherits `indice_dict` but holds other points of the same count gets a table of its own"
+    conv = SubMConv3d(4, 4, 3, indice_key="s")
+    a, b = random_cells(300, 8, 1, seed=1), random_cells(300, 8, 1, seed=2)
+    n = min(len(a), len(b)); a, b = a[:n], b[:n]
+    sa = spconv.SparseConvTensor(torch.randn(n, 4), a, [8, 8, 8], 1)
+    conv(sa)
+    sb = spconv.SparseConvTensor(torch.randn(n, 4), b, [8, 8, 8], 1)
+    sb.indice_dict = sa.indice_dict  # as spconv's strided convolutions pass it on
+    assert not conv.map_ready(sb)
+    assert torch.equal(conv.table(sb), neighbour_table(b, [8, 8, 8], 1)) and conv.map_ready(sb)
 
 
 def test_submconv3d_falls_back_to_spconv_where_the_gather_path_does_not_apply(gather_on_cpu):
@@ -163,7 +178,7 @@ def test_gather_conv_on_cuda_matches_spconv(amp):
     before = M._conv_backend
     ours, y = run("gather")
     theirs, y2 = run("spconv")
-    table, pair = y.indice_dict["k/table3"], y2.indice_dict["k"].pair_fwd
+    table, pair = y.indice_dict["k/table3"][1], y2.indice_dict["k"].pair_fwd
     assert torch.equal(torch.where(table == len(idx), -1, table), pair.t())
     # spconv's forward and input-gradient kernels accumulate in half precision, ours in float32: both against float64
     x64 = feat.double().requires_grad_()
@@ -209,6 +224,14 @@ def check_kernels_match_the_gathers():
     "Forward, input and weight gradients of the kernels = the gathers' (float16, to rounding) and float64's, odd widths, many bands"
     from sonata_nb import sparse_conv as S
     assert S.kernel_usable(torch.zeros(1, dtype=torch.float16))
+    S._programs = lambda device: 400  # a GPU's many programs: the weight gradient in several bands of rows
+    bands, real = [], S.launcher
+    class Spy:  # records the weight-gradient kernel's grids (cell, tile, band)
+        def __init__(self, fn): self.fn, self.launch = fn, real(fn)
+        def __getitem__(self, grid):
+            if self.fn is S._sc_wgrad: bands.append(grid[2])
+            return self.launch[grid]
+    S.launcher = Spy
     g = torch.Generator().manual_seed(0)
     for k, ci, co, batch in ((3, 24, 40, 2), (3, 70, 20, 1), (5, 6, 16, 2), (3, 16, 130, 1)):
         idx = random_cells(900, 10, batch, seed=k + ci)
@@ -229,6 +252,7 @@ def check_kernels_match_the_gathers():
             scale = e.abs().max().item()
             assert err <= 2 * ref + 1e-3 * scale, (k, ci, co, name, err, ref, scale)  # as close to float64 as the gathers
             print(k, ci, co, name, f"kernel {err / scale:.2e}, gathers {ref / scale:.2e} of the largest value")
+    assert max(bands) > 1, bands
 
 
 def check_module_takes_the_kernels():

@@ -155,12 +155,14 @@ class WithBatchNorm(torch.nn.Module):
     def forward(self, data): return self.segmentor(dict(data, feat=self.norm(data["feat"])))
 
 
-@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
-def test_nan_input_steps_are_skipped_then_the_run_stops(tmp_path, data_root, amp):
-    "NaN normals from the start: every step is skipped (weights and buffers unchanged), the run stops after the limit"
+@pytest.mark.parametrize("amp,fused", [(False, False), (True, False), (True, True)], ids=["fp32", "bf16-autocast", "fused-on-device"])
+def test_nan_input_steps_are_skipped_then_the_run_stops(tmp_path, data_root, amp, fused):
+    "NaN normals from the start: every step is skipped (weights and buffers unchanged), the run stops after the limit (fused: steps decided on the device)"
     bad = poisoned(data_root, tmp_path/"data")
-    cfg = demo_cfg(tmp_path/"exp", bad, enable_amp=amp, amp_dtype="bfloat16", max_nonfinite_steps=3, **CHECK_OFF)
+    cfg = demo_cfg(tmp_path/"exp", bad, enable_amp=amp, amp_dtype="bfloat16", max_nonfinite_steps=3, **CHECK_OFF,
+                   **({"optimizer.fused": True} if fused else {}))
     trainer = Trainer(cfg, model=WithBatchNorm(build_model(cfg.model), 9))  # 9 features: coord, color, normal
+    assert trainer.on_device_steps == fused
     initial = state(trainer.model)
     with pytest.raises(NonFiniteError, match="3 optimizer steps in a row were skipped.*this run has saved no checkpoint"):
         trainer.train()
@@ -172,7 +174,7 @@ def test_nan_input_steps_are_skipped_then_the_run_stops(tmp_path, data_root, amp
     log = (tmp_path/"exp"/"log"/"train.log").read_text()
     assert log.count("skipped: a non-finite loss") == 3 and "3 in a row, 3 in this run" in log
     records = [json.loads(l) for l in (tmp_path/"exp"/"log"/"metrics.jsonl").read_text().splitlines()]
-    assert [r["skipped"] for r in records] == [1, 2]  # the third step stopped the run before its log line
+    assert [r["skipped"] for r in records] == [1, 2], (records, log)  # the third step stopped the run before its log line
 
 
 def test_nan_data_on_resume_stops_naming_the_last_good_checkpoint(tmp_path, data_root):
@@ -217,6 +219,39 @@ def test_validation_with_nan_logits_gives_nan(tmp_path, data_root):
     assert math.isnan(trainer.validate(0))
     assert "NaN/Inf logits" in (tmp_path/"exp"/"log"/"train.log").read_text()
     trainer.lock.release()
+
+
+def test_steps_decided_on_the_device_are_the_synchronous_steps(tmp_path, data_root):
+    "A fused optimizer's on-device steps = its synchronous steps: weights, optimizer state, schedule, scaler, skips and log records"
+    def run(on_device:bool, name:str):
+        cfg = demo_cfg(tmp_path/name, data_root, max_nonfinite_steps=0, **{"optimizer.fused": True, "epoch": 8, "eval_epoch": 1})
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, model=WithBatchNorm(build_model(cfg.model), 9))
+        trainer.scaler = torch.amp.GradScaler(trainer.device.type, init_scale=2.0 ** 4, growth_interval=2)  # grows and falls
+        assert trainer.on_device_steps
+        trainer.on_device_steps = on_device
+        calls = [0]
+        def poison(module, args, out):  # the third forward's loss is NaN; the fifth's gradients overflow float16's scale
+            calls[0] += 1
+            if calls[0] == 3: return dict(out, loss=out["loss"] * math.nan)
+            if calls[0] == 5: return dict(out, loss=out["loss"] * 1e36)
+        trainer.model.register_forward_hook(poison)
+        trainer.train_epoch(0)
+        records = [json.loads(l) for l in (tmp_path/name/"log"/"metrics.jsonl").read_text().splitlines()]
+        log = (tmp_path/name/"log"/"train.log").read_text()
+        trainer.lock.release()
+        return trainer, records, log
+    (a, ra, la), (b, rb, lb) = run(False, "sync"), run(True, "device")
+    assert a.skipped_steps == b.skipped_steps == 2 and a.step == b.step == len(a.train_loader) == 8
+    assert a.scheduler.last_epoch == b.scheduler.last_epoch == 6
+    for k, v in state(a.model).items(): assert torch.equal(v, state(b.model)[k]), k
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    for i, st in sa["state"].items():
+        for k, v in st.items(): assert torch.equal(v, sb["state"][i][k]), (i, k)
+    assert a.scaler.state_dict() == b.scaler.state_dict()
+    assert ra == rb and [r["skipped"] for r in ra] == [0, 0, 1, 1, 2, 2, 2, 2]
+    for text in ("Step 3 (cycle 1) skipped: a non-finite loss", "Step 5 (cycle 1) skipped: a non-finite gradient norm (inf)"):
+        assert text in la and text in lb
 
 
 def test_gradscaler_skips_are_counted(tmp_path, data_root):
