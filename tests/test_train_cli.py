@@ -100,9 +100,11 @@ def test_resume_equals_uninterrupted(tmp_path, data_root):
     assert "Resuming from" in (tmp_path/"demo"/"cut"/"log"/"train.log").read_text()
 
 
-def test_two_processes_match_one(tmp_path, data_root):
-    "torchrun -g 2 (gloo, 1 scene per process) = 1 process with gradient accumulation over the same 2 scenes"
-    common = {"model.backbone.shuffle_orders": False, "model.backbone.drop_path": 0.0, "mix_prob": 0}
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused-on-device"])
+def test_two_processes_match_one(tmp_path, data_root, fused):
+    "torchrun -g 2 (gloo, 1 scene per process) = 1 process with gradient accumulation over the same 2 scenes (fused: steps decided on the device)"
+    common = {"model.backbone.shuffle_orders": False, "model.backbone.drop_path": 0.0, "mix_prob": 0,
+              **({"optimizer.fused": True} if fused else {})}
     train_sh(tmp_path, "g2", demo_options(data_root, batch_size=2, **common), "-g", "2")
     accum = tmp_path/"accum.py"  # gradient_accumulation_steps is not in every _base_: set it in a child config
     accum.write_text(f"_base_ = {str(ROOT/'configs'/'demo'/(CONFIG + '.py'))!r}\ngradient_accumulation_steps = 2\n")
