@@ -246,8 +246,10 @@ class Trainer:
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
         self.amp, self.amp_dtype, self.scaler = amp_setup(cfg.get("enable_amp", False), cfg.get("amp_dtype", "float16"),
                                                           self.device, self.logger)
-        # a fused optimizer skips a step by a flag on the device: the step need not wait for the GPU (`optimizer_step_on_device`)
-        self.on_device_steps, self.unsettled = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False)), None
+        # fused Adam/AdamW skip a step by a flag on the device: the step need not wait for the GPU (`optimizer_step_on_device`);
+        # not fused SGD, whose skipped first step would leave its momentum buffers uninitialised
+        self.on_device_steps = isinstance(self.optimizer, torch.optim.Adam) and bool(self.optimizer.defaults.get("fused"))
+        self.unsettled = None
         self.start_epoch, self.best_metric, self.step, self.epoch = 0, -math.inf, 0, 0
         self.max_nonfinite = int(cfg.get("max_nonfinite_steps", 10) or 0)  # skipped steps in a row that stop the run
         self.skipped_steps, self.skipped_in_a_row = 0, 0
@@ -421,7 +423,7 @@ class DeviceValues:
         if v.is_cuda:
             self.host = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
             self.host.copy_(v, non_blocking=True)
-            self.event = torch.cuda.Event(); self.event.record()
+            self.event = torch.cuda.Event(); self.event.record(torch.cuda.current_stream(v.device))
         else: self.host = v
 
     def read(self) -> list: # the values as floats, once their copy is done (on CUDA: waits for it only)
@@ -431,11 +433,7 @@ class DeviceValues:
 @patch
 def optimizer_step_on_device(self:Trainer):
     "`optimizer_step` without a device read: the fused optimizer skips by a flag on the device, whose value `settle_step` reads a step later"
-    try: self.settle_step()  # the previous step's schedule first: this step's learning rate follows from it
-    except NonFiniteError:  # the run stops at the previous step, as the synchronous path does: this one never happened
-        with torch.no_grad():
-            for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
-        raise
+    self.settle_step()  # the previous step's schedule first: this step's learning rate follows from it
     bad = all_reduce_sum(self.nonfinite_loss.clone()) > 0  # every process skips together
     if self.scaler:
         self.scaler.unscale_(self.optimizer)
@@ -444,7 +442,7 @@ def optimizer_step_on_device(self:Trainer):
     skip = bad | ~torch.isfinite(norm)
     self.optimizer.grad_scale, self.optimizer.found_inf = None, skip.float()
     try: self.optimizer.step()
-    finally: self.optimizer.grad_scale = self.optimizer.found_inf = None
+    finally: del self.optimizer.grad_scale, self.optimizer.found_inf
     with torch.no_grad():
         if self.scaler:
             self.scaler.update()  # lowers the scale after an overflow
@@ -463,8 +461,13 @@ def settle_step(self:Trainer, upto:int|None=None, # settle only a step taken at 
     (skip, bad, norm), step, epoch = self.unsettled[0].read(), *self.unsettled[1:3]
     self.unsettled = None
     if not skip: self.scheduler.step(); self.skipped_in_a_row = 0; return
-    self.count_skip("a non-finite loss" if bad else f"a non-finite gradient norm ({norm})" + (
+    try: self.count_skip("a non-finite loss" if bad else f"a non-finite gradient norm ({norm})" + (
         ", gradients overflowing float16: the GradScaler lowers its scale" if self.scaler else ""), step, epoch)
+    except NonFiniteError:  # the run stops at that step, as the synchronous path does: what followed never happened
+        with torch.no_grad():  # a later micro-batch's forward may have moved the buffers since (taken before it)
+            for b, saved in zip(self.model.buffers(), self.saved_buffers): b.copy_(saved)
+        self.step = step
+        raise
 
 # %% ../nbs/24_trainer.ipynb #s012b
 @patch
@@ -514,18 +517,21 @@ def train_epoch(self:Trainer, epoch:int, # the cycle, from 0
         self.comm_info.update(iter=it, batch=batch)
         self.call_hooks("before_step")
         loss = self.run_step(batch, first=it % self.accum == 0, last=(it + 1) % self.accum == 0)
-        if not self.on_device_steps: self.finish_step(it, loss.item()); continue
-        if waiting is not None: self.finish_step(waiting[0], waiting[1].read()[0])  # queued long ago: no wait
-        waiting = (it, DeviceValues(loss))
-    if waiting is not None: self.finish_step(waiting[0], waiting[1].read()[0])
+        if not self.on_device_steps: self.finish_step(it, loss.item(), self.step); continue
+        if waiting is not None: self.finish_step(waiting[0], waiting[1].read()[0], waiting[2])  # queued long ago: no wait
+        waiting = (it, DeviceValues(loss), self.step)
+    if waiting is not None: self.finish_step(waiting[0], waiting[1].read()[0], waiting[2])
     self.comm_info.pop("batch", None)
 
 @patch
-def finish_step(self:Trainer, it:int, loss:float): # the step (iteration of the cycle) and its loss
+def finish_step(self:Trainer, it:int, loss:float, # the step (iteration of the cycle) and its loss
+                step:int): # optimizer steps taken once it was queued: what the hooks see as `trainer.step`
     "A train step's `after_step` hooks, with its loss and the learning rate it leaves (its schedule settled first)"
     self.settle_step(upto=it)  # not a later step's: reading that one would wait for the GPU
     self.comm_info.update(iter=it, loss=loss, lr=self.optimizer.param_groups[0]["lr"])
-    self.call_hooks("after_step")
+    now, self.step = self.step, step  # on-device steps: the next step is queued already
+    try: self.call_hooks("after_step")
+    finally: self.step = now
 
 @patch
 def epoch_batches(self:Trainer, epoch:int, # the cycle, from 0

@@ -221,12 +221,14 @@ def test_validation_with_nan_logits_gives_nan(tmp_path, data_root):
     trainer.lock.release()
 
 
-def test_steps_decided_on_the_device_are_the_synchronous_steps(tmp_path, data_root):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_steps_decided_on_the_device_are_the_synchronous_steps(tmp_path, data_root, accum):
     "A fused optimizer's on-device steps = its synchronous steps: weights, optimizer state, schedule, scaler, skips and log records"
     def run(on_device:bool, name:str):
         cfg = demo_cfg(tmp_path/name, data_root, max_nonfinite_steps=0, **{"optimizer.fused": True, "epoch": 8, "eval_epoch": 1})
         torch.manual_seed(0)
         trainer = Trainer(cfg, model=WithBatchNorm(build_model(cfg.model), 9))
+        trainer.accum = accum  # micro-batches per optimizer step (the schedule's length stays 8: the same for both)
         trainer.scaler = torch.amp.GradScaler(trainer.device.type, init_scale=2.0 ** 4, growth_interval=2)  # grows and falls
         assert trainer.on_device_steps
         trainer.on_device_steps = on_device
@@ -242,16 +244,34 @@ def test_steps_decided_on_the_device_are_the_synchronous_steps(tmp_path, data_ro
         trainer.lock.release()
         return trainer, records, log
     (a, ra, la), (b, rb, lb) = run(False, "sync"), run(True, "device")
-    assert a.skipped_steps == b.skipped_steps == 2 and a.step == b.step == len(a.train_loader) == 8
-    assert a.scheduler.last_epoch == b.scheduler.last_epoch == 6
+    assert a.skipped_steps == b.skipped_steps == 2 and a.step == b.step == len(a.train_loader) // accum == 8 // accum
+    assert a.scheduler.last_epoch == b.scheduler.last_epoch == 8 // accum - 2
     for k, v in state(a.model).items(): assert torch.equal(v, state(b.model)[k]), k
     sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
     for i, st in sa["state"].items():
         for k, v in st.items(): assert torch.equal(v, sb["state"][i][k]), (i, k)
     assert a.scaler.state_dict() == b.scaler.state_dict()
-    assert ra == rb and [r["skipped"] for r in ra] == [0, 0, 1, 1, 2, 2, 2, 2]
-    for text in ("Step 3 (cycle 1) skipped: a non-finite loss", "Step 5 (cycle 1) skipped: a non-finite gradient norm (inf)"):
+    assert ra == rb and [r["skipped"] for r in ra] == ([0, 0, 1, 1, 2, 2, 2, 2] if accum == 1 else [0, 0, 0, 1, 1, 2, 2, 2])
+    assert [r["step"] for r in ra] == list(range(1, 9))
+    for text in ((f"Step {3 // accum + accum - 1} (cycle 1) skipped: a non-finite loss",
+                  f"Step {5 // accum + accum - 1} (cycle 1) skipped: a non-finite gradient norm (inf)")):
         assert text in la and text in lb
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_a_stop_decided_on_the_device_is_the_synchronous_stop(tmp_path, data_root, accum):
+    "NaN losses until the run stops: the same step count, skips, buffers (BatchNorm untouched) and records on both paths"
+    bad = poisoned(data_root, tmp_path/"data")
+    def run(on_device:bool, name:str):
+        cfg = demo_cfg(tmp_path/name, bad, max_nonfinite_steps=2, **CHECK_OFF, **{"optimizer.fused": True})
+        trainer = Trainer(cfg, model=WithBatchNorm(build_model(cfg.model), 9))
+        trainer.accum, trainer.on_device_steps = accum, on_device
+        initial = state(trainer.model)
+        with pytest.raises(NonFiniteError, match="2 optimizer steps in a row were skipped"): trainer.train()
+        assert all(torch.equal(initial[k], v) for k, v in state(trainer.model).items())
+        records = [json.loads(l) for l in (tmp_path/name/"log"/"metrics.jsonl").read_text().splitlines()]
+        return trainer.step, trainer.skipped_steps, trainer.scheduler.last_epoch, records
+    assert run(False, "sync") == run(True, "device")
 
 
 def test_gradscaler_skips_are_counted(tmp_path, data_root):
