@@ -102,4 +102,6 @@ for mod, sp in caps:
         out.backward(g)
     row["own_ms"] = timeit(own_step, n)
     rows.append(row); print(json.dumps(row), flush=True)
-json.dump(rows, open(os.path.join(os.environ.get("OUT", "/tmp"), "conv_probe.json"), "w"), indent=1)
+json.dump(dict(card=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+               command="python3 bench/probes/conv_probe.py " + " ".join(sys.argv[1:]), rows=rows),
+          open(os.path.join(os.environ.get("OUT", "/tmp"), "conv_probe.json"), "w"), indent=1)

@@ -19,7 +19,7 @@ default = dict(residual=M._fused_residual).get(name, M._conv_backend)
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
-out = dict(switch=name, card=torch.cuda.get_device_name(), pairs=pairs)
+out = dict(switch=name, card=torch.cuda.get_device_name(), pairs=pairs, command="python3 bench/probes/switch_ab.py " + " ".join(sys.argv[1:]))
 for task in tasks:
     fn = step_fn(task, model, head, data, labels)
     for on in (True, False, True, False): switch(on); fn()
