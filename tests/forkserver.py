@@ -102,6 +102,18 @@ class ForkServer:
         if timeout and rc == -signal.SIGKILL: raise subprocess.TimeoutExpired(r.args, timeout, r.stdout, r.stderr)
         return r
 
+    def check(self, script, # a test file run as `python SCRIPT CHECK` (its `check_<CHECK>` function)
+              check:str, interpret:bool=True, # Triton's CPU interpreter on (chosen before any kernel is defined)
+              unset=(), # variables of this environment left out (switches the check must see at their defaults)
+              **env) -> str: # more variables for the check
+        "Run `check` of a test file in a fresh Python with the repository on PYTHONPATH; its stdout (an assertion names the failure)"
+        root = Path(script).resolve().parents[1]
+        env = {**{k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", *unset)}, "PYTHONPATH": str(root), **env}
+        if interpret: env["TRITON_INTERPRET"] = "1"
+        r = self.run([script, check], cwd=root, env=env, timeout=900)
+        assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+        return r.stdout
+
     def _line(self, tag):
         line = self.proc.stdout.readline()
         if not line.startswith(tag + " "):

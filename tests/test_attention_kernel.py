@@ -14,11 +14,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 def run_check(forkserver, check:str, interpret:bool=True) -> str:
     "Run `check` of this file in a fresh Python; its stdout"
-    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "PYTHONPATH": str(ROOT)}
-    if interpret: env["TRITON_INTERPRET"] = "1"
-    r = forkserver.run([__file__, check], cwd=ROOT, env=env, timeout=900)
-    assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r.stdout
+    return forkserver.check(__file__, check, interpret)
 
 
 @needs_triton

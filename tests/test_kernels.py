@@ -12,13 +12,8 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 
 def run_check(forkserver, check:str, interpret:bool=True, **env) -> str:
-    "Run `check` of this file in a fresh Python; its stdout"
-    env = {**{k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SONATA_FUSED_LAYERNORM")},
-           "PYTHONPATH": str(ROOT), **env}
-    if interpret: env["TRITON_INTERPRET"] = "1"
-    r = forkserver.run([__file__, check], cwd=ROOT, env=env, timeout=900)
-    assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r.stdout
+    "Run `check` of this file in a fresh Python (the fused-LayerNorm switch at its default); its stdout"
+    return forkserver.check(__file__, check, interpret, unset=("SONATA_FUSED_LAYERNORM",), **env)
 
 
 @needs_triton

@@ -210,17 +210,20 @@ def test_subm_conv_on_cuda_matches_spconv_bitwise(amp, spconv_kernels):
 
 
 
-def test_stage_template_path_equals_the_blocks_one_by_one_on_cpu():
-    "The path CUDA inference captures (weights and maps copied into a template block), run eagerly: same features"
+@pytest.mark.parametrize("backend", ["spconv", "gather"])
+def test_stage_template_path_equals_the_blocks_one_by_one_on_cpu(backend):
+    "The path CUDA inference captures (weights and maps, or neighbour tables, copied into a template block), run eagerly: same features"
     from sonata_nb import model as M
     torch.manual_seed(0)
     m = PointTransformerV3(**{**TINY, "enc_depths": (1, 3, 1, 4), "dec_depths": (3, 1, 1), "enc_mode": False}).eval()
     data = cloud()
-    with torch.no_grad(): eager = m(data).feat
-    M._replay_on_cpu = True
+    before = M._conv_backend
+    M._gather_on_cpu = backend == "gather"; M.set_conv_backend(backend)  # the convolutions through sparse_conv on the CPU too
     try:
+        with torch.no_grad(): eager = m(data).feat
+        M._replay_on_cpu = True
         with torch.no_grad(): replayed = [m(data).feat for _ in range(2)]  # the second run includes the first blocks
-    finally: M._replay_on_cpu = False
+    finally: M._replay_on_cpu = M._gather_on_cpu = False; M.set_conv_backend(before)
     for r in replayed: assert torch.equal(r, eager)
     used = {name for name, stage in [*m.enc.named_children(), *m.dec.named_children()] if stage in M._TEMPLATES}
     assert used == {"enc1", "enc3", "dec0"}, used  # the stages with at least 1 + MIN_REPLAYS blocks

@@ -141,19 +141,6 @@ def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
     for u, v in zip(ours[1], theirs[1]): torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-5)
 
 
-def test_stage_template_path_with_the_gather_conv(gather_on_cpu):
-    "The inference template (weights and maps copied into one block, run eagerly on the CPU) with the gather path"
-    torch.manual_seed(0)
-    m = PointTransformerV3(**{**TINY, "enc_depths": (1, 3, 1, 4), "dec_depths": (3, 1, 1), "enc_mode": False}).eval()
-    data = cloud()
-    with torch.no_grad(): eager = m(data).feat
-    M._replay_on_cpu = True
-    try:
-        with torch.no_grad(): replayed = [m(data).feat for _ in range(2)]
-    finally: M._replay_on_cpu = False
-    for r in replayed: assert torch.equal(r, eager)
-
-
 # --- CUDA ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit-GEMM neighbour maps and kernels")
@@ -195,29 +182,19 @@ def test_gather_conv_on_cuda_matches_spconv(amp):
 # --- the Triton kernels: in the interpreter (a fresh Python each), compiled for sm_90, on CUDA -------------------
 
 import importlib.util, os
-ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-
-
-def run_check(forkserver, check:str, interpret:bool=True) -> str:
-    "Run `check` of this file in a fresh Python (the interpreter must be chosen before the kernels are defined); its stdout"
-    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "PYTHONPATH": str(ROOT)}
-    if interpret: env["TRITON_INTERPRET"] = "1"
-    r = forkserver.run([__file__, check], cwd=ROOT, env=env, timeout=900)
-    assert r.returncode == 0, f"check {check} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r.stdout
 
 
 @needs_triton
 @pytest.mark.parametrize("check", ["kernels_match_the_gathers", "module_takes_the_kernels"])
-def test_interpreted(forkserver, check):
-    print(run_check(forkserver, check))
+def test_interpreted(forkserver, check):  # a fresh Python each: the interpreter is chosen before the kernels are defined
+    print(forkserver.check(__file__, check))
 
 
 @needs_triton
 def test_kernels_compile_for_the_gpu(forkserver):
     "What only the compiler rejects: both kernels compiled to PTX for sm_90 (float16 and bfloat16, both directions)"
-    print(run_check(forkserver, "compile", interpret=False))
+    print(forkserver.check(__file__, "compile", interpret=False))
 
 
 def check_kernels_match_the_gathers():

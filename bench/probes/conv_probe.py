@@ -1,35 +1,16 @@
-"""Probe: each distinct SubMConv3d of the `ft` forward (first conv of every stage, and the stem) through spconv against a
-gather + GEMM formulation on spconv's own neighbour table (`pair_fwd`, (K, N), -1 where absent), forward + backward
-under fp16 autocast. Usage: python bench/probes/conv_probe.py SCAN_DIR [REPEATS]"""
+"""Probe: each distinct SubMConv3d of the `ft` forward (the first convolution of every stage) through spconv against
+`sparse_conv.subm_conv` on a `neighbour_table` (the gathers; and the Triton kernels where they run), forward + backward
+under fp16 autocast; whether the table equals spconv's implicit-GEMM map (`pair_fwd`). Until 2026-12-06 21:45 the
+gathers were a copy in this file on spconv's map (the 21:00 figures); the same function.
+Usage: python bench/probes/conv_probe.py SCAN_DIR [REPEATS]   (PROBE_DEV=cpu: tiny model, CPU check)"""
 import sys, json, os, statistics, time
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")); sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
 from steps import build
 import sonata_nb.model as M
 from sonata_nb.model import upcast
-from sonata_nb.sparse_conv import neighbour_table, subm_conv
+from sonata_nb.sparse_conv import kernel_usable, neighbour_table, subm_conv
 M.set_conv_backend("spconv")  # the model's convolutions through spconv (its maps); ours below
-
-def gather_conv(x, pair, w): # x (N, Cin) fp16, pair (K, N) int32, w (Cout, K, Cin) fp16
-    idx = pair.t().contiguous().long(); idx = torch.where(idx < 0, x.shape[0], idx)
-    xz = torch.cat([x, x.new_zeros(1, x.shape[1])])
-    cols = xz[idx].view(x.shape[0], -1)
-    return cols @ w.reshape(w.shape[0], -1).t()
-
-class GatherConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, pair, w):
-        ctx.save_for_backward(x, pair, w)
-        return gather_conv(x, pair, w)
-    @staticmethod
-    def backward(ctx, g):
-        x, pair, w = ctx.saved_tensors
-        K = w.shape[1]
-        dx = gather_conv(g, pair, w.flip(1).transpose(0, 2).contiguous())  # mirrored offsets, transposed weights
-        idx = pair.t().contiguous().long(); idx = torch.where(idx < 0, x.shape[0], idx)
-        cols = torch.cat([x, x.new_zeros(1, x.shape[1])])[idx].view(x.shape[0], -1)
-        dw = (g.t() @ cols).view(w.shape)
-        return dx, None, dw
 
 def sync():
     if torch.cuda.is_available(): torch.cuda.synchronize()
@@ -55,52 +36,39 @@ for h in hs: h.remove()
 rows = []
 for mod, sp in caps:
     mp = sp.indice_dict.get(mod.indice_key) if mod.indice_key else None
-    x0 = sp.features.detach().to(torch.float16 if DEV == 'cuda' else torch.float32)
-    N, C, K = x0.shape[0], x0.shape[1], mod.weight.shape[1] * mod.weight.shape[2] * mod.weight.shape[3]
+    x0 = sp.features.detach().to(torch.float16 if DEV == "cuda" else torch.float32)
+    N, K, ks = x0.shape[0], mod.weight[0, ..., 0].numel(), mod.kernel_size[0]
     row = dict(key=mod.indice_key, N=N, cin=mod.in_channels, cout=mod.out_channels, K=K)
-    pair = mp.pair_fwd if hasattr(mp, "pair_fwd") else None
-    if pair is None: pair = torch.where((t0 := neighbour_table(sp.indices, sp.spatial_shape, sp.batch_size, mod.kernel_size[0])) == N, -1, t0).t().int()
+    t = neighbour_table(sp.indices, sp.spatial_shape, sp.batch_size, ks)
+    if hasattr(mp, "pair_fwd"): row["table_eq_pair"] = bool((torch.where(t == N, -1, t) == mp.pair_fwd.t().long()).all())
+    row["table_ms"] = timeit(lambda: neighbour_table(sp.indices, sp.spatial_shape, sp.batch_size, ks), n)
     g = torch.randn(N, mod.out_channels, device=DEV, dtype=x0.dtype)
     x = x0.clone().requires_grad_(True)
+    w = mod.weight.detach().to(x0.dtype).requires_grad_(True)
+    bias = 0 if mod.bias is None else mod.bias.detach().to(x0.dtype)
     def sp_step():
         x.grad = None; mod.weight.grad = None
-        with torch.autocast(DEV, dtype=torch.float16):
-            out = mod(sp.replace_feature(x))
-        out.features.backward(g)
-        return out.features
-    wv = mod.weight.detach().view(mod.out_channels, K, mod.in_channels)
-    w = wv.clone().requires_grad_(True)
-    def ga_step():
-        x.grad = None; w.grad = None
-        out = GatherConv.apply(x, pair, w.to(x0.dtype)) + (mod.bias.to(x0.dtype) if mod.bias is not None else 0)
+        with torch.autocast(DEV, dtype=torch.float16): out = mod(sp.replace_feature(x)).features
         out.backward(g)
         return out
-    o1 = sp_step(); dx1, dw1 = x.grad.float().clone(), mod.weight.grad.float().view(wv.shape).clone()
-    o2 = ga_step(); dx2, dw2 = x.grad.float().clone(), w.grad.float().clone()
+    def own_step(kernel):
+        def step():
+            x.grad = None; w.grad = None
+            out = subm_conv(x, t, w, kernel=kernel) + bias
+            out.backward(g)
+            return out
+        return step
+    o1 = sp_step(); dx1, dw1 = x.grad.float().clone(), mod.weight.grad.float().clone()
+    o2 = own_step(False)(); dx2, dw2 = x.grad.float().clone(), w.grad.float().clone()
     rel = lambda a, b: ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
     row.update(out_rel=rel(o2, o1), dx_rel=rel(dx2, dx1), dw_rel=rel(dw2, dw1))
-    # symmetry of the map: the mirrored offset of a neighbour points back
-    p = pair.long(); Kc = K // 2
-    ok = True
-    for k in (0, Kc - 1, K - 1):
-        i = torch.nonzero(p[k] >= 0).squeeze(1)
-        ok &= bool((p[K - 1 - k][p[k][i]] == i).all())
-    row["symmetric"] = ok
-    row["spconv_ms"] = timeit(sp_step, n); row["gather_ms"] = timeit(ga_step, n)
-    def fwd_only():
-        with torch.no_grad(): gather_conv(x0, pair, wv.to(x0.dtype))
+    row["spconv_ms"], row["gather_ms"] = timeit(sp_step, n), timeit(own_step(False), n)
+    if kernel_usable(x0): row["triton_ms"] = timeit(own_step(True), n)
     def sp_fwd():
         with torch.no_grad(), torch.autocast(DEV, dtype=torch.float16): mod(sp.replace_feature(x0))
-    row["spconv_fwd_ms"] = timeit(sp_fwd, n); row["gather_fwd_ms"] = timeit(fwd_only, n)
-    ks = mod.kernel_size[0]
-    t = neighbour_table(sp.indices, sp.spatial_shape, sp.batch_size, ks)
-    row["table_ms"] = timeit(lambda: neighbour_table(sp.indices, sp.spatial_shape, sp.batch_size, ks), n)
-    row["table_eq_pair"] = bool((torch.where(t == N, -1, t) == pair.t().long()).all())
-    def own_step():
-        x.grad = None; w.grad = None
-        out = subm_conv(x, t, w.view(mod.weight.shape).to(x0.dtype)) + (mod.bias.to(x0.dtype) if mod.bias is not None else 0)
-        out.backward(g)
-    row["own_ms"] = timeit(own_step, n)
+    def gather_fwd():
+        with torch.no_grad(): subm_conv(x0, t, w.detach(), kernel=False)
+    row["spconv_fwd_ms"], row["gather_fwd_ms"] = timeit(sp_fwd, n), timeit(gather_fwd, n)
     rows.append(row); print(json.dumps(row), flush=True)
 json.dump(dict(card=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                command="python3 bench/probes/conv_probe.py " + " ".join(sys.argv[1:]), rows=rows),
