@@ -111,28 +111,43 @@ if triton is not None:
 
     @triton.jit
     def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
-                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
-        # P[s, k, c, o] = sum over rows i of band s of X[T[i, k], c] * DY[i, o]
-        k, t, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr, CELLS:tl.constexpr):
+        # P[s, k, c, o] = sum over rows i of band s of X[T[i, k], c] * DY[i, o], for CELLS (1 to 3) cells k per program:
+        # each block of dy rows is read once for all of them
+        kb, t, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         tiles_o = (CO + BLOCK_O - 1) // BLOCK_O
         c = (t // tiles_o) * BLOCK_I + tl.arange(0, BLOCK_I)
         o = (t % tiles_o) * BLOCK_O + tl.arange(0, BLOCK_O)
         cmask, omask = c < CI, o < CO
+        k0 = kb * CELLS
         start = s * band
         end = tl.minimum(start + band, N)
-        acc = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
+        acc0 = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
+        acc1 = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
+        acc2 = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
         for m0 in range(start, end, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             rmask = rows < end
-            nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
-            valid = nb < N
-            x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
             dy = tl.load(DY + rows.to(tl.int64)[:, None] * CO + o[None, :], mask=rmask[:, None] & omask[None, :], other=0.0)
-            acc = tl.dot(tl.trans(x), dy, acc)
-        tl.store(P + ((s * K + k) * CI + c[:, None]).to(tl.int64) * CO + o[None, :], acc, mask=cmask[:, None] & omask[None, :])
+            nb = tl.load(T + rows.to(tl.int64) * K + k0, mask=rmask, other=N)
+            x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
+            acc0 = tl.dot(tl.trans(x), dy, acc0)
+            if CELLS > 1:
+                nb = tl.load(T + rows.to(tl.int64) * K + k0 + 1, mask=rmask & (rows * 0 + k0 + 1 < K), other=N)
+                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
+                acc1 = tl.dot(tl.trans(x), dy, acc1)
+            if CELLS > 2:
+                nb = tl.load(T + rows.to(tl.int64) * K + k0 + 2, mask=rmask & (rows * 0 + k0 + 2 < K), other=N)
+                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
+                acc2 = tl.dot(tl.trans(x), dy, acc2)
+        out = P + ((s * K + k0) * CI + c[:, None]).to(tl.int64) * CO + o[None, :]
+        tile = cmask[:, None] & omask[None, :]
+        tl.store(out, acc0, mask=tile)
+        if CELLS > 1: tl.store(out + CI * CO, acc1, mask=tile & (c[:, None] * 0 + k0 + 1 < K))
+        if CELLS > 2: tl.store(out + 2 * CI * CO, acc2, mask=tile & (c[:, None] * 0 + k0 + 2 < K))
 
-# kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM]): bench/conv_tune.py
-CONV_CONFIG = dict(conv=(128, 64, 64, 4, 2), wgrad=(64, 64, 64, 4, 2, 4))
+# kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
+CONV_CONFIG = dict(conv=(128, 64, 64, 4, 2), wgrad=(64, 64, 64, 4, 2, 4, 1))
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
@@ -154,16 +169,16 @@ def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_o
 
 def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
     "The weight gradient (C_out, K, C_in) in x's dtype: `_sc_wgrad`'s bands of rows, their float32 sums added by torch"
-    bm, wi, wo, warps, stages, per_sm = CONV_CONFIG["wgrad"]
+    bm, wi, wo, warps, stages, per_sm, cells = CONV_CONFIG["wgrad"]
     bi, bo = _width(c_in, wi), _width(c_out, wo)
-    tiles = _cdiv(c_in, bi) * _cdiv(c_out, bo)
+    tiles, groups = _cdiv(c_in, bi) * _cdiv(c_out, bo), _cdiv(K, cells)
     n = len(x)
-    bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(per_sm * _programs(x.device), K * tiles)))  # `per_sm` programs per SM, >= 4 blocks of rows each
+    bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(per_sm * _programs(x.device), groups * tiles)))  # `per_sm` programs per SM, >= 4 blocks of rows each
     band = _cdiv(max(n, 1), bands)
     parts = torch.empty(bands, K, c_in, c_out, device=x.device, dtype=torch.float32)
     with _on(x.device):
-        launcher(_sc_wgrad)[(K, tiles, bands)](x, table, dy, parts, n, c_in, c_out, K, band,
-                                               BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, num_warps=warps, num_stages=stages)
+        launcher(_sc_wgrad)[(groups, tiles, bands)](x, table, dy, parts, n, c_in, c_out, K, band, BLOCK_M=bm, BLOCK_I=bi,
+                                                    BLOCK_O=bo, CELLS=cells, num_warps=warps, num_stages=stages)
     return parts.sum(0).permute(2, 0, 1).to(x.dtype)
 
 def _programs(device:torch.device) -> int:

@@ -210,7 +210,9 @@ def check_kernels_match_the_gathers():
             return self.launch[grid]
     S.launcher = Spy
     g = torch.Generator().manual_seed(0)
-    for k, ci, co, batch in ((3, 24, 40, 2), (3, 70, 20, 1), (5, 6, 16, 2), (3, 16, 130, 1)):
+    cases = ((3, 24, 40, 2, 1), (3, 70, 20, 1, 3), (5, 6, 16, 2, 3), (5, 6, 16, 2, 2), (3, 16, 130, 1, 1))
+    for k, ci, co, batch, cells in cases:  # cells: the weight-gradient kernel's cells per program (k = 5: 125 cells, a partial group)
+        S.CONV_CONFIG["wgrad"] = S.CONV_CONFIG["wgrad"][:-1] + (cells,)
         idx = random_cells(900, 10, batch, seed=k + ci)
         t = neighbour_table(idx, [10, 10, 10], batch, k)
         x = torch.randn(len(idx), ci, generator=g).half().requires_grad_()
@@ -262,10 +264,11 @@ def check_compile():
                        FLIP="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
             triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=dict(FLIP=flip, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64)),
                            target=GPUTarget("cuda", 90, 32))
-        sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
-                   BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
-        triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=dict(BLOCK_M=64, BLOCK_I=64, BLOCK_O=64)),
-                       target=GPUTarget("cuda", 90, 32))
+        for cells in (1, 3):
+            sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
+                       BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
+            triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=dict(BLOCK_M=64, BLOCK_I=64, BLOCK_O=64, CELLS=cells)),
+                           target=GPUTarget("cuda", 90, 32))
     print("compiled for sm_90")
 
 
