@@ -26,7 +26,7 @@ from sonata_nb.sparse_conv import neighbour_table
 WIDTHS = ((32, 64), (64, 64), (64, 128))  # (widest BLOCK_I, widest BLOCK_O)
 CONV = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=2) for bm, (wi, wo), w in itertools.product((64, 128), WIDTHS, (4, 8))]
 WGRAD = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=2, per_sm=ps, cells=cl)
-         for bm, (wi, wo), w, ps, cl in itertools.product((64, 128), WIDTHS, (4, 8), (4, 8), (1, 3)) if not (cl == 3 and bm == 128)]
+         for bm, (wi, wo), w, ps, cl in itertools.product((64, 128), WIDTHS, (4, 8), (4, 8), (1, 3)) if bm == 64 or (cl, ps) == (1, 4)]
 
 
 def cuda_ms(fn, repeats:int) -> float:
