@@ -50,48 +50,62 @@ def lovasz_grad(fg_sorted:torch.Tensor) -> torch.Tensor: # (..., P) 0/1 foregrou
 LOVASZ_CHUNK = 2**23  # classes x points sorted at once: about 50 bytes each of temporary memory
 
 def _sorted_by_error(errors:torch.Tensor, # (k, P) errors >= 0, one row per class
-                     distinct:bool=True): # False: a stable argsort of (row, error) keys instead of distinct keys
-    "(k, P) point indices putting each row of `errors` in decreasing order, equal errors in point order"
+                     distinct:bool=True, # False: a stable argsort of (row, error) keys instead of distinct keys
+                     last:torch.Tensor|None=None): # (P,) bool: points put after every other point of each row (any error)
+    "(k, P) point indices putting each row of `errors` in decreasing order, equal errors in point order, `last` points at the end"
     k, n = errors.shape
-    if errors.dtype == torch.float64: return errors.detach().sort(dim=-1, descending=True, stable=True)[1]  # 64-bit keys
+    if errors.dtype == torch.float64:  # 64-bit keys: a stable sort per row; errors >= 0, so -1 sorts after all of them
+        e = errors.detach() if last is None else errors.detach().masked_fill(last, -1.0)
+        return e.sort(dim=-1, descending=True, stable=True)[1]
     bits = errors.detach().float().view(torch.int32).long()  # >= 0 floats: the int order is the float order
+    field = 0x7FFFFFFF - bits  # decreasing error: 31 bits; a `last` point gets 2^31, above all of them (one more bit)
+    if last is not None: field = field.masked_fill(last, 1 << 31)
+    width = 31 + (last is not None)  # bits of the error field
     rows, b = torch.arange(k, device=errors.device)[:, None], max(1, (n - 1).bit_length())  # b: bits of a point index
-    if not distinct or (k - 1).bit_length() + 31 + b > 63:  # (row, decreasing error), ties in point order: a stable sort
-        return ((rows << 32) | (0x7FFFFFFF - bits)).view(-1).argsort(stable=True).view(k, n) - rows * n
-    key = ((0x7FFFFFFF << b) | torch.arange(n, device=errors.device)) - (bits << b)  # (2^31-1-bits, point): distinct in a row
+    if not distinct or (k - 1).bit_length() + width + b > 63:  # (row, decreasing error), ties in point order: a stable sort
+        return ((rows << 32) | field).view(-1).argsort(stable=True).view(k, n) - rows * n
+    key = (field << b) | torch.arange(n, device=errors.device)  # (error field, point): distinct in a row
     if key.device.type == "cpu" and not torch._C._are_functorch_transforms_active():
         key = torch.from_numpy(np.sort(key.numpy(), axis=-1))  # numpy's vectorised sort, row by row
-    else: key = ((rows << (31 + b)) | key).view(-1).sort()[0].view(k, n)  # one sort, the row in the high bits
+    else: key = ((rows << (width + b)) | key).view(-1).sort()[0].view(k, n)  # one sort, the row in the high bits
     return key & ((1 << b) - 1)
 
-def _lovasz_parts(probs:torch.Tensor, labels:torch.Tensor, # (P, C) probabilities and (P,) labels of the valid points
-                  classes:torch.Tensor, chunk:int): # the classes that count, classes x points sorted at once
+def _lovasz_parts(probs:torch.Tensor, labels:torch.Tensor, # (P, C) probabilities and (P,) labels
+                  classes:torch.Tensor, chunk:int, # the classes that count, classes x points sorted at once
+                  valid:torch.Tensor|None=None): # (P,) bool or None (all): an invalid point has fg 0, error 0 and sorts last
     "Per chunk of classes: the classes, `fg - p` (k, P), the sort, the Lovász gradient (sorted) and the per-class losses"
+    invalid = None if valid is None else ~valid
     for part in classes.split(max(1, chunk // len(labels))):
         fg = labels[None] == part[:, None]  # (k, P)
+        if valid is not None: fg &= valid
         diff = fg.to(probs.dtype) - probs.t()[part]
+        if valid is not None: diff = diff.masked_fill(invalid, 0.0)  # error 0, sgn 0: nothing in the sum nor the gradient
         errors = diff.abs()
-        order = _sorted_by_error(errors)
-        g = lovasz_grad(fg.gather(1, order)).to(probs.dtype)
+        order = _sorted_by_error(errors, last=invalid)
+        g = lovasz_grad(fg.gather(1, order)).to(probs.dtype)  # exactly 0 after a row's last valid point
         yield part, diff, order, g, (errors.gather(1, order) * g).sum(-1)
 
-def _present(labels:torch.Tensor, num_classes:int) -> torch.Tensor: # (P,) labels, C
+def _present(labels:torch.Tensor, num_classes:int, check:bool=False) -> torch.Tensor: # (P,) labels, C
     "`labels.unique()` (the distinct labels, increasing), by counting when all are class indices (the usual case, faster)"
     if len(labels):
         lo, hi = torch.aminmax(labels)
         if bool((lo >= 0) & (hi < num_classes)): return torch.bincount(labels, minlength=num_classes).nonzero().squeeze(1)
+        if check:
+            bad = labels[(labels < 0) | (labels >= num_classes)].unique().tolist()
+            raise ValueError(f"Lovász-softmax: valid points with labels {bad}, not classes 0..{num_classes - 1}; "
+                             "the label that does not count is the loss's `ignore_index`")
     return labels.unique()
 
-def _lovasz_graph(probs, labels, classes, chunk) -> torch.Tensor:
+def _lovasz_graph(probs, labels, classes, chunk, valid=None) -> torch.Tensor:
     "The per-class losses through autograd's graph (used under torch.func transforms; the reference of `_LovaszSoftmax`)"
-    return torch.cat([losses for *_, losses in _lovasz_parts(probs, labels, classes, chunk)])
+    return torch.cat([losses for *_, losses in _lovasz_parts(probs, labels, classes, chunk, valid)])
 
 class _LovaszSoftmax(torch.autograd.Function):
     "The per-class losses, the gradient of each probability computed as autograd would and written once"
     @staticmethod
-    def forward(ctx, probs, p, y, idx, classes, chunk): # (N, C); (P, C), (P,) of the valid points, their indices or None
+    def forward(ctx, probs, p, y, idx, classes, chunk, valid=None): # (N, C); (P, C), (P,) of the points, their indices or None; (P,) bool or None
         saved, losses = [], []
-        for *kept, loss in _lovasz_parts(p, y, classes, chunk): saved += kept; losses.append(loss)
+        for *kept, loss in _lovasz_parts(p, y, classes, chunk, valid): saved += kept; losses.append(loss)
         ctx.save_for_backward(idx, *saved); ctx.shape = probs.shape
         return torch.cat(losses)
 
@@ -104,17 +118,42 @@ class _LovaszSoftmax(torch.autograd.Function):
             # autograd's chain: sum, product with g, |.|, minus; its accumulations into zeros make a -0 a +0, so does + 0
             out[:, part] = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0).t()
             start += len(part)
-        return out if idx is None else out.new_zeros(ctx.shape).index_copy_(0, idx, out), None, None, None, None, None
+        return out if idx is None else out.new_zeros(ctx.shape).index_copy_(0, idx, out), None, None, None, None, None, None
+
+def _lovasz_read_free(probs, labels, class_seen, chunk, valid) -> torch.Tensor:
+    "`lovasz_softmax` without reading the device: all N points and all C classes (or those of `class_seen`), presence by counts"
+    n, num_classes = probs.shape
+    seen = range(num_classes) if class_seen is None else sorted(c for c in {int(c) for c in class_seen} if 0 <= c < num_classes)
+    if not n or not len(seen):  # no class can count: 0, with a graph (NaN where a valid probability is NaN, as before)
+        return (probs if valid is None else probs.masked_fill(~valid[:, None], 0.0)).sum() * 0.0
+    counted = (labels >= 0) & (labels < num_classes)
+    torch._assert_async(counted.all() if valid is None else (counted | ~valid).all(),  # no read: checked on the device
+                        f"Lovász-softmax: a valid point's label is not a class 0..{num_classes - 1}; the label that does not "
+                        "count is the loss's `ignore_index`")
+    if valid is not None: counted &= valid
+    counts = torch.zeros(num_classes, dtype=torch.long, device=probs.device).index_add_(  # valid labels per class
+        0, labels.masked_fill(~counted, 0).long(), counted.long())
+    if class_seen is None: classes = torch.arange(num_classes, device=probs.device)
+    else:  # known on the host: copied without waiting (pinned memory on CUDA)
+        classes = torch.tensor(seen, dtype=torch.long)
+        classes = (classes.pin_memory() if probs.is_cuda else classes).to(probs.device, non_blocking=True)
+    present = counts[classes] > 0
+    if torch._C._are_functorch_transforms_active(): losses = _lovasz_graph(probs, labels, classes, chunk, valid)
+    else: losses = _LovaszSoftmax.apply(probs, probs, labels, None, classes, chunk, valid)
+    # absent classes are multiplied by 0 (a NaN of a valid point still gives NaN, as before); no class present: 0 / 1
+    return (losses * present).sum() / present.sum().clamp(min=1)
 
 def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    labels:torch.Tensor, # (N,) labels in 0..C-1 (where valid)
                    class_seen=None, # if given, only these classes count
                    chunk:int=LOVASZ_CHUNK, # at most this many classes x points sorted at once
-                   valid:torch.Tensor|None=None): # (N,) bool: the points that count (None: all)
+                   valid:torch.Tensor|None=None, # (N,) bool: the points that count (None: all)
+                   read_free:bool|None=None): # True: no device read (all points and classes sorted); None: `probs.is_cuda`
     "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
+    if probs.is_cuda if read_free is None else read_free: return _lovasz_read_free(probs, labels, class_seen, chunk, valid)
     idx = None if valid is None else valid.nonzero().squeeze(1)
     with torch.no_grad(): p, y = (probs, labels) if idx is None else (probs[idx], labels[idx])
-    classes = _present(y, probs.shape[1])
+    classes = _present(y, probs.shape[1], check=True)
     if class_seen is not None:
         classes = classes[torch.tensor([int(c) in class_seen for c in classes.tolist()], dtype=torch.bool, device=classes.device)]
     if not len(classes): return (probs if idx is None else probs[idx]).sum() * 0.0
@@ -130,16 +169,17 @@ class LovaszLoss(nn.Module):
                  class_seen:list|None=None, # if given, only these classes count
                  per_image:bool=False, # must be False: the batch is one cloud, as the reference
                  ignore_index:int|None=-1, # label that does not count
-                 loss_weight:float=1.0): # factor applied to the loss
+                 loss_weight:float=1.0, # factor applied to the loss
+                 read_free:bool|None=None): # see `lovasz_softmax`: None reads no device value on CUDA only
         super().__init__()
         if mode != "multiclass": raise ValueError(f"LovaszLoss mode={mode!r} is not supported; use mode='multiclass'")
         if per_image: raise ValueError("LovaszLoss per_image=True has no meaning for point clouds; use per_image=False")
         self.class_seen = None if class_seen is None else {int(c) for c in class_seen}
-        self.ignore_index, self.loss_weight = ignore_index, loss_weight
+        self.ignore_index, self.loss_weight, self.read_free = ignore_index, loss_weight, read_free
 
     def forward(self, pred:torch.Tensor, target:torch.Tensor) -> torch.Tensor: # (N, C) logits, (N,) labels
         valid = None if self.ignore_index is None else target != self.ignore_index
-        return lovasz_softmax(pred.softmax(dim=1), target, self.class_seen, valid=valid) * self.loss_weight
+        return lovasz_softmax(pred.softmax(dim=1), target, self.class_seen, valid=valid, read_free=self.read_free) * self.loss_weight
 
 
 # %% ../nbs/21_losses.ipynb #c017

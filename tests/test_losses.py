@@ -1,7 +1,8 @@
 "Losses against slow direct implementations (Lovász extension by brute force over sets, CE by hand)."
-import itertools, math
+import itertools, linecache, math
 import pytest
 import torch
+from sonata_nb import losses as L
 from sonata_nb.losses import LOSSES, CrossEntropyLoss, LovaszLoss, _present, _sorted_by_error, build_criteria, lovasz_grad, lovasz_softmax
 
 
@@ -295,17 +296,209 @@ def test_present_is_unique():
         assert torch.equal(_present(labels, 20), labels.unique())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# --- the read-free path (the default on CUDA): all points and all classes, invalid points sorted last, presence by counts
+
+def assert_close(got, ref, dtype):
+    "(value, gradient) pairs within 1e-6 (float32) or 1e-13 (float64), relative to the value and to the largest gradient"
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    (v, g), (v0, g0) = got, ref
+    assert v.dtype == v0.dtype == dtype and abs(v.item() - v0.item()) <= tol * abs(v0.item()), (v.item(), v0.item())
+    assert (g - g0).abs().max() <= tol * g0.abs().max(), ((g - g0).abs().max(), g0.abs().max())
+
+
+def some_classes_absent(labels, absent=(4, 5, 9)):
+    "The labels with the classes `absent` moved to class 0"
+    labels = labels.clone()
+    for c in absent:
+        labels[labels == c] = 0
+    return labels
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lovasz_bit_identical_to_previous_on_cuda(dtype):
-    "On the GPU (one flat sort of distinct keys, the hand-written backward): the previous implementation's bits"
-    g = torch.Generator().manual_seed(9)
-    logits = (torch.randn(60000, 20, generator=g, dtype=dtype) * 3).cuda()
-    labels = torch.randint(-1, 20, (60000,), generator=g).cuda()
+@pytest.mark.parametrize("ignore_index", [-1, None, 255])
+@pytest.mark.parametrize("chunk", [2**23, 1, 3000])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("class_seen", [None, {0, 3, 4, 7, 11}, {2, 5, 13, 40}])  # 4, 5: absent; 13 = C, 40: no class
+def test_lovasz_read_free_matches_previous_implementation(dtype, ignore_index, chunk, ties, class_seen):
+    "Value and gradient of the read-free path (all points and classes) against autograd's graph of the previous implementation"
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(1500, 13, generator=g, dtype=dtype) * 3
+    labels = some_classes_absent(torch.randint(-1, 12, (1500,), generator=g))
+    if ties:  # few distinct logits: many equal errors, and zero errors among the ignored points' keys
+        logits = torch.randint(-2, 3, (1500, 13), generator=g).to(dtype) * 20
+    if ignore_index == 255:
+        labels[labels == -1] = 255
+    if ignore_index is None:
+        labels = labels.clamp(min=0)
+    valid = None if ignore_index is None else labels != ignore_index
     out = []
-    for f in (lambda x: LovaszLoss()(x, labels), lambda x: previous_lovasz_loss(x, labels)):
+    for f in (lambda x: lovasz_softmax(x.softmax(1), labels, class_seen, chunk=chunk, valid=valid, read_free=True),
+              lambda x: previous_lovasz_loss(x, labels, ignore_index, class_seen=class_seen, chunk=chunk)):
         x = logits.clone().requires_grad_()
         loss = f(x)
         loss.backward()
         out.append((loss.detach(), x.grad))
-    assert torch.equal(bits(out[0][0]), bits(out[1][0])) and torch.equal(bits(out[0][1]), bits(out[1][1]))
+    assert_close(*out, dtype)
+    assert out[1][1].abs().max() > 0
+    if ignore_index is not None:
+        assert out[0][1][~valid].abs().max() == 0  # the ignored points: no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk", [None, 1, 3000])
+@pytest.mark.parametrize("class_seen", [None, {0, 3, 4, 7, 11}, {2, 5, 13, 40}])
+def test_lovasz_read_free_matches_class_loop(dtype, chunk, class_seen):
+    "No ignored point: the read-free path against the per-class loop, classes 4, 5, 9 and 12 absent from the labels"
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(2500, 13, generator=g) * 3).to(dtype)
+    labels = some_classes_absent(torch.randint(0, 12, (2500,), generator=g))
+    kw = {} if chunk is None else dict(chunk=chunk)
+    got = value_and_grad(lovasz_softmax, logits, labels, class_seen=class_seen, read_free=True, **kw)
+    assert_close(got, value_and_grad(loop_lovasz_softmax, logits, labels, class_seen=class_seen), dtype)
+    assert_close(got, value_and_grad(lovasz_softmax, logits, labels, class_seen=class_seen, read_free=False, **kw), dtype)
+
+
+def test_lovasz_read_free_with_ties_matches_the_stable_loop():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randint(-2, 3, (3000, 6), generator=g).float()
+    labels = torch.randint(0, 6, (3000,), generator=g)
+    got = value_and_grad(lovasz_softmax, logits, labels, read_free=True)
+    assert_close(got, value_and_grad(loop_lovasz_softmax, logits, labels, stable=True), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lovasz_read_free_when_nothing_counts_is_zero_with_graph(dtype):
+    "All points ignored, no seen class present, no seen class below C, no point: exactly 0, a graph, a zero gradient"
+    g = torch.Generator().manual_seed(11)
+    logits, labels = torch.randn(500, 6, generator=g, dtype=dtype), torch.randint(0, 3, (500,), generator=g)
+    cases = [(torch.full_like(labels, -1), -1, None), (torch.full_like(labels, 255), 255, None), (labels, -1, {4, 5}),
+             (labels, None, {4, 5}), (labels, -1, {6, 70}), (labels, -1, set()), (labels[:0], -1, None), (labels[:0], None, None)]
+    for lab, ignore_index, class_seen in cases:
+        x = logits[:len(lab)].clone().requires_grad_()
+        loss = LovaszLoss(class_seen=class_seen, ignore_index=ignore_index, read_free=True)(x, lab)
+        assert loss.requires_grad and loss.dtype == dtype
+        assert torch.equal(bits(loss.detach()), bits(torch.zeros((), dtype=dtype)))  # +0
+        loss.backward()
+        assert x.grad.shape == x.shape and (not len(lab) or x.grad.abs().max() == 0)
+
+
+@pytest.mark.parametrize("read_free", [False, True])
+def test_lovasz_nan_of_a_valid_point_propagates_and_of_an_ignored_point_does_not(read_free):
+    g = torch.Generator().manual_seed(12)
+    logits, labels = torch.randn(200, 5, generator=g), torch.randint(-1, 5, (200,), generator=g)
+    i_valid, i_ignored = int((labels >= 0).nonzero()[0]), int((labels < 0).nonzero()[0])
+    clean = LovaszLoss(read_free=read_free)(logits, labels)
+    for i, class_seen in itertools.product((i_valid, i_ignored), (None, {1, 3}, {1, 30}, {30})):
+        x = logits.clone()
+        x[i, 2] = float("nan")
+        x.requires_grad_()
+        loss = LovaszLoss(read_free=read_free, class_seen=class_seen)(x, labels)
+        loss.backward()
+        if i == i_valid:  # NaN, as before (also where no class counts: the previous path's `probs[valid].sum() * 0`)
+            assert loss.isnan() and x.grad[i].isnan().all()
+        else:  # the ignored point's own row only: softmax's backward of a NaN row
+            assert not loss.isnan() and not x.grad[torch.arange(200) != i].isnan().any()
+        if i == i_ignored and class_seen is None:
+            assert loss == clean
+
+
+def test_lovasz_labels_outside_the_classes_are_an_error():
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 1, 3, -1, 2])
+    with pytest.raises(RuntimeError, match="not a class 0..2"):  # torch._assert_async: on CUDA, at a later kernel launch
+        LovaszLoss(read_free=True)(logits, labels)
+    with pytest.raises(ValueError, match=r"labels \[3\], not classes 0..2"):
+        LovaszLoss(read_free=False)(logits, labels)
+    with pytest.raises(RuntimeError, match="not a class 0..2"):
+        LovaszLoss(read_free=True, ignore_index=None)(logits, labels.clamp(min=0))
+    LovaszLoss(read_free=True, ignore_index=3)(logits, labels.clamp(min=0))  # 3 ignored: no error
+
+
+def test_lovasz_read_free_reads_no_device_value():
+    "Forward and backward on the meta device (which holds no values: a read or a data-dependent shape raises), and the reads counted on the CPU"
+    from test_model import HostReads
+    g = torch.Generator().manual_seed(13)
+    logits, labels = torch.randn(700, 9, generator=g), torch.randint(-1, 9, (700,), generator=g)
+    for dtype, class_seen, ignore_index in itertools.product((torch.float32, torch.float64), (None, {1, 4, 20}), (-1, None)):
+        lab = labels if ignore_index is not None else labels.clamp(min=0)
+        x = logits.to("meta", dtype).requires_grad_()
+        loss = LovaszLoss(class_seen=class_seen, ignore_index=ignore_index, read_free=True)(x, lab.to("meta"))
+        loss.backward()
+        assert loss.shape == () and x.grad.shape == x.shape
+        with pytest.raises((NotImplementedError, RuntimeError), match="meta"):  # the previous path reads
+            LovaszLoss(class_seen=class_seen, ignore_index=ignore_index, read_free=False)(x, lab.to("meta"))
+        # counted on the CPU too (class_seen's index is host-made there; on CUDA a copy from pinned memory, no wait)
+        for read_free in (True, False) if class_seen is None else ():
+            x = logits.to(dtype).clone().requires_grad_()
+            with HostReads() as reads:
+                LovaszLoss(class_seen=class_seen, ignore_index=ignore_index, read_free=read_free)(x, lab).backward()
+            others = [s for s in reads.sites if "np.sort" not in linecache.getline(L.__file__, int(s.split(":")[1]))]
+            assert not others if read_free else others, reads.sites  # only numpy's sort, which the CPU alone takes
+
+
+def test_lovasz_read_free_under_torch_func_uses_the_graph():
+    g = torch.Generator().manual_seed(7)
+    logits, labels = torch.randn(300, 6, generator=g), torch.randint(-1, 6, (300,), generator=g)
+    for class_seen in (None, {1, 2, 9}):
+        got = torch.func.grad(lambda x: LovaszLoss(read_free=True, class_seen=class_seen)(x, labels))(logits)
+        x = logits.clone().requires_grad_()
+        LovaszLoss(read_free=True, class_seen=class_seen)(x, labels).backward()
+        assert torch.equal(got, x.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sorted_by_error_puts_last_points_at_the_end(dtype):
+    "The `last` points after all others (in point order), the others as a stable descending sort: distinct keys, stable argsort"
+    g = torch.Generator().manual_seed(14)
+    for e in (torch.rand(9, 1000, generator=g), torch.randint(0, 3, (9, 1000), generator=g).float() / 2,
+              torch.tensor([[0.0, float("inf"), 1e-45, 3e-8, 0.0, 2.0, 0.0]])):
+        e = e.to(dtype)
+        last = torch.rand(e.shape[1], generator=g) < 0.3
+        ref = e.double().masked_fill(last, -1.0).sort(dim=-1, descending=True, stable=True)[1]
+        assert torch.equal(_sorted_by_error(e, last=last), ref)
+        assert torch.equal(_sorted_by_error(e, distinct=False, last=last), ref)
+        with pytest.MonkeyPatch.context() as mp:  # the one flat sort of the GPU (the row in the high bits), not numpy's
+            mp.setattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+            assert torch.equal(_sorted_by_error(e, last=last), ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("class_seen", [None, {0, 3, 7, 11, 25}])
+def test_lovasz_on_cuda_matches_previous(dtype, class_seen):
+    "On the GPU: the default (read-free) path within 1e-6 / 1e-13 of the previous implementation, read_free=False its bits"
+    g = torch.Generator().manual_seed(9)
+    logits = (torch.randn(60000, 20, generator=g, dtype=dtype) * 3).cuda()
+    labels = torch.randint(-1, 20, (60000,), generator=g)
+    labels[labels == 13] = 14  # an absent class
+    labels = labels.cuda()
+    out = []
+    for f in (lambda x: LovaszLoss(class_seen=class_seen)(x, labels), lambda x: LovaszLoss(class_seen=class_seen, read_free=False)(x, labels),
+              lambda x: previous_lovasz_loss(x, labels, class_seen=class_seen)):
+        x = logits.clone().requires_grad_()
+        loss = f(x)
+        loss.backward()
+        out.append((loss.detach(), x.grad))
+    assert torch.equal(bits(out[1][0]), bits(out[2][0])) and torch.equal(bits(out[1][1]), bits(out[2][1]))
+    assert_close(out[0], out[2], dtype)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("ignore_index", [-1, None])
+@pytest.mark.parametrize("class_seen", [None, {0, 3, 7, 11, 25}])
+def test_lovasz_on_cuda_does_not_synchronize(ignore_index, class_seen):
+    "Forward and backward of the default CUDA path under `set_sync_debug_mode('error')`: no host read, no blocking copy"
+    g = torch.Generator().manual_seed(10)
+    labels = torch.randint(-1 if ignore_index is not None else 0, 20, (50000,), generator=g).cuda()
+    x = (torch.randn(50000, 20, generator=g) * 3).cuda().requires_grad_()
+    loss_fn = LovaszLoss(ignore_index=ignore_index, class_seen=class_seen)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = loss_fn(x, labels)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = x.detach().clone().requires_grad_()
+    prev = previous_lovasz_loss(ref, labels, ignore_index, class_seen=class_seen)
+    prev.backward()
+    assert_close((loss.detach(), x.grad), (prev.detach(), ref.grad), torch.float32)
