@@ -140,8 +140,8 @@ def _lovasz_read_free(probs, labels, class_seen, chunk, valid) -> torch.Tensor:
     present = counts[classes] > 0
     if torch._C._are_functorch_transforms_active(): losses = _lovasz_graph(probs, labels, classes, chunk, valid)
     else: losses = _LovaszSoftmax.apply(probs, probs, labels, None, classes, chunk, valid)
-    # absent classes are multiplied by 0 (a NaN of a valid point still gives NaN, as before); no class present: 0 / 1
-    return (losses * present).sum() / present.sum().clamp(min=1)
+    # absent classes count 0 (even a non-finite loss of theirs); a NaN of a present class still gives NaN; none present: 0 / 1
+    return torch.where(present, losses, 0.0).sum() / present.sum().clamp(min=1)
 
 def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    labels:torch.Tensor, # (N,) labels in 0..C-1 (where valid)

@@ -358,6 +358,31 @@ def test_lovasz_read_free_matches_class_loop(dtype, chunk, class_seen):
     assert_close(got, value_and_grad(lovasz_softmax, logits, labels, class_seen=class_seen, read_free=False, **kw), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ignore_index", [0, 3])
+def test_lovasz_read_free_ignoring_a_real_class_and_any_valid_mask(dtype, ignore_index):
+    "The ignored label is a class (its points must not count for it either), then a random mask: read-free = the path that reads"
+    g = torch.Generator().manual_seed(11)
+    logits, labels = torch.randn(900, 5, generator=g, dtype=dtype) * 3, torch.randint(0, 5, (900,), generator=g)
+    def both(**kw):
+        return [value_and_grad(lambda p, y: lovasz_softmax(p, y, read_free=rf, **kw), logits, labels) for rf in (True, False)]
+    assert_close(*both(valid=labels != ignore_index), dtype)
+    got, ref = both(valid=torch.rand(900, generator=g) < 0.7)
+    assert_close(got, ref, dtype)
+    loss = LovaszLoss(ignore_index=ignore_index, read_free=True)(logits, labels)
+    assert abs(loss.item() - LovaszLoss(ignore_index=ignore_index, read_free=False)(logits, labels).item()) <= 1e-6 * loss.item()
+
+
+def test_lovasz_read_free_absent_class_with_a_non_finite_probability_does_not_count():
+    "An absent class's column holds NaN / inf at a valid point (only `lovasz_softmax` called directly): ignored, as when reading"
+    g = torch.Generator().manual_seed(12)
+    probs, labels = torch.rand(400, 6, generator=g), torch.randint(0, 5, (400,), generator=g)  # class 5 absent
+    for bad in (float("nan"), float("inf")):
+        p = probs.clone(); p[100, 5] = bad
+        got, ref = lovasz_softmax(p, labels, read_free=True), lovasz_softmax(p, labels, read_free=False)
+        assert torch.isfinite(ref) and abs(got.item() - ref.item()) <= 1e-6 * ref.item()
+
+
 def test_lovasz_read_free_with_ties_matches_the_stable_loop():
     g = torch.Generator().manual_seed(4)
     logits = torch.randint(-2, 3, (3000, 6), generator=g).float()
