@@ -105,7 +105,11 @@ class _LovaszSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, probs, p, y, idx, classes, chunk, valid=None): # (N, C); (P, C), (P,) of the points, their indices or None; (P,) bool or None
         saved, losses = [], []
-        for *kept, loss in _lovasz_parts(p, y, classes, chunk, valid): saved += kept; losses.append(loss)
+        for part, diff, order, g, loss in _lovasz_parts(p, y, classes, chunk, valid):
+            # kept for the backward: -d loss_c / d p per unit gradient = g · sgn(diff), the sorted increments back in point
+            # order (one value per class and point, where the difference, the order and the increments took four)
+            saved += [part, torch.empty_like(g).scatter_(1, order, g).mul_(diff.sgn())]
+            losses.append(loss)
         ctx.save_for_backward(idx, *saved); ctx.shape = probs.shape
         return torch.cat(losses)
 
@@ -113,10 +117,10 @@ class _LovaszSoftmax(torch.autograd.Function):
     def backward(ctx, grad): # (k,) the gradient of each class's loss
         idx, *saved = ctx.saved_tensors
         out, start = grad.new_zeros(ctx.shape if idx is None else (len(idx), ctx.shape[1])), 0  # the valid points' rows
-        for part, diff, order, g in zip(*[iter(saved)] * 4):
-            g_points = torch.empty_like(g).scatter_(1, order, g)  # the sorted increments back in point order
-            # autograd's chain: sum, product with g, |.|, minus; its accumulations into zeros make a -0 a +0, so does + 0
-            out[:, part] = (-(grad[start:start + len(part), None] * g_points * diff.sgn())).add_(0.0).t()
+        for part, g_sgn in zip(*[iter(saved)] * 2):
+            # autograd's chain: sum, product with g, |.|, minus (the sign is ±1 or 0: the same product in either order);
+            # its accumulations into zeros make a -0 a +0, so does + 0
+            out[:, part] = (-(grad[start:start + len(part), None] * g_sgn)).add_(0.0).t()
             start += len(part)
         return out if idx is None else out.new_zeros(ctx.shape).index_copy_(0, idx, out), None, None, None, None, None, None
 
