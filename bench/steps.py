@@ -46,6 +46,15 @@ def sync(device):
     if torch.device(device).type == "cuda": torch.cuda.synchronize()
 
 
+def conv_tune_config() -> dict:
+    "The Triton convolution kernels' block sizes from bench/conv_tune.py's best (`CONV_TUNE=path.json`), set; the config in use"
+    import json
+    import sonata_nb.sparse_conv as SC
+    if os.environ.get("CONV_TUNE"):
+        for kind, row in json.load(open(os.environ["CONV_TUNE"]))["best"].items(): SC.CONV_CONFIG[kind] = tuple(row["config"].values())
+    return dict(SC.CONV_CONFIG)
+
+
 def build(device, tiny:bool=False, scan=DEFAULT_SCAN, copies:int=3, crop:int|None=None, classes:int=20, seed:int=0):
     "(model, head, data, labels): the Sonata encoder (or a tiny one), a Linear head on its up-cast, the batch"
     torch.manual_seed(seed)

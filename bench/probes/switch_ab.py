@@ -5,9 +5,8 @@ CONV_TUNE=conv_tune.json (env): the Triton kernels' block sizes from bench/conv_
 import sys, json, os, statistics, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
-from steps import build, step_fn, sync
+from steps import build, conv_tune_config, step_fn, sync
 import sonata_nb.model as M
-import sonata_nb.sparse_conv as SC
 from sonata_nb.model import HostPlan, pooling_strides
 from sonata_nb.runtime import to_device
 from scan import issue_batch
@@ -17,14 +16,13 @@ scan, name = sys.argv[1], sys.argv[2]
 pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
 switch = SWITCHES[name]
-if os.environ.get("CONV_TUNE"):
-    for kind, row in json.load(open(os.environ["CONV_TUNE"]))["best"].items(): SC.CONV_CONFIG[kind] = tuple(row["config"].values())
+conv_config = conv_tune_config()
 default = dict(residual=M._fused_residual).get(name, M._conv_backend)
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
 out = dict(switch=name, card=torch.cuda.get_device_name(), pairs=pairs, command="python3 bench/probes/switch_ab.py " + " ".join(sys.argv[1:]),
-           conv_config=dict(SC.CONV_CONFIG))
+           conv_config=conv_config)
 for task in tasks:
     fn = step_fn(task, model, head, data, labels)
     for on in (True, False, True, False): switch(on); fn()
