@@ -24,7 +24,7 @@ from .registry import Registry
 from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
-from .sparse_conv import neighbour_table, subm_conv
+from .sparse_conv import kernel_usable, neighbour_table, subm_conv
 from .kernels import Linear, column_sum, fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
     interpreted as _triton_interpreted
 
@@ -58,18 +58,18 @@ def set_torch_map_sort(on:bool=True): # True: sort the neighbour-map masks with 
     global _torch_map_sort
     _torch_map_sort = bool(on)
 
-CONV_BACKENDS = ("spconv", "triton", "gather")
-_conv_backend = "spconv"
+CONV_BACKENDS = ("auto", "spconv", "triton", "gather")
+_conv_backend = "auto"
 _gather_on_cpu = False  # tests only: CPU convolutions take the `sparse_conv` path too
 
-def set_conv_backend(name:str): # "spconv" (its kernels), "triton" (`sparse_conv`'s kernels where they run) or "gather"
+def set_conv_backend(name:str): # "auto" (Triton's where a gradient is needed, else spconv's), "spconv", "triton" or "gather"
     "Speed switch: how `SubMConv3d` convolves on CUDA; \"triton\" and \"gather\" use `sparse_conv.subm_conv` on a torch-built neighbour table (module-wide; the same function)"
     global _conv_backend
     if name not in CONV_BACKENDS:
         raise ValueError(f"Unknown convolution backend {name!r} (SONATA_CONV_BACKEND or set_conv_backend); choose from {CONV_BACKENDS}")
     _conv_backend = name
 
-set_conv_backend(os.environ.get("SONATA_CONV_BACKEND") or "spconv")
+set_conv_backend(os.environ.get("SONATA_CONV_BACKEND") or "auto")
 
 def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
                      input:spconv.SparseConvTensor, # CUDA sparse tensor
@@ -134,10 +134,17 @@ class SubMConv3d(spconv.SubMConv3d):
         k = self.kernel_size[0]
         return (_conv_backend != "spconv" and (input.features.is_cuda or _gather_on_cpu) and k % 2 == 1
                 and tuple(self.kernel_size) == (k,) * 3 and tuple(self.stride) == (1,) * 3
-                and tuple(self.dilation) == (1,) * 3 and self.weight.shape[1:4] == (k,) * 3)
+                and tuple(self.dilation) == (1,) * 3 and self.weight.shape[1:4] == (k,) * 3
+                and (_conv_backend != "auto" or self._differentiated(input.features)))
+
+    def _differentiated(self, feat:torch.Tensor) -> bool: # the features about to be convolved
+        "\"auto\": whether a gradient flows through this convolution, in half precision, where the Triton kernels run"
+        return (torch.is_grad_enabled() and (self.weight.requires_grad or feat.requires_grad)
+                and (feat.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(feat.device.type))
+                and kernel_usable(feat.new_empty(0, dtype=torch.float16)))
 
     @staticmethod
-    def _kernel() -> bool|None: return None if _conv_backend == "triton" else False  # `subm_conv`'s choice of kernels
+    def _kernel() -> bool|None: return False if _conv_backend == "gather" else None  # `subm_conv`'s choice of kernels
 
     def table(self, input:spconv.SparseConvTensor) -> torch.Tensor: # the sparse tensor about to be convolved
         "The neighbour table of `input` for this kernel size, from `input.indice_dict` (shared within a stage) or built and kept there"

@@ -147,7 +147,7 @@ if triton is not None:
         if CELLS > 2: tl.store(out + 2 * CI * CO, acc2, mask=tile & (c[:, None] * 0 + k0 + 2 < K))
 
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
-CONV_CONFIG = dict(conv=(128, 64, 64, 4, 2), wgrad=(64, 64, 64, 4, 2, 4, 1))
+CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 

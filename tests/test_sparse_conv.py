@@ -124,6 +124,27 @@ def test_submconv3d_falls_back_to_spconv_where_the_gather_path_does_not_apply(ga
     with pytest.raises(ValueError, match="Unknown convolution backend"): M.set_conv_backend("cudnn")
 
 
+def test_auto_backend_takes_sparse_conv_where_a_half_precision_gradient_flows(gather_on_cpu, monkeypatch):
+    "\"auto\" (the default): `sparse_conv` where the weight trains or the input needs a gradient, in half precision with usable kernels; spconv elsewhere"
+    assert M.CONV_BACKENDS[0] == "auto"
+    monkeypatch.setattr(M, "_conv_backend", "auto")
+    usable = []
+    monkeypatch.setattr(M, "kernel_usable", lambda x: usable.append(x.dtype) or True)  # as on a GPU with Triton
+    idx = random_cells(50, 6, 1)
+    conv = SubMConv3d(4, 4, 3, indice_key="s")
+    half, full = (spconv.SparseConvTensor(torch.randn(len(idx), 4, dtype=dt), idx, [6, 6, 6], 1) for dt in (torch.bfloat16, torch.float32))
+    assert conv.gathers(half) and usable == [torch.float16]  # the kernels' dtype (as the CUDA path casts)
+    with torch.autocast("cpu", dtype=torch.bfloat16): assert conv.gathers(full)
+    assert not conv.gathers(full)  # float32 without autocast: spconv
+    with torch.no_grad(): assert not conv.gathers(half)  # inference
+    conv.requires_grad_(False)
+    assert not conv.gathers(half)  # a frozen convolution on features without a gradient (frozen encoders)
+    assert conv.gathers(half.replace_feature(half.features.requires_grad_()))  # a gradient flows to its input
+    monkeypatch.setattr(M, "kernel_usable", lambda x: False)  # no Triton, or an older GPU: spconv, not the gathers
+    conv.requires_grad_(True)
+    assert not conv.gathers(half)
+
+
 def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
     "A tiny encoder's output and gradients with the gather path = with spconv's kernels (float32, to rounding)"
     torch.manual_seed(0)
