@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from .registry import Registry
 
 # %% auto #0
-__all__ = ['LOSSES', 'LOVASZ_CHUNK', 'CrossEntropyLoss', 'lovasz_grad', 'lovasz_softmax', 'LovaszLoss', 'Criteria',
-           'build_criteria']
+__all__ = ['LOSSES', 'LOVASZ_CHUNK', 'LOVASZ_READ_FREE_CLASSES', 'CrossEntropyLoss', 'lovasz_grad', 'lovasz_softmax',
+           'LovaszLoss', 'Criteria', 'build_criteria']
 
 # %% ../nbs/21_losses.ipynb #c005
 LOSSES = Registry("losses")
@@ -48,6 +48,7 @@ def lovasz_grad(fg_sorted:torch.Tensor) -> torch.Tensor: # (..., P) 0/1 foregrou
 
 # %% ../nbs/21_losses.ipynb #c013
 LOVASZ_CHUNK = 2**23  # classes x points sorted at once: about 50 bytes each of temporary memory
+LOVASZ_READ_FREE_CLASSES = 64  # on CUDA, at most this many classes take the read-free path by default (it sorts them all)
 
 def _sorted_by_error(errors:torch.Tensor, # (k, P) errors >= 0, one row per class
                      distinct:bool=True, # False: a stable argsort of (row, error) keys instead of distinct keys
@@ -152,9 +153,10 @@ def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    class_seen=None, # if given, only these classes count
                    chunk:int=LOVASZ_CHUNK, # at most this many classes x points sorted at once
                    valid:torch.Tensor|None=None, # (N,) bool: the points that count (None: all)
-                   read_free:bool|None=None): # True: no device read (all points and classes sorted); None: `probs.is_cuda`
+                   read_free:bool|None=None): # True: no device read (all classes sorted); None: on CUDA with <= LOVASZ_READ_FREE_CLASSES classes
     "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
-    if probs.is_cuda if read_free is None else read_free: return _lovasz_read_free(probs, labels, class_seen, chunk, valid)
+    if read_free is None: read_free = probs.is_cuda and probs.shape[1] <= LOVASZ_READ_FREE_CLASSES
+    if read_free: return _lovasz_read_free(probs, labels, class_seen, chunk, valid)
     idx = None if valid is None else valid.nonzero().squeeze(1)
     with torch.no_grad(): p, y = (probs, labels) if idx is None else (probs[idx], labels[idx])
     classes = _present(y, probs.shape[1], check=True)
@@ -174,7 +176,7 @@ class LovaszLoss(nn.Module):
                  per_image:bool=False, # must be False: the batch is one cloud, as the reference
                  ignore_index:int|None=-1, # label that does not count
                  loss_weight:float=1.0, # factor applied to the loss
-                 read_free:bool|None=None): # see `lovasz_softmax`: None reads no device value on CUDA only
+                 read_free:bool|None=None): # see `lovasz_softmax` (None: read-free on CUDA, up to LOVASZ_READ_FREE_CLASSES classes)
         super().__init__()
         if mode != "multiclass": raise ValueError(f"LovaszLoss mode={mode!r} is not supported; use mode='multiclass'")
         if per_image: raise ValueError("LovaszLoss per_image=True has no meaning for point clouds; use per_image=False")

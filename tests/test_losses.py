@@ -527,3 +527,19 @@ def test_lovasz_on_cuda_does_not_synchronize(ignore_index, class_seen):
     prev = previous_lovasz_loss(ref, labels, ignore_index, class_seen=class_seen)
     prev.backward()
     assert_close((loss.detach(), x.grad), (prev.detach(), ref.grad), torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lovasz_on_cuda_reads_for_many_classes_by_default():
+    "Past LOVASZ_READ_FREE_CLASSES (ScanNet200's 200) the default reads the present classes instead of sorting all of them"
+    from sonata_nb.losses import LOVASZ_READ_FREE_CLASSES
+    g = torch.Generator().manual_seed(13)
+    c = LOVASZ_READ_FREE_CLASSES + 1
+    x, labels = torch.randn(5000, c, generator=g).cuda(), torch.randint(0, 8, (5000,), generator=g).cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"): LovaszLoss()(x, labels)
+        LovaszLoss(read_free=True)(x, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
