@@ -3,13 +3,14 @@
 # .gpux/site.tar.xz (~41 MB against ~105 MB of wheels), so that a single device call carries them beside the working
 # tree and the scan instead of four calls carrying wheel parts one after the other.
 #
-#   EXTRA_WHEELS="fastcore<1.15 threadpoolctl" bash ../shared/tools/gpu/prepare_wheels.sh   # once: the wheels into .gpu1/ .gpu2/ ...
-#       (sonata_nb imports fastcore; without it every benchmark fails at import, as on 2026-12-06 20:58)
+#   EXTRA_WHEELS="fastcore<1.15 threadpoolctl plotly narwhals plyfile tqdm" bash ../shared/tools/gpu/prepare_wheels.sh   # once: wheels into .gpu1/ ...
+#       (sonata_nb imports fastcore; the trainer's benchmarks import its report module: plotly, narwhals, plyfile, tqdm;
+#        without them they fail at import, as on 2026-12-06 20:58 and 23:41)
 #   bash bench/device_bundle.sh                    # or WHEELS=dir-of-wheels bash bench/device_bundle.sh
 #   device call, carry [".gpux", ".benchdata"]:    bash .gpux/install.sh && export PYTHONPATH=/tmp/site:$PWD && ...
 #
-# plotly is left out (the benchmarks do not plot; 25 MB installed), so GPU tests that import sonata_nb.trainer (its report
-# module) fail there with ModuleNotFoundError; KEEP_PLOTLY=1 keeps it. Compression takes 3-4 minutes on 2 cores.
+# plotly's bundled plotly.js (plotly/package_data, ~4.6 MB) is left out: the benchmarks write no report; the carried
+# total (bundle + scan + tree) must stay under 64 MiB. Compression takes 3-4 minutes on 2 cores.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -24,7 +25,7 @@ else
 fi
 mkdir -p "$tmp/site"
 for w in "$tmp"/*.whl; do unzip -q -o "$w" -d "$tmp/site"; done
-[ "${KEEP_PLOTLY:-0}" = 1 ] || rm -rf "$tmp"/site/plotly "$tmp"/site/plotly-*.data "$tmp"/site/plotly-*.dist-info "$tmp"/site/_plotly_utils
+rm -rf "$tmp"/site/plotly/package_data "$tmp"/site/plotly-*.data
 mkdir -p .gpux
 tar -C "$tmp" -cf - site | xz -T0 -9e > .gpux/site.tar.xz
 cat > .gpux/install.sh <<'SH'
