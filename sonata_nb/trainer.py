@@ -33,7 +33,7 @@ from .segmentor import backbone_of, build_model
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler', 'SeededBatch',
            'SampleSeeded', 'HostPlanned', 'BatchSeeded', 'EpochBatches', 'param_groups', 'build_optimizer',
-           'OneCycleLR', 'build_scheduler', 'amp_setup', 'Trainer', 'DeviceValues']
+           'fused_by_default', 'OneCycleLR', 'build_scheduler', 'amp_setup', 'Trainer', 'DeviceValues']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -169,7 +169,17 @@ def build_optimizer(cfg:dict, model:torch.nn.Module, param_dicts=None, logger=No
                         f"{sum(p.numel() for p in g['params']):,} params: {shown}")
     if not any(g["params"] for g in groups):
         raise ValueError("The model has no trainable parameter: every parameter has requires_grad=False")
+    if fused_by_default(cfg, groups):  # the same update as torch's default `foreach`, rounding apart; the trainer's
+        cfg["fused"] = True            # steps are then decided on the device (`Trainer.optimizer_step_on_device`)
+        if logger: logger.info(f"{cfg['type']}: fused (CUDA; optimizer.fused=False for torch's foreach implementation)")
     return OPTIMIZERS.build(cfg, params=groups)  # as a default: `build` deep-copies the config, not the defaults
+
+def fused_by_default(cfg:dict, # the optimizer's config (`type` + arguments)
+                     groups:list[dict]) -> bool: # its parameter groups
+    "Whether an Adam/AdamW that names neither `fused` nor `foreach` gets torch's fused kernels: all its parameters are CUDA floats"
+    params = [p for g in groups for p in g["params"]]
+    return (cfg.get("type") in ("Adam", "AdamW") and "fused" not in cfg and "foreach" not in cfg and bool(params)
+            and all(p.is_cuda and p.is_floating_point() for p in params))
 
 # %% ../nbs/24_trainer.ipynb #c022
 SCHEDULERS = Registry("schedulers")

@@ -7,7 +7,7 @@ import torch
 
 from sonata_nb.config import default_config_parser
 from sonata_nb.segmentor import build_model
-from sonata_nb.trainer import Trainer, build_optimizer, load_checkpoint
+from sonata_nb.trainer import Trainer, build_optimizer, fused_by_default, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -122,3 +122,23 @@ def test_loader_workers_use_one_native_thread():
                                              worker_init_fn=partial(worker_init_fn, num_workers=2, rank=0, seed=0))
         counts = list(loader)
     assert all(c and set(c.values()) == {1} for c in counts), counts
+
+
+def test_adam_takes_the_fused_kernels_by_default_on_cuda_only():
+    "Adam/AdamW naming neither `fused` nor `foreach` is fused where all its parameters are CUDA floats; anything else is left to torch"
+    from types import SimpleNamespace
+    on_cuda = [dict(params=[SimpleNamespace(is_cuda=True, is_floating_point=lambda: True)] * 2)]
+    assert fused_by_default(dict(type="AdamW", lr=1e-3), on_cuda) and fused_by_default(dict(type="Adam", lr=1e-3), on_cuda)
+    for cfg in (dict(type="AdamW", lr=1e-3, fused=False), dict(type="AdamW", lr=1e-3, foreach=True), dict(type="SGD", lr=1e-3)):
+        assert not fused_by_default(cfg, on_cuda), cfg
+    mixed = [dict(params=on_cuda[0]["params"] + [torch.nn.Parameter(torch.zeros(2))])]
+    assert not fused_by_default(dict(type="AdamW", lr=1e-3), mixed)
+    opt = build_optimizer(dict(type="AdamW", lr=1e-3), torch.nn.Linear(2, 2))  # CPU: torch's default implementation
+    assert not opt.defaults.get("fused")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adamw_on_cuda_is_fused_and_the_trainer_decides_on_the_device():
+    opt = build_optimizer(dict(type="AdamW", lr=1e-3, weight_decay=0.05), torch.nn.Linear(2, 2).cuda())
+    assert opt.defaults["fused"] is True
+    assert not build_optimizer(dict(type="AdamW", lr=1e-3, fused=False), torch.nn.Linear(2, 2).cuda()).defaults.get("fused")
