@@ -138,10 +138,10 @@ class SubMConv3d(spconv.SubMConv3d):
                 and (_conv_backend != "auto" or self._differentiated(input.features)))
 
     def _differentiated(self, feat:torch.Tensor) -> bool: # the features about to be convolved
-        "\"auto\": whether a gradient flows through this convolution, in half precision, where the Triton kernels run"
+        "\"auto\": whether a gradient flows through this convolution and the Triton kernels run on the dtype it convolves in"
+        dtype = torch.float16 if feat.is_cuda and torch.is_autocast_enabled("cuda") else self.weight.dtype  # as `forward` casts
         return (torch.is_grad_enabled() and (self.weight.requires_grad or feat.requires_grad)
-                and (feat.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(feat.device.type))
-                and kernel_usable(feat.new_empty(0, dtype=torch.float16)))
+                and kernel_usable(feat.new_empty(0, dtype=dtype)))
 
     @staticmethod
     def _kernel() -> bool|None: return False if _conv_backend == "gather" else None  # `subm_conv`'s choice of kernels

@@ -128,21 +128,21 @@ def test_auto_backend_takes_sparse_conv_where_a_half_precision_gradient_flows(ga
     "\"auto\" (the default): `sparse_conv` where the weight trains or the input needs a gradient, in half precision with usable kernels; spconv elsewhere"
     assert M.CONV_BACKENDS[0] == "auto"
     monkeypatch.setattr(M, "_conv_backend", "auto")
+    # as on a GPU with Triton: half-precision features usable, the dtype asked for recorded
     usable = []
-    monkeypatch.setattr(M, "kernel_usable", lambda x: usable.append(x.dtype) or True)  # as on a GPU with Triton
+    monkeypatch.setattr(M, "kernel_usable", lambda x: usable.append(x.dtype) or x.dtype in (torch.float16, torch.bfloat16))
     idx = random_cells(50, 6, 1)
-    conv = SubMConv3d(4, 4, 3, indice_key="s")
-    half, full = (spconv.SparseConvTensor(torch.randn(len(idx), 4, dtype=dt), idx, [6, 6, 6], 1) for dt in (torch.bfloat16, torch.float32))
-    assert conv.gathers(half) and usable == [torch.float16]  # the kernels' dtype (as the CUDA path casts)
-    with torch.autocast("cpu", dtype=torch.bfloat16): assert conv.gathers(full)
-    assert not conv.gathers(full)  # float32 without autocast: spconv
-    with torch.no_grad(): assert not conv.gathers(half)  # inference
+    conv = SubMConv3d(4, 4, 3, indice_key="s").half()  # the dtype the convolution runs in without CUDA autocast: the weight's
+    feat = spconv.SparseConvTensor(torch.randn(len(idx), 4), idx, [6, 6, 6], 1)
+    assert conv.gathers(feat) and usable == [torch.float16]
+    with torch.no_grad(): assert not conv.gathers(feat)  # inference
     conv.requires_grad_(False)
-    assert not conv.gathers(half)  # a frozen convolution on features without a gradient (frozen encoders)
-    assert conv.gathers(half.replace_feature(half.features.requires_grad_()))  # a gradient flows to its input
+    assert not conv.gathers(feat)  # a frozen convolution on features without a gradient (frozen encoders)
+    assert conv.gathers(feat.replace_feature(feat.features.requires_grad_()))  # a gradient flows to its input
+    conv.requires_grad_(True).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16): assert not conv.gathers(feat)  # float32 weight, no CUDA autocast: spconv
     monkeypatch.setattr(M, "kernel_usable", lambda x: False)  # no Triton, or an older GPU: spconv, not the gathers
-    conv.requires_grad_(True)
-    assert not conv.gathers(half)
+    assert not conv.half().gathers(feat)
 
 
 def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
