@@ -153,9 +153,11 @@ def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    class_seen=None, # if given, only these classes count
                    chunk:int=LOVASZ_CHUNK, # at most this many classes x points sorted at once
                    valid:torch.Tensor|None=None, # (N,) bool: the points that count (None: all)
-                   read_free:bool|None=None): # True: no device read (all classes sorted); None: on CUDA with <= LOVASZ_READ_FREE_CLASSES classes
+                   read_free:bool|None=None): # True: no device read (all classes sorted); None: on CUDA, <= LOVASZ_READ_FREE_CLASSES classes to sort
     "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
-    if read_free is None: read_free = probs.is_cuda and probs.shape[1] <= LOVASZ_READ_FREE_CLASSES
+    if read_free is None:  # the classes it would sort: all, or those of `class_seen`
+        sorted_classes = probs.shape[1] if class_seen is None else len({int(c) for c in class_seen} & set(range(probs.shape[1])))
+        read_free = probs.is_cuda and sorted_classes <= LOVASZ_READ_FREE_CLASSES
     if read_free: return _lovasz_read_free(probs, labels, class_seen, chunk, valid)
     idx = None if valid is None else valid.nonzero().squeeze(1)
     with torch.no_grad(): p, y = (probs, labels) if idx is None else (probs[idx], labels[idx])

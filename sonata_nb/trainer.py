@@ -33,7 +33,8 @@ from .segmentor import backbone_of, build_model
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'set_seed', 'worker_init_fn', 'rng_state', 'set_rng_state', 'EpochSampler', 'SeededBatch',
            'SampleSeeded', 'HostPlanned', 'BatchSeeded', 'EpochBatches', 'param_groups', 'build_optimizer',
-           'fused_by_default', 'OneCycleLR', 'build_scheduler', 'amp_setup', 'Trainer', 'DeviceValues']
+           'load_optimizer_state', 'fused_by_default', 'OneCycleLR', 'build_scheduler', 'amp_setup', 'Trainer',
+           'DeviceValues']
 
 # %% ../nbs/24_trainer.ipynb #c010
 def set_seed(seed:int):
@@ -173,6 +174,19 @@ def build_optimizer(cfg:dict, model:torch.nn.Module, param_dicts=None, logger=No
         cfg["fused"] = True            # steps are then decided on the device (`Trainer.optimizer_step_on_device`)
         if logger: logger.info(f"{cfg['type']}: fused (CUDA; optimizer.fused=False for torch's foreach implementation)")
     return OPTIMIZERS.build(cfg, params=groups)  # as a default: `build` deep-copies the config, not the defaults
+
+def load_optimizer_state(optimizer:torch.optim.Optimizer, # built by this run
+                         state:dict): # `optimizer.state_dict()` of a checkpoint
+    "`optimizer.load_state_dict(state)`, keeping the implementation this run built (fused, foreach: a checkpoint's may differ) and its step counters where it keeps them"
+    optimizer.load_state_dict(state)  # replaces every group's settings by the saved ones, implementation flags too
+    kept = {k: optimizer.defaults[k] for k in ("fused", "foreach", "capturable") if k in optimizer.defaults}
+    for group in optimizer.param_groups:
+        group.update(kept)
+        on_device = bool(group.get("fused") or group.get("capturable"))  # torch keeps their step counts on the device
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32 if on_device else step.dtype)
 
 def fused_by_default(cfg:dict, # the optimizer's config (`type` + arguments)
                      groups:list[dict]) -> bool: # its parameter groups
@@ -348,7 +362,7 @@ def load_resume_checkpoint(self:Trainer):
         if dropped: self.logger.info(f"Dropped {dropped} record(s) after epoch {ckpt['epoch']} from metrics.jsonl")
         for tmp in (self.save_path/"model").glob("*.tmp"): tmp.unlink()  # partial writes of a killed run
     self.model.load_state_dict(strip_module(ckpt["state_dict"]), strict=True)
-    self.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(self.optimizer, ckpt["optimizer"])
     self.scheduler.load_state_dict(ckpt["scheduler"])
     if self.scaler and ckpt.get("scaler"): self.scaler.load_state_dict(ckpt["scaler"])
     self.start_epoch, self.best_metric = ckpt["epoch"], ckpt["best_metric_value"]

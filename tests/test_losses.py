@@ -541,5 +541,6 @@ def test_lovasz_on_cuda_reads_for_many_classes_by_default():
     try:
         with pytest.raises(RuntimeError, match="synchroniz"): LovaszLoss()(x, labels)
         LovaszLoss(read_free=True)(x, labels)
+        LovaszLoss(class_seen=list(range(8)))(x, labels)  # 8 classes to sort: read-free by default
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -2,12 +2,13 @@
 import os
 from pathlib import Path
 
+import copy
 import pytest
 import torch
 
 from sonata_nb.config import default_config_parser
 from sonata_nb.segmentor import build_model
-from sonata_nb.trainer import Trainer, build_optimizer, fused_by_default, load_checkpoint
+from sonata_nb.trainer import Trainer, build_optimizer, fused_by_default, load_checkpoint, load_optimizer_state
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -142,3 +143,27 @@ def test_adamw_on_cuda_is_fused_and_the_trainer_decides_on_the_device():
     opt = build_optimizer(dict(type="AdamW", lr=1e-3, weight_decay=0.05), torch.nn.Linear(2, 2).cuda())
     assert opt.defaults["fused"] is True
     assert not build_optimizer(dict(type="AdamW", lr=1e-3, fused=False), torch.nn.Linear(2, 2).cuda()).defaults.get("fused")
+
+
+@pytest.mark.parametrize("saved_fused", [False, True])
+def test_resumed_optimizer_keeps_this_runs_implementation(saved_fused):
+    "A checkpoint of the other implementation (foreach <-> fused) loads into this run's: its flags, step counters placed for it, the same next step"
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(4, 3), torch.randn(8, 4)
+    def step(opt, on_device=False):
+        opt.zero_grad(); model(x).square().sum().backward()
+        if on_device: opt.grad_scale, opt.found_inf = None, torch.zeros(())  # as `Trainer.optimizer_step_on_device` steps
+        opt.step()
+    saved = build_optimizer(dict(type="AdamW", lr=1e-2, fused=saved_fused), model)
+    step(saved)
+    state, weights = copy.deepcopy(saved.state_dict()), copy.deepcopy(model.state_dict())
+    results = []
+    for fused in (saved_fused, not saved_fused):
+        model.load_state_dict(weights)
+        opt = build_optimizer(dict(type="AdamW", lr=1e-2, fused=fused), model)
+        load_optimizer_state(opt, copy.deepcopy(state))
+        assert all(bool(g["fused"]) == fused for g in opt.param_groups)
+        assert all(s["step"].device == torch.device("cpu") and s["step"].item() == 1 for s in opt.state.values())
+        step(opt, on_device=fused)
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results): assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
