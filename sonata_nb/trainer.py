@@ -192,7 +192,8 @@ def fused_by_default(cfg:dict, # the optimizer's config (`type` + arguments)
                      groups:list[dict]) -> bool: # its parameter groups
     "Whether an Adam/AdamW that names neither `fused` nor `foreach` gets torch's fused kernels: all its parameters are CUDA floats"
     params = [p for g in groups for p in g["params"]]
-    return (cfg.get("type") in ("Adam", "AdamW") and "fused" not in cfg and "foreach" not in cfg and bool(params)
+    return (cfg.get("type") in ("Adam", "AdamW") and "fused" not in cfg and "foreach" not in cfg
+            and not cfg.get("differentiable") and bool(params)  # torch has no fused differentiable Adam
             and all(p.is_cuda and p.is_floating_point() for p in params))
 
 # %% ../nbs/24_trainer.ipynb #c022

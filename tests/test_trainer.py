@@ -130,7 +130,8 @@ def test_adam_takes_the_fused_kernels_by_default_on_cuda_only():
     from types import SimpleNamespace
     on_cuda = [dict(params=[SimpleNamespace(is_cuda=True, is_floating_point=lambda: True)] * 2)]
     assert fused_by_default(dict(type="AdamW", lr=1e-3), on_cuda) and fused_by_default(dict(type="Adam", lr=1e-3), on_cuda)
-    for cfg in (dict(type="AdamW", lr=1e-3, fused=False), dict(type="AdamW", lr=1e-3, foreach=True), dict(type="SGD", lr=1e-3)):
+    for cfg in (dict(type="AdamW", lr=1e-3, fused=False), dict(type="AdamW", lr=1e-3, foreach=True), dict(type="SGD", lr=1e-3),
+                dict(type="AdamW", lr=1e-3, differentiable=True)):
         assert not fused_by_default(cfg, on_cuda), cfg
     mixed = [dict(params=on_cuda[0]["params"] + [torch.nn.Parameter(torch.zeros(2))])]
     assert not fused_by_default(dict(type="AdamW", lr=1e-3), mixed)
