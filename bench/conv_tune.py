@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steps import DEFAULT_SCAN, build
+from steps import DEFAULT_SCAN, build, portable_command
 import sonata_nb.model as M
 import sonata_nb.sparse_conv as S
 from sonata_nb.model import upcast
@@ -70,7 +70,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     t0 = time.time()
     stages = stage_tensors(args.scan)
-    res = dict(card=torch.cuda.get_device_name(), command=" ".join(sys.argv),
+    res = dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/conv_tune.py", *(argv if argv is not None else sys.argv[1:])]),
                stages=[dict(key=k, blocks=n, points=len(x), channels=x.shape[1]) for k, n, x, *_ in stages])
     # spconv's module, forward + backward, on each stage
     M.set_conv_backend("spconv")

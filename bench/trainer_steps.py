@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datawait import TINY_BACKBONE
+from steps import portable_command
 from sonata_nb.config import default_config_parser
 from sonata_nb.demo import make_demo_data
 from sonata_nb.trainer import Trainer
@@ -82,7 +83,7 @@ def main(argv=None):
                 finally: trainer.lock.release()
             print(("fused (on device)" if fused else "foreach (synchronous)"), json.dumps(rows[fused][-1]), flush=True)
     res = dict(card=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-               command="python3 bench/trainer_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               command=portable_command(["python3", "bench/trainer_steps.py", *(argv if argv is not None else sys.argv[1:])]),
                foreach=rows[False], fused=rows[True],
                foreach_median_s=statistics.median(r["s_per_step"] for r in rows[False]),
                fused_median_s=statistics.median(r["s_per_step"] for r in rows[True]))

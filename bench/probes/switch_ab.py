@@ -7,7 +7,7 @@ CONV_TUNE=conv_tune.json (env): the Triton kernels' block sizes from bench/conv_
 import sys, json, os, statistics, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
-from steps import build, conv_tune_config, step_fn, sync
+from steps import build, conv_tune_config, portable_command, step_fn, sync
 import sonata_nb.model as M
 from sonata_nb.model import HostPlan, pooling_strides
 from sonata_nb.runtime import to_device
@@ -25,7 +25,7 @@ default = dict(residual=M._fused_residual, bias_kernel=K._bias_grad_kernel, one_
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
-out = dict(switch=name, card=torch.cuda.get_device_name(), pairs=pairs, command="python3 bench/probes/switch_ab.py " + " ".join(sys.argv[1:]),
+out = dict(switch=name, card=torch.cuda.get_device_name(), pairs=pairs, command=portable_command(["python3", "bench/probes/switch_ab.py", *sys.argv[1:]]),
            conv_config=conv_config)
 for task in tasks:
     fn = step_fn(task, model, head, data, labels)
