@@ -33,9 +33,10 @@ specialization; `sonata_nb.kernels.set_fast_launch(False)`; baseline: `kernels.L
 the patch attention's backward in one kernel, dq added atomically (`sonata_nb.attention_kernel.set_one_pass_backward`;
 baseline: a dk/dv kernel, then a dq kernel); torch_residual = the training blocks' DropPath branches added by torch's
 operations (`sonata_nb.model.set_fused_residual(False)`; baseline: `kernels.residual_drop_path`, one kernel each way);
-gather_conv / triton_conv = the blocks' submanifold convolutions by `sparse_conv.subm_conv` on a torch-built neighbour
-table, gathered rows and cuBLAS / Triton implicit-GEMM kernels (`sonata_nb.model.set_conv_backend("gather" / "triton")`;
-baseline: spconv's kernels). The baseline is the library's defaults.
+gather_conv / triton_conv / spconv_conv = the blocks' submanifold convolutions everywhere by `sparse_conv.subm_conv` on a
+torch-built neighbour table, gathered rows and cuBLAS / Triton implicit-GEMM kernels, or by spconv's kernels
+(`sonata_nb.model.set_conv_backend("gather" / "triton" / "spconv")`; baseline: "auto", Triton's where a gradient flows,
+spconv's elsewhere). The baseline is the library's defaults.
 Each variant's inference output is also compared with the float32 output (`rel_l2_vs_fp32`).
 """
 import argparse, contextlib, json, os, sys, time, traceback
@@ -48,6 +49,7 @@ from steps import (batch_arguments, TASKS, amp_dtype, build, ft_memory, host_pro
                    sync, time_fn)
 import sonata_nb.attention as A
 import sonata_nb.model as M
+DEFAULT_CONV = getattr(M, "_conv_backend", "spconv")  # the library's convolution backend at import (env included)
 import sonata_nb.kernels as K
 import sonata_nb.attention_kernel as AK
 from sonata_nb.model import MLP, set_half_layernorm, set_spconv_algo, upcast
@@ -74,8 +76,8 @@ _K_DEFAULTS = dict(bias_kernel=getattr(K, "_bias_grad_kernel", False))
 def apply(model, lev:dict):
     "Set the levers of a variant (everything else at the library's defaults)"
     set_spconv_algo(lev.get("spconv"))
-    if hasattr(M, "set_conv_backend"): M.set_conv_backend(lev.get("conv", "spconv"))
-    elif lev.get("conv", "spconv") != "spconv": raise RuntimeError("this checkout has no sonata_nb.model.set_conv_backend")
+    if hasattr(M, "set_conv_backend"): M.set_conv_backend(lev.get("conv", DEFAULT_CONV))
+    elif "conv" in lev: raise RuntimeError("this checkout has no sonata_nb.model.set_conv_backend")
     compile_mlps(model, lev.get("compile", False))
     for key, switch, _, _ in _SWITCHES:
         if hasattr(M, switch): getattr(M, switch)(lev.get(key, _DEFAULTS[key]))
@@ -193,7 +195,8 @@ VARIANTS = dict(  # name -> levers (everything else at the baseline)
     sdpa_attention=dict(attention="sdpa"), sdpa_attention_flash=dict(attention="sdpa", sdpa="flash"),
     torch_ln=dict(fused_ln=False), torch_bias_grad=dict(bias_kernel=False), bias_kernel=dict(bias_kernel=True), torch_ln_bias_grad=dict(fused_ln=False, bias_kernel=False),
     triton_launch=dict(fast_launch=False), triton_launch_torch_ln_bias_grad=dict(fast_launch=False, fused_ln=False, bias_kernel=False),
-    one_pass_bwd=dict(one_pass=True), torch_residual=dict(fused_residual=False), gather_conv=dict(conv="gather"), triton_conv=dict(conv="triton"))
+    one_pass_bwd=dict(one_pass=True), torch_residual=dict(fused_residual=False), gather_conv=dict(conv="gather"), triton_conv=dict(conv="triton"),
+    spconv_conv=dict(conv="spconv"))
 DEFAULT_VARIANTS = "fp32_ln,no_mlp_recompute,no_graphs,torch_ln,bias_kernel,triton_launch,sdpa_attention"  # against the library's defaults
 
 
