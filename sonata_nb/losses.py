@@ -125,11 +125,10 @@ class _LovaszSoftmax(torch.autograd.Function):
             start += len(part)
         return out if idx is None else out.new_zeros(ctx.shape).index_copy_(0, idx, out), None, None, None, None, None, None
 
-def _lovasz_read_free(probs, labels, class_seen, chunk, valid) -> torch.Tensor:
-    "`lovasz_softmax` without reading the device: all N points and all C classes (or those of `class_seen`), presence by counts"
+def _lovasz_read_free(probs, labels, seen, chunk, valid) -> torch.Tensor: # seen: the classes of `class_seen` below C, or None
+    "`lovasz_softmax` without reading the device: all N points and all C classes (or the `seen` ones), presence by counts"
     n, num_classes = probs.shape
-    seen = range(num_classes) if class_seen is None else sorted(c for c in {int(c) for c in class_seen} if 0 <= c < num_classes)
-    if not n or not len(seen):  # no class can count: 0, with a graph (NaN where a valid probability is NaN, as before)
+    if not n or (seen is not None and not seen):  # no class can count: 0, with a graph (NaN where a valid probability is NaN, as before)
         return (probs if valid is None else probs.masked_fill(~valid[:, None], 0.0)).sum() * 0.0
     counted = (labels >= 0) & (labels < num_classes)
     torch._assert_async(counted.all() if valid is None else (counted | ~valid).all(),  # no read: checked on the device
@@ -138,7 +137,7 @@ def _lovasz_read_free(probs, labels, class_seen, chunk, valid) -> torch.Tensor:
     if valid is not None: counted &= valid
     counts = torch.zeros(num_classes, dtype=torch.long, device=probs.device).index_add_(  # valid labels per class
         0, labels.masked_fill(~counted, 0).long(), counted.long())
-    if class_seen is None: classes = torch.arange(num_classes, device=probs.device)
+    if seen is None: classes = torch.arange(num_classes, device=probs.device)
     else:  # known on the host: copied without waiting (pinned memory on CUDA)
         classes = torch.tensor(seen, dtype=torch.long)
         classes = (classes.pin_memory() if probs.is_cuda else classes).to(probs.device, non_blocking=True)
@@ -155,10 +154,10 @@ def lovasz_softmax(probs:torch.Tensor, # (N, C) class probabilities
                    valid:torch.Tensor|None=None, # (N,) bool: the points that count (None: all)
                    read_free:bool|None=None): # True: no device read (all classes sorted); None: on CUDA, <= LOVASZ_READ_FREE_CLASSES classes to sort
     "Lovász-softmax averaged over the classes present in `labels` (of the valid points), the classes sorted together"
-    if read_free is None:  # the classes it would sort: all, or those of `class_seen`
-        sorted_classes = probs.shape[1] if class_seen is None else len({int(c) for c in class_seen} & set(range(probs.shape[1])))
-        read_free = probs.is_cuda and sorted_classes <= LOVASZ_READ_FREE_CLASSES
-    if read_free: return _lovasz_read_free(probs, labels, class_seen, chunk, valid)
+    seen = None if class_seen is None else sorted({int(c) for c in class_seen} & set(range(probs.shape[1])))
+    if read_free is None:  # by the classes it would sort: all, or the seen ones
+        read_free = probs.is_cuda and (probs.shape[1] if seen is None else len(seen)) <= LOVASZ_READ_FREE_CLASSES
+    if read_free: return _lovasz_read_free(probs, labels, seen, chunk, valid)
     idx = None if valid is None else valid.nonzero().squeeze(1)
     with torch.no_grad(): p, y = (probs, labels) if idx is None else (probs[idx], labels[idx])
     classes = _present(y, probs.shape[1], check=True)
