@@ -55,6 +55,15 @@ def conv_tune_config() -> dict:
     return dict(SC.CONV_CONFIG)
 
 
+def attention_tune_config() -> dict:
+    "The attention kernels' block sizes from bench/attention_kernel.py --sweep's `best_config` (`ATTN_TUNE=path.json`), set; the config in use"
+    import json
+    import sonata_nb.attention_kernel as AK
+    if os.environ.get("ATTN_TUNE"):
+        for name, cfg in json.load(open(os.environ["ATTN_TUNE"]))["best_config"].items(): AK.CONFIG[name] = tuple(cfg)
+    return dict(AK.CONFIG)
+
+
 def build(device, tiny:bool=False, scan=DEFAULT_SCAN, copies:int=3, crop:int|None=None, classes:int=20, seed:int=0):
     "(model, head, data, labels): the Sonata encoder (or a tiny one), a Linear head on its up-cast, the batch"
     torch.manual_seed(seed)

@@ -3,11 +3,12 @@ per task a synchronized step (latency, host) and 4 steps queued back to back (ch
 Usage: python bench/probes/switch_ab.py SCAN_DIR SWITCH [PAIRS] [TASKS]   
 SWITCH: gather | triton_conv (conv backend against spconv) | residual | bias_kernel (bias gradients by kernels.column_sum)
         | one_pass (the attention's one-pass backward) | half_exp (the attention's float16 exponentials)
-CONV_TUNE=conv_tune.json (env): the Triton kernels' block sizes from bench/conv_tune.py's best, not CONV_CONFIG's defaults."""
+CONV_TUNE=conv_tune.json (env): the Triton kernels' block sizes from bench/conv_tune.py's best, not CONV_CONFIG's defaults;
+ATTN_TUNE=attention_kernel.json (env): the attention kernels' from bench/attention_kernel.py --sweep's best_config."""
 import sys, json, os, statistics, time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
-from steps import build, conv_tune_config, portable_command, step_fn, sync
+from steps import attention_tune_config, build, conv_tune_config, portable_command, step_fn, sync
 import sonata_nb.model as M
 from sonata_nb.model import HostPlan, pooling_strides
 from sonata_nb.runtime import to_device
@@ -22,12 +23,13 @@ pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
 switch = SWITCHES[name]
 conv_config = conv_tune_config()
+attention_config = attention_tune_config()
 default = dict(residual=M._fused_residual, bias_kernel=K._bias_grad_kernel, one_pass=A._one_pass, half_exp=A._half_exp).get(name, M._conv_backend)
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
 out = dict(switch=name, card=torch.cuda.get_device_name(), pairs=pairs, command=portable_command(["python3", "bench/probes/switch_ab.py", *sys.argv[1:]]),
-           conv_config=conv_config)
+           conv_config=conv_config, attention_config=attention_config)
 for task in tasks:
     fn = step_fn(task, model, head, data, labels)
     for on in (True, False, True, False): switch(on); fn()
