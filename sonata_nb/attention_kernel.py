@@ -13,7 +13,7 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['LOG2E', 'CONFIG', 'MAX_PATCHES', 'set_one_pass_backward', 'set_half_exp', 'usable', 'patch_attention']
+__all__ = ['LOG2E', 'CONFIG', 'DELTA_ROWS', 'MAX_PATCHES', 'set_one_pass_backward', 'set_half_exp', 'usable', 'patch_attention']
 
 # %% ../nbs/03c_attention_kernel.ipynb #a005
 LOG2E = 1.4426950408889634
@@ -65,6 +65,16 @@ if triton is not None:
         out = acc / l_i[:, None]
         tl.store(Out + rows_m[:, None] * C + h * D + d[None, :], out.to(Out.dtype.element_ty), mask=m_mask[:, None])
         if STORE_LSE: tl.store(Lse + rows_m * H + h, m_i * qk_scale + tl.math.log2(l_i), mask=m_mask)  # log2 units
+
+    @triton.jit
+    def _pa_delta(DO, O, Delta, N, C, H, D:tl.constexpr, BLOCK_R:tl.constexpr):
+        # delta[n, h] = sum over the head's channels of dO * O in float32: FlashAttention-2's backward preprocessing
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        mask = rows < N
+        offs = rows.to(tl.int64)[:, None] * C + tl.program_id(1) * D + tl.arange(0, D)[None, :]
+        do = tl.load(DO + offs, mask=mask[:, None], other=0.0).to(tl.float32)
+        o = tl.load(O + offs, mask=mask[:, None], other=0.0).to(tl.float32)
+        tl.store(Delta + rows.to(tl.int64) * H + tl.program_id(1), tl.sum(do * o, axis=1), mask=mask)
 
     @triton.jit(**_LOOSE)
     def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, DQ, Dup, L, C, H, qk_scale, sm_scale,
@@ -144,6 +154,7 @@ if triton is not None:
 
 # %% ../nbs/03c_attention_kernel.ipynb #a007
 CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 64, 2, 2), dq=(64, 64, 4, 2), bwd=(32, 64, 2, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+DELTA_ROWS = 128  # rows of dO and O per program of the backward's preprocessing (delta)
 MAX_PATCHES = 65535  # CUDA's limit of a grid's second dimension: more patches launch in chunks
 _HALF = (torch.float16, torch.bfloat16)
 _one_pass = False
@@ -209,11 +220,12 @@ class _PatchAttention(torch.autograd.Function):
         heads, scale = ctx.heads, ctx.scale
         N, C = qkv.shape[0], qkv.shape[1] // 3
         D, dout = C // heads, dout.contiguous()
-        delta = (dout.float() * out.float()).view(N, heads, D).sum(-1)  # rowsum(dO * O) per query and head
+        delta = torch.empty(N, heads, device=qkv.device, dtype=torch.float32)  # rowsum(dO * O) per query and head
         dqkv = torch.empty_like(qkv)  # every row is a query of one slot and a key of its own slot: all written
         dup = torch.empty(len(dup_rows), 2 * C, device=qkv.device, dtype=torch.float32)
         dq = torch.zeros(N, C, device=qkv.device, dtype=torch.float32) if _one_pass else None
         with _on(qkv.device):
+            if N: launcher(_pa_delta)[(_cdiv(N, DELTA_ROWS), heads)](dout, out, delta, N, C, heads, D=D, BLOCK_R=DELTA_ROWS)
             for idx, qlen, base, whole in _parts(full, full_len, dup_base, short, short_len):
                 P, L = idx.shape
                 tail = (L, C, heads, scale * LOG2E, scale)

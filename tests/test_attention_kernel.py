@@ -333,6 +333,9 @@ def check_compile():
                     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
                     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
                     assert ".entry" in k.asm["ptx"]
+            src = ASTSource(fn=K._pa_delta, signature=dict(DO=f"*{t}", O=f"*{t}", Delta="*fp32", N="i32", C="i32", H="i32",
+                                                           D="constexpr", BLOCK_R="constexpr"), constexprs=dict(D=D, BLOCK_R=K.DELTA_ROWS))
+            assert ".entry" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
     print("compiled for sm_90")
 
 
