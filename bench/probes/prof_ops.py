@@ -1,4 +1,5 @@
-"""A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [torch_residual|spconv_conv|gather_conv|triton_conv]
+"""A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [VARIANTS]
+VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_conv | half_exp | bias_kernel | one_pass
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -8,10 +9,14 @@ from torch.profiler import ProfilerActivity, profile
 from steps import build, conv_tune_config, portable_command, step_fn
 conv_config = conv_tune_config()
 model, head, data, labels = build("cuda", scan=sys.argv[1])
-if len(sys.argv) > 3 and sys.argv[3] == "torch_residual":
-    import sonata_nb.model as M; M.set_fused_residual(False)
-if len(sys.argv) > 3 and sys.argv[3] in ("spconv_conv", "gather_conv", "triton_conv"):
-    import sonata_nb.model as M; M.set_conv_backend(sys.argv[3].split("_")[0])
+import sonata_nb.model as M, sonata_nb.kernels as K, sonata_nb.attention_kernel as A
+for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
+    if variant == "torch_residual": M.set_fused_residual(False)
+    elif variant in ("spconv_conv", "gather_conv", "triton_conv"): M.set_conv_backend(variant.split("_")[0])
+    elif variant == "half_exp": A.set_half_exp(True)
+    elif variant == "bias_kernel": K.set_bias_grad_kernel(True)
+    elif variant == "one_pass": A.set_one_pass_backward(True)
+    else: raise SystemExit(f"unknown variant {variant!r}")
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
 fn = step_fn(task, model, head, data, labels)
 for _ in range(3): fn()
@@ -35,4 +40,4 @@ print(task, "busy %.1f ms, kernels/step %d" % (busy, sum(r["calls"] for r in ker
 for r in kern[:60]: print("K %7.2f %5d %s" % (r["ms"], r["calls"], r["name"][:110]))
 for r in ops[:45]: print("O %7.2f %5d cpu %6.2f %s" % (r["ms"], r["calls"], r["cpu_ms"], r["name"][:90]))
 for r in cpu[:25]: print("C %7.2f %5d %s" % (r["cpu_ms"], r["calls"], r["name"][:90]))
-json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3] if len(sys.argv) > 3 else "")), "w"))
+json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3].replace(",", "_") if len(sys.argv) > 3 else "")), "w"))
