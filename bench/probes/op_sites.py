@@ -5,7 +5,8 @@ import sys, json, os, collections
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
 from torch.profiler import ProfilerActivity, profile
-from steps import build, portable_command, step_fn
+from steps import attention_tune_config, build, portable_command, step_fn
+attention_config = attention_tune_config()  # ATTN_TUNE=json (env)
 OPS = ("aten::copy_", "aten::sum", "aten::add_", "aten::add", "aten::mul", "aten::index", "aten::index_put_", "aten::fill_")
 cuda = torch.cuda.is_available()
 scan = sys.argv[1]

@@ -6,8 +6,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-from steps import build, conv_tune_config, portable_command, step_fn
+from steps import attention_tune_config, build, conv_tune_config, portable_command, step_fn
 conv_config = conv_tune_config()
+attention_config = attention_tune_config()
 model, head, data, labels = build("cuda", scan=sys.argv[1])
 import sonata_nb.model as M, sonata_nb.kernels as K, sonata_nb.attention_kernel as A
 for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
@@ -40,4 +41,4 @@ print(task, "busy %.1f ms, kernels/step %d" % (busy, sum(r["calls"] for r in ker
 for r in kern[:60]: print("K %7.2f %5d %s" % (r["ms"], r["calls"], r["name"][:110]))
 for r in ops[:45]: print("O %7.2f %5d cpu %6.2f %s" % (r["ms"], r["calls"], r["cpu_ms"], r["name"][:90]))
 for r in cpu[:25]: print("C %7.2f %5d %s" % (r["cpu_ms"], r["calls"], r["name"][:90]))
-json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3].replace(",", "_") if len(sys.argv) > 3 else "")), "w"))
+json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, attention_config=attention_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3].replace(",", "_") if len(sys.argv) > 3 else "")), "w"))
