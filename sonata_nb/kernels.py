@@ -17,7 +17,7 @@ except ImportError: triton = None
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm',
            'fused_layer_norm', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'sums_bias', 'linear',
-           'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path']
+           'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'CellMax', 'cell_max']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -475,3 +475,106 @@ def residual_drop_path(shortcut:torch.Tensor, # (N, C) the residual stream
 def _residual_drop_path(shortcut, x, drop_prob:float): # checked by the caller (`fuses_residual`, 0 < drop_prob < 1)
     r = torch.rand((x.shape[0], 1), device=x.device)  # DropPath's draw
     return ResidualDropPath.apply(shortcut, x, r, 1.0 - drop_prob)
+
+# %% ../nbs/03b_kernels.ipynb #k041
+if triton is not None:
+    @triton.jit
+    def _cell_max_fwd(X, Perm, Ptr, Out, Arg, M, C, STORE_ARG:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_C:tl.constexpr):
+        cells = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        in_m, in_c = cells < M, cols < C
+        start = tl.load(Ptr + cells, mask=in_m, other=0)
+        n = tl.load(Ptr + cells + 1, mask=in_m, other=0) - start
+        best = tl.full([BLOCK_M, BLOCK_C], float("-inf"), tl.float32)
+        arg = tl.full([BLOCK_M, BLOCK_C], -1, tl.int32)
+        for k in range(0, tl.max(n, 0)):  # the k-th row of every cell of the block, in the cells' order
+            has = k < n
+            row = tl.load(Perm + start + k, mask=has, other=0)
+            v = tl.load(X + row.to(tl.int64)[:, None] * C + cols[None, :], mask=has[:, None] & in_c[None, :],
+                        other=float("-inf")).to(tl.float32)
+            better = (v > best) | ((v != v) & (best == best))  # strictly larger (the first of equal rows stays), or the first NaN
+            best = tl.where(better, v, best)
+            if STORE_ARG: arg = tl.where(better, row.to(tl.int32)[:, None], arg)
+        offs = cells.to(tl.int64)[:, None] * C + cols[None, :]
+        mask = in_m[:, None] & in_c[None, :]
+        tl.store(Out + offs, best.to(Out.dtype.element_ty), mask=mask)
+        if STORE_ARG: tl.store(Arg + offs, arg, mask=mask)
+
+    @triton.jit
+    def _cell_max_bwd(G, Arg, DX, M, C, BLOCK_M:tl.constexpr, BLOCK_C:tl.constexpr):
+        cells = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (cells < M)[:, None] & (cols < C)[None, :]
+        offs = cells.to(tl.int64)[:, None] * C + cols[None, :]
+        arg = tl.load(Arg + offs, mask=mask, other=-1)
+        g = tl.load(G + offs, mask=mask, other=0.0)
+        tl.store(DX + arg.to(tl.int64) * C + cols[None, :], g, mask=mask & (arg >= 0))
+
+def _cell_blocks(C:int) -> tuple[int, int]:
+    "Cells and channels of a cell-max program's tile"
+    block_c = min(64, _pow2(C))
+    return max(1, 1024 // block_c), block_c
+
+def _cell_max_torch(x, perm, ptr, need_arg:bool):
+    "(maxima, their rows or None) by torch's operations: the first row of each cell in `perm` order among equal maxima"
+    M, N = len(ptr) - 1, len(x)
+    counts = ptr[1:] - ptr[:-1]
+    cell = torch.empty(N, dtype=torch.long, device=x.device)
+    cell[perm] = torch.repeat_interleave(torch.arange(M, device=x.device), counts, output_size=N)
+    out = x.new_full((M, x.shape[1]), float("-inf")).scatter_reduce_(0, cell[:, None].expand_as(x), x, "amax", include_self=False)
+    if not need_arg: return out, None
+    rank = torch.empty(N, dtype=torch.long, device=x.device)
+    rank[perm] = torch.arange(N, device=x.device)  # each row's place in cell order
+    top = out[cell]
+    wins = ((x == top) & (x > float("-inf"))) | (x.isnan() & top.isnan())
+    first = torch.full(out.shape, N, dtype=torch.long, device=x.device).scatter_reduce_(
+        0, cell[:, None].expand_as(x), torch.where(wins, rank[:, None], N), "amin", include_self=True)
+    arg = torch.where(first < N, perm[first.clamp(max=N - 1)] if N else first, -1)
+    return out, arg.to(torch.int32)
+
+class CellMax(torch.autograd.Function):
+    "Max per cell and channel; the gradient to the row the maximum came from (the reference's `segment_csr` max)"
+    @staticmethod
+    def forward(ctx, x, perm, ptr):
+        out, arg = _cell_max(x, perm, ptr, need_arg=ctx.needs_input_grad[0])
+        ctx.save_for_backward(arg)
+        ctx.n = len(x)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        arg, = ctx.saved_tensors
+        g = g.contiguous()
+        dx = g.new_zeros((ctx.n, g.shape[1]))
+        M, C = g.shape
+        if M and C:
+            if _kernel_device(g):
+                bm, bc = _cell_blocks(C)
+                with _on(g.device): launcher(_cell_max_bwd)[(_cdiv(M, bm), _cdiv(C, bc))](g, arg, dx, M, C, BLOCK_M=bm, BLOCK_C=bc)
+            else:
+                has = arg >= 0
+                dx[arg[has].long(), has.nonzero()[:, 1]] = g[has]
+        return dx, None, None
+
+def _cell_max(x, perm, ptr, need_arg:bool):
+    if not _kernel_device(x) or triton is None: return _cell_max_torch(x, perm, ptr, need_arg)
+    x = x.contiguous()
+    M, C = len(ptr) - 1, x.shape[1]
+    out = x.new_empty((M, C))
+    arg = torch.empty((M, C), dtype=torch.int32, device=x.device) if need_arg else None
+    if M and C:
+        bm, bc = _cell_blocks(C)
+        with _on(x.device): launcher(_cell_max_fwd)[(_cdiv(M, bm), _cdiv(C, bc))](x, perm, ptr, out, out if arg is None else arg,
+            M, C, STORE_ARG=need_arg, BLOCK_M=bm, BLOCK_C=bc)
+    return out, arg
+
+def cell_max(x:torch.Tensor, # (N, C) rows of the points
+             perm:torch.Tensor, # (N,) the rows sorted by cell (int64)
+             ptr:torch.Tensor) -> torch.Tensor: # (M + 1,) where each cell starts in `perm`, then N (int64)
+    "(M, C) max of each cell's rows; differentiable: each cell's gradient goes to the first of its maximal rows in `perm` order"
+    if x.ndim != 2 or perm.shape != (len(x),) or ptr.ndim != 1 or len(ptr) < 1:
+        raise ValueError(f"cell_max takes x (N, C), perm (N,) and ptr (M + 1,); got {tuple(x.shape)}, {tuple(perm.shape)}, {tuple(ptr.shape)}")
+    if len(x) >= 2**31: raise ValueError(f"cell_max keeps rows as int32: {len(x)} rows are too many")
+    if torch._C._are_functorch_transforms_active(): raise RuntimeError("cell_max does not support torch.func transforms")
+    return CellMax.apply(x, perm, ptr)

@@ -721,7 +721,7 @@ def unique_cells(key:torch.Tensor, # (N,) int64 cell key of each point, the samp
                  offset:torch.Tensor, # (B,) cumulative ends of the samples (points sorted by sample)
                  host:list|None=None, # the cell offset if known on the host (`plan_pooling`): then no device read
                  check:bool=False, # compare `host` with the device's count without waiting (a `HostPlan`'s)
-                ) -> tuple: # keys (M,), inverse (N,), counts (M,), cell offset (B,) and its host copy
+                ) -> tuple: # keys (M,), inverse (N,), counts (M,), cell offset (B,), its host copy, rows sorted by cell (N,)
     "`torch.unique(key, sorted=True, return_inverse=True, return_counts=True)` plus the cells per sample, at most one device read"
     sorted_key, perm = torch.sort(key)
     cell, cell_offset = _cells(sorted_key, offset)
@@ -731,7 +731,7 @@ def unique_cells(key:torch.Tensor, # (N,) int64 cell key of each point, the samp
     unique = sorted_key.new_empty(m).scatter_(0, cell, sorted_key)  # each cell's points carry the same key
     counts = torch.zeros(m, dtype=torch.long, device=key.device).scatter_add_(0, cell, torch.ones_like(cell))
     inverse = torch.empty_like(cell).scatter_(0, perm, cell)
-    return unique, inverse, counts, cell_offset, host
+    return unique, inverse, counts, cell_offset, host, perm
 
 def _check_planned(cell_offset:torch.Tensor, # (B,) cells per sample, as the device counts them
                    host:list): # the same from a plan made on the host
@@ -793,16 +793,14 @@ class GridPooling(PointModule):
         grid = torch.div(point.grid_coord, s, rounding_mode="floor").long()
         plan = point.get("_pooling_plan")  # (grid_coord and offset it was made for, [(stride, cell offset), ...], check them?)
         planned = plan is not None and plan[0] is point.grid_coord and plan[1] is point.offset and plan[2] and plan[2][0][0] == s
-        key, cluster, counts, offset, ends = unique_cells(_cell_keys(grid, point.batch), point.offset,
+        key, cluster, counts, offset, ends, perm = unique_cells(_cell_keys(grid, point.batch), point.offset,
                                                           plan[2][0][1] if planned else None, planned and plan[3])
         mask = (1 << 16) - 1
         grid_coord = torch.stack([key >> 32 & mask, key >> 16 & mask, key & mask], 1)
         feat = self.proj(point.feat)
-        # max per cell into a -inf buffer: scatter_reduce's backward compares the buffer to the result even with
-        # include_self=False, so uninitialised memory equal to the max would halve the gradient of the points
-        pooled = Point(feat=feat.new_full((len(key), feat.shape[1]), float("-inf")).scatter_reduce_(
-                           0, cluster[:, None].expand_as(feat), feat, "amax", include_self=False),
-                       coord=self._mean(point.coord, cluster, counts), grid_coord=grid_coord, batch=key >> 48, offset=offset)
+        idx_ptr = F.pad(counts.cumsum(0), (1, 0))
+        pooled = Point(feat=self._max(feat, cluster, perm, idx_ptr), coord=self._mean(point.coord, cluster, counts),
+                       grid_coord=grid_coord, batch=key >> 48, offset=offset)
         pooled.set_host_shape(HostShape(tuple(b - a for a, b in zip([0] + ends, ends)), lo, tuple(hi)))
         if planned and len(plan[2]) > 1: pooled["_pooling_plan"] = (grid_coord, offset, plan[2][1:], plan[3])
         for k in _AVERAGED_KEYS:
@@ -812,11 +810,19 @@ class GridPooling(PointModule):
         if "grid_size" in point.keys(): pooled["grid_size"] = point.grid_size * self.stride
         if self.traceable:
             pooled["pooling_inverse"], pooled["pooling_parent"] = cluster, point
-            pooled["idx_ptr"] = F.pad(counts.cumsum(0), (1, 0))
+            pooled["idx_ptr"] = idx_ptr
         pooled = self.act(self.norm(pooled))
         pooled.serialization(order=point.order, shuffle_orders=self.shuffle_orders and self.training)
         pooled.sparsify()
         return pooled
+
+    @staticmethod
+    def _max(x, cluster, perm, idx_ptr): # per-cell max of the rows of `x`
+        if not torch._C._are_functorch_transforms_active(): return kernels.cell_max(x, perm, idx_ptr)
+        # under torch.func: torch's amax (the same maxima; tied rows share the gradient) into a -inf buffer, as
+        # scatter_reduce's backward compares the buffer to the result even with include_self=False
+        return x.new_full((len(idx_ptr) - 1, x.shape[1]), float("-inf")).scatter_reduce_(
+            0, cluster[:, None].expand_as(x), x, "amax", include_self=False)
 
     @staticmethod
     def _mean(x, cluster, counts): # per-cell mean of the rows of `x`

@@ -67,6 +67,33 @@ def test_kernels_compile_for_the_gpu(forkserver):
     print(run_check(forkserver, "compile", interpret=False))
 
 
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None and not os.environ.get("TRITON_INTERPRET")
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton: the compiled cell-max kernels")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_cell_max_on_cuda_is_the_torch_path_bitwise(dtype):
+    "cell_max's kernels on CUDA against its torch operations on the CPU: maxima and gradients bit for bit, with many ties"
+    import torch
+    from sonata_nb import kernels
+    dtype = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 9, (5000,), generator=g)
+    N = int(counts.sum())
+    x0 = ((torch.randn(N, 96, generator=g) * 2).round() / 2).to(dtype)  # few distinct values: ties in most cells
+    perm, ptr = torch.randperm(N, generator=g), torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    gout = torch.randn(len(counts), 96, generator=g).to(dtype)
+    runs = []
+    for dev in ("cuda", "cpu"):
+        x = x0.to(dev).requires_grad_()
+        out = kernels.cell_max(x, perm.to(dev), ptr.to(dev))
+        out.backward(gout.to(dev))
+        runs.append((out.detach().cpu(), x.grad.cpu()))
+    for a, b in zip(*runs): assert torch.equal(a, b)
+
+
 def test_imports_without_triton(forkserver):
     run_check(forkserver, "no_triton", interpret=False)
 
@@ -361,8 +388,11 @@ def check_launch_sites():
     kernels._on_cpu = True
     s, h = torch.randn(40, 48, requires_grad=True), torch.randn(40, 48).half().requires_grad_()
     kernels.residual_drop_path(s, h, 0.2).sum().backward()
+    x = torch.randn(10, 48).half().requires_grad_()
+    kernels.cell_max(x, torch.randperm(10), torch.tensor([0, 4, 10])).float().sum().backward()
     kernels._on_cpu = False
-    assert set(seen) == {"_ln_fwd", "_ln_bwd", "_col_sum", "_pa_fwd", "_pa_dkdv", "_pa_dq", "_res_drop_fwd", "_res_drop_bwd"}, seen
+    assert set(seen) == {"_ln_fwd", "_ln_bwd", "_col_sum", "_pa_fwd", "_pa_delta", "_pa_dkdv", "_pa_dq", "_res_drop_fwd",
+                         "_res_drop_bwd", "_cell_max_fwd", "_cell_max_bwd"}, seen
     print(seen)
 
 
@@ -473,6 +503,17 @@ def check_compile():
                        **{k: "constexpr" for k in consts})
             k = triton.compile(ASTSource(fn=kernels._res_drop_bwd, signature=sig, constexprs=dict(consts, RTNE_BF16=False)),
                                target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw))
+            assert ".entry" in k.asm["ptx"]
+    for x in ("fp16", "bf16", "fp32"):
+        for C, store in ((48, True), (512, False)):
+            bm, bc = kernels._cell_blocks(C)
+            consts = dict(STORE_ARG=store, BLOCK_M=bm, BLOCK_C=bc)
+            sig = dict(X=f"*{x}", Perm="*i64", Ptr="*i64", Out=f"*{x}", Arg="*i32", M="i32", C="i32", **{k: "constexpr" for k in consts})
+            k = triton.compile(ASTSource(fn=kernels._cell_max_fwd, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+            assert ".entry" in k.asm["ptx"]
+            consts = dict(BLOCK_M=bm, BLOCK_C=bc)
+            sig = dict(G=f"*{x}", Arg="*i32", DX=f"*{x}", M="i32", C="i32", **{k: "constexpr" for k in consts})
+            k = triton.compile(ASTSource(fn=kernels._cell_max_bwd, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
             assert ".entry" in k.asm["ptx"]
     from sonata_nb import serialization as S
     tables = {f"{t}{l}": "*i64" for l in (1, 2, 3) for t in ("D", "N")}
