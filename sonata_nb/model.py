@@ -723,7 +723,7 @@ def unique_cells(key:torch.Tensor, # (N,) int64 cell key of each point, the samp
                  check:bool=False, # compare `host` with the device's count without waiting (a `HostPlan`'s)
                 ) -> tuple: # keys (M,), inverse (N,), counts (M,), cell offset (B,), its host copy, rows sorted by cell (N,)
     "`torch.unique(key, sorted=True, return_inverse=True, return_counts=True)` plus the cells per sample, at most one device read"
-    sorted_key, perm = torch.sort(key)
+    sorted_key, perm = torch.sort(key, stable=True)  # a cell's rows in their order: the first maximal row takes a tie
     cell, cell_offset = _cells(sorted_key, offset)
     if host is None: host = cell_offset.tolist()  # the only wait for the GPU
     elif check: _check_planned(cell_offset, host)
