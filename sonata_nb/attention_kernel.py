@@ -103,6 +103,7 @@ if triton is not None:
             lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))  # no query: probability 0
             delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
             pT = _exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :], HALF_EXP, PACKED)  # (BLOCK_N, BLOCK_M)
+            if ONE_PASS: pT = tl.where(n_mask[:, None], pT, 0.0)  # a key past the patch (k = 0) adds nothing to dq, even at inf
             dv += tl.dot(pT.to(do.dtype), do)
             dsT = (pT.to(tl.float32) * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
             dk += tl.dot(dsT, q)

@@ -532,11 +532,15 @@ def _cell_max_torch(x, perm, ptr, need_arg:bool):
     arg = torch.where(first < N, perm[first.clamp(max=N - 1)] if N else first, -1)
     return out, arg.to(torch.int32)
 
+def _cell_kernels(x:torch.Tensor) -> bool:
+    "Whether `cell_max` runs its Triton kernels on `x` (else torch's operations)"
+    return triton is not None and x.dtype in _DTYPES and _kernel_device(x)
+
 class CellMax(torch.autograd.Function):
     "Max per cell and channel; the gradient to the row the maximum came from (the reference's `segment_csr` max)"
     @staticmethod
-    def forward(ctx, x, perm, ptr):
-        out, arg = _cell_max(x, perm, ptr, need_arg=ctx.needs_input_grad[0])
+    def forward(ctx, x, perm, ptr, need_arg:bool):
+        out, arg = _cell_max(x, perm, ptr, need_arg)
         ctx.save_for_backward(arg)
         ctx.n = len(x)
         return out
@@ -549,17 +553,17 @@ class CellMax(torch.autograd.Function):
         dx = g.new_zeros((ctx.n, g.shape[1]))
         M, C = g.shape
         if M and C:
-            if _kernel_device(g):
+            if _cell_kernels(g):
                 bm, bc = _cell_blocks(C)
                 with _on(g.device): launcher(_cell_max_bwd)[(_cdiv(M, bm), _cdiv(C, bc))](g, arg, dx, M, C, BLOCK_M=bm, BLOCK_C=bc)
             else:
                 has = arg >= 0
                 dx[arg[has].long(), has.nonzero()[:, 1]] = g[has]
-        return dx, None, None
+        return dx, None, None, None
 
 def _cell_max(x, perm, ptr, need_arg:bool):
-    if not _kernel_device(x) or triton is None: return _cell_max_torch(x, perm, ptr, need_arg)
-    x = x.contiguous()
+    if not _cell_kernels(x): return _cell_max_torch(x, perm, ptr, need_arg)
+    x, perm, ptr = x.contiguous(), perm.contiguous(), ptr.contiguous()
     M, C = len(ptr) - 1, x.shape[1]
     out = x.new_empty((M, C))
     arg = torch.empty((M, C), dtype=torch.int32, device=x.device) if need_arg else None
@@ -577,4 +581,4 @@ def cell_max(x:torch.Tensor, # (N, C) rows of the points
         raise ValueError(f"cell_max takes x (N, C), perm (N,) and ptr (M + 1,); got {tuple(x.shape)}, {tuple(perm.shape)}, {tuple(ptr.shape)}")
     if len(x) >= 2**31: raise ValueError(f"cell_max keeps rows as int32: {len(x)} rows are too many")
     if torch._C._are_functorch_transforms_active(): raise RuntimeError("cell_max does not support torch.func transforms")
-    return CellMax.apply(x, perm, ptr)
+    return CellMax.apply(x, perm, ptr, torch.is_grad_enabled() and x.requires_grad)  # the rows kept only for a backward

@@ -30,12 +30,12 @@ for e in prof.events():
         if "sonata_nb/" in q.name or q.name.startswith("autograd::engine::evaluate_function"):
             frames.append(q.name.replace("autograd::engine::evaluate_function: ", "bwd "))
         q = q.cpu_parent
-    dt = ",".join(str(t) for t in (getattr(e, "input_types", None) or [])[:2]) if hasattr(e, "input_types") else ""
-    key = (e.name, dt, " < ".join(f.split("sonata_nb/")[-1] for f in frames) or "(no python frame)")
+    shapes = str((e.input_shapes or [])[:2])  # record_shapes: the first two inputs' shapes
+    key = (e.name, shapes, " < ".join(f.split("sonata_nb/")[-1] for f in frames) or "(no python frame)")
     sites[key][0] += 1; sites[key][1] += cost(e) / 1e3
 rows = sorted(([n, t, s, c, round(ms, 3)] for (n, t, s), (c, ms) in sites.items()), key=lambda r: -r[4])
 print(task, "ms by op and call site (%s)" % ("device" if cuda else "self CPU"), "total", round(sum(r[4] for r in rows), 2))
-for r in rows[:50]: print("%7.3f %4d %-14s %-22s %s" % (r[4], r[3], r[0], r[1][:22], r[2][:150]))
+for r in rows[:50]: print("%7.3f %4d %-14s %-30s %s" % (r[4], r[3], r[0], r[1][:30], r[2][:150]))
 out = dict(card=torch.cuda.get_device_name() if cuda else "cpu", command=portable_command(["python3", "bench/probes/op_sites.py", *sys.argv[1:]]),
-           rows=[dict(op=r[0], types=r[1], site=r[2], calls=r[3], ms=r[4]) for r in rows])
+           rows=[dict(op=r[0], shapes=r[1], site=r[2], calls=r[3], ms=r[4]) for r in rows])
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "op_sites_%s.json" % task), "w"), indent=0)
