@@ -52,11 +52,11 @@ GiB, MiB = 2**30, 2**20
 # ---------------------------------------------------------------- the ft forward (as bench/steps.py's `ft` step)
 
 def ft_forward(model, head, data, labels, region=lambda name: contextlib.nullcontext()):
-    "The loss of `F.cross_entropy(head(upcast(model(data))).float(), labels)` under autocast, freeing as that expression"
+    "The loss of `F.cross_entropy(head(upcast(model(data), dtype=amp)).float(), labels)` under autocast, freeing as that expression"
     dev = data["feat"].device.type
     with torch.autocast(dev, dtype=amp_dtype(dev)):
         x = model(data)
-        with region("upcast"): x = upcast(x)  # the Point is released here, as the expression's temporary
+        with region("upcast"): x = upcast(x, dtype=amp_dtype(dev))  # the Point is released here, as the expression's temporary
         x = head(x)  # the up-cast features are released here
         with region("loss"):
             x = x.float()

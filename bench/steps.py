@@ -94,8 +94,8 @@ def step_fn(task:str, model, head, data, labels):
         if not model.training: model.train()
         if set_trainable(model, task == "ft") or not trained:
             trained[:] = [p for m in (model, head) for p in m.parameters() if p.requires_grad]
-        with torch.autocast(dev, dtype=amp):
-            loss = F.cross_entropy(head(upcast(model(data))).float(), labels)
+        with torch.autocast(dev, dtype=amp):  # the up-cast in the head's dtype, as `DefaultSegmentorV2` asks for it
+            loss = F.cross_entropy(head(upcast(model(data), dtype=amp)).float(), labels)
         loss.backward()
         for p in trained: p.grad = None  # optimizer.zero_grad(set_to_none=True)
     return run
@@ -140,7 +140,7 @@ def ft_memory(model, head, data, labels) -> dict:
     model.train(); set_trainable(model, True)
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
     with torch.autocast("cuda", dtype=amp):
-        loss = F.cross_entropy(head(upcast(model(data))).float(), labels)
+        loss = F.cross_entropy(head(upcast(model(data), dtype=amp)).float(), labels)
     torch.cuda.synchronize(); after_fwd = torch.cuda.memory_allocated(); fwd_peak = torch.cuda.max_memory_allocated()
     loss.backward(); torch.cuda.synchronize()
     res = dict(base_gib=before / 2**30, saved_gib=(after_fwd - before) / 2**30, fwd_peak_gib=fwd_peak / 2**30,

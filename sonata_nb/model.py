@@ -1040,35 +1040,38 @@ SONATA_CONFIG = dict(
 class _Upcast(torch.autograd.Function):
     "Stage features gathered once into their columns of one output; the backward sums each stage's rows from its columns"
     @staticmethod
-    def forward(rows:tuple, *feats):  # rows[i]: the row of feats[i] for each output row (None: the same row)
-        dtype = feats[0].dtype
-        for feat in feats[1:]: dtype = torch.promote_types(dtype, feat.dtype)  # as torch.cat
+    def forward(rows:tuple, dtype, *feats):  # rows[i]: the row of feats[i] for each output row (None: the same row)
+        natural = feats[0].dtype
+        for feat in feats[1:]: natural = torch.promote_types(natural, feat.dtype)  # as torch.cat
         n = next(len(r) for r in rows if r is not None)
-        out = feats[0].new_empty((n, sum(feat.shape[-1] for feat in feats)), dtype=dtype)
+        out = feats[0].new_empty((n, sum(feat.shape[-1] for feat in feats)), dtype=natural if dtype is None else dtype)
         col = 0
-        for feat, row in zip(feats, rows):  # one gathered stage alive at a time beside the output
+        for feat, row in zip(feats, rows):  # one gathered stage alive at a time beside the output; cast on the way
             out[:, col:col + feat.shape[-1]] = feat if row is None else feat[row]
             col += feat.shape[-1]
         return out
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        rows, *feats = inputs
+        rows, dtype, *feats = inputs
         ctx.rows, ctx.metas = rows, [(len(feat), feat.shape[-1], feat.dtype) for feat in feats]
+        ctx.natural = feats[0].dtype  # the uncast output's dtype
+        for feat in feats[1:]: ctx.natural = torch.promote_types(ctx.natural, feat.dtype)
 
     @staticmethod
     def backward(ctx, grad):  # differentiable operations: double backward works as for the concatenations
         grads, col = [], 0
         for i, ((n, c, dtype), row) in enumerate(zip(ctx.metas, ctx.rows)):
-            g = grad[:, col:col + c] if ctx.needs_input_grad[i + 1] else None
+            g = grad[:, col:col + c].to(ctx.natural) if ctx.needs_input_grad[i + 2] else None  # the cast's backward first
             if g is not None and row is not None:  # what autograd does for feat[row]: a sorted, deterministic accumulation
-                g = grad.new_zeros((n, c)).index_put((row,), g, accumulate=True)
+                g = g.new_zeros((n, c)).index_put((row,), g, accumulate=True)
             grads.append(None if g is None else g.to(dtype))
             col += c
-        return (None, *grads)
+        return (None, None, *grads)
 
 def upcast(point:Point, # output of a PTv3 encoder (or decoder)
-           levels:int|None=None): # number of concatenations; None: at every pooling step
+           levels:int|None=None, # number of concatenations; None: at every pooling step
+           dtype:torch.dtype|None=None): # the output's dtype (None: the stages' promoted dtype, as torch.cat)
     "Stage-0 features (N_0, D) of `point`: coarser stages concatenated (`levels` times) and copied to the input rows"
     if levels is not None and (not isinstance(levels, int) or levels < 0):
         raise ValueError(f"levels must be None or a non-negative int, got {levels!r}")
@@ -1081,8 +1084,8 @@ def upcast(point:Point, # output of a PTv3 encoder (or decoder)
         index = chain[i].pooling_inverse if index is None else chain[i].pooling_inverse[index]
         rows[i] = index
     order = range(kept - 1, -1, -1)  # the finest first, as the concatenations
-    if index is None: return point.feat  # no pooling: stage-0 features as they are
-    return _Upcast.apply(tuple(rows[i] for i in order), *[chain[i].feat for i in order])
+    if index is None: return point.feat if dtype is None else point.feat.to(dtype)  # no pooling: stage-0 features as they are
+    return _Upcast.apply(tuple(rows[i] for i in order), dtype, *[chain[i].feat for i in order])
 
 # %% ../nbs/04_model.ipynb #c045
 logger = logging.getLogger("sonata_nb")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from .registry import Registry
 from .structure import Point
-from .model import MODELS, PointTransformerV3, upcast
+from .model import MODELS, PointTransformerV3, upcast, _hooked
 from .losses import build_criteria
 from .runtime import count_parameters
 
@@ -48,11 +48,12 @@ def backbone_of(model:nn.Module) -> nn.Module: # a segmentor (with `.backbone`) 
                     "nowhere to go: keep the backbone in `self.backbone` (the backbone contract in nbs/23_segmentor)")
 
 def backbone_features(backbone:nn.Module, # a backbone keeping the contract
-                      input_dict:dict) -> torch.Tensor: # coord, grid_coord, feat, offset (or batch)
+                      input_dict:dict, # coord, grid_coord, feat, offset (or batch)
+                      dtype:torch.dtype|None=None) -> torch.Tensor: # an up-cast's dtype (None: its stages')
     "(N, C) features of the N input points: the backbone's output `Point` up-cast, or its `(N, C)` tensor"
     point = Point(input_dict)
     out = backbone(point)
-    if isinstance(out, Point): return upcast(out)
+    if isinstance(out, Point): return upcast(out, dtype=dtype)
     n = len(input_dict["coord"])
     if isinstance(out, torch.Tensor) and out.dim() == 2 and len(out) == n: return out
     got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
@@ -95,13 +96,20 @@ class DefaultSegmentorV2(nn.Module):
         if freeze_backbone:
             for p in self.backbone.parameters(): p.requires_grad = False
 
-    def features(self, input_dict:dict) -> torch.Tensor: # coord, grid_coord, feat, offset (or batch)
+    def features(self, input_dict:dict, # coord, grid_coord, feat, offset (or batch)
+                 dtype:torch.dtype|None=None) -> torch.Tensor: # an up-cast's dtype (None: the stages')
         "(N, backbone_out_channels) features of the input points"
-        return backbone_features(self.backbone, input_dict)
+        return backbone_features(self.backbone, input_dict, dtype)
+
+    def _head_dtype(self, input_dict:dict) -> torch.dtype|None:
+        "Autocast's dtype where the head is a plain Linear under autocast (it casts its input to it first), else None"
+        dev = input_dict["coord"].device.type
+        if type(self.seg_head) not in (LinearHead, nn.Linear) or _hooked(self.seg_head) or not torch.is_autocast_enabled(dev): return None
+        return torch.get_autocast_dtype(dev)
 
     def forward(self, input_dict:dict) -> dict: # model input; `segment` (N,) labels for the loss
         "{loss} while training; {loss, seg_logits} in eval with labels; {seg_logits} otherwise"
-        feat = self.features(input_dict)
+        feat = self.features(input_dict, self._head_dtype(input_dict))
         if not isinstance(self.seg_head, nn.Identity) and feat.shape[-1] != self.seg_head.in_channels:
             raise ValueError(f"The backbone gives {feat.shape[-1]} channels but backbone_out_channels is "
                              f"{self.seg_head.in_channels}; fix model.backbone_out_channels in the config")
