@@ -16,8 +16,9 @@ except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm',
-           'fused_layer_norm', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'sums_bias', 'linear',
-           'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'CellMax', 'cell_max']
+           'fused_layer_norm', 'fused_layer_norm_passing', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear',
+           'sums_bias', 'linear', 'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path',
+           'CellMax', 'cell_max']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -37,8 +38,10 @@ if triton is not None:
         return out
 
     @triton.jit
-    def _ln_fwd(X, W, B, Y, Mean, Rstd, N, C, eps, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
-                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr):
+    def _ln_fwd(X, W, B, R, Y, Mean, Rstd, N, C, eps, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
+                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr,
+                HAS_R:tl.constexpr, ROUND:tl.constexpr):
+        # HAS_R: Y = R + the norm, the norm first rounded to its float16 (ROUND 1) or bfloat16 (2; 3 in the interpreter) dtype
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = tl.arange(0, BLOCK_C)
         rmask, cmask = rows < N, cols < C
@@ -52,13 +55,19 @@ if triton is not None:
         y = xc * rstd[:, None]
         if HAS_W: y = y * tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if HAS_B: y = y + tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if HAS_R:  # torch's `r + y`: both operands in float32, one rounding to the result's dtype
+            if ROUND == 1: y = y.to(tl.float16).to(tl.float32)
+            if ROUND == 2: y = y.to(tl.bfloat16).to(tl.float32)
+            if ROUND == 3: y = _cast(y, tl.bfloat16, True).to(tl.float32)
+            y = y + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(Y + offs, _cast(y, Y.dtype.element_ty, RTNE_BF16), mask=mask)
         tl.store(Mean + rows, mean, mask=rmask)
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, W, DY, DX, Mean, Rstd, DWp, DBp, N, C, iters, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
-                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr):
+    def _ln_bwd(X, W, DY, DS, DX, Mean, Rstd, DWp, DBp, N, C, iters, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
+                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr, HAS_DS:tl.constexpr):
+        # HAS_DS: DX = DS + the norm's input gradient (rounded to DX's dtype first), as autograd adds two gradients of X
         pid, G = tl.program_id(0), tl.num_programs(0)
         cols = tl.arange(0, BLOCK_C)
         cmask = cols < C
@@ -80,6 +89,9 @@ if triton is not None:
             c1 = tl.sum(xhat * wdy, axis=1) / C
             c2 = tl.sum(wdy, axis=1) / C
             dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+            if HAS_DS:
+                dx = _cast(dx, DX.dtype.element_ty, RTNE_BF16).to(tl.float32)
+                dx = dx + tl.load(DS + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(DX + offs, _cast(dx, DX.dtype.element_ty, RTNE_BF16), mask=mask)
             if HAS_W: dw += dy * xhat
             if HAS_B: db += dy
@@ -219,35 +231,46 @@ def _pair(shape:tuple, device) -> torch.Tensor:
     n16 = -(-n // 4) * 4
     return torch.empty(2 * n16, dtype=torch.float32, device=device).view(2, n16)[:, :n].view(2, *shape)
 
-def _forward(x, weight, bias, eps:float, out_dtype) -> tuple:
-    "(y as (N, C), x as (N, C), mean, rstd): the forward kernel on the rows of `x`"
+def _round(dtype) -> int: return 1 if dtype == torch.float16 else (3 if interpreted() else 2) if dtype == torch.bfloat16 else 0  # `_ln_fwd`'s ROUND
+
+def _forward(x, weight, bias, eps:float, out_dtype, residual=None) -> tuple:
+    "(y as (N, C), x as (N, C), mean, rstd): the forward kernel on the rows of `x` (y = residual + the norm, with one)"
     C = x.shape[-1]
     x2 = x.reshape(-1, C).contiguous()
     N = x2.shape[0]
-    y = torch.empty((N, C), dtype=out_dtype, device=x.device)
+    r2 = None if residual is None else residual.reshape(N, C).contiguous()
+    y_dtype = out_dtype if r2 is None else torch.promote_types(out_dtype, r2.dtype)
+    y = torch.empty((N, C), dtype=y_dtype, device=x.device)
     mean, rstd = _pair((N,), x.device)
     if N:
         br, bc, nw = _blocks(C)
-        with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
+        with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, r2, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
                                        HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
-                                       RTNE_BF16=_rtne_bf16(out_dtype))
+                                       RTNE_BF16=_rtne_bf16(y_dtype), HAS_R=r2 is not None,
+                                       ROUND=0 if r2 is None else _round(out_dtype))
     return y, x2, mean, rstd
 
 class FusedLayerNorm(torch.autograd.Function):
-    "LayerNorm over the last dimension by the Triton kernels; saves x, mean and rstd for the backward"
+    "LayerNorm over the last dimension by the Triton kernels (plus a residual, or passing its input on); saves x, mean and rstd"
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, out_dtype):
-        y, x2, mean, rstd = _forward(x, weight, bias, eps, out_dtype)
+    def forward(ctx, x, weight, bias, residual, eps, out_dtype, pass_input):
+        y, x2, mean, rstd = _forward(x, weight, bias, eps, out_dtype, residual)
         ctx.save_for_backward(x2, weight, mean, rstd)
-        ctx.shape, ctx.bias_dtype = x.shape, None if bias is None else bias.dtype
-        return y.view(x.shape)
+        ctx.shape, ctx.bias_dtype, ctx.out_dtype = x.shape, None if bias is None else bias.dtype, out_dtype
+        ctx.residual_dtype = None if residual is None else residual.dtype
+        if not pass_input: return y.view(x.shape)
+        ctx.set_materialize_grads(False)  # no gradient for the passed input: nothing to add
+        return y.view(x.shape), x  # x again: autograd makes it a view whose gradient reaches the backward below
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dpass=None):
         x2, weight, mean, rstd = ctx.saved_tensors
         N, C = x2.shape
         has_w, has_b = weight is not None, ctx.bias_dtype is not None
-        dy = dy.reshape(N, C).contiguous()
+        dres = None if ctx.residual_dtype is None or dy is None else _as(dy, ctx.residual_dtype)  # `residual + y`: as it is
+        if dy is None: dy = x2.new_zeros((N, C), dtype=ctx.out_dtype)
+        dy = _as(dy.reshape(N, C), ctx.out_dtype).contiguous()  # the norm's share of `residual + y` in its own dtype
+        ds = None if dpass is None else _as(dpass.reshape(N, C), x2.dtype).contiguous()  # the stream's other gradient
         dx = torch.empty_like(x2)
         br, bc, nw = _blocks(C)
         G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
@@ -256,24 +279,48 @@ class FusedLayerNorm(torch.autograd.Function):
             dwp, dbp = parts[0] if has_w else None, parts[1] if has_b else None
         else: parts = dwp = dbp = None
         if N:
-            with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, dx, mean, rstd, dwp, dbp, N, C, _cdiv(_cdiv(N, br), G),
-                          HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype))
+            with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, ds, dx, mean, rstd, dwp, dbp, N, C, _cdiv(_cdiv(N, br), G),
+                          HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype),
+                          HAS_DS=ds is not None)
         sums = parts.sum(1) if parts is not None else x2.new_zeros((2, C), dtype=torch.float32)  # one reduction for both
         dw = _as(sums[0], weight.dtype) if has_w else None
         db = _as(sums[1], ctx.bias_dtype) if has_b else None
-        return dx.view(ctx.shape), dw, db, None, None
+        return dx.view(ctx.shape), dw, db, dres, None, None, None
+
+def _default_dtype(x): return torch.float32 if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
 
 def fused_layer_norm(x:torch.Tensor, # (..., C) float32, float16 or bfloat16
                      weight:torch.Tensor|None=None, # (C,) scale, or None
                      bias:torch.Tensor|None=None, # (C,) shift, or None
                      eps:float=1e-5, # added to the variance
-                     out_dtype:torch.dtype|None=None): # None: as torch (float32 under CUDA autocast, else x.dtype)
-    "`F.layer_norm(x, (C,), weight, bias, eps)` by the Triton kernels, output in `out_dtype`"
-    if out_dtype is None: out_dtype = torch.float32 if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
+                     out_dtype:torch.dtype|None=None, # None: as torch (float32 under CUDA autocast, else x.dtype)
+                     residual:torch.Tensor|None=None): # x's shape: return `residual + norm` (torch's add of the two dtypes)
+    "`F.layer_norm(x, (C,), weight, bias, eps)` by the Triton kernels, output in `out_dtype`; `residual + it` with a residual"
+    if out_dtype is None: out_dtype = _default_dtype(x)
+    _check(x, weight, bias, out_dtype)
+    if residual is not None: _check_residual(x, residual)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))):
+        return _forward(x, weight, bias, float(eps), out_dtype, residual)[0].view(x.shape)  # no autograd node to record
+    return FusedLayerNorm.apply(x, weight, bias, residual, float(eps), out_dtype, False)
+
+def fused_layer_norm_passing(x:torch.Tensor, # (..., C) the residual stream, float32, float16 or bfloat16
+                             weight:torch.Tensor|None=None, # (C,) scale, or None
+                             bias:torch.Tensor|None=None, # (C,) shift, or None
+                             eps:float=1e-5, # added to the variance
+                             out_dtype:torch.dtype|None=None) -> tuple: # as `fused_layer_norm`
+    "(the norm of x, x): x's other uses take the returned x, so the backward adds their gradient to the norm's in its kernel"
+    if out_dtype is None: out_dtype = _default_dtype(x)
     _check(x, weight, bias, out_dtype)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))):
-        return _forward(x, weight, bias, float(eps), out_dtype)[0].view(x.shape)  # no autograd node to record
-    return FusedLayerNorm.apply(x, weight, bias, float(eps), out_dtype)
+        return _forward(x, weight, bias, float(eps), out_dtype)[0].view(x.shape), x
+    return FusedLayerNorm.apply(x, weight, bias, None, float(eps), out_dtype, True)
+
+def _check_residual(x, residual):
+    "Clear errors for a residual the kernel cannot add"
+    if residual.shape != x.shape: raise ValueError(f"fused_layer_norm: residual has shape {tuple(residual.shape)}, x {tuple(x.shape)}")
+    if residual.device != x.device: raise ValueError(f"fused_layer_norm: residual is on {residual.device}, x on {x.device}")
+    if residual.dtype not in _DTYPES: raise TypeError(f"fused_layer_norm: residual has dtype {residual.dtype}; supported: {_DTYPES}")
+
 
 # %% ../nbs/03b_kernels.ipynb #k020
 _bias_grad_kernel = False

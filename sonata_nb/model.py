@@ -25,16 +25,16 @@ from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
 from .sparse_conv import kernel_usable, neighbour_table, subm_conv
-from .kernels import Linear, column_sum, fused_layer_norm, MAX_C as _FUSED_MAX_C, available as _triton_available, \
+from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, MAX_C as _FUSED_MAX_C, available as _triton_available, \
     interpreted as _triton_interpreted
 
 # %% auto #0
 __all__ = ['SPCONV_ALGOS', 'CONV_BACKENDS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES',
            'set_spconv_algo', 'set_torch_map_sort', 'set_conv_backend', 'SubMConv3d', 'DropPath', 'LayerScale',
-           'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'LayerNorm', 'Embedding', 'Block',
-           'set_fused_residual', 'set_block_graphs', 'Stage', 'unique_cells', 'plan_pooling', 'GridPooling',
-           'GridUnpooling', 'PointTransformerV3', 'HostPlan', 'pooling_strides', 'upcast', 'split_checkpoint',
-           'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+           'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'set_fused_stream', 'LayerNorm',
+           'Embedding', 'Block', 'set_fused_residual', 'set_block_graphs', 'Stage', 'unique_cells', 'plan_pooling',
+           'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'HostPlan', 'pooling_strides', 'upcast',
+           'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -290,6 +290,13 @@ if _env_fused not in ("", "0", "1"):
     raise ValueError(f"SONATA_FUSED_LAYERNORM={_env_fused!r}: use 1 (fused Triton LayerNorm on CUDA) or 0 (torch's)")
 set_fused_layernorm(_env_fused != "0")
 
+_fused_stream = True
+
+def set_fused_stream(on:bool=True): # True: a block's norms meet the residual stream inside the fused kernels
+    "Speed switch (on by default): the CPE's `stream + norm` in the norm's kernel, and each pre-norm's backward adding the shortcut's gradient (module-wide; the same numbers)"
+    global _fused_stream
+    _fused_stream = bool(on)
+
 class _LayerNormHalfInput(torch.autograd.Function):
     "torch's float32 LayerNorm of a half-precision input, as CUDA autocast runs it, saving the half input instead of its float32 copy"
     @staticmethod
@@ -325,13 +332,14 @@ class LayerNorm(nn.LayerNorm):
                 and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and 0 < x.shape[-1] <= _FUSED_MAX_C): return False
         return x.device.type == "cpu" and _fused_on_cpu if _triton_interpreted() else x.is_cuda
 
+    def _out_dtype(self, x, half:bool) -> torch.dtype|None:
+        "The fused kernel's output dtype, as the torch path's: autocast's where the Linear consuming it would cast to it"
+        dev = x.device.type
+        return x.dtype if half else torch.get_autocast_dtype(dev) if self.feeds_linear and torch.is_autocast_enabled(dev) else None
+
     def forward(self, x):
         half = self._half(x)
-        if self._fused(x, half):
-            # dtypes as the torch path: autocast's dtype where the Linear consuming the output would cast to it
-            dev = x.device.type
-            out = x.dtype if half else torch.get_autocast_dtype(dev) if self.feeds_linear and torch.is_autocast_enabled(dev) else None
-            return fused_layer_norm(x, self.weight, self.bias, self.eps, out)
+        if self._fused(x, half): return fused_layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x, half))
         if not half:
             params = [p for p in (self.weight, self.bias) if p is not None]
             if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled("cuda") and \
@@ -344,6 +352,28 @@ class LayerNorm(nn.LayerNorm):
         b = None if self.bias is None else cast(self.bias)
         with torch.autocast(x.device.type, enabled=False):
             return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+    def _streams(self, x, half:bool) -> bool:
+        "Whether this call may meet the residual stream in the fused kernels (`set_fused_stream`, no hooks to run)"
+        return _fused_stream and self._fused(x, half) and not _hooked(self) and not _functorch_active()
+
+    def add_to(self, residual:torch.Tensor, # (..., C) the residual stream
+               x:torch.Tensor) -> torch.Tensor: # (..., C) this norm's input
+        "`residual + self(x)`, in the norm's kernel where it runs"
+        half = self._half(x)
+        if self._streams(x, half) and residual.shape == x.shape and residual.device == x.device and residual.dtype in _FLOATS:
+            return fused_layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x, half), residual=residual)
+        return residual + self(x)
+
+    def passing(self, x:torch.Tensor) -> tuple: # (..., C) the residual stream
+        "`(self(x), x)`: x's other uses take the returned x, and where the kernels run, their gradient is added in the norm's backward"
+        half = self._half(x)
+        if self._streams(x, half) and torch.is_grad_enabled() and x.requires_grad:
+            return fused_layer_norm_passing(x, self.weight, self.bias, self.eps, self._out_dtype(x, half))
+        return self(x), x
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
 
 # %% ../nbs/04_model.ipynb #c014
 class Embedding(PointModule):
@@ -420,14 +450,16 @@ class Block(PointModule):
         seq = lambda s, x: _run(s._modules.values(), x)
         conv, *cpe = self.cpe._modules.values()
         sparse = conv(sparse)
-        feat = feat + _run(cpe, sparse.features)
-        shortcut = feat
-        h = seq(self.norm1, feat) if self.pre_norm else feat
-        feat = _residual(shortcut, seq(self.ls1, attend(h)), self.drop_path)
-        if not self.pre_norm: feat = seq(self.norm1, feat)
-        shortcut = feat
-        feat = _residual(shortcut, seq(self.ls2, seq(self.mlp, seq(self.norm2, feat) if self.pre_norm else feat)), self.drop_path)
-        if not self.pre_norm: feat = seq(self.norm2, feat)
+        if cpe and type(cpe[-1]) is LayerNorm: feat = cpe[-1].add_to(feat, _run(cpe[:-1], sparse.features))
+        else: feat = feat + _run(cpe, sparse.features)
+        if self.pre_norm:  # each norm hands the stream on as the shortcut (see `LayerNorm.passing`)
+            h, shortcut = _passing(self.norm1, feat)
+            feat = _residual(shortcut, seq(self.ls1, attend(h)), self.drop_path)
+            h, shortcut = _passing(self.norm2, feat)
+            feat = _residual(shortcut, seq(self.ls2, seq(self.mlp, h)), self.drop_path)
+            return feat, sparse
+        feat = seq(self.norm1, _residual(feat, seq(self.ls1, attend(feat)), self.drop_path))
+        feat = seq(self.norm2, _residual(feat, seq(self.ls2, seq(self.mlp, feat)), self.drop_path))
         return feat, sparse
 
 _fused_residual = True
@@ -454,6 +486,13 @@ def _hooked(m:nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
                 or g._global_backward_pre_hooks)
+
+def _passing(norm:PointSequential, # a pre-norm container
+             x:torch.Tensor) -> tuple: # (N, C) the residual stream
+    "(the norm of x, x as the shortcut): through `LayerNorm.passing` where the container holds just one"
+    mods = norm._modules
+    m = mods.get("0") if len(mods) == 1 else None
+    return m.passing(x) if type(m) is LayerNorm else (_run(mods.values(), x), x)
 
 def _run(modules, x): # plain torch modules applied in turn to a tensor; nn.Identity skipped
     for m in modules:

@@ -39,6 +39,12 @@ def test_residual_drop_path_is_torchs(forkserver):
 
 
 @needs_triton
+def test_block_stream_fusion_is_torchs(forkserver):
+    "The CPE's `stream + norm` and the pre-norms' passed stream (set_fused_stream) give the unfused block's numbers bit for bit (interpreter)"
+    print(run_check(forkserver, "stream"))
+
+
+@needs_triton
 def test_launcher(forkserver):
     "Every launch site passes each kernel parameter (the direct launch needs them all, in order); the key and its cache"
     print(run_check(forkserver, "launch_sites"))
@@ -92,6 +98,30 @@ def test_cell_max_on_cuda_is_the_torch_path_bitwise(dtype):
         out.backward(gout.to(dev))
         runs.append((out.detach().cpu(), x.grad.cpu()))
     for a, b in zip(*runs): assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton: the compiled LayerNorm kernels")
+@pytest.mark.parametrize("autocast", ["float16", "bfloat16", None])
+def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
+    "A training Block on CUDA with and without `set_fused_stream`: output and every gradient bit for bit"
+    import torch
+    from sonata_nb import model
+    from sonata_nb.testing import toy_cloud
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).cuda().train()
+    data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=3000, clouds=2, grid=0.05).items()}
+    data["feat"] = torch.randn(len(data["coord"]), 48, device="cuda")
+    runs = []
+    with counting(model, "fused_layer_norm_passing") as calls:
+        for on in (True, False):
+            model.set_fused_stream(on)
+            try: runs.append(block_step(block, data, autocast and getattr(torch, autocast), seed=3))
+            finally: model.set_fused_stream(True)
+    assert len(calls) == 2, calls  # norm1 and norm2 of the fused run
+    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
+    assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
+    assert torch.equal(g_f, g_t)
+    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
 
 
 def test_imports_without_triton(forkserver):
@@ -278,6 +308,42 @@ def check_residual():
         block_step(block, data, torch.bfloat16)
     assert len(calls) == 0, calls
     print("residual_drop_path: a training block bitwise torch's; in eval torch's sum")
+
+
+def check_stream():
+    import torch
+    from sonata_nb import kernels, model
+    from sonata_nb.testing import toy_cloud
+    model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).train()
+    for m in block.modules():
+        if isinstance(m, model.LayerNorm): m.weight.data.uniform_(0.5, 1.5); m.bias.data.uniform_(-0.5, 0.5)
+    data = toy_cloud(n=300, clouds=2, grid=0.1)
+    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    for dtype in (None, torch.bfloat16):
+        runs = []
+        added, real = [], model.fused_layer_norm
+        model.fused_layer_norm = lambda *a, **k: added.append(k.get("residual") is not None) or real(*a, **k)
+        try:
+            with counting(model, "fused_layer_norm_passing") as passed:
+                for on in (True, False):
+                    model.set_fused_stream(on)
+                    try: runs.append(block_step(block, data, dtype, seed=5))
+                    finally: model.set_fused_stream(True)
+        finally: model.fused_layer_norm = real
+        assert len(passed) == 2, passed  # norm1 and norm2 of the fused run
+        assert added == [True, False, False, False], added  # the fused run's CPE added its stream in the kernel
+        (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
+        assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t), dtype
+        assert torch.equal(g_f, g_t), dtype
+        for n in p_t: assert torch.equal(p_f[n], p_t[n]), (dtype, n)
+    hook = block.norm1[0].register_forward_hook(lambda m, i, o: None)  # a hooked norm: called as a module, unfused
+    with counting(model, "fused_layer_norm_passing") as passed: block_step(block, data)
+    assert len(passed) == 1, passed
+    hook.remove()
+    model._fused_on_cpu = False
+    print("stream fusion: a training Block bitwise the unfused one, float32 and bf16 autocast")
 
 
 def check_bias():
@@ -472,16 +538,22 @@ def check_compile():
                            options=dict(num_warps=nw))
         assert ".entry" in k.asm["ptx"]
     common = dict(Mean="*fp32", Rstd="*fp32", N="i32", C="i32")
+    plain_fwd, plain_bwd = dict(R=None, HAS_R=False, ROUND=0), dict(DS=None, HAS_DS=False)
     for C in (48, 1232):
         for x, y in (("fp32", "fp32"), ("fp16", "fp32"), ("fp32", "fp16"), ("bf16", "bf16")):
             compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", Y=f"*{y}", eps="fp32", **common),
-                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False), C)
+                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, **plain_fwd), C)
             compile(kernels._ln_bwd, dict(X=f"*{x}", W="*fp32", DY=f"*{y}", DX=f"*{x}", DWp="*fp32", DBp="*fp32", iters="i32", **common),
-                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False), C)
+                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, **plain_bwd), C)
         compile(kernels._ln_fwd, dict(X="*fp32", Y="*fp32", eps="fp32", **common),
-                dict(W=None, B=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
+                dict(W=None, B=None, HAS_W=False, HAS_B=False, RTNE_BF16=False, **plain_fwd), C)
         compile(kernels._ln_bwd, dict(X="*fp32", DY="*fp32", DX="*fp32", iters="i32", **common),
-                dict(W=None, DWp=None, DBp=None, HAS_W=False, HAS_B=False, RTNE_BF16=False), C)
+                dict(W=None, DWp=None, DBp=None, HAS_W=False, HAS_B=False, RTNE_BF16=False, **plain_bwd), C)
+        for x, r, rnd in (("fp16", "fp32", 0), ("fp16", "fp16", 1), ("bf16", "bf16", 2)):  # residual + norm; the stream's gradient added
+            compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", R=f"*{r}", Y=f"*{r}", eps="fp32", **common),
+                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_R=True, ROUND=rnd), C)
+            compile(kernels._ln_bwd, dict(X=f"*{r}", W="*fp32", DY=f"*{r}", DS=f"*{r}", DX=f"*{r}", DWp="*fp32", DBp="*fp32",
+                                          iters="i32", **common), dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_DS=True), C)
     for dtype in ("fp16", "bf16", "fp32"):
         for C in (48, 1536):
             br, bc = kernels._column_blocks(C)
