@@ -1,8 +1,7 @@
 """The patch attention of the issue's batch, stage by stage: the Triton kernel (attention backend "triton",
 `sonata_nb.attention_kernel`) against the SDPA path (backend "sdpa": gathered q/k/v, torch's attention, scatter back),
 forward (no grad) and forward + backward, and, with `--sweep`, the kernel's block sizes, warps and stages;
-`--one-pass` adds the kernel with its one-pass backward (`set_one_pass_backward`: dq added atomically), `--half-exp`
-the kernel with float16 exponentials (`set_half_exp`: two per instruction; the sweep then runs with them).
+`--one-pass` adds the kernel with its one-pass backward (`set_one_pass_backward`: dq added atomically).
 
     PYTHONPATH=. python bench/attention_kernel.py --json bench/results/attention_kernel_h100.json --sweep
 
@@ -107,7 +106,6 @@ def main():
     p.add_argument("--sweep", action="store_true", help="time the kernel's configurations and keep the fastest")
     p.add_argument("--sweep-kernels", default="fwd,dkdv,dq", help="the kernels --sweep times (bwd: the one-pass backward)")
     p.add_argument("--one-pass", action="store_true", help="also time the one-pass backward (dq added atomically), interleaved")
-    p.add_argument("--half-exp", action="store_true", help="also time float16 exponentials, interleaved; --sweep with them")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     assert torch.cuda.is_available(), "CUDA only"
@@ -121,25 +119,17 @@ def main():
         for attn, point, feat, _ in stages:
             outs = [stage_fns(attn, point, feat, b)[0]().float() for b in ("sdpa", "triton")]
             res["rel_l2_kernel_vs_sdpa"].append(((outs[1] - outs[0]).norm() / outs[0].norm()).item())
-        variants = ["sdpa", "triton"] + ["triton_one_pass"] * args.one_pass + ["triton_half_exp"] * args.half_exp
+        variants = ["sdpa", "triton"] + ["triton_one_pass"] * args.one_pass
         for rnd in range(2):  # interleaved: sdpa, kernel, (kernel with the one-pass backward, ...) sdpa, kernel, ...
             for variant in variants:
                 AK.set_one_pass_backward(variant == "triton_one_pass")
-                AK.set_half_exp(variant == "triton_half_exp")
                 res.setdefault(variant, []).append(measure(stages, variant.split("_")[0], args.repeats))
-            AK.set_one_pass_backward(False); AK.set_half_exp(False)
-        if args.half_exp and "triton_half_exp" in res:  # the same attention with float16 exponentials: relative L2 to SDPA
-            AK.set_half_exp(True)
-            res["rel_l2_half_exp_vs_sdpa"] = []
-            for attn, point, feat, _ in stages:
-                outs = [stage_fns(attn, point, feat, b)[0]().float() for b in ("sdpa", "triton")]
-                res["rel_l2_half_exp_vs_sdpa"].append(((outs[1] - outs[0]).norm() / outs[0].norm()).item())
+            AK.set_one_pass_backward(False)
         if args.sweep:
-            AK.set_half_exp(args.half_exp)
             res["sweep"] = sweep(stages, args.repeats, args.sweep_kernels.split(","))
             res["best_config"] = {k: list(v) for k, v in AK.CONFIG.items()}
             res["triton_best"] = measure(stages, "triton", args.repeats)
-    finally: A.set_attention_backend("auto"); AK.set_half_exp(False)
+    finally: A.set_attention_backend("auto")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -155,7 +145,6 @@ def main():
         print("best", res["best_config"], "fwd", round(res["triton_best"]["fwd_step_ms"], 2), "fwd+bwd",
               round(res["triton_best"]["fwd_bwd_step_ms"], 2))
     print("rel L2 kernel vs sdpa", [f"{x:.1e}" for x in res["rel_l2_kernel_vs_sdpa"]])
-    if "rel_l2_half_exp_vs_sdpa" in res: print("rel L2 half exp vs sdpa", [f"{x:.1e}" for x in res["rel_l2_half_exp_vs_sdpa"]])
 
 
 if __name__ == "__main__":

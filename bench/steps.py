@@ -75,6 +75,8 @@ def build(device, tiny:bool=False, scan=DEFAULT_SCAN, copies:int=3, crop:int|Non
     return model, head, data, labels
 
 
+HEAD_DTYPE_UPCAST = os.environ.get("BENCH_UPCAST_DTYPE", "1") != "0"  # 0: the float32 up-cast cast by the head (before 2026-12-07)
+
 def step_fn(task:str, model, head, data, labels):
     "A no-argument callable running one `task` step (returns the up-cast features for infer)"
     amp = amp_dtype(data["feat"].device)
@@ -95,7 +97,7 @@ def step_fn(task:str, model, head, data, labels):
         if set_trainable(model, task == "ft") or not trained:
             trained[:] = [p for m in (model, head) for p in m.parameters() if p.requires_grad]
         with torch.autocast(dev, dtype=amp):  # the up-cast in the head's dtype, as `DefaultSegmentorV2` asks for it
-            loss = F.cross_entropy(head(upcast(model(data), dtype=amp)).float(), labels)
+            loss = F.cross_entropy(head(upcast(model(data), dtype=amp if HEAD_DTYPE_UPCAST else None)).float(), labels)
         loss.backward()
         for p in trained: p.grad = None  # optimizer.zero_grad(set_to_none=True)
     return run

@@ -13,7 +13,7 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['LOG2E', 'CONFIG', 'DELTA_ROWS', 'MAX_PATCHES', 'set_one_pass_backward', 'set_half_exp', 'usable', 'patch_attention']
+__all__ = ['LOG2E', 'CONFIG', 'DELTA_ROWS', 'MAX_PATCHES', 'set_one_pass_backward', 'usable', 'patch_attention']
 
 # %% ../nbs/03c_attention_kernel.ipynb #a005
 LOG2E = 1.4426950408889634
@@ -21,20 +21,9 @@ LOG2E = 1.4426950408889634
 _LOOSE = dict(do_not_specialize=["L"], do_not_specialize_on_alignment=["Qlen", "Klen", "DupBase"])  # one compile per dtype
 
 if triton is not None:
-    @triton.jit
-    def _exp2(x, HALF_EXP:tl.constexpr, PACKED:tl.constexpr):
-        "2**x: float32, or (HALF_EXP) float16 by the GPU's packed half-precision unit (PACKED; else its roundings in float32)"
-        if HALF_EXP:
-            h = x.to(tl.float16)
-            if PACKED: return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [h], dtype=tl.float16,
-                                                        is_pure=True, pack=2)
-            else: return tl.math.exp2(h.to(tl.float32)).to(tl.float16)
-        else: return tl.math.exp2(x)
-
     @triton.jit(**_LOOSE)
     def _pa_fwd(QKV, Idx, Qlen, Klen, Out, Lse, L, C, H, qk_scale, D:tl.constexpr, KLEN_IS_L:tl.constexpr,
-                EVEN:tl.constexpr, STORE_LSE:tl.constexpr, HALF_EXP:tl.constexpr, PACKED:tl.constexpr,
-                BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+                EVEN:tl.constexpr, STORE_LSE:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         mb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_len = tl.load(Qlen + p)
         k_len = L if KLEN_IS_L else tl.load(Klen + p)
@@ -58,8 +47,8 @@ if triton is not None:
             if not EVEN: s = tl.where(n_mask[None, :], s, float("-inf"))  # EVEN: every key block is full
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.math.exp2((m_i - m_new) * qk_scale)
-            pr = _exp2(s * qk_scale - (m_new * qk_scale)[:, None], HALF_EXP, PACKED)
-            l_i = l_i * alpha + tl.sum(pr.to(tl.float32), 1)
+            pr = tl.math.exp2(s * qk_scale - (m_new * qk_scale)[:, None])
+            l_i = l_i * alpha + tl.sum(pr, 1)
             acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
             m_i = m_new
         out = acc / l_i[:, None]
@@ -78,8 +67,7 @@ if triton is not None:
 
     @triton.jit(**_LOOSE)
     def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, DQ, Dup, L, C, H, qk_scale, sm_scale,
-                 D:tl.constexpr, KLEN_IS_L:tl.constexpr, ONE_PASS:tl.constexpr, HALF_EXP:tl.constexpr, PACKED:tl.constexpr,
-                 BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+                 D:tl.constexpr, KLEN_IS_L:tl.constexpr, ONE_PASS:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         # ONE_PASS: each tile also adds its share of dq, ds @ k, into the float32 buffer DQ (atomically; else DQ is unused)
         nb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_len = tl.load(Qlen + p)
@@ -102,10 +90,10 @@ if triton is not None:
             do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
             lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))  # no query: probability 0
             delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
-            pT = _exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :], HALF_EXP, PACKED)  # (BLOCK_N, BLOCK_M)
+            pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
             if ONE_PASS: pT = tl.where(n_mask[:, None], pT, 0.0)  # a key past the patch (k = 0) adds nothing to dq, even at inf
             dv += tl.dot(pT.to(do.dtype), do)
-            dsT = (pT.to(tl.float32) * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
+            dsT = (pT * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
             dk += tl.dot(dsT, q)
             if ONE_PASS:  # (BLOCK_M, D); masked keys hold k = 0
                 tl.atomic_add(DQ + rows_m[:, None] * C + h * D + d[None, :], tl.dot(tl.trans(dsT), k) * sm_scale,
@@ -124,8 +112,7 @@ if triton is not None:
 
     @triton.jit(**_LOOSE)
     def _pa_dq(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DQKV, L, C, H, qk_scale, sm_scale,
-               D:tl.constexpr, KLEN_IS_L:tl.constexpr, EVEN:tl.constexpr, HALF_EXP:tl.constexpr, PACKED:tl.constexpr,
-               BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+               D:tl.constexpr, KLEN_IS_L:tl.constexpr, EVEN:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
         mb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_len = tl.load(Qlen + p)
         k_len = L if KLEN_IS_L else tl.load(Klen + p)
@@ -146,7 +133,7 @@ if triton is not None:
             kv = QKV + rows_n[:, None] * (3 * C) + h * D + d[None, :]
             k = tl.load(kv + C, mask=n_mask[:, None], other=0.0)
             v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
-            pr = _exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None], HALF_EXP, PACKED).to(tl.float32)
+            pr = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
             if not EVEN: pr = tl.where(n_mask[None, :], pr, 0.0)
             ds = pr * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k)
@@ -159,17 +146,11 @@ DELTA_ROWS = 128  # rows of dO and O per program of the backward's preprocessing
 MAX_PATCHES = 65535  # CUDA's limit of a grid's second dimension: more patches launch in chunks
 _HALF = (torch.float16, torch.bfloat16)
 _one_pass = False
-_half_exp = False
 
 def set_one_pass_backward(on:bool=True): # True: one backward kernel, dq added atomically (order not deterministic)
     "Backward switch: `_pa_dkdv` computes dq too (one pass over the scores, block sizes of `CONFIG['bwd']`) instead of `_pa_dkdv` then `_pa_dq`"
     global _one_pass
     _one_pass = bool(on)
-
-def set_half_exp(on:bool=True): # True: probabilities by float16 exponentials, two per instruction
-    "Speed switch: the kernels' exponentials in float16 by the GPU's packed unit (`ex2.approx.f16x2`) instead of float32"
-    global _half_exp
-    _half_exp = bool(on)
 
 def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:
     "Whether `patch_attention` runs on qkv rows of this device, dtype and head dimension"
@@ -183,7 +164,6 @@ def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its 
     "Launch `kernel` over the patches, in chunks of at most MAX_PATCHES"
     bm, bn, warps, stages = CONFIG[name]
     if name in ("fwd", "dq"): consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
-    consts.update(HALF_EXP=_half_exp, PACKED=not interpreted())
     for lo in range(0, patches, MAX_PATCHES):
         n = min(MAX_PATCHES, patches - lo)
         grid = (_cdiv(length, bm if name in ("fwd", "dq") else bn), n, heads)
