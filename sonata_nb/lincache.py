@@ -197,13 +197,15 @@ class CachedSegmentor(DefaultSegmentorV2):
         super().__init__(*args, **kwargs)
         self.memo_budget, self.memo, self.memo_bytes = int(val_memo_mb * 2**20), {}, 0
 
-    def features(self, input_dict:dict) -> torch.Tensor:
+    def features(self, input_dict:dict, # a batch, with `lincache_feat` or the backbone's input
+                 dtype:torch.dtype|None=None) -> torch.Tensor: # as `DefaultSegmentorV2.features` (None: float32)
         "Cached features when given, else the backbone's (memoised in eval mode for a frozen backbone)"
-        if "lincache_feat" in input_dict: return input_dict["lincache_feat"].float()
-        if self.training or not self.freeze_backbone or self.memo_budget <= 0: return super().features(input_dict)
-        key = _input_key(input_dict)
+        if "lincache_feat" in input_dict:  # float16 on disk: exact in float32 and in the head's half dtype alike
+            return input_dict["lincache_feat"].to(torch.float32 if dtype is None else dtype)
+        if self.training or not self.freeze_backbone or self.memo_budget <= 0: return super().features(input_dict, dtype)
+        key = (_input_key(input_dict), dtype)
         if key in self.memo: return self.memo[key]
-        feat = super().features(input_dict)
+        feat = super().features(input_dict, dtype)
         if self.memo_bytes + feat.numel() * feat.element_size() <= self.memo_budget:
             self.memo[key] = feat.detach(); self.memo_bytes += feat.numel() * feat.element_size()
         return feat

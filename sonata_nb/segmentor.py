@@ -4,6 +4,7 @@
 
 # %% ../nbs/23_segmentor.ipynb #c002
 from __future__ import annotations
+import functools, inspect
 import torch
 import torch.nn as nn
 from .registry import Registry
@@ -73,6 +74,9 @@ def check_backbone(backbone:nn.Module, # the built backbone, e.g. `MODELS.build(
     return feat
 
 # %% ../nbs/23_segmentor.ipynb #c005
+@functools.lru_cache(maxsize=None)
+def _takes_dtype(cls) -> bool: return "dtype" in inspect.signature(cls.features).parameters
+
 @MODELS.register_module()
 class DefaultSegmentorV2(nn.Module):
     "Backbone → features of every input point (up-cast through the pooling chain) → head → loss / logits"
@@ -101,15 +105,17 @@ class DefaultSegmentorV2(nn.Module):
         "(N, backbone_out_channels) features of the input points"
         return backbone_features(self.backbone, input_dict, dtype)
 
-    def _head_dtype(self, input_dict:dict) -> torch.dtype|None:
+    def _head_dtype(self) -> torch.dtype|None:
         "Autocast's dtype where the head is a plain Linear under autocast (it casts its input to it first), else None"
-        dev = input_dict["coord"].device.type
-        if type(self.seg_head) not in (LinearHead, nn.Linear) or _hooked(self.seg_head) or not torch.is_autocast_enabled(dev): return None
+        if type(self.seg_head) not in (LinearHead, nn.Linear) or _hooked(self.seg_head): return None
+        dev = self.seg_head.weight.device.type  # where the head runs, under that device's autocast
+        if not torch.is_autocast_enabled(dev): return None
         return torch.get_autocast_dtype(dev)
 
     def forward(self, input_dict:dict) -> dict: # model input; `segment` (N,) labels for the loss
         "{loss} while training; {loss, seg_logits} in eval with labels; {seg_logits} otherwise"
-        feat = self.features(input_dict, self._head_dtype(input_dict))
+        dtype = self._head_dtype()  # a subclass's `features` without a `dtype` parameter is called as before
+        feat = self.features(input_dict, dtype) if dtype is not None and _takes_dtype(type(self)) else self.features(input_dict)
         if not isinstance(self.seg_head, nn.Identity) and feat.shape[-1] != self.seg_head.in_channels:
             raise ValueError(f"The backbone gives {feat.shape[-1]} channels but backbone_out_channels is "
                              f"{self.seg_head.in_channels}; fix model.backbone_out_channels in the config")
