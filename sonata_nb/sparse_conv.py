@@ -112,7 +112,7 @@ if triton is not None:
     @triton.jit
     def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
                   BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr, CELLS:tl.constexpr):
-        # P[s, k, c, o] = sum over rows i of band s of X[T[i, k], c] * DY[i, o], for CELLS (1 to 3) cells k per program:
+        # P[s, o, k, c] = sum over rows i of band s of X[T[i, k], c] * DY[i, o], for CELLS (1 to 3) cells k per program:
         # each block of dy rows is read once for all of them
         kb, t, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         tiles_o = (CO + BLOCK_O - 1) // BLOCK_O
@@ -140,11 +140,11 @@ if triton is not None:
                 nb = tl.load(T + rows.to(tl.int64) * K + k0 + 2, mask=rmask & (rows * 0 + k0 + 2 < K), other=N)
                 x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
                 acc2 = tl.dot(tl.trans(x), dy, acc2)
-        out = P + ((s * K + k0) * CI + c[:, None]).to(tl.int64) * CO + o[None, :]
+        out = P + (((s * CO + o[None, :]) * K + k0).to(tl.int64) * CI + c[:, None])  # the weight's own (C_out, K, C_in) order
         tile = cmask[:, None] & omask[None, :]
         tl.store(out, acc0, mask=tile)
-        if CELLS > 1: tl.store(out + CI * CO, acc1, mask=tile & (c[:, None] * 0 + k0 + 1 < K))
-        if CELLS > 2: tl.store(out + 2 * CI * CO, acc2, mask=tile & (c[:, None] * 0 + k0 + 2 < K))
+        if CELLS > 1: tl.store(out + CI, acc1, mask=tile & (c[:, None] * 0 + k0 + 1 < K))
+        if CELLS > 2: tl.store(out + 2 * CI, acc2, mask=tile & (c[:, None] * 0 + k0 + 2 < K))
 
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
@@ -175,11 +175,11 @@ def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out),
     n = len(x)
     bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(per_sm * _programs(x.device), groups * tiles)))  # `per_sm` programs per SM, >= 4 blocks of rows each
     band = _cdiv(max(n, 1), bands)
-    parts = torch.empty(bands, K, c_in, c_out, device=x.device, dtype=torch.float32)
+    parts = torch.empty(bands, c_out, K, c_in, device=x.device, dtype=torch.float32)
     with _on(x.device):
         launcher(_sc_wgrad)[(groups, tiles, bands)](x, table, dy, parts, n, c_in, c_out, K, band, BLOCK_M=bm, BLOCK_I=bi,
                                                     BLOCK_O=bo, CELLS=cells, num_warps=warps, num_stages=stages)
-    return parts.sum(0).permute(2, 0, 1).to(x.dtype)
+    return parts.sum(0).to(x.dtype)  # contiguous, as the weight: no layout copy when autograd accumulates it
 
 def _programs(device:torch.device) -> int:
     "The device's SM count (the interpreter: 4)"

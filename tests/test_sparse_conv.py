@@ -244,6 +244,7 @@ def check_kernels_match_the_gathers():
             return (y, *torch.autograd.grad(y, (x, w), dy))
         ours, gathered = run(True), run(False)
         assert ours[0].dtype == torch.float16 and ours[2].dtype == torch.float16
+        assert S._triton_weight_grad(dy, x.detach(), t, co, k ** 3, ci).is_contiguous()  # the weight's layout: no copy to accumulate
         x64, w64, dy64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_(), dy.double()
         y64 = subm_conv(x64, t, w64)
         exact = (y64, *torch.autograd.grad(y64, (x64, w64), dy64))
