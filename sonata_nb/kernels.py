@@ -38,9 +38,18 @@ if triton is not None:
         return out
 
     @triton.jit
+    def _add_rn(a, b, NO_FMA:tl.constexpr):
+        # a + b rounded once: never contracted with the product that made `a` into one FMA (the compiler would), and
+        # without flushing subnormals (libdevice's add_rn would), so the sum is torch's separate add (NO_FMA on the
+        # GPU: PTX's add with an explicit rounding mode; the interpreter's numpy never contracts)
+        if NO_FMA: return tl.inline_asm_elementwise("add.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32,
+                                                    is_pure=True, pack=1)
+        else: return a + b
+
+    @triton.jit
     def _ln_fwd(X, W, B, R, Y, Mean, Rstd, N, C, eps, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
                 BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr,
-                HAS_R:tl.constexpr, ROUND:tl.constexpr):
+                HAS_R:tl.constexpr, ROUND:tl.constexpr, NO_FMA:tl.constexpr):
         # HAS_R: Y = R + the norm, the norm first rounded to its float16 (ROUND 1) or bfloat16 (2; 3 in the interpreter) dtype
         rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = tl.arange(0, BLOCK_C)
@@ -59,14 +68,14 @@ if triton is not None:
             if ROUND == 1: y = y.to(tl.float16).to(tl.float32)
             if ROUND == 2: y = y.to(tl.bfloat16).to(tl.float32)
             if ROUND == 3: y = _cast(y, tl.bfloat16, True).to(tl.float32)
-            y = y + tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+            y = _add_rn(y, tl.load(R + offs, mask=mask, other=0.0).to(tl.float32), NO_FMA)
         tl.store(Y + offs, _cast(y, Y.dtype.element_ty, RTNE_BF16), mask=mask)
         tl.store(Mean + rows, mean, mask=rmask)
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
     def _ln_bwd(X, W, DY, DS, DX, Mean, Rstd, DWp, DBp, N, C, iters, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
-                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr, HAS_DS:tl.constexpr):
+                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr, HAS_DS:tl.constexpr, NO_FMA:tl.constexpr):
         # HAS_DS: DX = DS + the norm's input gradient (rounded to DX's dtype first), as autograd adds two gradients of X
         pid, G = tl.program_id(0), tl.num_programs(0)
         cols = tl.arange(0, BLOCK_C)
@@ -91,7 +100,7 @@ if triton is not None:
             dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
             if HAS_DS:
                 dx = _cast(dx, DX.dtype.element_ty, RTNE_BF16).to(tl.float32)
-                dx = dx + tl.load(DS + offs, mask=mask, other=0.0).to(tl.float32)
+                dx = _add_rn(dx, tl.load(DS + offs, mask=mask, other=0.0).to(tl.float32), NO_FMA)
             tl.store(DX + offs, _cast(dx, DX.dtype.element_ty, RTNE_BF16), mask=mask)
             if HAS_W: dw += dy * xhat
             if HAS_B: db += dy
@@ -247,7 +256,7 @@ def _forward(x, weight, bias, eps:float, out_dtype, residual=None) -> tuple:
         with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, r2, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
                                        HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
                                        RTNE_BF16=_rtne_bf16(y_dtype), HAS_R=r2 is not None,
-                                       ROUND=0 if r2 is None else _round(out_dtype))
+                                       ROUND=0 if r2 is None else _round(out_dtype), NO_FMA=not interpreted())
     return y, x2, mean, rstd
 
 class FusedLayerNorm(torch.autograd.Function):
@@ -281,7 +290,7 @@ class FusedLayerNorm(torch.autograd.Function):
         if N:
             with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, ds, dx, mean, rstd, dwp, dbp, N, C, _cdiv(_cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype),
-                          HAS_DS=ds is not None)
+                          HAS_DS=ds is not None, NO_FMA=not interpreted())
         sums = parts.sum(1) if parts is not None else x2.new_zeros((2, C), dtype=torch.float32)  # one reduction for both
         dw = _as(sums[0], weight.dtype) if has_w else None
         db = _as(sums[1], ctx.bias_dtype) if has_b else None

@@ -538,7 +538,7 @@ def check_compile():
                            options=dict(num_warps=nw))
         assert ".entry" in k.asm["ptx"]
     common = dict(Mean="*fp32", Rstd="*fp32", N="i32", C="i32")
-    plain_fwd, plain_bwd = dict(R=None, HAS_R=False, ROUND=0), dict(DS=None, HAS_DS=False)
+    plain_fwd, plain_bwd = dict(R=None, HAS_R=False, ROUND=0, NO_FMA=True), dict(DS=None, HAS_DS=False, NO_FMA=True)
     for C in (48, 1232):
         for x, y in (("fp32", "fp32"), ("fp16", "fp32"), ("fp32", "fp16"), ("bf16", "bf16")):
             compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", Y=f"*{y}", eps="fp32", **common),
@@ -551,9 +551,9 @@ def check_compile():
                 dict(W=None, DWp=None, DBp=None, HAS_W=False, HAS_B=False, RTNE_BF16=False, **plain_bwd), C)
         for x, r, rnd in (("fp16", "fp32", 0), ("fp16", "fp16", 1), ("bf16", "bf16", 2)):  # residual + norm; the stream's gradient added
             compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", R=f"*{r}", Y=f"*{r}", eps="fp32", **common),
-                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_R=True, ROUND=rnd), C)
+                    dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_R=True, ROUND=rnd, NO_FMA=True), C)
             compile(kernels._ln_bwd, dict(X=f"*{r}", W="*fp32", DY=f"*{r}", DS=f"*{r}", DX=f"*{r}", DWp="*fp32", DBp="*fp32",
-                                          iters="i32", **common), dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_DS=True), C)
+                                          iters="i32", **common), dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_DS=True, NO_FMA=True), C)
     for dtype in ("fp16", "bf16", "fp32"):
         for C in (48, 1536):
             br, bc = kernels._column_blocks(C)
