@@ -112,11 +112,12 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
     data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=3000, clouds=2, grid=0.05).items()}
     data["feat"] = torch.randn(len(data["coord"]), 48, device="cuda")
     runs = []
+    before = model._fused_stream
     with counting(model, "fused_layer_norm_passing") as calls:
         for on in (True, False):
             model.set_fused_stream(on)
             try: runs.append(block_step(block, data, autocast and getattr(torch, autocast), seed=3))
-            finally: model.set_fused_stream(True)
+            finally: model.set_fused_stream(before)
     assert len(calls) == 2, calls  # norm1 and norm2 of the fused run
     (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
@@ -314,6 +315,7 @@ def check_stream():
     import torch
     from sonata_nb import kernels, model
     from sonata_nb.testing import toy_cloud
+    assert not model._fused_stream  # off by default until its CUDA test has passed
     model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
     torch.manual_seed(0)
     block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).train()
@@ -329,8 +331,7 @@ def check_stream():
             with counting(model, "fused_layer_norm_passing") as passed:
                 for on in (True, False):
                     model.set_fused_stream(on)
-                    try: runs.append(block_step(block, data, dtype, seed=5))
-                    finally: model.set_fused_stream(True)
+                    runs.append(block_step(block, data, dtype, seed=5))
         finally: model.fused_layer_norm = real
         assert len(passed) == 2, passed  # norm1 and norm2 of the fused run
         assert added == [True, False, False, False], added  # the fused run's CPE added its stream in the kernel
@@ -338,6 +339,7 @@ def check_stream():
         assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t), dtype
         assert torch.equal(g_f, g_t), dtype
         for n in p_t: assert torch.equal(p_f[n], p_t[n]), (dtype, n)
+    model.set_fused_stream(True)
     hook = block.norm1[0].register_forward_hook(lambda m, i, o: None)  # a hooked norm: called as a module, unfused
     with counting(model, "fused_layer_norm_passing") as passed: block_step(block, data)
     assert len(passed) == 1, passed
