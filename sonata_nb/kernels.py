@@ -272,12 +272,14 @@ class FusedLayerNorm(torch.autograd.Function):
         return y.view(x.shape), x  # x again: autograd makes it a view whose gradient reaches the backward below
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernel's gradients are not themselves differentiable
     def backward(ctx, dy, dpass=None):
         x2, weight, mean, rstd = ctx.saved_tensors
+        if dy is None:  # only the passed input was used: its gradient, nothing for the norm's parameters
+            return _as(dpass, x2.dtype).view(ctx.shape), None, None, None, None, None, None
         N, C = x2.shape
         has_w, has_b = weight is not None, ctx.bias_dtype is not None
-        dres = None if ctx.residual_dtype is None or dy is None else _as(dy, ctx.residual_dtype)  # `residual + y`: as it is
-        if dy is None: dy = x2.new_zeros((N, C), dtype=ctx.out_dtype)
+        dres = None if ctx.residual_dtype is None else _as(dy, ctx.residual_dtype)  # `residual + y`: as it is
         dy = _as(dy.reshape(N, C), ctx.out_dtype).contiguous()  # the norm's share of `residual + y` in its own dtype
         ds = None if dpass is None else _as(dpass.reshape(N, C), x2.dtype).contiguous()  # the stream's other gradient
         dx = torch.empty_like(x2)
@@ -318,10 +320,10 @@ def fused_layer_norm_passing(x:torch.Tensor, # (..., C) the residual stream, flo
                              eps:float=1e-5, # added to the variance
                              out_dtype:torch.dtype|None=None) -> tuple: # as `fused_layer_norm`
     "(the norm of x, x): x's other uses take the returned x, so the backward adds their gradient to the norm's in its kernel"
+    if not (torch.is_grad_enabled() and x.requires_grad):  # no gradient of x to add: the plain norm, x as it is
+        return fused_layer_norm(x, weight, bias, eps, out_dtype), x
     if out_dtype is None: out_dtype = _default_dtype(x)
     _check(x, weight, bias, out_dtype)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))):
-        return _forward(x, weight, bias, float(eps), out_dtype)[0].view(x.shape), x
     return FusedLayerNorm.apply(x, weight, bias, None, float(eps), out_dtype, True)
 
 def _check_residual(x, residual):

@@ -355,7 +355,8 @@ class LayerNorm(nn.LayerNorm):
 
     def _streams(self, x, half:bool) -> bool:
         "Whether this call may meet the residual stream in the fused kernels (`set_fused_stream`, no hooks to run)"
-        return _fused_stream and self._fused(x, half) and not _hooked(self) and not _functorch_active()
+        return (_fused_stream and self._fused(x, half) and not _hooked(self) and not _functorch_active()
+                and torch.version.hip is None)  # the kernels' add is NVIDIA's PTX
 
     def add_to(self, residual:torch.Tensor, # (..., C) the residual stream
                x:torch.Tensor) -> torch.Tensor: # (..., C) this norm's input

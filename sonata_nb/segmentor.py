@@ -75,7 +75,7 @@ def check_backbone(backbone:nn.Module, # the built backbone, e.g. `MODELS.build(
 
 # %% ../nbs/23_segmentor.ipynb #c005
 @functools.lru_cache(maxsize=None)
-def _takes_dtype(cls) -> bool: return "dtype" in inspect.signature(cls.features).parameters
+def _takes_dtype(features) -> bool: return "dtype" in inspect.signature(features).parameters  # a `features` function
 
 @MODELS.register_module()
 class DefaultSegmentorV2(nn.Module):
@@ -108,6 +108,7 @@ class DefaultSegmentorV2(nn.Module):
     def _head_dtype(self) -> torch.dtype|None:
         "Autocast's dtype where the head is a plain Linear under autocast (it casts its input to it first), else None"
         if type(self.seg_head) not in (LinearHead, nn.Linear) or _hooked(self.seg_head): return None
+        if self.seg_head.weight.dtype != torch.float32: return None  # autocast casts float32 layers (not float64) only
         dev = self.seg_head.weight.device.type  # where the head runs, under that device's autocast
         if not torch.is_autocast_enabled(dev): return None
         return torch.get_autocast_dtype(dev)
@@ -115,7 +116,8 @@ class DefaultSegmentorV2(nn.Module):
     def forward(self, input_dict:dict) -> dict: # model input; `segment` (N,) labels for the loss
         "{loss} while training; {loss, seg_logits} in eval with labels; {seg_logits} otherwise"
         dtype = self._head_dtype()  # a subclass's `features` without a `dtype` parameter is called as before
-        feat = self.features(input_dict, dtype) if dtype is not None and _takes_dtype(type(self)) else self.features(input_dict)
+        takes = dtype is not None and _takes_dtype(getattr(self.features, "__func__", self.features))
+        feat = self.features(input_dict, dtype) if takes else self.features(input_dict)
         if not isinstance(self.seg_head, nn.Identity) and feat.shape[-1] != self.seg_head.in_channels:
             raise ValueError(f"The backbone gives {feat.shape[-1]} channels but backbone_out_channels is "
                              f"{self.seg_head.in_channels}; fix model.backbone_out_channels in the config")

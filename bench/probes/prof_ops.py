@@ -1,5 +1,5 @@
 """A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [VARIANTS]
-VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_conv | bias_kernel | one_pass | no_stream
+VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_conv | bias_kernel | one_pass | stream | no_stream
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -16,7 +16,7 @@ for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
     elif variant in ("spconv_conv", "gather_conv", "triton_conv"): M.set_conv_backend(variant.split("_")[0])
     elif variant == "bias_kernel": K.set_bias_grad_kernel(True)
     elif variant == "one_pass": A.set_one_pass_backward(True)
-    elif variant == "no_stream": M.set_fused_stream(False)
+    elif variant in ("stream", "no_stream"): M.set_fused_stream(variant == "stream")
     else: raise SystemExit(f"unknown variant {variant!r}")
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
 fn = step_fn(task, model, head, data, labels)
