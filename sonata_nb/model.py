@@ -25,7 +25,7 @@ from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
 from .sparse_conv import kernel_usable, neighbour_table, subm_conv
-from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, MAX_C as _FUSED_MAX_C, available as _triton_available, \
+from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, MAX_C as _FUSED_MAX_C, _DTYPES as _FUSED_DTYPES, available as _triton_available, \
     interpreted as _triton_interpreted
 
 # %% auto #0
@@ -329,7 +329,7 @@ class LayerNorm(nn.LayerNorm):
     def _fused(self, x, half:bool) -> bool:
         "Whether this call runs the fused kernel: when switched on, and for every half-precision call"
         if not ((_fused_layernorm or half) and _triton_available() and len(self.normalized_shape) == 1
-                and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and 0 < x.shape[-1] <= _FUSED_MAX_C): return False
+                and x.dtype in _FUSED_DTYPES and 0 < x.shape[-1] <= _FUSED_MAX_C): return False
         return x.device.type == "cpu" and _fused_on_cpu if _triton_interpreted() else x.is_cuda
 
     def _out_dtype(self, x, half:bool) -> torch.dtype|None:
@@ -362,7 +362,7 @@ class LayerNorm(nn.LayerNorm):
                x:torch.Tensor) -> torch.Tensor: # (..., C) this norm's input
         "`residual + self(x)`, in the norm's kernel where it runs"
         half = self._half(x)
-        if self._streams(x, half) and residual.shape == x.shape and residual.device == x.device and residual.dtype in _FLOATS:
+        if self._streams(x, half) and residual.shape == x.shape and residual.device == x.device and residual.dtype in _FUSED_DTYPES:
             return fused_layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x, half), residual=residual)
         return residual + self(x)
 
@@ -372,8 +372,6 @@ class LayerNorm(nn.LayerNorm):
         if self._streams(x, half) and torch.is_grad_enabled() and x.requires_grad:
             return fused_layer_norm_passing(x, self.weight, self.bias, self.eps, self._out_dtype(x, half))
         return self(x), x
-
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # %% ../nbs/04_model.ipynb #c014
