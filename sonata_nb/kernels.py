@@ -12,13 +12,14 @@ from torch import nn
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm',
            'fused_layer_norm', 'fused_layer_norm_passing', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear',
            'sums_bias', 'linear', 'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path',
-           'CellMax', 'cell_max']
+           'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -360,6 +361,14 @@ def _column_blocks(C:int) -> tuple[int, int]:
     block_c = min(128, _pow2(C))
     return max(1, TILE // block_c), block_c
 
+def _column_grid(N:int, C:int, device) -> tuple:
+    "(rows, columns of a tile, row programs, column programs, rows per program): how column sums split an (N, C) tensor"
+    br, bc = _column_blocks(C)
+    col_programs = _cdiv(C, bc)
+    row_programs = max(1, min(_cdiv(N, br), _n_programs(device, _cdiv(N, br)) // col_programs))
+    rows_per_program = _cdiv(_cdiv(N, row_programs), br) * br  # a multiple of the tile's rows
+    return br, bc, _cdiv(N, rows_per_program), col_programs, rows_per_program
+
 def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfloat16, rows of stride-1 columns
     "`x.sum(0)` in float32: each program sums its share of the rows in float32, then torch adds the programs' sums"
     if triton is None: raise RuntimeError("column_sum needs Triton (`pip install triton`); use x.float().sum(0) without it")
@@ -371,11 +380,7 @@ def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfl
     if x.shape[1] and x.stride(1) != 1: x = x.contiguous()
     N, C = x.shape
     if N == 0 or C == 0: return torch.zeros(C, dtype=torch.float32, device=x.device)
-    br, bc = _column_blocks(C)
-    col_programs = _cdiv(C, bc)
-    row_programs = max(1, min(_cdiv(N, br), _n_programs(x.device, _cdiv(N, br)) // col_programs))
-    rows_per_program = _cdiv(_cdiv(N, row_programs), br) * br
-    row_programs = _cdiv(N, rows_per_program)
+    br, bc, row_programs, col_programs, rows_per_program = _column_grid(N, C, x.device)
     partial = torch.empty((row_programs, C), dtype=torch.float32, device=x.device)
     with _on(x.device): launcher(_col_sum)[(row_programs, col_programs)](x, partial, N, C, x.stride(0), rows_per_program,
                                                            BLOCK_R=br, BLOCK_C=bc, num_warps=4)
@@ -533,6 +538,73 @@ def residual_drop_path(shortcut:torch.Tensor, # (N, C) the residual stream
 def _residual_drop_path(shortcut, x, drop_prob:float): # checked by the caller (`fuses_residual`, 0 < drop_prob < 1)
     r = torch.rand((x.shape[0], 1), device=x.device)  # DropPath's draw
     return ResidualDropPath.apply(shortcut, x, r, 1.0 - drop_prob)
+
+# %% ../nbs/03b_kernels.ipynb #k035
+_fused_gelu = True
+
+def set_fused_gelu(on:bool=True): # True: `MLP`'s backward recomputes GELU, differentiates it and sums fc1's bias gradient in one kernel
+    "Speed switch: the MLP's GELU backward by `gelu_recompute_backward` on the kernels' device (module-wide)"
+    global _fused_gelu
+    _fused_gelu = bool(on)
+
+if triton is not None:
+    @triton.jit
+    def _gelu_bwd(DA, H, A, DH, P, N, C, rows_per_program, HAS_SUM:tl.constexpr, LIBDEVICE:tl.constexpr,
+                  RTNE_BF16:tl.constexpr, BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr):
+        pid_r, pid_c = tl.program_id(0), tl.program_id(1)
+        cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        first = pid_r * rows_per_program
+        for i in range(0, rows_per_program, BLOCK_R):  # `_col_sum`'s bands and tiles
+            rows = first + i + tl.arange(0, BLOCK_R)
+            mask = (rows < N)[:, None] & cmask[None, :]
+            offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+            x = tl.load(H + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(DA + offs, mask=mask, other=0.0).to(tl.float32)
+            z = x * 0.7071067811865476  # torch's kAlpha (M_SQRT1_2 in float32)
+            q = -0.5 * x * x
+            if LIBDEVICE:  # CUDA's erff and expf (Triton's own exp is the approximate ex2)
+                e = libdevice.erf(z)
+                ex = libdevice.exp(q)
+            else:
+                e = tl.math.erf(z)
+                ex = tl.exp(q)
+            a = x * 0.5 * (1.0 + e)
+            cdf = 0.5 * (1.0 + e)
+            pdf = ex * 0.3989422804014327  # kBeta: M_2_SQRTPI * M_SQRT1_2 / 2 in float32
+            dh = _cast(g * tl.fma(x, pdf, cdf), DH.dtype.element_ty, RTNE_BF16)
+            tl.store(A + offs, _cast(a, A.dtype.element_ty, RTNE_BF16), mask=mask)
+            tl.store(DH + offs, dh, mask=mask)
+            if HAS_SUM: acc += dh.to(tl.float32)
+        if HAS_SUM: tl.store(P + pid_r * C + cols, tl.sum(acc, axis=0), mask=cmask)
+
+def fuses_gelu(h:torch.Tensor) -> bool: # (..., C) the pre-activation saved by the MLP
+    "Whether `MLP`'s backward runs `gelu_recompute_backward` on `h` (the switch on, a contiguous float tensor on the kernels' device)"
+    return (_fused_gelu and triton is not None and h.ndim >= 1 and h.dtype in _DTYPES and h.is_contiguous()
+            and _kernel_device(h) and not torch._C._are_functorch_transforms_active())
+
+def gelu_recompute_backward(da:torch.Tensor, # (..., C) the gradient of gelu(h)
+                            h:torch.Tensor, # (..., C) the pre-activation, da's shape and dtype
+                            bias_sum:bool=True) -> tuple: # also sum dh's rows (the bias gradient of the layer making h)
+    "(gelu(h), gelu's backward `dh`, dh.sum(0) in float32 or None): torch's exact-GELU numbers, `column_sum`'s sums, in one kernel"
+    if triton is None: raise RuntimeError("gelu_recompute_backward needs Triton (`pip install triton`)")
+    if da.shape != h.shape or da.dtype != h.dtype or h.dtype not in _DTYPES or h.ndim == 0:
+        raise ValueError(f"gelu_recompute_backward takes da and h of one shape and float dtype; got {tuple(da.shape)} "
+                         f"{da.dtype} and {tuple(h.shape)} {h.dtype}")
+    if interpreted() != (h.device.type == "cpu"):
+        raise ValueError(f"gelu_recompute_backward got a {h.device.type} tensor, but the kernels are "
+                         + ("interpreted (TRITON_INTERPRET=1): pass CPU tensors" if interpreted() else "compiled for CUDA"))
+    h2, da2 = h.contiguous().view(-1, h.shape[-1]), da.contiguous().view(-1, h.shape[-1])
+    N, C = h2.shape
+    a, dh = torch.empty_like(h2), torch.empty_like(h2)
+    if N == 0 or C == 0:
+        return a.view(h.shape), dh.view(h.shape), torch.zeros(C, dtype=torch.float32, device=h.device) if bias_sum else None
+    br, bc, row_programs, col_programs, rows_per_program = _column_grid(N, C, h.device)
+    partial = torch.empty((row_programs, C), dtype=torch.float32, device=h.device) if bias_sum else None
+    with _on(h.device): launcher(_gelu_bwd)[(row_programs, col_programs)](da2, h2, a, dh, partial, N, C, rows_per_program,
+        HAS_SUM=bias_sum, LIBDEVICE=not interpreted(), RTNE_BF16=_rtne_bf16(h.dtype), BLOCK_R=br, BLOCK_C=bc, num_warps=4)
+    return a.view(h.shape), dh.view(h.shape), partial.sum(0) if bias_sum else None
 
 # %% ../nbs/03b_kernels.ipynb #k041
 if triton is not None:

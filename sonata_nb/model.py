@@ -229,6 +229,7 @@ class _MLPRecompute(torch.autograd.Function):
         ctx.dt, ctx.approximate, ctx.x_dtype = dt, approximate, x.dtype
         ctx.bias_kernel = bias_kernel  # (fc1, fc2): `kernels.sums_bias`, decided where gradients are on (not in here)
         ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
+        ctx.fused_gelu = approximate == "none" and kernels.fuses_gelu(h)  # recompute, backward, fc1's bias sum: one kernel
         return y
 
     @staticmethod
@@ -237,15 +238,20 @@ class _MLPRecompute(torch.autograd.Function):
         cast = (lambda t: t.to(ctx.dt)) if ctx.dt is not None else (lambda t: t)
         with torch.autocast(xc.device.type, enabled=False):
             w1c, w2c = cast(w1), cast(w2)
-            a = F.gelu(h, approximate=ctx.approximate)
-            dy2, a2, x2 = dy.reshape(-1, dy.shape[-1]), a.reshape(-1, a.shape[-1]), xc.reshape(-1, xc.shape[-1])
             da = dy.matmul(w2c)
+            s1 = None  # fc1's bias gradient when the kernel sums it
+            if ctx.fused_gelu and da.dtype == h.dtype:
+                a, dh, s1 = kernels.gelu_recompute_backward(da, h, bias_sum=ctx.b_dtypes[0] is not None)
+            else:
+                a = F.gelu(h, approximate=ctx.approximate)
+                dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate)
+            dy2, a2, x2 = dy.reshape(-1, dy.shape[-1]), a.reshape(-1, a.shape[-1]), xc.reshape(-1, xc.shape[-1])
             dw2 = a2.t().mm(dy2).t().to(w2.dtype)
             db2 = _bias_sum(dy2, ctx.bias_kernel[1]).to(ctx.b_dtypes[1]) if ctx.b_dtypes[1] is not None else None
-            dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate)
             dh2 = dh.reshape(-1, dh.shape[-1])
             dw1 = x2.t().mm(dh2).t().to(w1.dtype)
-            db1 = _bias_sum(dh2, ctx.bias_kernel[0]).to(ctx.b_dtypes[0]) if ctx.b_dtypes[0] is not None else None
+            if ctx.b_dtypes[0] is None: db1 = None
+            else: db1 = (s1 if s1 is not None else _bias_sum(dh2, ctx.bias_kernel[0])).to(ctx.b_dtypes[0])
             dx = dh.matmul(w1c).to(ctx.x_dtype)
         return dx, dw1, db1, dw2, db2, None, None
 

@@ -45,6 +45,12 @@ def test_block_stream_fusion_is_torchs(forkserver):
 
 
 @needs_triton
+def test_fused_gelu_backward(forkserver):
+    "gelu_recompute_backward against float64; a training Block through it: torch's output, gradients within rounding, fc1's bias gradient float32 sums (interpreter)"
+    print(run_check(forkserver, "gelu"))
+
+
+@needs_triton
 def test_launcher(forkserver):
     "Every launch site passes each kernel parameter (the direct launch needs them all, in order); the key and its cache"
     print(run_check(forkserver, "launch_sites"))
@@ -123,6 +129,48 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
     assert torch.equal(g_f, g_t)
     for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+
+
+@pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton: the compiled GELU kernel")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_fused_gelu_on_cuda_is_torchs(dtype):
+    "gelu_recompute_backward on CUDA: gelu(h) and dh bit for bit torch's, the sum column_sum's; an MLP trained through it: every gradient but fc1's bias bit for bit"
+    import torch, torch.nn.functional as F
+    from sonata_nb import kernels, model
+    dtype = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(30000, 384, generator=g) * 4).to(dtype)
+    h[0, :8] = torch.tensor([-20.0, -13.5, -9.0, -1e-3, 0.0, 1e-3, 13.5, 20.0]).to(dtype)  # tails, zero, tiny
+    h, da = h.cuda(), torch.randn(h.shape, generator=g).to("cuda", dtype)
+    a, dh, db = kernels.gelu_recompute_backward(da, h)
+    assert torch.equal(a, F.gelu(h)), (a.float() - F.gelu(h).float()).abs().max()
+    ref = torch.ops.aten.gelu_backward(da, h)
+    assert torch.equal(dh, ref), (dh.float() - ref.float()).abs().max()
+    assert torch.equal(db, kernels.column_sum(ref))
+    torch.manual_seed(0)
+    mlp = model.MLP(96, 384).cuda()
+    x0 = torch.randn(20000, 96, device="cuda")
+    gy = torch.randn(20000, 96, generator=g).to("cuda")
+    amp = dtype != torch.float32
+    runs = []
+    with counting(kernels, "gelu_recompute_backward") as calls:
+        for on in (True, False):
+            kernels.set_fused_gelu(on)
+            try:
+                x = x0.clone().requires_grad_()
+                with torch.autocast("cuda", dtype=dtype, enabled=amp): y = mlp(x)
+                y.backward(gy.to(y.dtype))
+                runs.append([y.detach(), x.grad] + [p.grad.clone() for p in mlp.parameters()])
+                mlp.zero_grad(set_to_none=True)
+            finally: kernels.set_fused_gelu(True)
+    assert len(calls) == 1, calls
+    (y_f, gx_f, w1_f, b1_f, w2_f, b2_f), (y_t, gx_t, w1_t, b1_t, w2_t, b2_t) = runs
+    for f, t in ((y_f, y_t), (gx_f, gx_t), (w1_f, w1_t), (w2_f, w2_t), (b2_f, b2_t)): assert torch.equal(f, t)
+    with torch.autocast("cuda", dtype=dtype, enabled=amp): hh = mlp.fc1(x0)  # fc1's bias gradient: float32 sums of torch's dh
+    dh_t = torch.ops.aten.gelu_backward(gy.to(hh.dtype).matmul(mlp.fc2.weight.to(hh.dtype)), hh)
+    assert torch.equal(b1_f, kernels.column_sum(dh_t))
+    if amp:  # torch rounds its sums to the half dtype
+        assert (b1_f.double() - dh_t.double().sum(0)).abs().max() <= (b1_t.double() - dh_t.double().sum(0)).abs().max()
 
 
 def test_imports_without_triton(forkserver):
@@ -348,6 +396,53 @@ def check_stream():
     print("stream fusion: a training Block bitwise the unfused one, float32 and bf16 autocast")
 
 
+def check_gelu():
+    import torch, torch.nn.functional as F
+    from sonata_nb import kernels, model
+    from sonata_nb.testing import toy_cloud
+    assert kernels.interpreted() and kernels._fused_gelu  # on by default
+    g = torch.Generator().manual_seed(0)
+    # against float64: rows more than the programs' bands, widths of several column tiles, the tails, no rows
+    for N, C, dtype in [(5000, 192, torch.float16), (777, 300, torch.bfloat16), (3, 7, torch.float32), (0, 5, torch.float16)]:
+        h = (torch.randn(N, C, generator=g) * 4).to(dtype)
+        if N: h[0, :5] = torch.tensor([-20.0, -9.0, 0.0, 1e-3, 20.0]).to(dtype)
+        da = torch.randn(N, C, generator=g).to(dtype)
+        a, dh, db = kernels.gelu_recompute_backward(da, h)
+        tol = torch.finfo(dtype).eps * 2
+        for got, exact in [(a, F.gelu(h.double())), (dh, torch.ops.aten.gelu_backward(da.double(), h.double()))]:
+            assert got.dtype == dtype and ((got.double() - exact).abs() <= tol * (exact.abs() + 1)).all(), (N, C, dtype)
+        assert db.dtype == torch.float32 and torch.equal(db, kernels.column_sum(dh)), (N, C, dtype)
+        assert kernels.gelu_recompute_backward(da, h, bias_sum=False)[2] is None
+    for bad, msg in [((torch.ones(3, 4), torch.ones(3, 5)), "one shape"), ((torch.ones(3).double(), torch.ones(3).double()), "float dtype")]:
+        try: kernels.gelu_recompute_backward(*bad)
+        except ValueError as e: assert msg in str(e), e
+        else: raise AssertionError(msg)
+    # a Block trained under bf16 autocast: the forward is unchanged, the gradients within rounding of torch's (its CPU
+    # GELU has its own erf), fc1's bias gradient closer to the float32 run's (torch rounds its sums to bfloat16)
+    kernels._on_cpu = True
+    try:
+        torch.manual_seed(0)
+        block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0")
+        data = toy_cloud(n=300, clouds=2, grid=0.1)
+        data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+        runs = []
+        with counting(kernels, "gelu_recompute_backward") as calls:
+            for on, dtype in ((True, torch.bfloat16), (False, torch.bfloat16), (False, None)):
+                kernels.set_fused_gelu(on)
+                try: runs.append(block_step(block, data, dtype))
+                finally: kernels.set_fused_gelu(True)
+        assert len(calls) == 1, calls
+        (o_f, g_f, p_f), (o_t, g_t, p_t), (_, _, p_32) = runs
+        assert torch.equal(o_f, o_t)
+        torch.testing.assert_close(g_f, g_t, rtol=2e-2, atol=1e-2)
+        for n in p_t: torch.testing.assert_close(p_f[n], p_t[n], rtol=2e-2, atol=2e-2 * p_t[n].abs().max().item(), msg=n)
+        n = "mlp.0.fc1.bias"
+        e_f, e_t = (p_f[n] - p_32[n]).norm(), (p_t[n] - p_32[n]).norm()
+        assert e_f <= e_t * 1.05 + 1e-6, (e_f, e_t)
+        print("gelu: fc1 bias gradient error to float32, fused / torch:", round((e_f / e_t.clamp_min(1e-12)).item(), 3))
+    finally: kernels._on_cpu = False
+
+
 def check_bias():
     import torch
     from torch import nn
@@ -414,10 +509,10 @@ def check_bias():
             try: return _tiny_block_run(block, data, False, autocast)
             finally: kernels.set_bias_grad_kernel(True); kernels.column_sum = model.column_sum = real  # (this check's setting)
         o_k, gx_k, gp_k, _, _ = run(True)
-        assert sorted(sums) == [48, 48, 48, 48, 144, 192], sums  # cpe conv and Linear, proj, fc2, qkv, fc1: all by the kernel
+        assert sorted(sums) == [48, 48, 48, 48, 144], sums  # cpe conv and Linear, proj, fc2, qkv by the kernel (fc1's: the GELU kernel's)
         o_t, gx_t, gp_t, _, _ = run(False)
         o_32, _, gp_32, _, _ = run(True, autocast=False)
-        assert len(sums) == 6, sums  # neither with the switch off nor without autocast
+        assert len(sums) == 5, sums  # neither with the switch off nor without autocast
         assert torch.equal(o_k, o_t)
         biases = [n for n in gp_t if n.endswith("bias") and "norm" not in n and "cpe.2" not in n]
         assert sorted(biases) == ["attn.proj.bias", "attn.qkv.bias", "cpe.0.bias", "cpe.1.bias", "mlp.0.fc1.bias", "mlp.0.fc2.bias"], biases
@@ -458,9 +553,10 @@ def check_launch_sites():
     kernels.residual_drop_path(s, h, 0.2).sum().backward()
     x = torch.randn(10, 48).half().requires_grad_()
     kernels.cell_max(x, torch.randperm(10), torch.tensor([0, 4, 10])).float().sum().backward()
+    kernels.gelu_recompute_backward(x.detach(), x.detach())
     kernels._on_cpu = False
     assert set(seen) == {"_ln_fwd", "_ln_bwd", "_col_sum", "_pa_fwd", "_pa_delta", "_pa_dkdv", "_pa_dq", "_res_drop_fwd",
-                         "_res_drop_bwd", "_cell_max_fwd", "_cell_max_bwd"}, seen
+                         "_res_drop_bwd", "_cell_max_fwd", "_cell_max_bwd", "_gelu_bwd"}, seen
     print(seen)
 
 
@@ -588,6 +684,15 @@ def check_compile():
             consts = dict(BLOCK_M=bm, BLOCK_C=bc)
             sig = dict(G=f"*{x}", Arg="*i32", DX=f"*{x}", M="i32", C="i32", **{k: "constexpr" for k in consts})
             k = triton.compile(ASTSource(fn=kernels._cell_max_bwd, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+            assert ".entry" in k.asm["ptx"]
+    for x in ("fp16", "bf16", "fp32"):  # libdevice's erf and exp linked
+        for C, has_sum in ((1536, True), (48, False)):
+            br, bc = kernels._column_blocks(C)
+            consts = dict(HAS_SUM=has_sum, LIBDEVICE=True, RTNE_BF16=False, BLOCK_R=br, BLOCK_C=bc)
+            sig = dict(DA=f"*{x}", H=f"*{x}", A=f"*{x}", DH=f"*{x}", P="*fp32", N="i32", C="i32", rows_per_program="i32",
+                       **{k: "constexpr" for k in consts})
+            k = triton.compile(ASTSource(fn=kernels._gelu_bwd, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                               options=dict(num_warps=4))
             assert ".entry" in k.asm["ptx"]
     from sonata_nb import serialization as S
     tables = {f"{t}{l}": "*i64" for l in (1, 2, 3) for t in ("D", "N")}
