@@ -16,10 +16,10 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['MAX_C', 'TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm',
-           'fused_layer_norm', 'fused_layer_norm_passing', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear',
-           'sums_bias', 'linear', 'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path',
-           'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max']
+__all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
+           'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'set_bias_grad_kernel', 'column_sum',
+           'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual',
+           'residual_drop_path', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -361,11 +361,11 @@ def _column_blocks(C:int) -> tuple[int, int]:
     block_c = min(128, _pow2(C))
     return max(1, TILE // block_c), block_c
 
-def _column_grid(N:int, C:int, device) -> tuple:
+def _column_grid(N:int, C:int, device, per_sm:int=4) -> tuple: # rows, columns, where; programs per SM (CUDA)
     "(rows, columns of a tile, row programs, column programs, rows per program): how column sums split an (N, C) tensor"
     br, bc = _column_blocks(C)
     col_programs = _cdiv(C, bc)
-    row_programs = max(1, min(_cdiv(N, br), _n_programs(device, _cdiv(N, br)) // col_programs))
+    row_programs = max(1, min(_cdiv(N, br), _n_programs(device, _cdiv(N, br)) * per_sm // 4 // col_programs))
     rows_per_program = _cdiv(_cdiv(N, row_programs), br) * br  # a multiple of the tile's rows
     return br, bc, _cdiv(N, rows_per_program), col_programs, rows_per_program
 
@@ -541,6 +541,7 @@ def _residual_drop_path(shortcut, x, drop_prob:float): # checked by the caller (
 
 # %% ../nbs/03b_kernels.ipynb #k035
 _fused_gelu = True
+GELU_CONFIG = dict(per_sm=4, warps=4)  # programs per SM, warps per program of `_gelu_bwd` (bench/probes/gelu_grid.py)
 
 def set_fused_gelu(on:bool=True): # True: `MLP`'s backward recomputes GELU, differentiates it and sums fc1's bias gradient in one kernel
     "Speed switch: the MLP's GELU backward by `gelu_recompute_backward` on the kernels' device (module-wide)"
@@ -600,10 +601,11 @@ def gelu_recompute_backward(da:torch.Tensor, # (..., C) the gradient of gelu(h)
     a, dh = torch.empty_like(h2), torch.empty_like(h2)
     if N == 0 or C == 0:
         return a.view(h.shape), dh.view(h.shape), torch.zeros(C, dtype=torch.float32, device=h.device) if bias_sum else None
-    br, bc, row_programs, col_programs, rows_per_program = _column_grid(N, C, h.device)
+    br, bc, row_programs, col_programs, rows_per_program = _column_grid(N, C, h.device, GELU_CONFIG["per_sm"])
     partial = torch.empty((row_programs, C), dtype=torch.float32, device=h.device) if bias_sum else None
     with _on(h.device): launcher(_gelu_bwd)[(row_programs, col_programs)](da2, h2, a, dh, partial, N, C, rows_per_program,
-        HAS_SUM=bias_sum, LIBDEVICE=not interpreted(), RTNE_BF16=_rtne_bf16(h.dtype), BLOCK_R=br, BLOCK_C=bc, num_warps=4)
+        HAS_SUM=bias_sum, LIBDEVICE=not interpreted(), RTNE_BF16=_rtne_bf16(h.dtype), BLOCK_R=br, BLOCK_C=bc,
+        num_warps=GELU_CONFIG["warps"])
     return a.view(h.shape), dh.view(h.shape), partial.sum(0) if bias_sum else None
 
 # %% ../nbs/03b_kernels.ipynb #k041
