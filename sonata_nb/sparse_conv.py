@@ -15,7 +15,7 @@ except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'kernel_usable',
-           'set_sorted_rows', 'row_order', 'block_cells', 'SubmanifoldConv', 'subm_conv']
+           'SubmanifoldConv', 'subm_conv']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -85,89 +85,61 @@ def kernel_usable(x:torch.Tensor) -> bool: # the features about to be convolved
 
 if triton is not None:
     @triton.jit
-    def _sc_cell(acc, X, T, W, rows, rmask, o, omask, k, N, CI, K, cw, s_in, s_out, FLIP:tl.constexpr, BLOCK_I:tl.constexpr):
-        # acc + the rows' products with cell k: their neighbours' rows (zero where there is none) times the cell's weights
-        nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
-        valid = nb < N
-        kw = K - 1 - k if FLIP else k
-        ci = tl.arange(0, BLOCK_I)
-        for c0 in range(0, CI, BLOCK_I):
-            c = c0 + ci
-            cmask = c < CI
-            x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
-            w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
-            acc = tl.dot(x, w, acc)
-        return acc
-
-    @triton.jit
-    def _sc_conv(X, T, W, Y, Perm, Cells, Count, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr, SORTED:tl.constexpr,
+    def _sc_conv(X, T, W, Y, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr,
                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
         # Y[i, o] = sum_k sum_c X[T[i, k], c] * W(k', c, o), W(k', c, o) at W + k' * CI_w + c * s_in + o * s_out,
-        # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent.
-        # SORTED: program pm owns the rows Perm[pm * BLOCK_M:][:BLOCK_M] and only its Count[pm] cells Cells[pm, :]
-        # (the cells where one of them has a neighbour; the others would add zeros)
+        # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent
         pm, po = tl.program_id(0), tl.program_id(1)
-        pos = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = pos < N
-        rows = tl.load(Perm + pos, mask=rmask, other=0) if SORTED else pos
+        rows = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < N
         o = po * BLOCK_O + tl.arange(0, BLOCK_O)
         omask = o < CO
+        ci = tl.arange(0, BLOCK_I)
         cw = CO if FLIP else CI  # the weight's innermost extent (C_in of the module)
         acc = tl.zeros([BLOCK_M, BLOCK_O], tl.float32)
-        if SORTED:
-            for j in range(0, tl.load(Count + pm)):  # in increasing k, as below
-                acc = _sc_cell(acc, X, T, W, rows, rmask, o, omask, tl.load(Cells + pm * K + j), N, CI, K, cw, s_in, s_out,
-                               FLIP, BLOCK_I)
-        else:
-            for k in range(0, K):
-                acc = _sc_cell(acc, X, T, W, rows, rmask, o, omask, k, N, CI, K, cw, s_in, s_out, FLIP, BLOCK_I)
+        for k in range(0, K):
+            nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
+            valid = nb < N
+            kw = K - 1 - k if FLIP else k
+            for c0 in range(0, CI, BLOCK_I):
+                c = c0 + ci
+                cmask = c < CI
+                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
+                acc = tl.dot(x, w, acc)
         tl.store(Y + rows.to(tl.int64)[:, None] * CO + o[None, :], acc.to(Y.dtype.element_ty), mask=rmask[:, None] & omask[None, :])
 
     @triton.jit
-    def _sc_wgrad(X, T, DY, P, Perm, Active, N, CI, CO, K, band, SORTED:tl.constexpr,
+    def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
                   BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr, CELLS:tl.constexpr):
         # P[s, o, k, c] = sum over rows i of band s of X[T[i, k], c] * DY[i, o], for CELLS (1 to 3) cells k per program:
-        # each block of dy rows is read once for all of them. SORTED: the band's positions hold the rows Perm[...], and a
-        # block of them adds to cell k only where Active[block, k] (one of its rows has a neighbour there)
+        # each block of dy rows is read once for all of them
         kb, t, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         tiles_o = (CO + BLOCK_O - 1) // BLOCK_O
         c = (t // tiles_o) * BLOCK_I + tl.arange(0, BLOCK_I)
         o = (t % tiles_o) * BLOCK_O + tl.arange(0, BLOCK_O)
         cmask, omask = c < CI, o < CO
         k0 = kb * CELLS
-        start = s * band  # a multiple of BLOCK_M
+        start = s * band
         end = tl.minimum(start + band, N)
         acc0 = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
         acc1 = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
         acc2 = tl.zeros([BLOCK_I, BLOCK_O], tl.float32)
         for m0 in range(start, end, BLOCK_M):
-            pos = m0 + tl.arange(0, BLOCK_M)
-            rmask = pos < end
-            if SORTED:
-                rows = tl.load(Perm + pos, mask=rmask, other=0)
-                act = Active + (m0 // BLOCK_M) * K + k0
-                on0 = tl.load(act) != 0
-                on1 = tl.load(act + 1, mask=k0 + 1 < K, other=0) != 0 if CELLS > 1 else False
-                on2 = tl.load(act + 2, mask=k0 + 2 < K, other=0) != 0 if CELLS > 2 else False
-            else:
-                rows = pos
-                on0, on1, on2 = True, CELLS > 1, CELLS > 2
-            if on0 | on1 | on2:
-                dy = tl.load(DY + rows.to(tl.int64)[:, None] * CO + o[None, :], mask=rmask[:, None] & omask[None, :], other=0.0)
-                if on0:
-                    nb = tl.load(T + rows.to(tl.int64) * K + k0, mask=rmask, other=N)
-                    x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
-                    acc0 = tl.dot(tl.trans(x), dy, acc0)
-                if CELLS > 1:
-                    if on1:
-                        nb = tl.load(T + rows.to(tl.int64) * K + k0 + 1, mask=rmask & (pos * 0 + k0 + 1 < K), other=N)
-                        x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
-                        acc1 = tl.dot(tl.trans(x), dy, acc1)
-                if CELLS > 2:
-                    if on2:
-                        nb = tl.load(T + rows.to(tl.int64) * K + k0 + 2, mask=rmask & (pos * 0 + k0 + 2 < K), other=N)
-                        x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
-                        acc2 = tl.dot(tl.trans(x), dy, acc2)
+            rows = m0 + tl.arange(0, BLOCK_M)
+            rmask = rows < end
+            dy = tl.load(DY + rows.to(tl.int64)[:, None] * CO + o[None, :], mask=rmask[:, None] & omask[None, :], other=0.0)
+            nb = tl.load(T + rows.to(tl.int64) * K + k0, mask=rmask, other=N)
+            x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
+            acc0 = tl.dot(tl.trans(x), dy, acc0)
+            if CELLS > 1:
+                nb = tl.load(T + rows.to(tl.int64) * K + k0 + 1, mask=rmask & (rows * 0 + k0 + 1 < K), other=N)
+                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
+                acc1 = tl.dot(tl.trans(x), dy, acc1)
+            if CELLS > 2:
+                nb = tl.load(T + rows.to(tl.int64) * K + k0 + 2, mask=rmask & (rows * 0 + k0 + 2 < K), other=N)
+                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=(nb < N)[:, None] & cmask[None, :], other=0.0)
+                acc2 = tl.dot(tl.trans(x), dy, acc2)
         out = P + (((s * CO + o[None, :]) * K + k0).to(tl.int64) * CI + c[:, None])  # the weight's own (C_out, K, C_in) order
         tile = cmask[:, None] & omask[None, :]
         tl.store(out, acc0, mask=tile)
@@ -176,44 +148,6 @@ if triton is not None:
 
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
-
-_sorted_rows = True
-
-def set_sorted_rows(on:bool=True): # True: the kernels visit rows grouped by their neighbours' pattern and skip empty cells
-    "Speed switch: the convolution kernels take the rows in the order of their neighbour masks and skip the cells no row of a block has (module-wide)"
-    global _sorted_rows
-    _sorted_rows = bool(on)
-
-def row_order(table:torch.Tensor) -> torch.Tensor: # (N, K) from `neighbour_table`, K <= 62
-    "The rows sorted by their neighbour mask (bit k set where cell k has a neighbour), ties in row order: (N,) int32"
-    N, K = table.shape
-    if K > 62: raise ValueError(f"row_order: masks of {K} cells do not fit 62 bits (kernel size 3 has 27)")
-    bits = torch.ones((), dtype=torch.int64, device=table.device) << torch.arange(K, device=table.device)
-    return torch.argsort(((table < N) * bits).sum(1), stable=True).to(torch.int32)
-
-def block_cells(table:torch.Tensor, # (N, K) from `neighbour_table`
-                order:torch.Tensor, # (N,) the rows' order (`row_order`)
-                block:int) -> torch.Tensor: # rows per block
-    "(blocks, K) bool: whether any of a block's rows (in `order`) has a neighbour in cell k"
-    N, K = table.shape
-    valid = (table < N)[order.long()]
-    pad = -N % block
-    if pad: valid = torch.cat([valid, valid.new_zeros(pad, K)])
-    return valid.view(-1, block, K).any(1)
-
-def _row_plan(table:torch.Tensor, key:str, block:int) -> tuple: # the stage's table; "conv" or "wgrad"; its kernel's BLOCK_M
-    "The sorted rows and their blocks' cells for one kernel, made once per table (kept on the table tensor)"
-    plans = table.__dict__.setdefault("_row_plans", {})
-    if "order" not in plans: plans["order"] = row_order(table)
-    if (key, block) not in plans:
-        active = block_cells(table, plans["order"], block)
-        if key == "conv":  # each block's cells, the active ones first in increasing k, and their count
-            cells = torch.argsort((~active).to(torch.uint8), dim=1, stable=True).to(torch.int32)
-            plans[key, block] = (cells, active.sum(1, dtype=torch.int32))
-        else: plans[key, block] = (active.to(torch.int8),)
-    return (plans["order"], *plans[key, block])
-
-def _sorts(table:torch.Tensor) -> bool: return _sorted_rows and table.shape[1] <= 62 and len(table) > 0
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
@@ -227,12 +161,10 @@ def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_o
     bm, wi, wo, warps, stages = CONV_CONFIG["conv"]
     bi, bo = _width(ci, wi), _width(co, wo)
     if len(x):
-        sort = _sorts(table)
-        perm, cells, count = _row_plan(table, "conv", bm) if sort else (None, None, None)
         with _on(x.device):
             launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
-                x, table, weight, y, perm, cells, count, len(x), ci, co, K, s_in, s_out, FLIP=flip, SORTED=sort, BLOCK_M=bm,
-                BLOCK_I=bi, BLOCK_O=bo, num_warps=warps, num_stages=stages)
+                x, table, weight, y, len(x), ci, co, K, s_in, s_out, FLIP=flip, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
+                num_warps=warps, num_stages=stages)
     return y
 
 def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
@@ -242,15 +174,11 @@ def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out),
     tiles, groups = _cdiv(c_in, bi) * _cdiv(c_out, bo), _cdiv(K, cells)
     n = len(x)
     bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(per_sm * _programs(x.device), groups * tiles)))  # `per_sm` programs per SM, >= 4 blocks of rows each
-    band = _cdiv(_cdiv(max(n, 1), bands), bm) * bm  # whole blocks of rows
-    bands = _cdiv(max(n, 1), band)
-    sort = _sorts(table)
-    perm, active = _row_plan(table, "wgrad", bm) if sort else (None, None)
+    band = _cdiv(max(n, 1), bands)
     parts = torch.empty(bands, c_out, K, c_in, device=x.device, dtype=torch.float32)
     with _on(x.device):
-        launcher(_sc_wgrad)[(groups, tiles, bands)](x, table, dy, parts, perm, active, n, c_in, c_out, K, band, SORTED=sort,
-                                                    BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, CELLS=cells, num_warps=warps,
-                                                    num_stages=stages)
+        launcher(_sc_wgrad)[(groups, tiles, bands)](x, table, dy, parts, n, c_in, c_out, K, band, BLOCK_M=bm, BLOCK_I=bi,
+                                                    BLOCK_O=bo, CELLS=cells, num_warps=warps, num_stages=stages)
     return parts.sum(0).to(x.dtype)  # contiguous, as the weight: no layout copy when autograd accumulates it
 
 def _programs(device:torch.device) -> int:

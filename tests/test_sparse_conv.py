@@ -254,28 +254,6 @@ def check_kernels_match_the_gathers():
             assert err <= 2 * ref + 1e-3 * scale, (k, ci, co, name, err, ref, scale)  # as close to float64 as the gathers
             print(k, ci, co, name, f"kernel {err / scale:.2e}, gathers {ref / scale:.2e} of the largest value")
     assert max(bands) > 1, bands
-    # rows sorted by their neighbour masks (the default) against the table's order: the same output and input gradient
-    # bit for bit (each row sums the same cells in the same order; skipped cells would add zeros), the weight gradient's
-    # bands hold other rows (float32 sums in another order)
-    idx = random_cells(900, 10, 2, seed=5)
-    t = neighbour_table(idx, [10, 10, 10], 2)
-    x = torch.randn(len(idx), 24, generator=g).half().requires_grad_()
-    w = (torch.randn(40, 3, 3, 3, 24, generator=g) / (27 * 24) ** 0.5).half().requires_grad_()
-    dy = torch.randn(len(idx), 40, generator=g).half()
-    runs = []
-    for on in (True, False):
-        S.set_sorted_rows(on)
-        y = subm_conv(x, t, w, kernel=True)
-        runs.append((y, *torch.autograd.grad(y, (x, w), dy)))
-    S.set_sorted_rows(True)
-    (y_s, dx_s, dw_s), (y_u, dx_u, dw_u) = runs
-    assert torch.equal(y_s, y_u) and torch.equal(dx_s, dx_u)
-    torch.testing.assert_close(dw_s.float(), dw_u.float(), rtol=2e-3, atol=2e-3 * dw_u.float().abs().max().item())
-    order, plan = t._row_plans["order"], t._row_plans
-    assert sorted(k for k in plan if k != "order") == [("conv", S.CONV_CONFIG["conv"][0]), ("wgrad", S.CONV_CONFIG["wgrad"][0])]
-    cells, count = plan["conv", S.CONV_CONFIG["conv"][0]]
-    assert int(count.sum()) < cells.numel()  # some blocks skip cells
-    print("sorted rows: cells visited by the forward's blocks", int(count.sum()), "of", cells.numel())
 
 
 def check_module_takes_the_kernels():
@@ -303,18 +281,16 @@ def check_compile():
     from triton.compiler import ASTSource
     from sonata_nb import sparse_conv as S
     for dt in ("fp16", "bf16"):
-        for flip, sort in ((False, True), (True, True), (False, False)):
-            plan = dict(Perm="*i32", Cells="*i32", Count="*i32") if sort else dict(Perm="constexpr", Cells="constexpr", Count="constexpr")
-            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", **plan, N="i32", CI="i32", CO="i32", K="i32", s_in="i32",
-                       s_out="i32", FLIP="constexpr", SORTED="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
-            consts = dict(FLIP=flip, SORTED=sort, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, **({} if sort else dict(Perm=None, Cells=None, Count=None)))
-            triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
-        for cells, sort in ((1, True), (3, True), (3, False)):
-            plan = dict(Perm="*i32", Active="*i8") if sort else dict(Perm="constexpr", Active="constexpr")
-            sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", **plan, N="i32", CI="i32", CO="i32", K="i32", band="i32",
-                       SORTED="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
-            consts = dict(SORTED=sort, BLOCK_M=64, BLOCK_I=64, BLOCK_O=64, CELLS=cells, **({} if sort else dict(Perm=None, Active=None)))
-            triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+        for flip in (False, True):
+            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32",
+                       FLIP="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
+            triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=dict(FLIP=flip, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64)),
+                           target=GPUTarget("cuda", 90, 32))
+        for cells in (1, 3):
+            sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
+                       BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
+            triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=dict(BLOCK_M=64, BLOCK_I=64, BLOCK_O=64, CELLS=cells)),
+                           target=GPUTarget("cuda", 90, 32))
     print("compiled for sm_90")
 
 
@@ -341,12 +317,6 @@ def test_conv_kernels_on_cuda_match_the_gathers(dtype):
         for a, b, e in zip(ours, gathered, exact):
             assert a.dtype == b.dtype
             assert (a.double() - e).abs().max() <= 2 * (b.double() - e).abs().max() + 1e-3 * e.abs().max()
-        assert S._sorted_rows and "_row_plans" in t.__dict__  # the default: rows sorted by their neighbour masks
-        S.set_sorted_rows(False)
-        try: unsorted = run(True)
-        finally: S.set_sorted_rows(True)
-        assert torch.equal(ours[0], unsorted[0]) and torch.equal(ours[1], unsorted[1])  # each row's sums unchanged
-        assert (ours[2].double() - exact[2]).abs().max() <= 2 * (unsorted[2].double() - exact[2]).abs().max() + 1e-3 * exact[2].abs().max()
 
 
 if __name__ == "__main__":
