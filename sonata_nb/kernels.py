@@ -12,8 +12,9 @@ from torch import nn
 try:
     import triton
     import triton.language as tl
-    from triton.language.extra import libdevice
 except ImportError: triton = None
+try: from triton.language.extra import libdevice  # CUDA's erf and exp for the GELU kernel
+except ImportError: libdevice = None
 
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
@@ -541,7 +542,7 @@ def _residual_drop_path(shortcut, x, drop_prob:float): # checked by the caller (
 
 # %% ../nbs/03b_kernels.ipynb #k035
 _fused_gelu = True
-GELU_CONFIG = dict(per_sm=4, warps=4)  # programs per SM, warps per program of `_gelu_bwd` (bench/probes/gelu_grid.py)
+GELU_CONFIG = dict(per_sm=4, warps=8)  # programs per SM, warps per program of `_gelu_bwd` (bench/probes/gelu_grid.py, H100 07:44)
 
 def set_fused_gelu(on:bool=True): # True: `MLP`'s backward recomputes GELU, differentiates it and sums fc1's bias gradient in one kernel
     "Speed switch: the MLP's GELU backward by `gelu_recompute_backward` on the kernels' device (module-wide)"
@@ -582,7 +583,7 @@ if triton is not None:
 
 def fuses_gelu(h:torch.Tensor) -> bool: # (..., C) the pre-activation saved by the MLP
     "Whether `MLP`'s backward runs `gelu_recompute_backward` on `h` (the switch on, a contiguous float tensor on the kernels' device)"
-    return (_fused_gelu and triton is not None and h.ndim >= 1 and h.dtype in _DTYPES and h.is_contiguous()
+    return (_fused_gelu and triton is not None and libdevice is not None and h.ndim >= 1 and h.dtype in _DTYPES
             and _kernel_device(h) and not torch._C._are_functorch_transforms_active())
 
 def gelu_recompute_backward(da:torch.Tensor, # (..., C) the gradient of gelu(h)
@@ -590,14 +591,16 @@ def gelu_recompute_backward(da:torch.Tensor, # (..., C) the gradient of gelu(h)
                             bias_sum:bool=True) -> tuple: # also sum dh's rows (the bias gradient of the layer making h)
     "(gelu(h), gelu's backward `dh`, dh.sum(0) in float32 or None): torch's exact-GELU numbers, `column_sum`'s sums, in one kernel"
     if triton is None: raise RuntimeError("gelu_recompute_backward needs Triton (`pip install triton`)")
-    if da.shape != h.shape or da.dtype != h.dtype or h.dtype not in _DTYPES or h.ndim == 0:
-        raise ValueError(f"gelu_recompute_backward takes da and h of one shape and float dtype; got {tuple(da.shape)} "
-                         f"{da.dtype} and {tuple(h.shape)} {h.dtype}")
+    if da.shape != h.shape or h.ndim == 0:
+        raise ValueError(f"gelu_recompute_backward takes da and h of one shape (at least 1-D); got {tuple(da.shape)} and {tuple(h.shape)}")
+    if da.dtype != h.dtype or h.dtype not in _DTYPES:
+        raise ValueError(f"gelu_recompute_backward takes float32, float16 or bfloat16 da and h of one dtype; got {da.dtype} and {h.dtype}")
     if interpreted() != (h.device.type == "cpu"):
         raise ValueError(f"gelu_recompute_backward got a {h.device.type} tensor, but the kernels are "
                          + ("interpreted (TRITON_INTERPRET=1): pass CPU tensors" if interpreted() else "compiled for CUDA"))
-    h2, da2 = h.contiguous().view(-1, h.shape[-1]), da.contiguous().view(-1, h.shape[-1])
-    N, C = h2.shape
+    C = h.shape[-1]
+    N = h.numel() // C if C else math.prod(h.shape[:-1])
+    h2, da2 = h.contiguous().view(N, C), da.contiguous().view(N, C)
     a, dh = torch.empty_like(h2), torch.empty_like(h2)
     if N == 0 or C == 0:
         return a.view(h.shape), dh.view(h.shape), torch.zeros(C, dtype=torch.float32, device=h.device) if bias_sum else None

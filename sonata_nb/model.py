@@ -240,7 +240,7 @@ class _MLPRecompute(torch.autograd.Function):
             w1c, w2c = cast(w1), cast(w2)
             da = dy.matmul(w2c)
             s1 = None  # fc1's bias gradient when the kernel sums it
-            if ctx.fused_gelu and da.dtype == h.dtype:
+            if ctx.fused_gelu and not torch.is_grad_enabled():  # not under create_graph: the kernel's outputs have no history
                 a, dh, s1 = kernels.gelu_recompute_backward(da, h, bias_sum=ctx.b_dtypes[0] is not None)
             else:
                 a = F.gelu(h, approximate=ctx.approximate)
@@ -296,7 +296,7 @@ if _env_fused not in ("", "0", "1"):
     raise ValueError(f"SONATA_FUSED_LAYERNORM={_env_fused!r}: use 1 (fused Triton LayerNorm on CUDA) or 0 (torch's)")
 set_fused_layernorm(_env_fused != "0")
 
-_fused_stream = False  # off until its CUDA test has passed (bench/README.md, 2026-12-07)
+_fused_stream = True  # on since its CUDA test passed (H100, 2026-12-07 07:44)
 
 def set_fused_stream(on:bool=True): # True: a block's norms meet the residual stream inside the fused kernels
     "Speed switch (off by default): the CPE's `stream + norm` in the norm's kernel, and each pre-norm's backward adding the shortcut's gradient (module-wide; the same numbers)"

@@ -131,10 +131,19 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
     for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
 
 
+def gelu_tolerances(x, da, dtype):
+    "Allowed errors of gelu(x) and its backward in `dtype`: one rounding of the output (subnormals included) plus a last-bit error of a float32 erf, which 1 + erf(x/√2) passes on where it cancels"
+    import torch
+    fi = torch.finfo(dtype)
+    tiny = fi.smallest_normal * fi.eps  # the smallest subnormal step
+    return (lambda ref: fi.eps * ref.abs() + tiny + x.double().abs() * 2.0 ** -23,
+            lambda ref: fi.eps * ref.abs() + tiny + da.double().abs() * 2.0 ** -22)
+
+
 @pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton: the compiled GELU kernel")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_fused_gelu_on_cuda_is_torchs_to_one_rounding(dtype):
-    "gelu_recompute_backward on CUDA: gelu(h) and dh within one rounding of torch's (libdevice's erf, not CUDA 13's), the sum float32's; an MLP trained through it: torch's output, gradients to rounding"
+def test_fused_gelu_on_cuda_is_torchs_but_for_erf(dtype):
+    "gelu_recompute_backward on CUDA: gelu(h) and dh torch's but for a last-bit difference of erf (libdevice's, not CUDA 13's), the sum float32's; an MLP trained through it: torch's output, gradients to rounding"
     import torch, torch.nn.functional as F
     from sonata_nb import kernels, model
     dtype = getattr(torch, dtype)
@@ -144,9 +153,10 @@ def test_fused_gelu_on_cuda_is_torchs_to_one_rounding(dtype):
     h[0, :8] = torch.tensor([-20.0, -13.5, -9.0, -1e-3, 0.0, 1e-3, 13.5, 20.0]).to(dtype)  # tails, zero, tiny
     h, da = h.cuda(), torch.randn(h.shape, generator=g).to("cuda", dtype)
     a, dh, db = kernels.gelu_recompute_backward(da, h)
-    for name, got, ref in (("gelu", a, F.gelu(h)), ("backward", dh, torch.ops.aten.gelu_backward(da, h))):
+    tol_a, tol_dh = gelu_tolerances(h, da, dtype)
+    for name, got, ref, tol in (("gelu", a, F.gelu(h), tol_a), ("backward", dh, torch.ops.aten.gelu_backward(da, h), tol_dh)):
         diff = (got.double() - ref.double()).abs()
-        assert (diff <= eps * ref.double().abs() + 1e-30).all(), (name, diff.max())
+        assert (diff <= tol(ref.double())).all(), (name, diff.max())
         print(dtype, name, "values differing from torch's:", (diff > 0).double().mean().item())
     exact = dh.double().sum(0)
     assert ((db.double() - exact).abs() <= 1e-6 * dh.double().abs().sum(0) + 1e-6).all()
@@ -363,7 +373,7 @@ def check_stream():
     import torch
     from sonata_nb import kernels, model
     from sonata_nb.testing import toy_cloud
-    assert not model._fused_stream  # off by default until its CUDA test has passed
+    assert model._fused_stream  # on by default (its CUDA test passed on an H100, 2026-12-07 07:44)
     model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
     torch.manual_seed(0)
     block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).train()
@@ -403,18 +413,25 @@ def check_gelu():
     assert kernels.interpreted() and kernels._fused_gelu  # on by default
     g = torch.Generator().manual_seed(0)
     # against float64: rows more than the programs' bands, widths of several column tiles, the tails, no rows
-    for N, C, dtype in [(5000, 192, torch.float16), (777, 300, torch.bfloat16), (3, 7, torch.float32), (0, 5, torch.float16)]:
+    for N, C, dtype in [(5000, 192, torch.float16), (777, 300, torch.bfloat16), (500, 64, torch.float32), (0, 5, torch.float16),
+                        (4, 0, torch.float32)]:
         h = (torch.randn(N, C, generator=g) * 4).to(dtype)
-        if N: h[0, :5] = torch.tensor([-20.0, -9.0, 0.0, 1e-3, 20.0]).to(dtype)
+        if N and C: h[0, :5] = torch.tensor([-20.0, -9.0, 0.0, 1e-3, 20.0]).to(dtype)
         da = torch.randn(N, C, generator=g).to(dtype)
         a, dh, db = kernels.gelu_recompute_backward(da, h)
-        tol = torch.finfo(dtype).eps * 2
-        for got, exact in [(a, F.gelu(h.double())), (dh, torch.ops.aten.gelu_backward(da.double(), h.double()))]:
-            assert got.dtype == dtype and ((got.double() - exact).abs() <= tol * (exact.abs() + 1)).all(), (N, C, dtype)
+        tol_a, tol_dh = gelu_tolerances(h, da, dtype)
+        for got, exact, tol in [(a, F.gelu(h.double()), tol_a), (dh, torch.ops.aten.gelu_backward(da.double(), h.double()), tol_dh)]:
+            assert got.dtype == dtype and got.shape == h.shape and ((got.double() - exact).abs() <= tol(exact)).all(), (N, C, dtype)
         exact = dh.double().sum(0)  # the float32 sums of the rounded dh
         assert db.dtype == torch.float32 and ((db.double() - exact).abs() <= 1e-6 * dh.double().abs().sum(0) + 1e-6).all(), (N, C, dtype)
         assert kernels.gelu_recompute_backward(da, h, bias_sum=False)[2] is None
-    for bad, msg in [((torch.ones(3, 4), torch.ones(3, 5)), "one shape"), ((torch.ones(3).double(), torch.ones(3).double()), "float dtype")]:
+    x = torch.randn(500, 64, generator=g)  # the tanh approximation is not this function (float32 tolerances)
+    tol_a, _ = gelu_tolerances(x, x, torch.float32)
+    assert not ((F.gelu(x, approximate="tanh").double() - F.gelu(x.double())).abs() <= tol_a(F.gelu(x.double()))).all()
+    a3 = kernels.gelu_recompute_backward(x.view(5, 100, 64), x.view(5, 100, 64))[0]  # leading dimensions
+    assert a3.shape == (5, 100, 64) and torch.equal(a3.view(500, 64), kernels.gelu_recompute_backward(x, x)[0])
+    for bad, msg in [((torch.ones(3, 4), torch.ones(3, 5)), "of one shape"), ((torch.ones(3).double(), torch.ones(3).double()), "float32, float16"),
+                     ((torch.ones(3), torch.ones(3).half()), "of one dtype")]:
         try: kernels.gelu_recompute_backward(*bad)
         except ValueError as e: assert msg in str(e), e
         else: raise AssertionError(msg)
@@ -441,6 +458,13 @@ def check_gelu():
         e_f, e_t = (p_f[n] - p_32[n]).norm(), (p_t[n] - p_32[n]).norm()
         assert e_f <= e_t * 1.05 + 1e-6, (e_f, e_t)
         print("gelu: fc1 bias gradient error to float32, fused / torch:", round((e_f / e_t.clamp_min(1e-12)).item(), 3))
+        # under create_graph the MLP's backward takes torch's differentiable operations (the kernel's outputs have no history)
+        mlp = model.MLP(8, 16)
+        x = torch.randn(30, 8, generator=torch.Generator().manual_seed(4), requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16): y = mlp(x)
+        with counting(kernels, "gelu_recompute_backward") as calls:
+            gx, = torch.autograd.grad(y.float().pow(2).sum(), x, create_graph=True)
+        assert len(calls) == 0 and gx.requires_grad, calls
     finally: kernels._on_cpu = False
 
 
@@ -451,6 +475,7 @@ def check_bias():
     from sonata_nb.testing import toy_cloud
     assert kernels.interpreted() and not kernels._bias_grad_kernel  # off by default
     kernels.set_bias_grad_kernel(True)
+    kernels.set_fused_gelu(False)  # fc1's bias sum by column_sum here (the GELU kernel sums it otherwise: check_gelu)
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     g = torch.Generator().manual_seed(0)
     # widths of one and of several column tiles (128), rows more than the programs' bands (interpreter: 8 programs)
@@ -510,10 +535,10 @@ def check_bias():
             try: return _tiny_block_run(block, data, False, autocast)
             finally: kernels.set_bias_grad_kernel(True); kernels.column_sum = model.column_sum = real  # (this check's setting)
         o_k, gx_k, gp_k, _, _ = run(True)
-        assert sorted(sums) == [48, 48, 48, 48, 144], sums  # cpe conv and Linear, proj, fc2, qkv by the kernel (fc1's: the GELU kernel's)
+        assert sorted(sums) == [48, 48, 48, 48, 144, 192], sums  # cpe conv and Linear, proj, fc2, qkv, fc1: all by the kernel
         o_t, gx_t, gp_t, _, _ = run(False)
         o_32, _, gp_32, _, _ = run(True, autocast=False)
-        assert len(sums) == 5, sums  # neither with the switch off nor without autocast
+        assert len(sums) == 6, sums  # neither with the switch off nor without autocast
         assert torch.equal(o_k, o_t)
         biases = [n for n in gp_t if n.endswith("bias") and "norm" not in n and "cpe.2" not in n]
         assert sorted(biases) == ["attn.proj.bias", "attn.qkv.bias", "cpe.0.bias", "cpe.1.bias", "mlp.0.fc1.bias", "mlp.0.fc2.bias"], biases
