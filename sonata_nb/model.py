@@ -98,13 +98,13 @@ class SubMConv3d(spconv.SubMConv3d):
         if self.gathers(input):
             if not cpu and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
                 x, weight = feat if feat.dtype == torch.float16 else feat.to(torch.float16), weight.to(torch.float16)
-                with torch.autocast("cuda", enabled=False): out = subm_conv(x, self.table(input), weight, kernel=self._kernel())
+                with torch.autocast("cuda", enabled=False):
+                    out = subm_conv(x, self.table(input), weight, kernel=self._kernel(), bias=self.bias)
             else:  # as spconv computes without CUDA autocast: in the weight's dtype (no bfloat16 under CPU autocast)
                 with torch.autocast(feat.device.type, enabled=False):
                     out = subm_conv(feat if feat.dtype == weight.dtype else feat.to(weight.dtype), self.table(input), weight,
-                                    kernel=self._kernel())
-            out = input.replace_feature(out)
-            return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
+                                    kernel=self._kernel(), bias=self.bias)  # the kernels add it in their epilogue, else add_bias_
+            return input.replace_feature(out)
         if cpu:  # CPU kernels: ConvAlgo.Native, in the weight's dtype (no bfloat16, e.g. under CPU autocast)
             if feat.dtype != weight.dtype: input = input.replace_feature(feat.to(weight.dtype))
             amp = torch.autocast("cpu", enabled=False)
