@@ -582,7 +582,7 @@ if triton is not None:
         if HAS_SUM: tl.store(P + pid_r * C + cols, tl.sum(acc, axis=0), mask=cmask)
 
 def fuses_gelu(h:torch.Tensor) -> bool: # (..., C) the pre-activation saved by the MLP
-    "Whether `MLP`'s backward runs `gelu_recompute_backward` on `h` (the switch on, a contiguous float tensor on the kernels' device)"
+    "Whether `MLP`'s backward runs `gelu_recompute_backward` on `h` (the switch on, a float tensor on the kernels' device)"
     return (_fused_gelu and triton is not None and libdevice is not None and h.ndim >= 1 and h.dtype in _DTYPES
             and _kernel_device(h) and not torch._C._are_functorch_transforms_active())
 

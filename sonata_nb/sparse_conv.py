@@ -15,7 +15,7 @@ except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'kernel_usable',
-           'set_bias_in_kernel', 'SubmanifoldConv', 'subm_conv']
+           'set_bias_in_kernel', 'fuses_bias', 'SubmanifoldConv', 'subm_conv']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -174,6 +174,11 @@ def set_bias_in_kernel(on:bool=True): # True: the forward kernel adds the bias, 
     global _bias_in_kernel
     _bias_in_kernel = bool(on)
 
+def fuses_bias(x:torch.Tensor, # the features about to be convolved
+               kernel:bool|None=None) -> bool: # `subm_conv`'s `kernel`
+    "Whether `subm_conv(x, ..., kernel, bias)` adds the bias in the kernels (the switch on, the kernels running on x)"
+    return _bias_in_kernel and (kernel_usable(x) if kernel is None else bool(kernel))
+
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
 
@@ -195,7 +200,7 @@ def _triton_conv(x, table, weight, flip:bool, bias=None, sums:bool=False): # (N,
             launcher(_sc_conv)[(blocks, _cdiv(co, bo))](
                 x, table, weight, y, bias, parts, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None, SUM=sums,
                 BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, num_warps=warps, num_stages=stages)
-    if sums: return y, parts.sum(0) if len(x) else torch.zeros(ci, device=x.device)
+    if sums: return y, parts.sum(0) if len(x) else torch.zeros(ci, device=x.device, dtype=torch.float32)
     return y
 
 def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
@@ -221,6 +226,7 @@ class SubmanifoldConv(torch.autograd.Function):
     "Submanifold convolution on a neighbour table: forward and both gradients as gathers and matrix products, or by the Triton kernels"
     @staticmethod
     def forward(ctx, x, table, weight, triton_kernels, bias=None): # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype; bool; (C_out,) (kernels only)
+        if bias is not None and not triton_kernels: raise ValueError("SubmanifoldConv: a bias is added by the Triton kernels only")
         ctx.save_for_backward(x, table, weight)
         ctx.triton_kernels, ctx.bias_dtype = triton_kernels, None if bias is None else bias.dtype
         if triton_kernels: return _triton_conv(x, table, weight, flip=False, bias=bias)
@@ -251,7 +257,7 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
               kernel:bool|None=None, # the Triton kernels: None where they run (`kernel_usable`), True insist, False the gathers
               bias:torch.Tensor|None=None, # (C_out,): added as `out += bias` would (rounded to x's dtype after a float32 add)
              ) -> torch.Tensor: # (N, C_out), x's dtype
-    "A submanifold convolution (spconv's `SubMConv3d` function, its bias added as spconv does in training) on a neighbour table"
+    "A submanifold convolution (spconv's `SubMConv3d` function, its bias added as spconv does in training) on a neighbour table of distinct cells"
     if x.ndim != 2 or table.ndim != 2 or len(x) != len(table):
         raise ValueError(f"subm_conv: features {tuple(x.shape)} and table {tuple(table.shape)} must be (N, C) and (N, K)")
     K = math.prod(weight.shape[1:-1])
@@ -271,5 +277,5 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
     x, use_kernels = x.contiguous(), usable if kernel is None else kernel
     fuse = bias is not None and use_kernels and _bias_in_kernel  # the kernels add the bias in their epilogue
     out = SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(), use_kernels,
-                                bias if fuse else None)
+                                bias.contiguous() if fuse else None)
     return out if bias is None or fuse else add_bias_(out, bias)
