@@ -3,7 +3,7 @@ interpreter: forward and gradients against the float64 per-patch oracle of tests
 padded equal-size path, in float16 (the interpreter's bfloat16 matrix product is wrong; bfloat16 runs on the GPU). Each check runs in a fresh Python (`python
 tests/test_attention_kernel.py CHECK`, forked by tests/forkserver.py), as the interpreter must be chosen before the
 kernels are defined; GPU checks (compiled kernels, the whole encoder) are in tests/test_model.py."""
-import importlib.util, os, sys
+import importlib.util, sys
 from pathlib import Path
 
 import pytest
@@ -30,11 +30,7 @@ def test_kernels_compile_for_the_gpu(forkserver):
 
 
 # ---------------------------------------------------------------- on the GPU (compiled kernels), in this process
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None and not os.environ.get("TRITON_INTERPRET")
-
-cuda = pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton only: the compiled kernels")
+from compiled import on_cuda as cuda
 
 
 @cuda

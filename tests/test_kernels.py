@@ -2,7 +2,7 @@
 The kernels run in Triton's interpreter, which must be chosen (TRITON_INTERPRET=1) before they are defined, so each
 check runs in a fresh Python: this file run as a script, `python tests/test_kernels.py CHECK` (forked from one Python
 that has imported torch and spconv, tests/forkserver.py: neither triton nor sonata_nb is imported before the check)."""
-import contextlib, importlib.util, os, sys
+import contextlib, importlib.util, sys
 from pathlib import Path
 
 import pytest
@@ -79,12 +79,10 @@ def test_kernels_compile_for_the_gpu(forkserver):
     print(run_check(forkserver, "compile", interpret=False))
 
 
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None and not os.environ.get("TRITON_INTERPRET")
+from compiled import on_cuda
 
 
-@pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton: the compiled cell-max kernels")
+@on_cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_cell_max_on_cuda_is_the_torch_path_bitwise(dtype):
     "cell_max's kernels on CUDA against its torch operations on the CPU: maxima and gradients bit for bit, with many ties"
@@ -106,7 +104,7 @@ def test_cell_max_on_cuda_is_the_torch_path_bitwise(dtype):
     for a, b in zip(*runs): assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton: the compiled LayerNorm kernels")
+@on_cuda
 @pytest.mark.parametrize("autocast", ["float16", "bfloat16", None])
 def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
     "A training Block on CUDA with and without `set_fused_stream`: output and every gradient bit for bit"
@@ -140,7 +138,7 @@ def gelu_tolerances(x, da, dtype):
             lambda ref: fi.eps * ref.abs() + tiny + da.double().abs() * 2.0 ** -22)
 
 
-@pytest.mark.skipif(not _cuda_available(), reason="CUDA and Triton: the compiled GELU kernel")
+@on_cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_fused_gelu_on_cuda_is_torchs_but_for_erf(dtype):
     "gelu_recompute_backward on CUDA: gelu(h) and dh torch's but for a last-bit difference of erf (libdevice's, not CUDA 13's), the sum float32's; an MLP trained through it: torch's output, gradients to rounding"

@@ -202,7 +202,8 @@ def test_gather_conv_on_cuda_matches_spconv(amp):
 
 # --- the Triton kernels: in the interpreter (a fresh Python each), compiled for sm_90, on CUDA -------------------
 
-import importlib.util, os
+import importlib.util
+from compiled import on_cuda
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
@@ -351,8 +352,7 @@ def check_compile():
     print("compiled for sm_90")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None or bool(os.environ.get("TRITON_INTERPRET")),
-                    reason="CUDA and Triton only: the compiled kernels")
+@on_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_conv_kernels_on_cuda_match_the_gathers(dtype):
     "On CUDA: the kernels' output and gradients as close to float64 as the gathers' (a stage-0-like and a stage-3-like width)"

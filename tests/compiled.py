@@ -1,0 +1,12 @@
+"""Whether the compiled Triton kernels can run here (CUDA, Triton installed, not its CPU interpreter), and the mark for their tests."""
+import importlib.util, os
+
+import pytest
+import torch
+
+
+def kernels_on_cuda() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None and not os.environ.get("TRITON_INTERPRET")
+
+
+on_cuda = pytest.mark.skipif(not kernels_on_cuda(), reason="CUDA and Triton only: the compiled kernels")
