@@ -589,7 +589,7 @@ def fuses_gelu(h:torch.Tensor) -> bool: # (..., C) the pre-activation saved by t
 def gelu_recompute_backward(da:torch.Tensor, # (..., C) the gradient of gelu(h)
                             h:torch.Tensor, # (..., C) the pre-activation, da's shape and dtype
                             bias_sum:bool=True) -> tuple: # also sum dh's rows (the bias gradient of the layer making h)
-    "(gelu(h), gelu's backward `dh`, dh.sum(0) in float32 or None): torch's exact-GELU numbers, `column_sum`'s sums, in one kernel"
+    "(gelu(h), gelu's backward `dh`, dh.sum(0) in float32 or None): torch's exact-GELU formulas (libdevice's erf), float32 band sums, in one kernel"
     if triton is None: raise RuntimeError("gelu_recompute_backward needs Triton (`pip install triton`)")
     if da.shape != h.shape or h.ndim == 0:
         raise ValueError(f"gelu_recompute_backward takes da and h of one shape (at least 1-D); got {tuple(da.shape)} and {tuple(h.shape)}")

@@ -274,8 +274,7 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
                          f"(or float16 in Triton's CPU interpreter); got {x.dtype} on {x.device}: pass kernel=None or False")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"subm_conv: bias {tuple(bias.shape)} must be ({weight.shape[0]},), the weight's output channels")
-    x, use_kernels = x.contiguous(), usable if kernel is None else kernel
-    fuse = bias is not None and use_kernels and _bias_in_kernel  # the kernels add the bias in their epilogue
-    out = SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(), use_kernels,
-                                bias.contiguous() if fuse else None)
+    x, fuse = x.contiguous(), bias is not None and fuses_bias(x, kernel)  # the kernels add the bias in their epilogue
+    out = SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(),
+                                usable if kernel is None else kernel, bias.contiguous() if fuse else None)
     return out if bias is None or fuse else add_bias_(out, bias)
