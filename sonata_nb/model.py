@@ -24,7 +24,7 @@ from .registry import Registry
 from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
-from .sparse_conv import fuses_bias, kernel_usable, neighbour_table, subm_conv
+from .sparse_conv import kernel_usable, neighbour_table, subm_conv
 from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, MAX_C as _FUSED_MAX_C, _DTYPES as _FUSED_DTYPES, available as _triton_available, \
     interpreted as _triton_interpreted
 
@@ -92,19 +92,19 @@ def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
                                   ksize=conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
 
 class SubMConv3d(spconv.SubMConv3d):
-    "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution (or in the Triton kernel: `sparse_conv.set_bias_in_kernel`)"
+    "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution"
     def forward(self, input:spconv.SparseConvTensor): # sparse tensor with `features` on any device
         feat, weight, cpu = input.features, self.weight, not input.features.is_cuda
         if self.gathers(input):
             if not cpu and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
                 x, weight = feat if feat.dtype == torch.float16 else feat.to(torch.float16), weight.to(torch.float16)
+                with torch.autocast("cuda", enabled=False): out = subm_conv(x, self.table(input), weight, kernel=self._kernel())
             else:  # as spconv computes without CUDA autocast: in the weight's dtype (no bfloat16 under CPU autocast)
-                x = feat if feat.dtype == weight.dtype else feat.to(weight.dtype)
-            bias = self.bias if self.bias is not None and fuses_bias(x, self._kernel()) else None  # in the kernel's epilogue
-            with torch.autocast(feat.device.type, enabled=False):
-                out = input.replace_feature(subm_conv(x, self.table(input), weight, kernel=self._kernel(), bias=bias))
-            if self.bias is None or bias is not None: return out
-            return out.replace_feature(kernels.add_bias_(out.features, self.bias))  # under autocast, as spconv adds it
+                with torch.autocast(feat.device.type, enabled=False):
+                    out = subm_conv(feat if feat.dtype == weight.dtype else feat.to(weight.dtype), self.table(input), weight,
+                                    kernel=self._kernel())
+            out = input.replace_feature(out)
+            return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
         if cpu:  # CPU kernels: ConvAlgo.Native, in the weight's dtype (no bfloat16, e.g. under CPU autocast)
             if feat.dtype != weight.dtype: input = input.replace_feature(feat.to(weight.dtype))
             amp = torch.autocast("cpu", enabled=False)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import torch
-from .kernels import _cdiv, _on, _pow2, add_bias_, available, column_sum, interpreted, launcher
+from .kernels import _cdiv, _on, _pow2, available, interpreted, launcher
 
 try:
     import triton
@@ -15,7 +15,7 @@ except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'kernel_usable',
-           'set_bias_in_kernel', 'fuses_bias', 'SubmanifoldConv', 'subm_conv']
+           'SubmanifoldConv', 'subm_conv']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -85,50 +85,29 @@ def kernel_usable(x:torch.Tensor) -> bool: # the features about to be convolved
 
 if triton is not None:
     @triton.jit
-    def _sc_cell(acc, X, T, W, P, rows, rmask, o, omask, k, pm, po, N, CI, K, cw, s_in, s_out, FLIP:tl.constexpr,
-                 SUM:tl.constexpr, BLOCK_I:tl.constexpr):
-        # acc + the rows' products with cell k: their neighbours' rows (zero where there is none) times the cell's weights;
-        # SUM (the centre cell, each row itself): the po == 0 programs also store the column sums of their rows in P[pm]
-        nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
-        valid = nb < N
-        kw = K - 1 - k if FLIP else k
-        ci = tl.arange(0, BLOCK_I)
-        for c0 in range(0, CI, BLOCK_I):
-            c = c0 + ci
-            cmask = c < CI
-            x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
-            w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
-            acc = tl.dot(x, w, acc)
-            if SUM: tl.store(P + pm * CI + c, tl.sum(x.to(tl.float32), axis=0), mask=cmask & (c * 0 + po == 0))
-        return acc
-
-    @triton.jit
-    def _sc_conv(X, T, W, Y, B, P, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr, HAS_B:tl.constexpr, SUM:tl.constexpr,
+    def _sc_conv(X, T, W, Y, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr,
                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
         # Y[i, o] = sum_k sum_c X[T[i, k], c] * W(k', c, o), W(k', c, o) at W + k' * CI_w + c * s_in + o * s_out,
-        # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent; the cells in
-        # increasing k. HAS_B: then `Y += B` as torch adds a bias to Y (Y rounded, the sum in float32, rounded again).
-        # SUM: P[block of rows, c] = the block's sum of X[:, c], read at the centre cell (each row itself): with the
-        # input gradient's dy, the bias gradient
+        # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent
         pm, po = tl.program_id(0), tl.program_id(1)
         rows = pm * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < N
         o = po * BLOCK_O + tl.arange(0, BLOCK_O)
         omask = o < CO
+        ci = tl.arange(0, BLOCK_I)
         cw = CO if FLIP else CI  # the weight's innermost extent (C_in of the module)
         acc = tl.zeros([BLOCK_M, BLOCK_O], tl.float32)
-        if SUM:  # the centre cell on its own, between the others (the same order of sums)
-            for k in range(0, K // 2):
-                acc = _sc_cell(acc, X, T, W, P, rows, rmask, o, omask, k, pm, po, N, CI, K, cw, s_in, s_out, FLIP, False, BLOCK_I)
-            acc = _sc_cell(acc, X, T, W, P, rows, rmask, o, omask, K // 2, pm, po, N, CI, K, cw, s_in, s_out, FLIP, True, BLOCK_I)
-            for k in range(K // 2 + 1, K):
-                acc = _sc_cell(acc, X, T, W, P, rows, rmask, o, omask, k, pm, po, N, CI, K, cw, s_in, s_out, FLIP, False, BLOCK_I)
-        else:
-            for k in range(0, K):
-                acc = _sc_cell(acc, X, T, W, P, rows, rmask, o, omask, k, pm, po, N, CI, K, cw, s_in, s_out, FLIP, False, BLOCK_I)
-        y = acc.to(Y.dtype.element_ty)
-        if HAS_B: y = (y.to(tl.float32) + tl.load(B + o, mask=omask, other=0.0).to(tl.float32)[None, :]).to(Y.dtype.element_ty)
-        tl.store(Y + rows.to(tl.int64)[:, None] * CO + o[None, :], y, mask=rmask[:, None] & omask[None, :])
+        for k in range(0, K):
+            nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
+            valid = nb < N
+            kw = K - 1 - k if FLIP else k
+            for c0 in range(0, CI, BLOCK_I):
+                c = c0 + ci
+                cmask = c < CI
+                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
+                acc = tl.dot(x, w, acc)
+        tl.store(Y + rows.to(tl.int64)[:, None] * CO + o[None, :], acc.to(Y.dtype.element_ty), mask=rmask[:, None] & omask[None, :])
 
     @triton.jit
     def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
@@ -167,25 +146,13 @@ if triton is not None:
         if CELLS > 1: tl.store(out + CI, acc1, mask=tile & (c[:, None] * 0 + k0 + 1 < K))
         if CELLS > 2: tl.store(out + 2 * CI, acc2, mask=tile & (c[:, None] * 0 + k0 + 2 < K))
 
-_bias_in_kernel = False
-
-def set_bias_in_kernel(on:bool=True): # True: the forward kernel adds the bias, the input-gradient kernel sums its gradient
-    "Speed switch (off until measured on a GPU): `subm_conv`'s bias in the kernels' epilogue and its gradient from the input-gradient pass (module-wide)"
-    global _bias_in_kernel
-    _bias_in_kernel = bool(on)
-
-def fuses_bias(x:torch.Tensor, # the features about to be convolved
-               kernel:bool|None=None) -> bool: # `subm_conv`'s `kernel`
-    "Whether `subm_conv(x, ..., kernel, bias)` adds the bias in the kernels (the switch on, the kernels running on x)"
-    return _bias_in_kernel and (kernel_usable(x) if kernel is None else bool(kernel))
-
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
-def _triton_conv(x, table, weight, flip:bool, bias=None, sums:bool=False): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight
-    "Forward (`flip=False`: x has C_in channels, out C_out; plus `bias`) or input gradient (`flip=True`: x is dy, out C_in; `sums`: also dy's column sums in float32, the bias gradient) by `_sc_conv`"
+def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight
+    "Forward (`flip=False`: x has C_in channels, out C_out) or input gradient (`flip=True`: x is dy, out C_in) by `_sc_conv`"
     c_out, K, c_in = weight.shape
     ci, co = (c_out, c_in) if flip else (c_in, c_out)
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
@@ -193,14 +160,11 @@ def _triton_conv(x, table, weight, flip:bool, bias=None, sums:bool=False): # (N,
     y = x.new_empty(len(x), co)
     bm, wi, wo, warps, stages = CONV_CONFIG["conv"]
     bi, bo = _width(ci, wi), _width(co, wo)
-    blocks = _cdiv(len(x), bm)
-    parts = torch.empty(blocks, ci, device=x.device, dtype=torch.float32) if sums else None
     if len(x):
         with _on(x.device):
-            launcher(_sc_conv)[(blocks, _cdiv(co, bo))](
-                x, table, weight, y, bias, parts, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None, SUM=sums,
-                BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, num_warps=warps, num_stages=stages)
-    if sums: return y, parts.sum(0) if len(x) else torch.zeros(ci, device=x.device, dtype=torch.float32)
+            launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
+                x, table, weight, y, len(x), ci, co, K, s_in, s_out, FLIP=flip, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
+                num_warps=warps, num_stages=stages)
     return y
 
 def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
@@ -225,11 +189,10 @@ def _programs(device:torch.device) -> int:
 class SubmanifoldConv(torch.autograd.Function):
     "Submanifold convolution on a neighbour table: forward and both gradients as gathers and matrix products, or by the Triton kernels"
     @staticmethod
-    def forward(ctx, x, table, weight, triton_kernels, bias=None): # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype; bool; (C_out,) (kernels only)
-        if bias is not None and not triton_kernels: raise ValueError("SubmanifoldConv: a bias is added by the Triton kernels only")
+    def forward(ctx, x, table, weight, triton_kernels): # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype; bool
         ctx.save_for_backward(x, table, weight)
-        ctx.triton_kernels, ctx.bias_dtype = triton_kernels, None if bias is None else bias.dtype
-        if triton_kernels: return _triton_conv(x, table, weight, flip=False, bias=bias)
+        ctx.triton_kernels = triton_kernels
+        if triton_kernels: return _triton_conv(x, table, weight, flip=False)
         return gather_matmul(x, table, weight.reshape(weight.shape[0], -1))
 
     @staticmethod
@@ -237,27 +200,22 @@ class SubmanifoldConv(torch.autograd.Function):
         x, table, weight = ctx.saved_tensors
         c_out, K, c_in = weight.shape
         dy = dy.contiguous()
-        dx = dw = db = None
+        dx = dw = None
         if ctx.triton_kernels:
-            db_needed = ctx.bias_dtype is not None and ctx.needs_input_grad[4]
-            if ctx.needs_input_grad[0]:  # the bias gradient from the same pass over dy, where there is one
-                dx = _triton_conv(dy, table, weight, flip=True, sums=db_needed)
-                if db_needed: dx, db = dx
-            elif db_needed: db = column_sum(dy)
+            if ctx.needs_input_grad[0]: dx = _triton_conv(dy, table, weight, flip=True)
             if ctx.needs_input_grad[2]: dw = _triton_weight_grad(dy, x, table, c_out, K, c_in)
-            return dx, None, dw, None, None if db is None else db.to(ctx.bias_dtype)
+            return dx, None, dw, None
         if ctx.needs_input_grad[0]:  # mirrored cells, each transposed: (C_in, K, C_out)
             dx = gather_matmul(dy, table, weight.flip(1).permute(2, 1, 0).reshape(c_in, K * c_out))
         if ctx.needs_input_grad[2]: dw = gather_weight_grad(dy, x, table).view(c_out, K, c_in)
-        return dx, None, dw, None, None
+        return dx, None, dw, None
 
 def subm_conv(x:torch.Tensor, # (N, C_in) features, float
               table:torch.Tensor, # (N, K) from `neighbour_table`
               weight:torch.Tensor, # (C_out, k, k, k, C_in): spconv's SubMConv3d layout, K = k³
               kernel:bool|None=None, # the Triton kernels: None where they run (`kernel_usable`), True insist, False the gathers
-              bias:torch.Tensor|None=None, # (C_out,): added as `out += bias` would (rounded to x's dtype after a float32 add)
              ) -> torch.Tensor: # (N, C_out), x's dtype
-    "A submanifold convolution (spconv's `SubMConv3d` function, its bias added as spconv does in training) on a neighbour table of distinct cells"
+    "A submanifold convolution without bias (spconv's `SubMConv3d` function) on a neighbour table"
     if x.ndim != 2 or table.ndim != 2 or len(x) != len(table):
         raise ValueError(f"subm_conv: features {tuple(x.shape)} and table {tuple(table.shape)} must be (N, C) and (N, K)")
     K = math.prod(weight.shape[1:-1])
@@ -267,14 +225,11 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
     if weight.dtype != x.dtype:
         raise ValueError(f"subm_conv: weight {weight.dtype} and features {x.dtype} must share a dtype (cast first, as autocast would)")
     if torch.is_autocast_enabled(x.device.type):  # its products follow the inputs' dtype, not autocast's (backward too)
-        with torch.autocast(x.device.type, enabled=False): return subm_conv(x, table, weight, kernel, bias)
+        with torch.autocast(x.device.type, enabled=False): return subm_conv(x, table, weight, kernel)
     usable = kernel_usable(x)
     if kernel and not usable:
         raise ValueError(f"subm_conv: the Triton kernels need Triton and float16/bfloat16 features on an Ampere or newer GPU "
                          f"(or float16 in Triton's CPU interpreter); got {x.dtype} on {x.device}: pass kernel=None or False")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"subm_conv: bias {tuple(bias.shape)} must be ({weight.shape[0]},), the weight's output channels")
-    x, fuse = x.contiguous(), bias is not None and fuses_bias(x, kernel)  # the kernels add the bias in their epilogue
-    out = SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(),
-                                usable if kernel is None else kernel, bias.contiguous() if fuse else None)
-    return out if bias is None or fuse else add_bias_(out, bias)
+    x = x.contiguous()
+    return SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(),
+                                 usable if kernel is None else kernel)

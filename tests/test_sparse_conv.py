@@ -219,33 +219,6 @@ def test_kernels_compile_for_the_gpu(forkserver):
     print(forkserver.check(__file__, "compile", interpret=False))
 
 
-def bias_in_kernel_is_add_after(S, idx, ext, ci, co, dev, g, dtype=torch.float16, k=3):
-    "With `set_bias_in_kernel`, subm_conv with a bias on the kernels = the kernels then `out.add_(bias)` bit for bit (output, dx, dw); its gradient float32 sums of dy"
-    assert not S._bias_in_kernel  # off until measured on a GPU
-    S.set_bias_in_kernel(True)
-    try: _bias_in_kernel_is_add_after(S, idx, ext, ci, co, dev, g, dtype, k)
-    finally: S.set_bias_in_kernel(False)
-
-
-def _bias_in_kernel_is_add_after(S, idx, ext, ci, co, dev, g, dtype, k):
-    t = neighbour_table(idx, [ext] * 3, int(idx[:, 0].max()) + 1, k)
-    x = torch.randn(len(idx), ci, generator=g).to(dev, dtype).requires_grad_()
-    w = (torch.randn(co, k, k, k, ci, generator=g) / (k ** 3 * ci) ** 0.5).to(dev, dtype).requires_grad_()
-    b = torch.randn(2 * co, generator=g).to(dev)[::2].requires_grad_()  # a strided bias
-    dy = torch.randn(len(idx), co, generator=g).to(dev, dtype)
-    runs = []
-    for fused in (True, False):
-        y = subm_conv(x, t, w, kernel=True, bias=b) if fused else subm_conv(x, t, w, kernel=True).add_(b)
-        runs.append((y, *torch.autograd.grad(y, (x, w, b), dy)))
-    (y_f, dx_f, dw_f, db_f), (y_t, dx_t, dw_t, db_t) = runs
-    assert y_f.dtype == dtype and torch.equal(y_f, y_t) and torch.equal(dx_f, dx_t) and torch.equal(dw_f, dw_t)
-    exact = dy.double().sum(0)
-    assert db_f.dtype == torch.float32 and ((db_f.double() - exact).abs() <= 1e-6 * dy.double().abs().sum(0) + 1e-6).all()
-    assert (db_f.double() - exact).abs().max() <= (db_t.double() - exact).abs().max()  # torch's sum rounds to the half dtype
-    db_only, = torch.autograd.grad(subm_conv(x.detach(), t, w.detach(), kernel=True, bias=b), b, dy)  # no input gradient: column_sum
-    assert ((db_only.double() - exact).abs() <= 1e-6 * dy.double().abs().sum(0) + 1e-6).all()
-
-
 def check_kernels_match_the_gathers():
     "Forward, input and weight gradients of the kernels = the gathers' (float16, to rounding) and float64's, odd widths, many bands"
     from sonata_nb import sparse_conv as S
@@ -282,9 +255,6 @@ def check_kernels_match_the_gathers():
             assert err <= 2 * ref + 1e-3 * scale, (k, ci, co, name, err, ref, scale)  # as close to float64 as the gathers
             print(k, ci, co, name, f"kernel {err / scale:.2e}, gathers {ref / scale:.2e} of the largest value")
     assert max(bands) > 1, bands
-    bias_in_kernel_is_add_after(S, random_cells(900, 10, 2, seed=7), 10, 24, 40, "cpu", g)
-    bias_in_kernel_is_add_after(S, random_cells(600, 9, 1, seed=8), 9, 150, 140, "cpu", g)  # several channel chunks and column programs
-    bias_in_kernel_is_add_after(S, random_cells(400, 8, 2, seed=9), 8, 6, 16, "cpu", g, k=5)  # 125 cells, the centre 62
 
 
 def check_module_takes_the_kernels():
@@ -304,31 +274,6 @@ def check_module_takes_the_kernels():
         assert len(calls) == 1
     finally: S._triton_conv = real; M.set_conv_backend("spconv")
     assert torch.allclose(on.float(), off.float(), atol=2e-2, rtol=1e-2)
-    # the bias in the kernel (set_bias_in_kernel): the module's output and input/weight gradients bit for bit, the bias
-    # gradient float32 sums of the same dy
-    M.set_conv_backend("triton")
-    runs = []
-    try:
-        for fused in (True, False):
-            S.set_bias_in_kernel(fused)
-            x = sp.features.clone().requires_grad_()
-            out = conv(sp.replace_feature(x)).features
-            out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).half())
-            runs.append((out.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
-            conv.zero_grad(set_to_none=True)
-    finally: S.set_bias_in_kernel(False); M.set_conv_backend("spconv")
-    (o_f, gx_f, gw_f, gb_f), (o_t, gx_t, gw_t, gb_t) = runs
-    assert torch.equal(o_f, o_t) and torch.equal(gx_f, gx_t) and torch.equal(gw_f, gw_t)
-    torch.testing.assert_close(gb_f.float(), gb_t.float(), rtol=1e-2, atol=1e-2)
-    # with the bias-gradient kernel (kernels.set_bias_grad_kernel) and the bias added after the convolution, under
-    # autocast, the gather path's bias goes through `kernels.add_bias_`'s column sums, as spconv's path does
-    from sonata_nb import kernels as K
-    conv32 = SubMConv3d(16, 16, 3, bias=True, indice_key="s")
-    K.set_bias_grad_kernel(True); K._on_cpu = True; M.set_conv_backend("gather")
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert conv32(sp.replace_feature(sp.features.float().requires_grad_())).features.grad_fn.name() == "_AddBiasBackward"
-    finally: K.set_bias_grad_kernel(False); K._on_cpu = False; M.set_conv_backend("spconv")
 
 
 def check_compile():
@@ -337,13 +282,11 @@ def check_compile():
     from triton.compiler import ASTSource
     from sonata_nb import sparse_conv as S
     for dt in ("fp16", "bf16"):
-        for flip, extra in ((False, False), (True, False), (False, True), (True, True)):  # extra: the bias (forward), dy's sums (input gradient)
-            ptrs = dict(B="*fp32" if extra and not flip else "constexpr", P="*fp32" if extra and flip else "constexpr")
-            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", **ptrs, N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32",
-                       FLIP="constexpr", HAS_B="constexpr", SUM="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
-            consts = dict(FLIP=flip, HAS_B=extra and not flip, SUM=extra and flip, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64,
-                          **{k: None for k, v in ptrs.items() if v == "constexpr"})
-            triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+        for flip in (False, True):
+            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32",
+                       FLIP="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
+            triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=dict(FLIP=flip, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64)),
+                           target=GPUTarget("cuda", 90, 32))
         for cells in (1, 3):
             sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
                        BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
@@ -374,7 +317,6 @@ def test_conv_kernels_on_cuda_match_the_gathers(dtype):
         for a, b, e in zip(ours, gathered, exact):
             assert a.dtype == b.dtype
             assert (a.double() - e).abs().max() <= 2 * (b.double() - e).abs().max() + 1e-3 * e.abs().max()
-        bias_in_kernel_is_add_after(S, idx, ext, ci, co, "cuda", g, dtype)
 
 
 if __name__ == "__main__":
