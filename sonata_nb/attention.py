@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from . import attention_kernel
+from . import attention_kernel, kernels
 from .kernels import Linear
 from .structure import Point, PointModule, offset2bincount
 
@@ -223,11 +223,18 @@ class SerializedAttention(PointModule):
     def attend(self, feat:torch.Tensor, # (N, C) features in the Point's row order
                maps:AttentionMaps): # from `maps` (on the Point `feat` belongs to)
         "Attention of the rows of `feat` within their patches, projected: (N, C)"
+        return self.attend_deferring(feat, maps, defer_proj=False)[0]
+
+    def attend_deferring(self, feat:torch.Tensor, # (N, C) features in the Point's row order
+                         maps:AttentionMaps, # from `maps` (on the Point `feat` belongs to)
+                         defer_proj:bool=True) -> tuple: # whether the caller sums proj's bias gradient where it can be left to it
+        "(`attend`'s output, `proj.bias` if its gradient is left to the caller, else None); with `kernels.set_fused_bias_grad`, qkv's bias gradient is summed by the attention kernel"
         H, C = self.num_heads, self.channels
-        qkv = self.qkv(feat)
+        defer_qkv = maps.backend == "triton" and kernels.defers_bias(self.qkv, feat)
+        qkv = kernels.linear_detached_bias(self.qkv, feat) if defer_qkv else self.qkv(feat)
         dropout_p = self.attn_drop if self.training else 0.0
         if maps.backend == "triton":
-            feat = attention_kernel.patch_attention(qkv, H, self.scale, *maps.tensors)
+            feat = attention_kernel.patch_attention(qkv, H, self.scale, *maps.tensors, qkv_bias=self.qkv.bias if defer_qkv else None)
         elif maps.backend == "flash":  # q/k/v in float16 and back, as the reference (`qkv.half()`, `feat.to(qkv.dtype)`)
             pad, unpad, cu_seqlens = maps.tensors
             feat = flash_attn.flash_attn_varlen_qkvpacked_func(
@@ -247,7 +254,9 @@ class SerializedAttention(PointModule):
                     out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=maps.backend == "math")
                     outs.append(out.transpose(1, 2).reshape(-1, C))
             feat = (outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype)[out_index]
-        return self.proj_drop(self.proj(feat))
+        if defer_proj and (self.proj_drop.p == 0 or not self.training) and kernels.defers_bias(self.proj, feat):
+            return self.proj_drop(kernels.linear_detached_bias(self.proj, feat)), self.proj.bias
+        return self.proj_drop(self.proj(feat)), None
 
     def forward(self, point:Point) -> Point:
         point.feat = self.attend(point.feat, self.maps(point))

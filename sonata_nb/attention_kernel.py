@@ -5,7 +5,7 @@
 # %% ../nbs/03c_attention_kernel.ipynb #a002
 from __future__ import annotations
 import torch
-from .kernels import _cdiv, _on, available, interpreted, launcher
+from .kernels import _cdiv, _on, available, column_sum, interpreted, launcher
 
 try:
     import triton
@@ -189,10 +189,12 @@ def _forward(qkv, heads:int, scale:float, full, full_len, dup_base, short, short
 
 class _PatchAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, heads, scale, full, full_len, dup_base, dup_rows, short, short_len):
+    def forward(ctx, qkv, heads, scale, full, full_len, dup_base, dup_rows, short, short_len, qkv_bias=None):
+        # qkv_bias: the bias of the Linear whose output qkv is, run with it detached: its gradient, dqkv summed by rows
         out, lse = _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=True)
         ctx.save_for_backward(qkv, out, lse, full, full_len, dup_base, dup_rows, short, short_len)
         ctx.heads, ctx.scale = heads, scale
+        ctx.bias_dtype = None if qkv_bias is None else qkv_bias.dtype
         return out
 
     @staticmethod
@@ -218,7 +220,8 @@ class _PatchAttention(torch.autograd.Function):
                         qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], dqkv, *tail), D=D, KLEN_IS_L=whole)
         if dq is not None: dqkv[:, :C] = dq  # every point is the query of one slot: all rows summed
         if len(dup_rows): dqkv[:, C:].index_add_(0, dup_rows, dup.to(dqkv.dtype))  # each repeated point once
-        return dqkv, None, None, None, None, None, None, None, None
+        db = column_sum(dqkv).to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[9] else None
+        return dqkv if ctx.needs_input_grad[0] else None, None, None, None, None, None, None, None, None, db
 
 def patch_attention(qkv:torch.Tensor, # (N, 3C) rows of [q | k | v], head by head, float16 or bfloat16
                     heads:int, # H
@@ -229,15 +232,19 @@ def patch_attention(qkv:torch.Tensor, # (N, 3C) rows of [q | k | v], head by hea
                     dup_rows:torch.Tensor, # (n_dup,) rows of `qkv` the repeated slots hold, in order
                     short:torch.Tensor, # (P_short, L) rows of `qkv` in each short patch (any past its length)
                     short_len:torch.Tensor, # (P_short,) points of each short patch
+                    qkv_bias:torch.Tensor|None=None, # (3C,) the bias of the Linear whose output qkv is, added with it detached
                    ) -> torch.Tensor:
-    "Attention of every point within its patch, in the rows of `qkv`: (N, C) in qkv's dtype"
+    "Attention of every point within its patch, in the rows of `qkv`: (N, C) in qkv's dtype; `qkv_bias`'s gradient summed in the backward"
     if qkv.dim() != 2 or qkv.shape[1] % (3 * heads):
         raise ValueError(f"qkv must be (N, 3C) with C divisible by heads={heads}, got {tuple(qkv.shape)}")
     if not usable(qkv.device, qkv.dtype, qkv.shape[1] // 3 // heads):
         raise ValueError(f"patch_attention needs Triton, an Ampere or newer CUDA GPU (or the interpreter), "
                          f"float16/bfloat16 qkv and a head dimension of 16, 32, 64 or 128; got {qkv.device}, {qkv.dtype}, "
                          f"head dimension {qkv.shape[1] // 3 // heads}")
+    if qkv_bias is not None and (qkv_bias.shape != qkv.shape[1:] or qkv_bias.device != qkv.device or not qkv_bias.is_floating_point()):
+        raise ValueError(f"patch_attention: qkv_bias must be a float ({qkv.shape[1]},) tensor on {qkv.device}; got "
+                         f"{tuple(qkv_bias.shape)} {qkv_bias.dtype} on {qkv_bias.device}")
     qkv = qkv.contiguous()
-    if not (torch.is_grad_enabled() and qkv.requires_grad):  # nothing to differentiate: no log-sum-exp, no graph node
-        return _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=False)[0]
-    return _PatchAttention.apply(qkv, heads, scale, full, full_len, dup_base, dup_rows, short, short_len)
+    if not (torch.is_grad_enabled() and (qkv.requires_grad or qkv_bias is not None and qkv_bias.requires_grad)):
+        return _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=False)[0]  # no log-sum-exp, no node
+    return _PatchAttention.apply(qkv, heads, scale, full, full_len, dup_base, dup_rows, short, short_len, qkv_bias)

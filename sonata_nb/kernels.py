@@ -19,8 +19,9 @@ except ImportError: libdevice = None
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
            'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'set_bias_grad_kernel', 'column_sum',
-           'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'ResidualDropPath', 'fuses_residual',
-           'residual_drop_path', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max']
+           'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked', 'ResidualDropPath',
+           'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad', 'defers_bias', 'linear_detached_bias',
+           'with_bias_gradient', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -76,15 +77,18 @@ if triton is not None:
         tl.store(Rstd + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd(X, W, DY, DS, DX, Mean, Rstd, DWp, DBp, N, C, iters, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
-                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr, HAS_DS:tl.constexpr, NO_FMA:tl.constexpr):
+    def _ln_bwd(X, W, DY, DS, DX, Mean, Rstd, DWp, DBp, DXp, N, C, iters, HAS_W:tl.constexpr, HAS_B:tl.constexpr,
+                BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr, HAS_DS:tl.constexpr, NO_FMA:tl.constexpr,
+                HAS_XS:tl.constexpr):
         # HAS_DS: DX = DS + the norm's input gradient (rounded to DX's dtype first), as autograd adds two gradients of X
+        # HAS_XS: DXp gets the program's column sums of DX as stored (the bias gradient of the Linear whose output X is)
         pid, G = tl.program_id(0), tl.num_programs(0)
         cols = tl.arange(0, BLOCK_C)
         cmask = cols < C
         if HAS_W: w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         dw = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
         db = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        xs = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
         for i in range(iters):  # row tiles pid, pid + G, pid + 2G, ...
             rows = (pid + i * G) * BLOCK_R + tl.arange(0, BLOCK_R)
             rmask = rows < N
@@ -103,11 +107,14 @@ if triton is not None:
             if HAS_DS:
                 dx = _cast(dx, DX.dtype.element_ty, RTNE_BF16).to(tl.float32)
                 dx = _add_rn(dx, tl.load(DS + offs, mask=mask, other=0.0).to(tl.float32), NO_FMA)
-            tl.store(DX + offs, _cast(dx, DX.dtype.element_ty, RTNE_BF16), mask=mask)
+            dx = _cast(dx, DX.dtype.element_ty, RTNE_BF16)
+            tl.store(DX + offs, dx, mask=mask)
+            if HAS_XS: xs += tl.where(mask, dx.to(tl.float32), 0.0)
             if HAS_W: dw += dy * xhat
             if HAS_B: db += dy
         if HAS_W: tl.store(DWp + pid * C + cols, tl.sum(dw, axis=0), mask=cmask)
         if HAS_B: tl.store(DBp + pid * C + cols, tl.sum(db, axis=0), mask=cmask)
+        if HAS_XS: tl.store(DXp + pid * C + cols, tl.sum(xs, axis=0), mask=cmask)
 
 def interpreted() -> bool:
     "Whether the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 when they were defined): CPU tensors then"
@@ -236,11 +243,11 @@ def _on(device:torch.device):
     if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device(): return contextlib.nullcontext()
     return torch.cuda.device(device)
 
-def _pair(shape:tuple, device) -> torch.Tensor:
-    "Two float32 buffers of `shape` in one allocation, as (2, *shape), each starting 16-byte aligned (one kernel specialization)"
+def _buffers(k:int, shape:tuple, device) -> torch.Tensor:
+    "`k` float32 buffers of `shape` in one allocation, as (k, *shape), each starting 16-byte aligned (one kernel specialization)"
     n = math.prod(shape)
     n16 = -(-n // 4) * 4
-    return torch.empty(2 * n16, dtype=torch.float32, device=device).view(2, n16)[:, :n].view(2, *shape)
+    return torch.empty(k * n16, dtype=torch.float32, device=device).view(k, n16)[:, :n].view(k, *shape)
 
 def _round(dtype) -> int: return 1 if dtype == torch.float16 else (3 if interpreted() else 2) if dtype == torch.bfloat16 else 0  # `_ln_fwd`'s ROUND
 
@@ -252,7 +259,7 @@ def _forward(x, weight, bias, eps:float, out_dtype, residual=None) -> tuple:
     r2 = None if residual is None else residual.reshape(N, C).contiguous()
     y_dtype = out_dtype if r2 is None else torch.promote_types(out_dtype, r2.dtype)
     y = torch.empty((N, C), dtype=y_dtype, device=x.device)
-    mean, rstd = _pair((N,), x.device)
+    mean, rstd = _buffers(2, (N,), x.device)
     if N:
         br, bc, nw = _blocks(C)
         with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, r2, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
@@ -264,10 +271,12 @@ def _forward(x, weight, bias, eps:float, out_dtype, residual=None) -> tuple:
 class FusedLayerNorm(torch.autograd.Function):
     "LayerNorm over the last dimension by the Triton kernels (plus a residual, or passing its input on); saves x, mean and rstd"
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, eps, out_dtype, pass_input):
+    def forward(ctx, x, weight, bias, residual, eps, out_dtype, pass_input, x_bias=None):
+        # x_bias: the bias of the Linear whose output x is, run with it detached: its gradient, x's gradient summed by rows
         y, x2, mean, rstd = _forward(x, weight, bias, eps, out_dtype, residual)
         ctx.save_for_backward(x2, weight, mean, rstd)
         ctx.shape, ctx.bias_dtype, ctx.out_dtype = x.shape, None if bias is None else bias.dtype, out_dtype
+        ctx.x_bias_dtype = None if x_bias is None else x_bias.dtype
         ctx.residual_dtype = None if residual is None else residual.dtype
         if not pass_input: return y.view(x.shape)
         ctx.set_materialize_grads(False)  # no gradient for the passed input: nothing to add
@@ -278,27 +287,27 @@ class FusedLayerNorm(torch.autograd.Function):
     def backward(ctx, dy, dpass=None):
         x2, weight, mean, rstd = ctx.saved_tensors
         if dy is None:  # only the passed input was used: its gradient, nothing for the norm's parameters
-            return _as(dpass, x2.dtype).view(ctx.shape), None, None, None, None, None, None
+            return _as(dpass, x2.dtype).view(ctx.shape), None, None, None, None, None, None, None
         N, C = x2.shape
-        has_w, has_b = weight is not None, ctx.bias_dtype is not None
+        has_w, has_b, has_xs = weight is not None, ctx.bias_dtype is not None, ctx.x_bias_dtype is not None
         dres = None if ctx.residual_dtype is None else _as(dy, ctx.residual_dtype)  # `residual + y`: as it is
         dy = _as(dy.reshape(N, C), ctx.out_dtype).contiguous()  # the norm's share of `residual + y` in its own dtype
         ds = None if dpass is None else _as(dpass.reshape(N, C), x2.dtype).contiguous()  # the stream's other gradient
         dx = torch.empty_like(x2)
         br, bc, nw = _blocks(C)
         G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
-        if N and (has_w or has_b):  # each program writes its row of the weight's and the bias's partial sums
-            parts = _pair((G, C), x2.device)
-            dwp, dbp = parts[0] if has_w else None, parts[1] if has_b else None
-        else: parts = dwp = dbp = None
+        # the weight's, the bias's and x's column sums, each wanted one a (G, C) buffer of the programs' partial sums
+        dtypes = [None if weight is None else weight.dtype, ctx.bias_dtype, ctx.x_bias_dtype]
+        rows = [i for i, dt in enumerate(dtypes) if dt is not None]
+        parts = _buffers(len(rows), (G, C), x2.device) if N and rows else None
+        dwp, dbp, dxp = (parts[rows.index(i)] if parts is not None and i in rows else None for i in range(3))
         if N:
-            with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, ds, dx, mean, rstd, dwp, dbp, N, C, _cdiv(_cdiv(N, br), G),
+            with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, ds, dx, mean, rstd, dwp, dbp, dxp, N, C, _cdiv(_cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype),
-                          HAS_DS=ds is not None, NO_FMA=not interpreted())
-        sums = parts.sum(1) if parts is not None else x2.new_zeros((2, C), dtype=torch.float32)  # one reduction for both
-        dw = _as(sums[0], weight.dtype) if has_w else None
-        db = _as(sums[1], ctx.bias_dtype) if has_b else None
-        return dx.view(ctx.shape), dw, db, dres, None, None, None
+                          HAS_DS=ds is not None, NO_FMA=not interpreted(), HAS_XS=has_xs)
+        sums = parts.sum(1) if parts is not None else x2.new_zeros((len(rows), C), dtype=torch.float32)  # one reduction for all
+        dw, db, dxb = (_as(sums[rows.index(i)], dt) if dt is not None else None for i, dt in enumerate(dtypes))
+        return dx.view(ctx.shape), dw, db, dres, None, None, None, dxb
 
 def _default_dtype(x): return torch.float32 if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
 
@@ -307,14 +316,18 @@ def fused_layer_norm(x:torch.Tensor, # (..., C) float32, float16 or bfloat16
                      bias:torch.Tensor|None=None, # (C,) shift, or None
                      eps:float=1e-5, # added to the variance
                      out_dtype:torch.dtype|None=None, # None: as torch (float32 under CUDA autocast, else x.dtype)
-                     residual:torch.Tensor|None=None): # x's shape: return `residual + norm` (torch's add of the two dtypes)
-    "`F.layer_norm(x, (C,), weight, bias, eps)` by the Triton kernels, output in `out_dtype`; `residual + it` with a residual"
+                     residual:torch.Tensor|None=None, # x's shape: return `residual + norm` (torch's add of the two dtypes)
+                     x_bias:torch.Tensor|None=None): # (C,) the bias of the Linear whose output x is, added with it detached
+    "`F.layer_norm(x, (C,), weight, bias, eps)` by the Triton kernels, output in `out_dtype`; `residual + it` with a residual; `x_bias`'s gradient summed in the backward kernel"
     if out_dtype is None: out_dtype = _default_dtype(x)
     _check(x, weight, bias, out_dtype)
     if residual is not None: _check_residual(x, residual)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual))):
+    if x_bias is not None and (x_bias.shape != x.shape[-1:] or x_bias.device != x.device or x_bias.dtype not in _DTYPES):
+        raise ValueError(f"fused_layer_norm: x_bias must be a float ({x.shape[-1]},) tensor on {x.device}; got "
+                         f"{tuple(x_bias.shape)} {x_bias.dtype} on {x_bias.device}")
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual, x_bias))):
         return _forward(x, weight, bias, float(eps), out_dtype, residual)[0].view(x.shape)  # no autograd node to record
-    return FusedLayerNorm.apply(x, weight, bias, residual, float(eps), out_dtype, False)
+    return FusedLayerNorm.apply(x, weight, bias, residual, float(eps), out_dtype, False, x_bias)
 
 def fused_layer_norm_passing(x:torch.Tensor, # (..., C) the residual stream, float32, float16 or bfloat16
                              weight:torch.Tensor|None=None, # (C,) scale, or None
@@ -454,6 +467,13 @@ class Linear(nn.Linear):
     "`nn.Linear` computing `linear`: the same parameters, state-dict keys and function"
     def forward(self, x): return linear(x, self.weight, self.bias)
 
+def module_hooked(m:nn.Module) -> bool:
+    "Whether calling `m` would run hooks (its own or global ones, forward or backward)"
+    g = nn.modules.module
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or g._global_backward_pre_hooks)
+
 # %% ../nbs/03b_kernels.ipynb #k031
 if triton is not None:
     @triton.jit
@@ -471,15 +491,24 @@ if triton is not None:
         tl.store(OUT + offs, _cast(out, OUT.dtype.element_ty, RTNE_OUT), mask=mask)
 
     @triton.jit
-    def _res_drop_bwd(DOUT, R, DX, N, C, keep, scale, BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr, RTNE_BF16:tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    def _res_drop_bwd(DOUT, R, DX, P, N, C, keep, scale, iters, BLOCK_R:tl.constexpr, BLOCK_C:tl.constexpr,
+                      RTNE_BF16:tl.constexpr, HAS_SUM:tl.constexpr):
+        # row tiles pid, pid + G, ...; HAS_SUM: P gets the program's column sums of DX as stored (the branch's bias gradient)
+        pid, G = tl.program_id(0), tl.num_programs(0)
         cols = tl.arange(0, BLOCK_C)
-        rmask = rows < N
-        mask = rmask[:, None] & (cols < C)[None, :]
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        m = tl.where(tl.load(R + rows, mask=rmask, other=1.0) < keep, scale, 0.0)
-        g = _cast(tl.load(DOUT + offs, mask=mask, other=0.0).to(tl.float32), DX.dtype.element_ty, RTNE_BF16).to(tl.float32)
-        tl.store(DX + offs, _cast(g * m[:, None], DX.dtype.element_ty, RTNE_BF16), mask=mask)
+        cmask = cols < C
+        acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        for i in range(iters):
+            rows = (pid + i * G) * BLOCK_R + tl.arange(0, BLOCK_R)
+            rmask = rows < N
+            mask = rmask[:, None] & cmask[None, :]
+            offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+            m = tl.where(tl.load(R + rows, mask=rmask, other=1.0) < keep, scale, 0.0)
+            g = _cast(tl.load(DOUT + offs, mask=mask, other=0.0).to(tl.float32), DX.dtype.element_ty, RTNE_BF16).to(tl.float32)
+            dx = _cast(g * m[:, None], DX.dtype.element_ty, RTNE_BF16)
+            tl.store(DX + offs, dx, mask=mask)
+            if HAS_SUM: acc += tl.where(mask, dx.to(tl.float32), 0.0)
+        if HAS_SUM: tl.store(P + pid * C + cols, tl.sum(acc, axis=0), mask=cmask)
 
 @functools.lru_cache(maxsize=None)
 def _kept_value(keep:float, dtype:torch.dtype) -> float:
@@ -490,7 +519,8 @@ def _kept_value(keep:float, dtype:torch.dtype) -> float:
 class ResidualDropPath(torch.autograd.Function):
     "`shortcut + x * mask`, DropPath's mask made from the rows' draws `r`, in one kernel each way (torch's roundings)"
     @staticmethod
-    def forward(ctx, shortcut, x, r, keep:float):
+    def forward(ctx, shortcut, x, r, keep:float, x_bias=None):
+        # x_bias: the bias of the Linear whose output x is, run with it detached: its gradient, x's gradient summed by rows
         N, C = x.shape
         scale = _kept_value(keep, x.dtype)
         out = torch.empty((N, C), dtype=torch.promote_types(shortcut.dtype, x.dtype), device=x.device)
@@ -500,6 +530,7 @@ class ResidualDropPath(torch.autograd.Function):
                 BLOCK_C=bc, RTNE_X=_rtne_bf16(x.dtype), RTNE_OUT=_rtne_bf16(out.dtype), num_warps=nw)
         ctx.save_for_backward(r)
         ctx.keep, ctx.scale, ctx.dtypes = keep, scale, (shortcut.dtype, x.dtype)
+        ctx.x_bias_dtype = None if x_bias is None else x_bias.dtype
         return out
 
     @staticmethod
@@ -507,16 +538,21 @@ class ResidualDropPath(torch.autograd.Function):
     def backward(ctx, dout):
         r, = ctx.saved_tensors
         ds = _as(dout, ctx.dtypes[0]) if ctx.needs_input_grad[0] else None  # the engine's cast of the sum's gradient
-        dx = None
-        if ctx.needs_input_grad[1]:
+        dx = db = None
+        has_sum = ctx.x_bias_dtype is not None and ctx.needs_input_grad[4]
+        if ctx.needs_input_grad[1] or has_sum:
             dout = dout.contiguous()
             N, C = dout.shape
             dx = torch.empty((N, C), dtype=ctx.dtypes[1], device=dout.device)
+            br, bc, nw = _blocks(C)
+            tiles = _cdiv(N, br)
+            G = _n_programs(dout.device, tiles) if has_sum else tiles  # with the sums, programs loop over tiles
+            parts = torch.empty((G, C), dtype=torch.float32, device=dout.device) if has_sum and N else None
             if N and C:
-                br, bc, nw = _blocks(C)
-                with _on(dout.device): launcher(_res_drop_bwd)[(_cdiv(N, br),)](dout, r, dx, N, C, ctx.keep, ctx.scale,
-                    BLOCK_R=br, BLOCK_C=bc, RTNE_BF16=_rtne_bf16(dx.dtype), num_warps=nw)
-        return ds, dx, None, None
+                with _on(dout.device): launcher(_res_drop_bwd)[(G,)](dout, r, dx, parts, N, C, ctx.keep, ctx.scale, _cdiv(tiles, G),
+                    BLOCK_R=br, BLOCK_C=bc, RTNE_BF16=_rtne_bf16(dx.dtype), HAS_SUM=has_sum, num_warps=nw)
+            if has_sum: db = (parts.sum(0) if parts is not None else dx.new_zeros(C, dtype=torch.float32)).to(ctx.x_bias_dtype)
+        return ds, dx if ctx.needs_input_grad[1] else None, None, None, db
 
 def fuses_residual(shortcut:torch.Tensor, # (N, C) the residual stream
                    x:torch.Tensor) -> bool: # (N, C) the branch
@@ -528,17 +564,59 @@ def fuses_residual(shortcut:torch.Tensor, # (N, C) the residual stream
 
 def residual_drop_path(shortcut:torch.Tensor, # (N, C) the residual stream
                        x:torch.Tensor, # (N, C) the branch
-                       drop_prob:float): # DropPath's probability of dropping a row, in (0, 1)
-    "`shortcut + DropPath(drop_prob)(x)` in training: torch's draws and numbers, one kernel each way (see `fuses_residual`)"
+                       drop_prob:float, # DropPath's probability of dropping a row, in (0, 1)
+                       x_bias:torch.Tensor|None=None): # (C,) the bias of the Linear whose output x is, added with it detached
+    "`shortcut + DropPath(drop_prob)(x)` in training: torch's draws and numbers, one kernel each way (see `fuses_residual`); `x_bias`'s gradient summed in the backward kernel"
     if not 0.0 < drop_prob < 1.0: raise ValueError(f"residual_drop_path: drop_prob must be in (0, 1), got {drop_prob}")
     if not fuses_residual(shortcut, x):
         raise ValueError(f"residual_drop_path takes contiguous (N, C) tensors of one shape on the kernels' device, a float16 or "
                          f"bfloat16 branch; got {tuple(shortcut.shape)} {shortcut.dtype} and {tuple(x.shape)} {x.dtype} on {x.device}")
-    return _residual_drop_path(shortcut, x, drop_prob)
+    if x_bias is not None and (x_bias.shape != x.shape[1:] or x_bias.device != x.device or x_bias.dtype not in _DTYPES):
+        raise ValueError(f"residual_drop_path: x_bias must be a float ({x.shape[1]},) tensor on {x.device}; got "
+                         f"{tuple(x_bias.shape)} {x_bias.dtype} on {x_bias.device}")
+    return _residual_drop_path(shortcut, x, drop_prob, x_bias)
 
-def _residual_drop_path(shortcut, x, drop_prob:float): # checked by the caller (`fuses_residual`, 0 < drop_prob < 1)
+def _residual_drop_path(shortcut, x, drop_prob:float, # checked by the caller (`fuses_residual`, 0 < drop_prob < 1)
+                        x_bias=None): # the bias of the Linear whose output x is, detached there: its gradient summed here
     r = torch.rand((x.shape[0], 1), device=x.device)  # DropPath's draw
-    return ResidualDropPath.apply(shortcut, x, r, 1.0 - drop_prob)
+    return ResidualDropPath.apply(shortcut, x, r, 1.0 - drop_prob, x_bias)
+
+# %% ../nbs/03b_kernels.ipynb #k023
+_fused_bias_grad = False
+
+def set_fused_bias_grad(on:bool=True): # True: a block's Linears leave their bias gradients to the kernels consuming their outputs
+    "Speed switch (off by default): `qkv`, `proj`, `fc2` and the CPE's Linear run with the bias detached, its gradient summed by the next kernel's backward (module-wide)"
+    global _fused_bias_grad
+    _fused_bias_grad = bool(on)
+
+def defers_bias(layer:nn.Module, # a Linear layer about to run on x
+                x:torch.Tensor) -> bool: # its input
+    "Whether `layer` may run with its bias detached and the bias gradient summed by its output's consumer: the switch on, a plain Linear without hooks training its bias on the kernels' device"
+    b = getattr(layer, "bias", None)
+    return (_fused_bias_grad and type(layer) in (Linear, nn.Linear) and b is not None and b.requires_grad
+            and torch.is_grad_enabled() and triton is not None and _kernel_device(x) and not module_hooked(layer)
+            and not torch._C._are_functorch_transforms_active())
+
+def linear_detached_bias(layer:nn.Linear, # where `defers_bias(layer, x)`
+                         x:torch.Tensor) -> torch.Tensor: # (..., in)
+    "`layer(x)` with the bias detached: the same output; the caller hands `layer.bias` to whatever sums its gradient"
+    return F.linear(x, layer.weight, layer.bias.detach())
+
+class _BiasGradient(torch.autograd.Function):
+    "x as it is; the bias's gradient x's gradient summed by rows (`column_sum`)"
+    @staticmethod
+    def forward(ctx, x, bias):
+        ctx.bias_dtype = bias.dtype
+        return x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy): return dy, column_sum(dy.reshape(-1, dy.shape[-1])).to(ctx.bias_dtype)
+
+def with_bias_gradient(x:torch.Tensor, # (..., C) the output of a Linear run with its bias detached
+                       bias:torch.Tensor) -> torch.Tensor: # (C,) that bias
+    "x, with `bias`'s gradient the column sums of x's gradient: where a detached bias meets no kernel that sums it"
+    return _BiasGradient.apply(x, bias)
 
 # %% ../nbs/03b_kernels.ipynb #k035
 _fused_gelu = True

@@ -25,7 +25,7 @@ from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
 from .sparse_conv import kernel_usable, neighbour_table, subm_conv
-from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, MAX_C as _FUSED_MAX_C, _DTYPES as _FUSED_DTYPES, available as _triton_available, \
+from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, module_hooked as _hooked, MAX_C as _FUSED_MAX_C, _DTYPES as _FUSED_DTYPES, available as _triton_available, \
     interpreted as _triton_interpreted
 
 # %% auto #0
@@ -247,7 +247,7 @@ class _MLPRecompute(torch.autograd.Function):
                 dh = torch.ops.aten.gelu_backward(da, h, approximate=ctx.approximate)
             dy2, a2, x2 = dy.reshape(-1, dy.shape[-1]), a.reshape(-1, a.shape[-1]), xc.reshape(-1, xc.shape[-1])
             dw2 = a2.t().mm(dy2).t().to(w2.dtype)
-            db2 = _bias_sum(dy2, ctx.bias_kernel[1]).to(ctx.b_dtypes[1]) if ctx.b_dtypes[1] is not None else None
+            db2 = _bias_sum(dy2, ctx.bias_kernel[1]).to(ctx.b_dtypes[1]) if ctx.needs_input_grad[4] else None  # detached: summed elsewhere
             dh2 = dh.reshape(-1, dh.shape[-1])
             dw1 = x2.t().mm(dh2).t().to(w1.dtype)
             if ctx.b_dtypes[0] is None: db1 = None
@@ -269,12 +269,21 @@ class MLP(nn.Module):
         self.fc2 = Linear(hidden_channels, out_channels)
         self.drop = nn.Dropout(drop)
 
+    def _recomputes(self) -> bool: # whether this call takes `_MLPRecompute`
+        return (_mlp_recompute and torch.is_grad_enabled() and type(self.act) is nn.GELU
+                and (self.drop.p == 0 or not self.training) and not _functorch_active())
+
     def forward(self, x):
-        if (_mlp_recompute and torch.is_grad_enabled() and type(self.act) is nn.GELU
-                and (self.drop.p == 0 or not self.training) and not _functorch_active()):
+        if self._recomputes():
             return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.act.approximate,
                                        (kernels.sums_bias(x, self.fc1.bias), kernels.sums_bias(x, self.fc2.bias)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def forward_deferring(self, x:torch.Tensor) -> tuple: # (..., C) input
+        "(`self(x)`, `fc2.bias` if its gradient is left to the caller, else None): `kernels.set_fused_bias_grad` in the recompute path"
+        if not (self._recomputes() and kernels.defers_bias(self.fc2, x)): return self(x), None
+        return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias.detach(), self.act.approximate,
+                                   (kernels.sums_bias(x, self.fc1.bias), False)), self.fc2.bias
 
 _half_layernorm = "frozen"
 _fused_layernorm = True
@@ -365,11 +374,13 @@ class LayerNorm(nn.LayerNorm):
                 and torch.version.hip is None)  # the kernels' add is NVIDIA's PTX
 
     def add_to(self, residual:torch.Tensor, # (..., C) the residual stream
-               x:torch.Tensor) -> torch.Tensor: # (..., C) this norm's input
-        "`residual + self(x)`, in the norm's kernel where it runs"
+               x:torch.Tensor, # (..., C) this norm's input
+               x_bias:torch.Tensor|None=None) -> torch.Tensor: # the bias of the Linear whose output x is, run with it detached
+        "`residual + self(x)`, in the norm's kernel where it runs; `x_bias`'s gradient x's gradient summed by rows"
         half = self._half(x)
         if self._streams(x, half) and residual.shape == x.shape and residual.device == x.device and residual.dtype in _FUSED_DTYPES:
-            return fused_layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x, half), residual=residual)
+            return fused_layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x, half), residual=residual, x_bias=x_bias)
+        if x_bias is not None: x = kernels.with_bias_gradient(x, x_bias)
         return residual + self(x)
 
     def passing(self, x:torch.Tensor) -> tuple: # (..., C) the residual stream
@@ -442,30 +453,46 @@ class Block(PointModule):
         def attend(h): # the attention as a module call on the Point (its hooks see the Point)
             point.feat = h
             return self.attn(point).feat
-        feat, sparse = self.forward_tensors(point.feat, point.sparse_conv_feat, attend)
+        def attend_deferring(h): # the same without the module call (taken only when it has no hooks), proj's bias left out
+            point.feat = h
+            return self.attn.attend_deferring(h, self.attn.maps(point))
+        feat, sparse = self.forward_tensors(point.feat, point.sparse_conv_feat, attend, attend_deferring)
         point.feat, point.sparse_conv_feat = feat, sparse.replace_feature(feat)
         return point
 
     def forward_tensors(self, feat:torch.Tensor, # (N, C) the Point's features
                         sparse:spconv.SparseConvTensor, # the same features as a sparse tensor (its neighbour maps)
-                        attend): # the attention: normalised features (N, C) -> its output (N, C)
+                        attend, # the attention: normalised features (N, C) -> its output (N, C)
+                        attend_deferring=None): # the same -> (output, proj's bias left to the residual or None)
         "The block on tensors only: (new features, the CPE convolution's sparse output)"
         # The containers' modules are called on the feature tensor directly: the same operations as routing the Point
         # through each PointSequential, without re-wrapping the sparse tensor after every step (host time only)
         seq = lambda s, x: _run(s._modules.values(), x)
         conv, *cpe = self.cpe._modules.values()
         sparse = conv(sparse)
-        if cpe and type(cpe[-1]) is LayerNorm: feat = cpe[-1].add_to(feat, _run(cpe[:-1], sparse.features))
-        else: feat = feat + _run(cpe, sparse.features)
+        x = sparse.features
+        if len(cpe) == 2 and type(cpe[1]) is LayerNorm and kernels.defers_bias(cpe[0], x):  # the Linear's bias summed by the norm
+            feat = cpe[1].add_to(feat, kernels.linear_detached_bias(cpe[0], x), x_bias=cpe[0].bias)
+        elif cpe and type(cpe[-1]) is LayerNorm: feat = cpe[-1].add_to(feat, _run(cpe[:-1], x))
+        else: feat = feat + _run(cpe, x)
         if self.pre_norm:  # each norm hands the stream on as the shortcut (see `LayerNorm.passing`)
+            defer = attend_deferring is not None and self._defers_branch_biases()
             h, shortcut = _passing(self.norm1, feat)
-            feat = _residual(shortcut, seq(self.ls1, attend(h)), self.drop_path)
+            a, bias = attend_deferring(h) if defer and not _hooked(self.attn) else (seq(self.ls1, attend(h)), None)
+            feat = _residual(shortcut, a, self.drop_path, bias)
             h, shortcut = _passing(self.norm2, feat)
-            feat = _residual(shortcut, seq(self.ls2, seq(self.mlp, h)), self.drop_path)
+            mlp = self.mlp._modules.get("0") if len(self.mlp._modules) == 1 else None
+            m, bias = mlp.forward_deferring(h) if defer and type(mlp) is MLP and not _hooked(mlp) else (seq(self.ls2, seq(self.mlp, h)), None)
+            feat = _residual(shortcut, m, self.drop_path, bias)
             return feat, sparse
         feat = seq(self.norm1, _residual(feat, seq(self.ls1, attend(feat)), self.drop_path))
         feat = seq(self.norm2, _residual(feat, seq(self.ls2, seq(self.mlp, feat)), self.drop_path))
         return feat, sparse
+
+    def _defers_branch_biases(self) -> bool:
+        "Whether the branches' last biases (proj, fc2) go to the residual kernel (`kernels.set_fused_bias_grad`): no LayerScale, a fused DropPath"
+        return (kernels._fused_bias_grad and _fused_drop_path(self.drop_path) is not None
+                and all(type(m) is nn.Identity for s in (self.ls1, self.ls2) for m in s._modules.values()))
 
 _fused_residual = True
 
@@ -474,23 +501,22 @@ def set_fused_residual(on:bool=True): # True: a training block adds its DropPath
     global _fused_residual
     _fused_residual = bool(on)
 
-def _residual(shortcut:torch.Tensor, # (N, C) the residual stream
-              branch:torch.Tensor, # (N, C) a branch's output
-              drop_path:PointSequential): # the block's `drop_path` container
-    "`shortcut + drop_path(branch)`: through `kernels.residual_drop_path` where it runs (training, no hooks on the DropPath)"
+def _fused_drop_path(drop_path:PointSequential) -> DropPath|None: # the block's `drop_path` container
+    "Its DropPath where the residual kernel may run it (switched on, training, 0 < rate < 1, no hooks), else None"
     mods = drop_path._modules
     d = mods.get("0") if len(mods) == 1 else None
-    if (_fused_residual and type(d) is DropPath and d.training and 0.0 < d.drop_prob < 1.0 and not _hooked(d)
-            and kernels.fuses_residual(shortcut, branch)):
-        return kernels._residual_drop_path(shortcut, branch, d.drop_prob)  # (checked above)
-    return shortcut + _run(mods.values(), branch)
+    return d if _fused_residual and type(d) is DropPath and d.training and 0.0 < d.drop_prob < 1.0 and not _hooked(d) else None
 
-def _hooked(m:nn.Module) -> bool:
-    "Whether calling `m` would run hooks (its own or global ones, forward or backward)"
-    g = nn.modules.module
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
-                or g._global_backward_pre_hooks)
+def _residual(shortcut:torch.Tensor, # (N, C) the residual stream
+              branch:torch.Tensor, # (N, C) a branch's output
+              drop_path:PointSequential, # the block's `drop_path` container
+              bias:torch.Tensor|None=None): # the bias of the branch's last Linear, run with it detached: its gradient summed here
+    "`shortcut + drop_path(branch)`: through `kernels.residual_drop_path` where it runs (training, no hooks on the DropPath)"
+    d = _fused_drop_path(drop_path)
+    if d is not None and kernels.fuses_residual(shortcut, branch):
+        return kernels._residual_drop_path(shortcut, branch, d.drop_prob, bias)  # (checked above)
+    if bias is not None: branch = kernels.with_bias_gradient(branch, bias)
+    return shortcut + _run(drop_path._modules.values(), branch)
 
 def _passing(norm:PointSequential, # a pre-norm container
              x:torch.Tensor) -> tuple: # (N, C) the residual stream

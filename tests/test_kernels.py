@@ -51,6 +51,12 @@ def test_fused_gelu_backward(forkserver):
 
 
 @needs_triton
+def test_fused_bias_grad(forkserver):
+    "A training Block with `set_fused_bias_grad`: torch's output and gradients bit for bit but for the four biases summed by the kernels (float32 sums of the same gradients), with and without the fallback (interpreter)"
+    print(run_check(forkserver, "fused_bias_grad"))
+
+
+@needs_triton
 def test_launcher(forkserver):
     "Every launch site passes each kernel parameter (the direct launch needs them all, in order); the key and its cache"
     print(run_check(forkserver, "launch_sites"))
@@ -127,6 +133,20 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
     assert torch.equal(g_f, g_t)
     for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_fused_bias_grad_on_cuda(dtype):
+    "A training Block on CUDA under autocast with and without `set_fused_bias_grad`: bit for bit but for the deferred biases' float32 sums"
+    import torch
+    from sonata_nb.testing import toy_cloud
+    from sonata_nb import model
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).cuda().train()
+    data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=3000, clouds=2, grid=0.05).items()}
+    data["feat"] = torch.randn(len(data["coord"]), 48, device="cuda")
+    print(fused_bias_grads_match(block, data, getattr(torch, dtype)))
 
 
 def gelu_tolerances(x, da, dtype):
@@ -551,6 +571,77 @@ def check_bias():
     finally: kernels._on_cpu = False
 
 
+DEFERRED = ("cpe.1.bias", "attn.qkv.bias", "attn.proj.bias", "mlp.0.fc2.bias")  # the Linears' biases the kernels sum
+
+
+def fused_bias_grads_match(block, data, dtype, fallback:bool=False) -> str:
+    "`block_step` with `kernels.set_fused_bias_grad` on and off: all bit for bit but `DEFERRED`, each a float32 sum of the gradient at its Linear's output (captured in the run without the switch), at least as close to float64 as torch's sum; `fallback`: with the CPE's norm off the stream path (`with_bias_gradient` sums its Linear's bias)"
+    import torch
+    from sonata_nb import kernels, model
+    outs = {}  # the gradients reaching the four Linears' outputs in the run without the switch
+    def capture(name):
+        def hook(m, i, o): o.register_hook(lambda g: outs.__setitem__(name, g))  # returns None: the output stays
+        return hook
+    layers = dict(zip(DEFERRED, (block.cpe._modules["1"], block.attn.qkv, block.attn.proj, block.mlp._modules["0"])))
+    stream = model._fused_stream
+    try:
+        if fallback: model.set_fused_stream(False)
+        with counting(kernels, "with_bias_gradient") as fallbacks, counting(kernels, "_residual_drop_path") as residuals:
+            kernels.set_fused_bias_grad(True)
+            o_f, g_f, p_f = block_step(block, data, dtype, seed=3)
+        kernels.set_fused_bias_grad(False)
+        handles = [m.register_forward_hook(capture(n)) for n, m in layers.items()]
+        try: o_t, g_t, p_t = block_step(block, data, dtype, seed=3)
+        finally:
+            for h in handles: h.remove()
+    finally: kernels.set_fused_bias_grad(False); model.set_fused_stream(stream)
+    assert len(fallbacks) == int(fallback) and len(residuals) == 2, (fallbacks, residuals)
+    assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t) and torch.equal(g_f, g_t)
+    assert sorted(outs) == sorted(DEFERRED), outs
+    report = {}
+    for n in p_t:
+        if n not in DEFERRED:
+            assert torch.equal(p_f[n], p_t[n]), n
+            continue
+        g = outs[n].double().reshape(-1, outs[n].shape[-1])
+        exact = g.sum(0)
+        err_f, err_t = (p_f[n].double() - exact).abs(), (p_t[n].double() - exact).abs()
+        assert p_f[n].dtype == torch.float32 and (err_f <= 1e-6 * g.abs().sum(0) + 1e-6).all(), (n, err_f.max())
+        assert err_f.max() <= err_t.max(), (n, err_f.max(), err_t.max())  # torch's sum rounds to the half dtype
+        report[n] = f"{err_f.max().item():.1e} (torch {err_t.max().item():.1e})"
+    return f"{dtype}: bit for bit but the deferred biases; their errors to float64: {report}"
+
+
+def check_fused_bias_grad():
+    import torch
+    from sonata_nb import kernels, model
+    from sonata_nb.attention import set_attention_backend
+    from sonata_nb.testing import toy_cloud
+    assert not kernels._fused_bias_grad  # off until measured on a GPU
+    kernels._on_cpu = model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
+    set_attention_backend("triton")  # the patch-attention kernel (float16 in the interpreter)
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.4).train()
+    data = toy_cloud(n=300, clouds=2, grid=0.1)
+    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    print(fused_bias_grads_match(block, data, torch.float16))
+    print(fused_bias_grads_match(block, data, torch.float16, fallback=True))
+    # nothing deferred: eval (no gradient), a hooked Linear keeps its module call, the switch off
+    kernels.set_fused_bias_grad(True)
+    x = torch.randn(10, 48)
+    assert kernels.defers_bias(block.attn.qkv, x)
+    with torch.no_grad(): assert not kernels.defers_bias(block.attn.qkv, x)
+    h = block.attn.qkv.register_forward_hook(lambda m, i, o: None)
+    assert not kernels.defers_bias(block.attn.qkv, x)
+    h.remove()
+    kernels._on_cpu = False
+    assert not kernels.defers_bias(block.attn.qkv, x)  # CPU tensors outside the tests' interpreter runs
+    kernels._on_cpu = True
+    kernels.set_fused_bias_grad(False)
+    assert not kernels.defers_bias(block.attn.qkv, x)
+    print("defers_bias: only with the switch, a gradient, no hooks, on the kernels' device")
+
+
 def check_launch_sites():
     import torch
     from sonata_nb import kernels, attention_kernel
@@ -660,7 +751,7 @@ def check_compile():
                            options=dict(num_warps=nw))
         assert ".entry" in k.asm["ptx"]
     common = dict(Mean="*fp32", Rstd="*fp32", N="i32", C="i32")
-    plain_fwd, plain_bwd = dict(R=None, HAS_R=False, ROUND=0, NO_FMA=True), dict(DS=None, HAS_DS=False, NO_FMA=True)
+    plain_fwd, plain_bwd = dict(R=None, HAS_R=False, ROUND=0, NO_FMA=True), dict(DS=None, HAS_DS=False, NO_FMA=True, DXp=None, HAS_XS=False)
     for C in (48, 1232):
         for x, y in (("fp32", "fp32"), ("fp16", "fp32"), ("fp32", "fp16"), ("bf16", "bf16")):
             compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", Y=f"*{y}", eps="fp32", **common),
@@ -675,7 +766,11 @@ def check_compile():
             compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", R=f"*{r}", Y=f"*{r}", eps="fp32", **common),
                     dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_R=True, ROUND=rnd, NO_FMA=True), C)
             compile(kernels._ln_bwd, dict(X=f"*{r}", W="*fp32", DY=f"*{r}", DS=f"*{r}", DX=f"*{r}", DWp="*fp32", DBp="*fp32",
-                                          iters="i32", **common), dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_DS=True, NO_FMA=True), C)
+                                          iters="i32", **common), dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, HAS_DS=True, NO_FMA=True,
+                                                                       DXp=None, HAS_XS=False), C)
+            compile(kernels._ln_bwd, dict(X=f"*{x}", W="*fp32", DY=f"*{r}", DX=f"*{x}", DWp="*fp32", DBp="*fp32", DXp="*fp32",
+                                          iters="i32", **common), dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, DS=None, HAS_DS=False,
+                                                                       NO_FMA=True, HAS_XS=True), C)  # the CPE's Linear's bias summed
     for dtype in ("fp16", "bf16", "fp32"):
         for C in (48, 1536):
             br, bc = kernels._column_blocks(C)
@@ -693,11 +788,13 @@ def check_compile():
             k = triton.compile(ASTSource(fn=kernels._res_drop_fwd, signature=sig, constexprs=dict(consts, RTNE_X=False, RTNE_OUT=False)),
                                target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw))
             assert ".entry" in k.asm["ptx"]
-            sig = dict(DOUT=f"*{out}", R="*fp32", DX=f"*{x}", N="i32", C="i32", keep="fp32", scale="fp32", RTNE_BF16="constexpr",
-                       **{k: "constexpr" for k in consts})
-            k = triton.compile(ASTSource(fn=kernels._res_drop_bwd, signature=sig, constexprs=dict(consts, RTNE_BF16=False)),
-                               target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw))
-            assert ".entry" in k.asm["ptx"]
+            for has_sum in (False, True):  # the branch's bias summed or not
+                sig = dict(DOUT=f"*{out}", R="*fp32", DX=f"*{x}", P="*fp32" if has_sum else "constexpr", N="i32", C="i32", keep="fp32",
+                           scale="fp32", iters="i32", RTNE_BF16="constexpr", HAS_SUM="constexpr", **{k: "constexpr" for k in consts})
+                k = triton.compile(ASTSource(fn=kernels._res_drop_bwd, signature=sig, constexprs=dict(
+                    consts, RTNE_BF16=False, HAS_SUM=has_sum, **({} if has_sum else dict(P=None)))), target=GPUTarget("cuda", 90, 32),
+                    options=dict(num_warps=nw))
+                assert ".entry" in k.asm["ptx"]
     for x in ("fp16", "bf16", "fp32"):
         for C, store in ((48, True), (512, False)):
             bm, bc = kernels._cell_blocks(C)

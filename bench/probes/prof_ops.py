@@ -1,5 +1,6 @@
 """A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [VARIANTS]
 VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_conv | bias_kernel | one_pass | stream | no_stream | torch_gelu
+          | fused_bias (the Linears' bias gradients summed by the kernels consuming their outputs)
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -18,6 +19,7 @@ for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
     elif variant == "one_pass": A.set_one_pass_backward(True)
     elif variant in ("stream", "no_stream"): M.set_fused_stream(variant == "stream")
     elif variant == "torch_gelu": K.set_fused_gelu(False)
+    elif variant == "fused_bias": K.set_fused_bias_grad(True)
     else: raise SystemExit(f"unknown variant {variant!r}")
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
 fn = step_fn(task, model, head, data, labels)
