@@ -110,7 +110,7 @@ if triton is not None:
             dx = _cast(dx, DX.dtype.element_ty, RTNE_BF16)
             tl.store(DX + offs, dx, mask=mask)
             if HAS_XS: xs += tl.where(mask, dx.to(tl.float32), 0.0)
-            if HAS_W: dw += dy * xhat
+            if HAS_W: dw = tl.fma(dy, xhat, dw)  # one rounding, whatever the compiler would contract
             if HAS_B: db += dy
         if HAS_W: tl.store(DWp + pid * C + cols, tl.sum(dw, axis=0), mask=cmask)
         if HAS_B: tl.store(DBp + pid * C + cols, tl.sum(db, axis=0), mask=cmask)
@@ -296,17 +296,20 @@ class FusedLayerNorm(torch.autograd.Function):
         dx = torch.empty_like(x2)
         br, bc, nw = _blocks(C)
         G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
-        # the weight's, the bias's and x's column sums, each wanted one a (G, C) buffer of the programs' partial sums
-        dtypes = [None if weight is None else weight.dtype, ctx.bias_dtype, ctx.x_bias_dtype]
-        rows = [i for i, dt in enumerate(dtypes) if dt is not None]
-        parts = _buffers(len(rows), (G, C), x2.device) if N and rows else None
-        dwp, dbp, dxp = (parts[rows.index(i)] if parts is not None and i in rows else None for i in range(3))
+        if N and (has_w or has_b):  # each program writes its row of the weight's and the bias's partial sums
+            parts = _buffers(2, (G, C), x2.device)
+            dwp, dbp = parts[0] if has_w else None, parts[1] if has_b else None
+        else: parts = dwp = dbp = None
+        # x's column sums apart: the reduction of `parts` below keeps its shape, so its order of additions, either way
+        dxp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if N and has_xs else None
         if N:
             with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, ds, dx, mean, rstd, dwp, dbp, dxp, N, C, _cdiv(_cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype),
                           HAS_DS=ds is not None, NO_FMA=not interpreted(), HAS_XS=has_xs)
-        sums = parts.sum(1) if parts is not None else x2.new_zeros((len(rows), C), dtype=torch.float32)  # one reduction for all
-        dw, db, dxb = (_as(sums[rows.index(i)], dt) if dt is not None else None for i, dt in enumerate(dtypes))
+        sums = parts.sum(1) if parts is not None else x2.new_zeros((2, C), dtype=torch.float32)  # one reduction for both
+        dw = _as(sums[0], weight.dtype) if has_w else None
+        db = _as(sums[1], ctx.bias_dtype) if has_b else None
+        dxb = (dxp.sum(0) if dxp is not None else x2.new_zeros(C, dtype=torch.float32)).to(ctx.x_bias_dtype) if has_xs else None
         return dx.view(ctx.shape), dw, db, dres, None, None, None, dxb
 
 def _default_dtype(x): return torch.float32 if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
