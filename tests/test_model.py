@@ -452,12 +452,14 @@ def test_fused_residual_on_cuda_is_torchs_bitwise(amp):
     data = {k: v.cuda() for k, v in data.items()}
     data["feat"] = torch.randn(len(data["coord"]), 96, device="cuda")
     runs = []
+    bias_before = kernels._fused_bias_grad
+    kernels.set_fused_bias_grad(False)  # torch's bias sums on both sides (the switch has its own test)
     try:
         with counting(kernels, "_residual_drop_path") as calls:
             for fused in (True, False):
                 M.set_fused_residual(fused)
                 runs.append(block_step(block, data, amp, seed=3))
-    finally: M.set_fused_residual(True)
+    finally: M.set_fused_residual(True); kernels.set_fused_bias_grad(bias_before)
     assert len(calls) == 2
     (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
