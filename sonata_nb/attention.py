@@ -223,12 +223,12 @@ class SerializedAttention(PointModule):
     def attend(self, feat:torch.Tensor, # (N, C) features in the Point's row order
                maps:AttentionMaps): # from `maps` (on the Point `feat` belongs to)
         "Attention of the rows of `feat` within their patches, projected: (N, C)"
-        return self.attend_deferring(feat, maps, defer_proj=False)[0]
+        return self.attend_deferring(feat, maps)[0]
 
     def attend_deferring(self, feat:torch.Tensor, # (N, C) features in the Point's row order
                          maps:AttentionMaps, # from `maps` (on the Point `feat` belongs to)
-                         defer_proj:bool=True) -> tuple: # whether the caller sums proj's bias gradient where it can be left to it
-        "(`attend`'s output, `proj.bias` if its gradient is left to the caller, else None); with `kernels.set_fused_bias_grad`, qkv's bias gradient is summed by the attention kernel"
+                         defer_proj:bool=False) -> tuple: # True: the caller sums proj's bias gradient where it is left to it
+        "(`attend`'s output, `proj.bias` if its gradient is left to the caller, else None); with `kernels.set_fused_bias_grad` and the triton backend, qkv's bias gradient is summed by the attention kernel"
         H, C = self.num_heads, self.channels
         defer_qkv = maps.backend == "triton" and kernels.defers_bias(self.qkv, feat)
         qkv = kernels.linear_detached_bias(self.qkv, feat) if defer_qkv else self.qkv(feat)
@@ -254,7 +254,9 @@ class SerializedAttention(PointModule):
                     out = _patch_attention(q, k, v, mask, self.scale, dropout_p, math=maps.backend == "math")
                     outs.append(out.transpose(1, 2).reshape(-1, C))
             feat = (outs[0] if len(outs) == 1 else torch.cat(outs)).to(qkv.dtype)[out_index]
-        if defer_proj and (self.proj_drop.p == 0 or not self.training) and kernels.defers_bias(self.proj, feat):
+        d = self.proj_drop  # proj's output must reach the caller as it is: a plain dropout that does nothing, no hooks
+        if (defer_proj and type(d) is nn.Dropout and (d.p == 0 or not d.training) and not kernels.module_hooked(d)
+                and kernels.defers_bias(self.proj, feat)):
             return self.proj_drop(kernels.linear_detached_bias(self.proj, feat)), self.proj.bias
         return self.proj_drop(self.proj(feat)), None
 

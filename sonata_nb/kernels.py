@@ -289,7 +289,7 @@ class FusedLayerNorm(torch.autograd.Function):
         if dy is None:  # only the passed input was used: its gradient, nothing for the norm's parameters
             return _as(dpass, x2.dtype).view(ctx.shape), None, None, None, None, None, None, None
         N, C = x2.shape
-        has_w, has_b, has_xs = weight is not None, ctx.bias_dtype is not None, ctx.x_bias_dtype is not None
+        has_w, has_b, has_xs = weight is not None, ctx.bias_dtype is not None, ctx.x_bias_dtype is not None and ctx.needs_input_grad[7]
         dres = None if ctx.residual_dtype is None else _as(dy, ctx.residual_dtype)  # `residual + y`: as it is
         dy = _as(dy.reshape(N, C), ctx.out_dtype).contiguous()  # the norm's share of `residual + y` in its own dtype
         ds = None if dpass is None else _as(dpass.reshape(N, C), x2.dtype).contiguous()  # the stream's other gradient
@@ -597,7 +597,7 @@ def defers_bias(layer:nn.Module, # a Linear layer about to run on x
     "Whether `layer` may run with its bias detached and the bias gradient summed by its output's consumer: the switch on, a plain Linear without hooks training its bias on the kernels' device"
     b = getattr(layer, "bias", None)
     return (_fused_bias_grad and type(layer) in (Linear, nn.Linear) and b is not None and b.requires_grad
-            and torch.is_grad_enabled() and triton is not None and _kernel_device(x) and not module_hooked(layer)
+            and torch.is_grad_enabled() and triton is not None and x.dtype in _DTYPES and _kernel_device(x) and not module_hooked(layer)
             and not torch._C._are_functorch_transforms_active())
 
 def linear_detached_bias(layer:nn.Linear, # where `defers_bias(layer, x)`
@@ -606,15 +606,17 @@ def linear_detached_bias(layer:nn.Linear, # where `defers_bias(layer, x)`
     return F.linear(x, layer.weight, layer.bias.detach())
 
 class _BiasGradient(torch.autograd.Function):
-    "x as it is; the bias's gradient x's gradient summed by rows (`column_sum`)"
+    "x as it is; the bias's gradient x's gradient summed by rows (`column_sum`; torch's differentiable sum under `create_graph`)"
     @staticmethod
     def forward(ctx, x, bias):
         ctx.bias_dtype = bias.dtype
         return x.view_as(x)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy): return dy, column_sum(dy.reshape(-1, dy.shape[-1])).to(ctx.bias_dtype)
+    def backward(ctx, dy):
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        if torch.is_grad_enabled() or dy.dtype not in _DTYPES: return dy, dy2.sum(0).to(ctx.bias_dtype)
+        return dy, column_sum(dy2).to(ctx.bias_dtype)
 
 def with_bias_gradient(x:torch.Tensor, # (..., C) the output of a Linear run with its bias detached
                        bias:torch.Tensor) -> torch.Tensor: # (C,) that bias

@@ -335,10 +335,11 @@ class LayerNorm(nn.LayerNorm):
     "`nn.LayerNorm` with two speed switches: `set_half_layernorm` and `set_fused_layernorm`"
     feeds_linear = False  # set by `Block` on its pre-norms: the output's only consumer is a Linear layer
 
-    def _half(self, x) -> bool:
+    def _half(self, x, # the input
+              flows:bool=False) -> bool: # a gradient flows through the norm though x needs none (a trained bias detached from x)
         "Whether this call normalises in the input's half precision (`set_half_layernorm`)"
         if not _half_layernorm or x.dtype not in (torch.float16, torch.bfloat16): return False
-        return _half_layernorm is True or not (torch.is_grad_enabled() and (x.requires_grad or any(
+        return _half_layernorm is True or not (torch.is_grad_enabled() and (flows or x.requires_grad or any(
             p is not None and p.requires_grad for p in (self.weight, self.bias))))
 
     def _fused(self, x, half:bool) -> bool:
@@ -377,7 +378,7 @@ class LayerNorm(nn.LayerNorm):
                x:torch.Tensor, # (..., C) this norm's input
                x_bias:torch.Tensor|None=None) -> torch.Tensor: # the bias of the Linear whose output x is, run with it detached
         "`residual + self(x)`, in the norm's kernel where it runs; `x_bias`'s gradient x's gradient summed by rows"
-        half = self._half(x)
+        half = self._half(x, flows=x_bias is not None and x_bias.requires_grad)
         if self._streams(x, half) and residual.shape == x.shape and residual.device == x.device and residual.dtype in _FUSED_DTYPES:
             return fused_layer_norm(x, self.weight, self.bias, self.eps, self._out_dtype(x, half), residual=residual, x_bias=x_bias)
         if x_bias is not None: x = kernels.with_bias_gradient(x, x_bias)
@@ -455,7 +456,7 @@ class Block(PointModule):
             return self.attn(point).feat
         def attend_deferring(h): # the same without the module call (taken only when it has no hooks), proj's bias left out
             point.feat = h
-            return self.attn.attend_deferring(h, self.attn.maps(point))
+            return self.attn.attend_deferring(h, self.attn.maps(point), defer_proj=True)
         feat, sparse = self.forward_tensors(point.feat, point.sparse_conv_feat, attend, attend_deferring)
         point.feat, point.sparse_conv_feat = feat, sparse.replace_feature(feat)
         return point
@@ -478,7 +479,8 @@ class Block(PointModule):
         if self.pre_norm:  # each norm hands the stream on as the shortcut (see `LayerNorm.passing`)
             defer = attend_deferring is not None and self._defers_branch_biases()
             h, shortcut = _passing(self.norm1, feat)
-            a, bias = attend_deferring(h) if defer and not _hooked(self.attn) else (seq(self.ls1, attend(h)), None)
+            plain = type(self.attn) is SerializedAttention and not _hooked(self.attn)  # what `attend_deferring` calls
+            a, bias = attend_deferring(h) if defer and plain else (seq(self.ls1, attend(h)), None)
             feat = _residual(shortcut, a, self.drop_path, bias)
             h, shortcut = _passing(self.norm2, feat)
             mlp = self.mlp._modules.get("0") if len(self.mlp._modules) == 1 else None
@@ -511,7 +513,7 @@ def _residual(shortcut:torch.Tensor, # (N, C) the residual stream
               branch:torch.Tensor, # (N, C) a branch's output
               drop_path:PointSequential, # the block's `drop_path` container
               bias:torch.Tensor|None=None): # the bias of the branch's last Linear, run with it detached: its gradient summed here
-    "`shortcut + drop_path(branch)`: through `kernels.residual_drop_path` where it runs (training, no hooks on the DropPath)"
+    "`shortcut + drop_path(branch)`: through `kernels.residual_drop_path` where it runs (training, no hooks on the DropPath); a `bias` summed by its kernel, else by `kernels.with_bias_gradient`"
     d = _fused_drop_path(drop_path)
     if d is not None and kernels.fuses_residual(shortcut, branch):
         return kernels._residual_drop_path(shortcut, branch, d.drop_prob, bias)  # (checked above)

@@ -110,25 +110,34 @@ def test_cell_max_on_cuda_is_the_torch_path_bitwise(dtype):
     for a, b in zip(*runs): assert torch.equal(a, b)
 
 
+def cuda_block():
+    "A training Block of Sonata's first stage width on CUDA and a two-cloud batch for it"
+    import torch
+    from sonata_nb import model
+    from sonata_nb.testing import toy_cloud
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).cuda().train()
+    data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=3000, clouds=2, grid=0.05).items()}
+    data["feat"] = torch.randn(len(data["coord"]), 48, device="cuda")
+    return block, data
+
+
 @on_cuda
 @pytest.mark.parametrize("autocast", ["float16", "bfloat16", None])
 def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
     "A training Block on CUDA with and without `set_fused_stream`: output and every gradient bit for bit"
     import torch
     from sonata_nb import kernels, model
-    from sonata_nb.testing import toy_cloud
-    torch.manual_seed(0)
-    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).cuda().train()
-    data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=3000, clouds=2, grid=0.05).items()}
-    data["feat"] = torch.randn(len(data["coord"]), 48, device="cuda")
+    block, data = cuda_block()
     runs = []
     before, bias_before = model._fused_stream, kernels._fused_bias_grad
     kernels.set_fused_bias_grad(False)  # torch's bias sums on both sides (the switch has its own test)
-    with counting(model, "fused_layer_norm_passing") as calls:
-        for on in (True, False):
-            model.set_fused_stream(on)
-            try: runs.append(block_step(block, data, autocast and getattr(torch, autocast), seed=3))
-            finally: model.set_fused_stream(before); kernels.set_fused_bias_grad(bias_before)
+    try:
+        with counting(model, "fused_layer_norm_passing") as calls:
+            for on in (True, False):
+                model.set_fused_stream(on)
+                runs.append(block_step(block, data, autocast and getattr(torch, autocast), seed=3))
+    finally: model.set_fused_stream(before); kernels.set_fused_bias_grad(bias_before)
     assert len(calls) == 2, calls  # norm1 and norm2 of the fused run
     (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
@@ -141,13 +150,9 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
 def test_fused_bias_grad_on_cuda(dtype):
     "A training Block on CUDA under autocast with and without `set_fused_bias_grad`: bit for bit but for the deferred biases' float32 sums"
     import torch
-    from sonata_nb.testing import toy_cloud
-    from sonata_nb import model
-    torch.manual_seed(0)
-    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).cuda().train()
-    data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=3000, clouds=2, grid=0.05).items()}
-    data["feat"] = torch.randn(len(data["coord"]), 48, device="cuda")
+    block, data = cuda_block()
     print(fused_bias_grads_match(block, data, getattr(torch, dtype)))
+    print(fused_bias_grads_match(block, data, getattr(torch, dtype), fallback=True))
 
 
 def gelu_tolerances(x, da, dtype):
@@ -581,8 +586,8 @@ def check_bias():
 DEFERRED = ("cpe.1.bias", "attn.qkv.bias", "attn.proj.bias", "mlp.0.fc2.bias")  # the Linears' biases the kernels sum
 
 
-def fused_bias_grads_match(block, data, dtype, fallback:bool=False) -> str:
-    "`block_step` with `kernels.set_fused_bias_grad` on and off: all bit for bit but `DEFERRED`, each a float32 sum of the gradient at its Linear's output (captured in the run without the switch), at least as close to float64 as torch's sum; `fallback`: with the CPE's norm off the stream path (`with_bias_gradient` sums its Linear's bias)"
+def fused_bias_grads_match(block, data, dtype, fallback:bool=False, residuals:int=2) -> str:
+    "`block_step` with `kernels.set_fused_bias_grad` on and off: all bit for bit but `DEFERRED`, each a float32 sum of the gradient at its Linear's output (captured in the run without the switch), at least as close to float64 as torch's sum; `fallback`: with the CPE's norm off the stream path (`with_bias_gradient` sums its Linear's bias); `residuals`: the residual kernel's runs expected (without it, `with_bias_gradient` sums proj's and fc2's)"
     import torch
     from sonata_nb import kernels, model
     outs = {}  # the gradients reaching the four Linears' outputs in the run without the switch
@@ -593,7 +598,7 @@ def fused_bias_grads_match(block, data, dtype, fallback:bool=False) -> str:
     stream, before = model._fused_stream, kernels._fused_bias_grad
     try:
         if fallback: model.set_fused_stream(False)
-        with counting(kernels, "with_bias_gradient") as fallbacks, counting(kernels, "_residual_drop_path") as residuals:
+        with counting(kernels, "with_bias_gradient") as fallbacks, counting(kernels, "_residual_drop_path") as kernel_runs:
             kernels.set_fused_bias_grad(True)
             o_f, g_f, p_f = block_step(block, data, dtype, seed=3)
         kernels.set_fused_bias_grad(False)
@@ -602,7 +607,7 @@ def fused_bias_grads_match(block, data, dtype, fallback:bool=False) -> str:
         finally:
             for h in handles: h.remove()
     finally: kernels.set_fused_bias_grad(before); model.set_fused_stream(stream)
-    assert len(fallbacks) == int(fallback) and len(residuals) == 2, (fallbacks, residuals)
+    assert len(fallbacks) == int(fallback) + 2 - residuals and len(kernel_runs) == residuals, (fallbacks, kernel_runs)
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t) and torch.equal(g_f, g_t)
     assert sorted(outs) == sorted(DEFERRED), outs
     report = {}
@@ -614,7 +619,7 @@ def fused_bias_grads_match(block, data, dtype, fallback:bool=False) -> str:
         exact = g.sum(0)
         err_f, err_t = (p_f[n].double() - exact).abs(), (p_t[n].double() - exact).abs()
         assert p_f[n].dtype == torch.float32 and (err_f <= 1e-6 * g.abs().sum(0) + 1e-6).all(), (n, err_f.max())
-        assert err_f.max() <= err_t.max(), (n, err_f.max(), err_t.max())  # torch's sum rounds to the half dtype
+        if dtype is not None: assert err_f.max() <= err_t.max(), (n, err_f.max(), err_t.max())  # torch's sum rounds to the half dtype
         report[n] = f"{err_f.max().item():.1e} (torch {err_t.max().item():.1e})"
     return f"{dtype}: bit for bit but the deferred biases; their errors to float64: {report}"
 
@@ -633,6 +638,20 @@ def check_fused_bias_grad():
     data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
     print(fused_bias_grads_match(block, data, torch.float16))
     print(fused_bias_grads_match(block, data, torch.float16, fallback=True))
+    set_attention_backend("sdpa")  # float32, no autocast: the residual kernel declines, `with_bias_gradient` sums proj's and fc2's
+    print(fused_bias_grads_match(block, data, None, residuals=0))
+    # the CPE's norm with only the Linear's bias trained: the same dtypes as torch's path (a gradient still flows through it)
+    ln, r = block.cpe._modules["2"], torch.randn(50, 48)
+    xh, b = torch.randn(50, 48).half(), torch.zeros(48, requires_grad=True)
+    ln.requires_grad_(False)
+    assert ln.add_to(r, xh, x_bias=b).dtype == ln.add_to(r, xh.clone().requires_grad_()).dtype == torch.float32
+    ln.requires_grad_(True)
+    # the fallback is differentiable twice (torch's sum under create_graph); no deferral for float64 inputs
+    x = torch.randn(20, 48, dtype=torch.float64, requires_grad=True)
+    db, = torch.autograd.grad(kernels.with_bias_gradient(x, b.double()).pow(2).sum(), b, create_graph=True)
+    db.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))
+    assert not kernels.defers_bias(block.attn.qkv, x)
     # nothing deferred: eval (no gradient), a hooked Linear keeps its module call, the switch off
     kernels.set_fused_bias_grad(True)
     x = torch.randn(10, 48)
