@@ -217,15 +217,16 @@ def _bias_sum(g:torch.Tensor, # (N, C) output gradient of a layer with a bias
     return column_sum(g) if kernel else g.sum(0)
 
 class _MLPRecompute(torch.autograd.Function):
-    "`fc2(gelu(fc1(x)))` saving `h = fc1(x)` (not `gelu(h)`); autocast's casts replicated by hand in the backward"
+    "`fc2(gelu(fc1(x)))` saving `h = fc1(x)` (not `gelu(h)`) and autocast's casts of the weights; autocast's casts replicated by hand"
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, approximate, bias_kernel):
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         xc = x.to(dt) if dt is not None else x  # what autocast hands fc1 (and autograd saves)
-        h = F.linear(xc, w1, b1)
-        y = F.linear(F.gelu(h, approximate=approximate), w2, b2)
-        ctx.save_for_backward(xc, w1, h, w2)
+        w1c, w2c = (w1.to(dt), w2.to(dt)) if dt is not None else (w1, w2)  # autocast's casts, kept for the backward
+        h = F.linear(xc, w1c, b1)
+        y = F.linear(F.gelu(h, approximate=approximate), w2c, b2)
+        ctx.save_for_backward(xc, w1, w1c, h, w2, w2c)
         ctx.dt, ctx.approximate, ctx.x_dtype = dt, approximate, x.dtype
         ctx.bias_kernel = bias_kernel  # (fc1, fc2): `kernels.sums_bias`, decided where gradients are on (not in here)
         ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
@@ -234,10 +235,10 @@ class _MLPRecompute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        xc, w1, h, w2 = ctx.saved_tensors
-        cast = (lambda t: t.to(ctx.dt)) if ctx.dt is not None else (lambda t: t)
+        xc, w1, w1c, h, w2, w2c = ctx.saved_tensors
+        if torch.is_grad_enabled() and ctx.dt is not None:  # under create_graph: casts with a history back to the weights
+            w1c, w2c = w1.to(ctx.dt), w2.to(ctx.dt)
         with torch.autocast(xc.device.type, enabled=False):
-            w1c, w2c = cast(w1), cast(w2)
             da = dy.matmul(w2c)
             s1 = None  # fc1's bias gradient when the kernel sums it
             if ctx.fused_gelu and not torch.is_grad_enabled():  # not under create_graph: the kernel's outputs have no history
