@@ -24,7 +24,7 @@ from .registry import Registry
 from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
-from .sparse_conv import kernel_usable, neighbour_table, subm_conv
+from .sparse_conv import fuses_bias, kernel_usable, neighbour_table, subm_conv
 from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, module_hooked as _hooked, MAX_C as _FUSED_MAX_C, _DTYPES as _FUSED_DTYPES, available as _triton_available, \
     interpreted as _triton_interpreted
 
@@ -98,13 +98,14 @@ class SubMConv3d(spconv.SubMConv3d):
         if self.gathers(input):
             if not cpu and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
                 x, weight = feat if feat.dtype == torch.float16 else feat.to(torch.float16), weight.to(torch.float16)
-                with torch.autocast("cuda", enabled=False): out = subm_conv(x, self.table(input), weight, kernel=self._kernel())
             else:  # as spconv computes without CUDA autocast: in the weight's dtype (no bfloat16 under CPU autocast)
-                with torch.autocast(feat.device.type, enabled=False):
-                    out = subm_conv(feat if feat.dtype == weight.dtype else feat.to(weight.dtype), self.table(input), weight,
-                                    kernel=self._kernel())
-            out = input.replace_feature(out)
-            return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
+                x = feat if feat.dtype == weight.dtype else feat.to(weight.dtype)
+            fused = self.bias is not None and fuses_bias(x, self._kernel())  # the bias in the forward kernel's epilogue
+            sums = fused and kernels.sums_bias(x, self.bias)  # decided under autocast, as `add_bias_` decides
+            with torch.autocast(feat.device.type, enabled=False):
+                out = input.replace_feature(subm_conv(x, self.table(input), weight, kernel=self._kernel(),
+                                                      bias=self.bias if fused else None, bias_sum_kernel=sums))
+            return out if self.bias is None or fused else out.replace_feature(kernels.add_bias_(out.features, self.bias))
         if cpu:  # CPU kernels: ConvAlgo.Native, in the weight's dtype (no bfloat16, e.g. under CPU autocast)
             if feat.dtype != weight.dtype: input = input.replace_feature(feat.to(weight.dtype))
             amp = torch.autocast("cpu", enabled=False)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import torch
-from .kernels import _cdiv, _on, _pow2, available, interpreted, launcher
+from .kernels import _cdiv, _on, _pow2, available, column_sum, interpreted, launcher
 
 try:
     import triton
@@ -15,7 +15,7 @@ except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'kernel_usable',
-           'SubmanifoldConv', 'subm_conv']
+           'set_bias_in_kernel', 'fuses_bias', 'SubmanifoldConv', 'subm_conv']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -85,10 +85,11 @@ def kernel_usable(x:torch.Tensor) -> bool: # the features about to be convolved
 
 if triton is not None:
     @triton.jit
-    def _sc_conv(X, T, W, Y, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr,
+    def _sc_conv(X, T, W, Y, B, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr, HAS_B:tl.constexpr,
                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
         # Y[i, o] = sum_k sum_c X[T[i, k], c] * W(k', c, o), W(k', c, o) at W + k' * CI_w + c * s_in + o * s_out,
-        # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent
+        # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent;
+        # HAS_B: then `Y += B` as torch adds a bias to Y (Y rounded to its dtype, the sum in float32, rounded again)
         pm, po = tl.program_id(0), tl.program_id(1)
         rows = pm * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < N
@@ -107,7 +108,9 @@ if triton is not None:
                 x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
                 w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
                 acc = tl.dot(x, w, acc)
-        tl.store(Y + rows.to(tl.int64)[:, None] * CO + o[None, :], acc.to(Y.dtype.element_ty), mask=rmask[:, None] & omask[None, :])
+        y = acc.to(Y.dtype.element_ty)
+        if HAS_B: y = (y.to(tl.float32) + tl.load(B + o, mask=omask, other=0.0).to(tl.float32)[None, :]).to(Y.dtype.element_ty)
+        tl.store(Y + rows.to(tl.int64)[:, None] * CO + o[None, :], y, mask=rmask[:, None] & omask[None, :])
 
     @triton.jit
     def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
@@ -146,13 +149,25 @@ if triton is not None:
         if CELLS > 1: tl.store(out + CI, acc1, mask=tile & (c[:, None] * 0 + k0 + 1 < K))
         if CELLS > 2: tl.store(out + 2 * CI, acc2, mask=tile & (c[:, None] * 0 + k0 + 2 < K))
 
+_bias_in_kernel = False
+
+def set_bias_in_kernel(on:bool=True): # True: the forward kernel adds the convolution's bias
+    "Speed switch (off until measured on a GPU): `SubMConv3d`'s bias added in the forward kernel's epilogue, not by a separate add (module-wide; the same numbers)"
+    global _bias_in_kernel
+    _bias_in_kernel = bool(on)
+
+def fuses_bias(x:torch.Tensor, # the features about to be convolved
+               kernel:bool|None=None) -> bool: # `subm_conv`'s `kernel`
+    "Whether `subm_conv(x, ..., kernel, bias=)` adds the bias in the kernel (the switch on, the kernels running on x)"
+    return _bias_in_kernel and (kernel_usable(x) if kernel is None else bool(kernel))
+
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
-def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight
-    "Forward (`flip=False`: x has C_in channels, out C_out) or input gradient (`flip=True`: x is dy, out C_in) by `_sc_conv`"
+def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight; (C_out,)
+    "Forward (`flip=False`: x has C_in channels, out C_out, plus `bias`) or input gradient (`flip=True`: x is dy, out C_in) by `_sc_conv`"
     c_out, K, c_in = weight.shape
     ci, co = (c_out, c_in) if flip else (c_in, c_out)
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
@@ -163,7 +178,7 @@ def _triton_conv(x, table, weight, flip:bool): # (N, C) rows; (N, K) table; (C_o
     if len(x):
         with _on(x.device):
             launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
-                x, table, weight, y, len(x), ci, co, K, s_in, s_out, FLIP=flip, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
+                x, table, weight, y, bias, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
                 num_warps=warps, num_stages=stages)
     return y
 
@@ -189,10 +204,11 @@ def _programs(device:torch.device) -> int:
 class SubmanifoldConv(torch.autograd.Function):
     "Submanifold convolution on a neighbour table: forward and both gradients as gathers and matrix products, or by the Triton kernels"
     @staticmethod
-    def forward(ctx, x, table, weight, triton_kernels): # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype; bool
+    def forward(ctx, x, table, weight, triton_kernels, # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype; bool
+                bias=None, bias_sum_kernel:bool=False): # (C_out,) added by the kernel; its gradient by `column_sum` (else torch's sum)
         ctx.save_for_backward(x, table, weight)
-        ctx.triton_kernels = triton_kernels
-        if triton_kernels: return _triton_conv(x, table, weight, flip=False)
+        ctx.triton_kernels, ctx.bias_dtype, ctx.bias_sum_kernel = triton_kernels, None if bias is None else bias.dtype, bias_sum_kernel
+        if triton_kernels: return _triton_conv(x, table, weight, flip=False, bias=bias)
         return gather_matmul(x, table, weight.reshape(weight.shape[0], -1))
 
     @staticmethod
@@ -201,21 +217,26 @@ class SubmanifoldConv(torch.autograd.Function):
         c_out, K, c_in = weight.shape
         dy = dy.contiguous()
         dx = dw = None
+        db = None  # the bias's gradient as the add after the kernel would get it: torch's sum of dy (cast back), or column_sum's
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[4]:
+            db = (column_sum(dy) if ctx.bias_sum_kernel else dy.sum(0)).to(ctx.bias_dtype)
         if ctx.triton_kernels:
             if ctx.needs_input_grad[0]: dx = _triton_conv(dy, table, weight, flip=True)
             if ctx.needs_input_grad[2]: dw = _triton_weight_grad(dy, x, table, c_out, K, c_in)
-            return dx, None, dw, None
+            return dx, None, dw, None, db, None
         if ctx.needs_input_grad[0]:  # mirrored cells, each transposed: (C_in, K, C_out)
             dx = gather_matmul(dy, table, weight.flip(1).permute(2, 1, 0).reshape(c_in, K * c_out))
         if ctx.needs_input_grad[2]: dw = gather_weight_grad(dy, x, table).view(c_out, K, c_in)
-        return dx, None, dw, None
+        return dx, None, dw, None, db, None
 
 def subm_conv(x:torch.Tensor, # (N, C_in) features, float
               table:torch.Tensor, # (N, K) from `neighbour_table`
               weight:torch.Tensor, # (C_out, k, k, k, C_in): spconv's SubMConv3d layout, K = k³
               kernel:bool|None=None, # the Triton kernels: None where they run (`kernel_usable`), True insist, False the gathers
+              bias:torch.Tensor|None=None, # (C_out,) added by the forward kernel (only where `fuses_bias`), as torch adds it after
+              bias_sum_kernel:bool=False, # the bias gradient by `kernels.column_sum` (float32), else torch's sum of dy
              ) -> torch.Tensor: # (N, C_out), x's dtype
-    "A submanifold convolution without bias (spconv's `SubMConv3d` function) on a neighbour table"
+    "A submanifold convolution (spconv's `SubMConv3d` function, without bias unless the kernels add it) on a neighbour table"
     if x.ndim != 2 or table.ndim != 2 or len(x) != len(table):
         raise ValueError(f"subm_conv: features {tuple(x.shape)} and table {tuple(table.shape)} must be (N, C) and (N, K)")
     K = math.prod(weight.shape[1:-1])
@@ -225,11 +246,15 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
     if weight.dtype != x.dtype:
         raise ValueError(f"subm_conv: weight {weight.dtype} and features {x.dtype} must share a dtype (cast first, as autocast would)")
     if torch.is_autocast_enabled(x.device.type):  # its products follow the inputs' dtype, not autocast's (backward too)
-        with torch.autocast(x.device.type, enabled=False): return subm_conv(x, table, weight, kernel)
+        with torch.autocast(x.device.type, enabled=False): return subm_conv(x, table, weight, kernel, bias, bias_sum_kernel)
     usable = kernel_usable(x)
     if kernel and not usable:
         raise ValueError(f"subm_conv: the Triton kernels need Triton and float16/bfloat16 features on an Ampere or newer GPU "
                          f"(or float16 in Triton's CPU interpreter); got {x.dtype} on {x.device}: pass kernel=None or False")
+    use_kernels = usable if kernel is None else kernel
+    if bias is not None and not (use_kernels and bias.shape == weight.shape[:1] and bias.device == x.device and bias.is_floating_point()):
+        raise ValueError(f"subm_conv adds a bias only in the Triton kernels, a float ({weight.shape[0]},) tensor on {x.device}; got "
+                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device} with kernels={use_kernels}: add it after the convolution")
     x = x.contiguous()
     return SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(),
-                                 usable if kernel is None else kernel)
+                                 use_kernels, None if bias is None else bias.contiguous(), bias_sum_kernel)

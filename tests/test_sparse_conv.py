@@ -219,6 +219,35 @@ def test_kernels_compile_for_the_gpu(forkserver):
     print(forkserver.check(__file__, "compile", interpret=False))
 
 
+def bias_in_kernel_is_add_after(S, idx, ext, ci, co, dev, g, dtype=torch.float16, k=3):
+    "With `set_bias_in_kernel`, subm_conv with a bias on the kernels = the kernels then `out.add_(bias)` bit for bit: output and every gradient"
+    assert not S._bias_in_kernel  # off until measured on a GPU
+    S.set_bias_in_kernel(True)
+    try: _bias_in_kernel_is_add_after(S, idx, ext, ci, co, dev, g, dtype, k)
+    finally: S.set_bias_in_kernel(False)
+
+
+def _bias_in_kernel_is_add_after(S, idx, ext, ci, co, dev, g, dtype, k):
+    t = neighbour_table(idx, [ext] * 3, int(idx[:, 0].max()) + 1, k)
+    x = torch.randn(len(idx), ci, generator=g).to(dev, dtype).requires_grad_()
+    w = (torch.randn(co, k, k, k, ci, generator=g) / (k ** 3 * ci) ** 0.5).to(dev, dtype).requires_grad_()
+    b = (torch.randn(2 * co, generator=g) * 3).to(dev)[::2].requires_grad_()  # a strided float32 bias, as autocast trains it
+    dy = torch.randn(len(idx), co, generator=g).to(dev, dtype)
+    runs = []
+    for fused in (True, False):
+        y = subm_conv(x, t, w, kernel=True, bias=b) if fused else subm_conv(x, t, w, kernel=True).add_(b)
+        runs.append((y, *torch.autograd.grad(y, (x, w, b), dy)))
+    for a, b_ in zip(*runs): assert a.dtype == b_.dtype and torch.equal(a, b_)
+    db_only, = torch.autograd.grad(subm_conv(x.detach(), t, w.detach(), kernel=True, bias=b), b, dy)  # only the bias trained
+    assert torch.equal(db_only, runs[1][3])
+    db_kernel, = torch.autograd.grad(subm_conv(x, t, w, kernel=True, bias=b, bias_sum_kernel=True), b, dy)  # column_sum's
+    exact = dy.double().sum(0)
+    assert db_kernel.dtype == torch.float32 and ((db_kernel.double() - exact).abs() <= 1e-6 * dy.double().abs().sum(0) + 1e-6).all()
+    try: subm_conv(x, t, w, kernel=False, bias=b)
+    except ValueError as e: assert "only in the Triton kernels" in str(e)
+    else: raise AssertionError("a bias without the kernels")
+
+
 def check_kernels_match_the_gathers():
     "Forward, input and weight gradients of the kernels = the gathers' (float16, to rounding) and float64's, odd widths, many bands"
     from sonata_nb import sparse_conv as S
@@ -255,6 +284,9 @@ def check_kernels_match_the_gathers():
             assert err <= 2 * ref + 1e-3 * scale, (k, ci, co, name, err, ref, scale)  # as close to float64 as the gathers
             print(k, ci, co, name, f"kernel {err / scale:.2e}, gathers {ref / scale:.2e} of the largest value")
     assert max(bands) > 1, bands
+    bias_in_kernel_is_add_after(S, random_cells(900, 10, 2, seed=7), 10, 24, 40, "cpu", g)
+    bias_in_kernel_is_add_after(S, random_cells(600, 9, 1, seed=8), 9, 150, 140, "cpu", g)  # several channel chunks and column programs
+    bias_in_kernel_is_add_after(S, random_cells(400, 8, 2, seed=9), 8, 6, 16, "cpu", g, k=5)
 
 
 def check_module_takes_the_kernels():
@@ -274,6 +306,20 @@ def check_module_takes_the_kernels():
         assert len(calls) == 1
     finally: S._triton_conv = real; M.set_conv_backend("spconv")
     assert torch.allclose(on.float(), off.float(), atol=2e-2, rtol=1e-2)
+    # the bias in the kernel (set_bias_in_kernel): the module's output and every gradient bit for bit
+    M.set_conv_backend("triton")
+    runs = []
+    try:
+        for fused in (True, False):
+            S.set_bias_in_kernel(fused)
+            x = sp.features.clone().requires_grad_()
+            out = conv(sp.replace_feature(x)).features
+            out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).half())
+            runs.append((out.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+            conv.zero_grad(set_to_none=True)
+            if fused: assert out.grad_fn.name() == "SubmanifoldConvBackward"  # no add after the kernel
+    finally: S.set_bias_in_kernel(False); M.set_conv_backend("spconv")
+    for a, b in zip(*runs): assert torch.equal(a, b)
 
 
 def check_compile():
@@ -282,11 +328,12 @@ def check_compile():
     from triton.compiler import ASTSource
     from sonata_nb import sparse_conv as S
     for dt in ("fp16", "bf16"):
-        for flip in (False, True):
-            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32",
-                       FLIP="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr")
-            triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=dict(FLIP=flip, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64)),
-                           target=GPUTarget("cuda", 90, 32))
+        for flip, bias in ((False, False), (True, False), (False, True)):  # the forward with the bias in its epilogue too
+            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", B="*fp32" if bias else "constexpr", N="i32", CI="i32", CO="i32",
+                       K="i32", s_in="i32", s_out="i32", FLIP="constexpr", HAS_B="constexpr", BLOCK_M="constexpr",
+                       BLOCK_I="constexpr", BLOCK_O="constexpr")
+            consts = dict(FLIP=flip, HAS_B=bias, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, **({} if bias else dict(B=None)))
+            triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
         for cells in (1, 3):
             sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
                        BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
@@ -317,6 +364,7 @@ def test_conv_kernels_on_cuda_match_the_gathers(dtype):
         for a, b, e in zip(ours, gathered, exact):
             assert a.dtype == b.dtype
             assert (a.double() - e).abs().max() <= 2 * (b.double() - e).abs().max() + 1e-3 * e.abs().max()
+        bias_in_kernel_is_add_after(S, idx, ext, ci, co, "cuda", g, dtype)
 
 
 if __name__ == "__main__":

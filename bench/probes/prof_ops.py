@@ -1,6 +1,6 @@
 """A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [VARIANTS]
 VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_conv | bias_kernel | one_pass | stream | no_stream | torch_gelu
-          | fused_bias (the Linears' bias gradients summed by the kernels consuming their outputs)
+          | fused_bias (the Linears' bias gradients summed by the kernels consuming their outputs) | no_fused_bias | conv_bias (the convolutions' bias in the forward kernel)
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -11,7 +11,7 @@ from steps import attention_tune_config, build, conv_tune_config, portable_comma
 conv_config = conv_tune_config()
 attention_config = attention_tune_config()
 model, head, data, labels = build("cuda", scan=sys.argv[1])
-import sonata_nb.model as M, sonata_nb.kernels as K, sonata_nb.attention_kernel as A
+import sonata_nb.model as M, sonata_nb.kernels as K, sonata_nb.attention_kernel as A, sonata_nb.sparse_conv as S
 for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
     if variant == "torch_residual": M.set_fused_residual(False)
     elif variant in ("spconv_conv", "gather_conv", "triton_conv"): M.set_conv_backend(variant.split("_")[0])
@@ -19,7 +19,8 @@ for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
     elif variant == "one_pass": A.set_one_pass_backward(True)
     elif variant in ("stream", "no_stream"): M.set_fused_stream(variant == "stream")
     elif variant == "torch_gelu": K.set_fused_gelu(False)
-    elif variant == "fused_bias": K.set_fused_bias_grad(True)
+    elif variant in ("fused_bias", "no_fused_bias"): K.set_fused_bias_grad(variant == "fused_bias")
+    elif variant == "conv_bias": S.set_bias_in_kernel(True)
     else: raise SystemExit(f"unknown variant {variant!r}")
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
 fn = step_fn(task, model, head, data, labels)

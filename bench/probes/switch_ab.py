@@ -5,6 +5,7 @@ SWITCH: gather | triton_conv (conv backend against spconv) | residual | bias_ker
         | one_pass (the attention's one-pass backward) | stream (the LayerNorms meeting the residual stream in their kernels)
         | gelu (the MLP's GELU recompute, backward and fc1 bias sum in one kernel)
         | fused_bias (qkv's, proj's, fc2's and the CPE Linear's bias gradients summed by the kernels consuming their outputs)
+        | conv_bias (the convolutions' bias added in the forward kernel's epilogue)
 CONV_TUNE=conv_tune.json (env): the Triton kernels' block sizes from bench/conv_tune.py's best, not CONV_CONFIG's defaults;
 ATTN_TUNE=attention_kernel.json (env): the attention kernels' from bench/attention_kernel.py --sweep's best_config."""
 import sys, json, os, statistics, time
@@ -15,11 +16,11 @@ import sonata_nb.model as M
 from sonata_nb.model import HostPlan, pooling_strides
 from sonata_nb.runtime import to_device
 from scan import issue_batch
-import sonata_nb.kernels as K, sonata_nb.attention_kernel as A
+import sonata_nb.kernels as K, sonata_nb.attention_kernel as A, sonata_nb.sparse_conv as S
 def conv_backend(name): return lambda on: M.set_conv_backend(name if on else "spconv")
 SWITCHES = dict(gather=conv_backend("gather"), triton_conv=conv_backend("triton"), residual=M.set_fused_residual,
                 bias_kernel=K.set_bias_grad_kernel, one_pass=A.set_one_pass_backward, stream=M.set_fused_stream,
-                gelu=K.set_fused_gelu, fused_bias=K.set_fused_bias_grad)
+                gelu=K.set_fused_gelu, fused_bias=K.set_fused_bias_grad, conv_bias=S.set_bias_in_kernel)
 scan, name = sys.argv[1], sys.argv[2]
 pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
@@ -27,7 +28,7 @@ switch = SWITCHES[name]
 conv_config = conv_tune_config()
 attention_config = attention_tune_config()
 default = dict(residual=M._fused_residual, bias_kernel=K._bias_grad_kernel, one_pass=A._one_pass, stream=M._fused_stream,
-               gelu=K._fused_gelu, fused_bias=K._fused_bias_grad).get(name, M._conv_backend)
+               gelu=K._fused_gelu, fused_bias=K._fused_bias_grad, conv_bias=S._bias_in_kernel).get(name, M._conv_backend)
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
