@@ -24,17 +24,18 @@ from .registry import Registry
 from .structure import HostShape, Point, PointModule, PointSequential
 from .attention import AttentionMaps, SerializedAttention
 from . import kernels
-from .sparse_conv import fuses_bias, kernel_usable, neighbour_table, subm_conv
+from .sparse_conv import fuses_bias, kernel_usable, neighbour_table, subm_conv, subm_conv_passing
 from .kernels import Linear, column_sum, fused_layer_norm, fused_layer_norm_passing, module_hooked as _hooked, MAX_C as _FUSED_MAX_C, _DTYPES as _FUSED_DTYPES, available as _triton_available, \
     interpreted as _triton_interpreted
 
 # %% auto #0
 __all__ = ['SPCONV_ALGOS', 'CONV_BACKENDS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CONFIG', 'logger', 'BACKBONE_PREFIXES',
-           'set_spconv_algo', 'set_torch_map_sort', 'set_conv_backend', 'SubMConv3d', 'DropPath', 'LayerScale',
-           'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'set_fused_stream', 'LayerNorm',
-           'Embedding', 'Block', 'set_fused_residual', 'set_block_graphs', 'Stage', 'unique_cells', 'plan_pooling',
-           'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'HostPlan', 'pooling_strides', 'upcast',
-           'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder', 'save_checkpoint']
+           'set_spconv_algo', 'set_torch_map_sort', 'set_conv_backend', 'set_conv_stream', 'SubMConv3d', 'DropPath',
+           'LayerScale', 'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'set_fused_stream',
+           'LayerNorm', 'Embedding', 'Block', 'set_fused_residual', 'set_block_graphs', 'Stage', 'unique_cells',
+           'plan_pooling', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'HostPlan', 'pooling_strides',
+           'upcast', 'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder',
+           'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -91,21 +92,18 @@ def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
                                   spatial_shape=input.spatial_shape, out_spatial_shape=input.spatial_shape, algo=algo,
                                   ksize=conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
 
+_conv_stream = False
+
+def set_conv_stream(on:bool=True): # True: a block's CPE convolution adds the stream's other gradient in its backward
+    "Speed switch (off until measured on a GPU): `Block` convolves the residual stream through `SubMConv3d.forward_passing`, which casts it and, in the backward, adds the stream's other gradient to its input gradient (in the kernel where it runs; module-wide; the same numbers)"
+    global _conv_stream
+    _conv_stream = bool(on)
+
 class SubMConv3d(spconv.SubMConv3d):
     "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution"
     def forward(self, input:spconv.SparseConvTensor): # sparse tensor with `features` on any device
         feat, weight, cpu = input.features, self.weight, not input.features.is_cuda
-        if self.gathers(input):
-            if not cpu and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
-                x, weight = feat if feat.dtype == torch.float16 else feat.to(torch.float16), weight.to(torch.float16)
-            else:  # as spconv computes without CUDA autocast: in the weight's dtype (no bfloat16 under CPU autocast)
-                x = feat if feat.dtype == weight.dtype else feat.to(weight.dtype)
-            fused = self.bias is not None and fuses_bias(x, self._kernel())  # the bias in the forward kernel's epilogue
-            sums = fused and kernels.sums_bias(x, self.bias)  # decided under autocast, as `add_bias_` decides
-            with torch.autocast(feat.device.type, enabled=False):
-                out = input.replace_feature(subm_conv(x, self.table(input), weight, kernel=self._kernel(),
-                                                      bias=self.bias if fused else None, bias_sum_kernel=sums))
-            return out if self.bias is None or fused else out.replace_feature(kernels.add_bias_(out.features, self.bias))
+        if self.gathers(input): return self._gathered(input, passing=False)
         if cpu:  # CPU kernels: ConvAlgo.Native, in the weight's dtype (no bfloat16, e.g. under CPU autocast)
             if feat.dtype != weight.dtype: input = input.replace_feature(feat.to(weight.dtype))
             amp = torch.autocast("cpu", enabled=False)
@@ -129,6 +127,30 @@ class SubMConv3d(spconv.SubMConv3d):
                                          act_alpha=self.act_alpha, act_beta=self.act_beta)
         finally: self.algo = saved
         return out if self.bias is None else out.replace_feature(kernels.add_bias_(out.features, self.bias))
+
+    def forward_passing(self, input:spconv.SparseConvTensor) -> tuple: # sparse tensor whose features are the residual stream
+        "(`self(input)`, its features): the features' other uses take the returned tensor, and where this convolution runs as `subm_conv` their gradient is added to its input gradient in its backward (`set_conv_stream`)"
+        feat = input.features
+        if (_conv_stream and self.gathers(input) and torch.is_grad_enabled() and feat.requires_grad and not _hooked(self)
+                and not _functorch_active()):
+            return self._gathered(input, passing=True)
+        return self(input), feat
+
+    def _gathered(self, input:spconv.SparseConvTensor, passing:bool): # sparse tensor where `gathers`; also return its features
+        "The convolution by `sparse_conv.subm_conv` (spconv's casts and bias), or `subm_conv_passing`'s (output, features)"
+        feat, weight = input.features, self.weight
+        if feat.is_cuda and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
+            weight = weight.to(torch.float16)
+        x = feat if passing or feat.dtype == weight.dtype else feat.to(weight.dtype)  # passing: cast in the convolution
+        fused = self.bias is not None and fuses_bias(x[:0].to(weight.dtype), self._kernel())  # the bias in the kernel's epilogue
+        sums = fused and kernels.sums_bias(x, self.bias)  # decided under autocast, as `add_bias_` decides
+        with torch.autocast(feat.device.type, enabled=False):  # as spconv computes without CUDA autocast: in the weight's dtype
+            conv = subm_conv_passing if passing else subm_conv
+            res = conv(x, self.table(input), weight, kernel=self._kernel(), bias=self.bias if fused else None, bias_sum_kernel=sums)
+        out, passed = res if passing else (res, None)
+        out = input.replace_feature(out)
+        if self.bias is not None and not fused: out = out.replace_feature(kernels.add_bias_(out.features, self.bias))
+        return (out, passed) if passing else out
 
     def gathers(self, input:spconv.SparseConvTensor) -> bool: # the sparse tensor about to be convolved
         "Whether this convolution runs as `sparse_conv.subm_conv` (backend not spconv, CUDA or the tests' CPU flag, a cubic odd kernel, stride and dilation 1)"
@@ -472,7 +494,8 @@ class Block(PointModule):
         # through each PointSequential, without re-wrapping the sparse tensor after every step (host time only)
         seq = lambda s, x: _run(s._modules.values(), x)
         conv, *cpe = self.cpe._modules.values()
-        sparse = conv(sparse)
+        if type(conv) is SubMConv3d and sparse.features is feat: sparse, feat = conv.forward_passing(sparse)  # feat: the stream again
+        else: sparse = conv(sparse)
         x = sparse.features
         if len(cpe) == 2 and type(cpe[1]) is LayerNorm and kernels.defers_bias(cpe[0], x):  # the Linear's bias summed by the norm
             feat = cpe[1].add_to(feat, kernels.linear_detached_bias(cpe[0], x), x_bias=cpe[0].bias)

@@ -15,7 +15,7 @@ except ImportError: triton = None
 
 # %% auto #0
 __all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'kernel_usable',
-           'set_bias_in_kernel', 'fuses_bias', 'SubmanifoldConv', 'subm_conv']
+           'set_bias_in_kernel', 'fuses_bias', 'SubmanifoldConv', 'subm_conv', 'subm_conv_passing']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -85,11 +85,12 @@ def kernel_usable(x:torch.Tensor) -> bool: # the features about to be convolved
 
 if triton is not None:
     @triton.jit
-    def _sc_conv(X, T, W, Y, B, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr, HAS_B:tl.constexpr,
+    def _sc_conv(X, T, W, Y, B, DS, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr, HAS_B:tl.constexpr, HAS_DS:tl.constexpr,
                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
         # Y[i, o] = sum_k sum_c X[T[i, k], c] * W(k', c, o), W(k', c, o) at W + k' * CI_w + c * s_in + o * s_out,
         # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent;
-        # HAS_B: then `Y += B` as torch adds a bias to Y (Y rounded to its dtype, the sum in float32, rounded again)
+        # HAS_B: then `Y += B` as torch adds a bias to Y (Y rounded to its dtype, the sum in float32, rounded again);
+        # HAS_DS: Y (DS's dtype) = DS + the products rounded to X's dtype, as autograd adds two gradients of one input
         pm, po = tl.program_id(0), tl.program_id(1)
         rows = pm * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < N
@@ -108,9 +109,11 @@ if triton is not None:
                 x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
                 w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
                 acc = tl.dot(x, w, acc)
-        y = acc.to(Y.dtype.element_ty)
-        if HAS_B: y = (y.to(tl.float32) + tl.load(B + o, mask=omask, other=0.0).to(tl.float32)[None, :]).to(Y.dtype.element_ty)
-        tl.store(Y + rows.to(tl.int64)[:, None] * CO + o[None, :], y, mask=rmask[:, None] & omask[None, :])
+        y = acc.to(X.dtype.element_ty)
+        offs, mask = rows.to(tl.int64)[:, None] * CO + o[None, :], rmask[:, None] & omask[None, :]
+        if HAS_B: y = (y.to(tl.float32) + tl.load(B + o, mask=omask, other=0.0).to(tl.float32)[None, :]).to(X.dtype.element_ty)
+        if HAS_DS: y = y.to(tl.float32) + tl.load(DS + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
@@ -166,19 +169,20 @@ CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
-def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight; (C_out,)
-    "Forward (`flip=False`: x has C_in channels, out C_out, plus `bias`) or input gradient (`flip=True`: x is dy, out C_in) by `_sc_conv`"
+def _triton_conv(x, table, weight, flip:bool, bias=None, ds=None): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight; (C_out,); (N, C_in)
+    "Forward (`flip=False`: x has C_in channels, out C_out, plus `bias`) or input gradient (`flip=True`: x is dy, out C_in, plus `ds`, in its dtype) by `_sc_conv`"
     c_out, K, c_in = weight.shape
     ci, co = (c_out, c_in) if flip else (c_in, c_out)
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
     s_in, s_out = (K * c_in, 1) if flip else (1, K * c_in)
-    y = x.new_empty(len(x), co)
+    y = x.new_empty(len(x), co, dtype=x.dtype if ds is None else ds.dtype)
     bm, wi, wo, warps, stages = CONV_CONFIG["conv"]
     bi, bo = _width(ci, wi), _width(co, wo)
     if len(x):
         with _on(x.device):
             launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
-                x, table, weight, y, bias, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
+                x, table, weight, y, bias, ds, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None, HAS_DS=ds is not None,
+                BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
                 num_warps=warps, num_stages=stages)
     return y
 
@@ -204,30 +208,66 @@ def _programs(device:torch.device) -> int:
 class SubmanifoldConv(torch.autograd.Function):
     "Submanifold convolution on a neighbour table: forward and both gradients as gathers and matrix products, or by the Triton kernels"
     @staticmethod
-    def forward(ctx, x, table, weight, triton_kernels, # (N, C_in); (N, K) int; (C_out, K, C_in), x's dtype; bool
-                bias=None, bias_sum_kernel:bool=False): # (C_out,) added by the kernel; its gradient by `column_sum` (else torch's sum)
-        ctx.save_for_backward(x, table, weight)
+    def forward(ctx, x, table, weight, triton_kernels, # (N, C_in); (N, K) int; (C_out, K, C_in), the computing dtype; bool
+                bias=None, bias_sum_kernel:bool=False, # (C_out,) added by the kernel; its gradient by `column_sum` (else torch's sum)
+                pass_input:bool=False): # also return x, cast to the weight's dtype here: its other gradient added in the backward
+        xc = x if x.dtype == weight.dtype else x.to(weight.dtype)  # the cast autocast (or the caller) would make
+        ctx.save_for_backward(xc, table, weight)
         ctx.triton_kernels, ctx.bias_dtype, ctx.bias_sum_kernel = triton_kernels, None if bias is None else bias.dtype, bias_sum_kernel
-        if triton_kernels: return _triton_conv(x, table, weight, flip=False, bias=bias)
-        return gather_matmul(x, table, weight.reshape(weight.shape[0], -1))
+        ctx.x_dtype = x.dtype
+        out = _triton_conv(xc, table, weight, flip=False, bias=bias) if triton_kernels else \
+            gather_matmul(xc, table, weight.reshape(weight.shape[0], -1))
+        if not pass_input: return out
+        ctx.set_materialize_grads(False)  # no gradient for the passed input: nothing to add
+        return out, x  # x again: autograd makes it a view whose gradient reaches the backward below
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dpass=None):
         x, table, weight = ctx.saved_tensors
         c_out, K, c_in = weight.shape
+        if dy is None:  # only the passed input was used
+            return dpass, None, None, None, None, None, None
         dy = dy.contiguous()
         dx = dw = None
         db = None  # the bias's gradient as the add after the kernel would get it: torch's sum of dy (cast back), or column_sum's
         if ctx.bias_dtype is not None and ctx.needs_input_grad[4]:
             db = (column_sum(dy) if ctx.bias_sum_kernel else dy.sum(0)).to(ctx.bias_dtype)
-        if ctx.triton_kernels:
-            if ctx.needs_input_grad[0]: dx = _triton_conv(dy, table, weight, flip=True)
-            if ctx.needs_input_grad[2]: dw = _triton_weight_grad(dy, x, table, c_out, K, c_in)
-            return dx, None, dw, None, db, None
-        if ctx.needs_input_grad[0]:  # mirrored cells, each transposed: (C_in, K, C_out)
-            dx = gather_matmul(dy, table, weight.flip(1).permute(2, 1, 0).reshape(c_in, K * c_out))
-        if ctx.needs_input_grad[2]: dw = gather_weight_grad(dy, x, table).view(c_out, K, c_in)
-        return dx, None, dw, None, db, None
+        # the passed input's gradient is added as autograd would: the product rounded to its dtype, cast to x's, then the sum;
+        # the kernel adds it itself where that is one float32 addition (x float32, or already in the computing dtype)
+        in_kernel = dpass is not None and ctx.triton_kernels and (ctx.x_dtype == torch.float32 or ctx.x_dtype == x.dtype)
+        if ctx.needs_input_grad[0]:
+            if ctx.triton_kernels:
+                dx = _triton_conv(dy, table, weight, flip=True, ds=dpass.contiguous() if in_kernel else None)
+            else:  # mirrored cells, each transposed: (C_in, K, C_out)
+                dx = gather_matmul(dy, table, weight.flip(1).permute(2, 1, 0).reshape(c_in, K * c_out))
+            if not in_kernel:
+                dx = dx if dx.dtype == ctx.x_dtype else dx.to(ctx.x_dtype)
+                if dpass is not None: dx = dpass + dx
+        if ctx.needs_input_grad[2]:
+            dw = _triton_weight_grad(dy, x, table, c_out, K, c_in) if ctx.triton_kernels else \
+                gather_weight_grad(dy, x, table).view(c_out, K, c_in)
+        return dx, None, dw, None, db, None, None
+
+def _checked(x, table, weight, kernel, bias, cast:bool) -> tuple: # `subm_conv`'s arguments; cast: x may differ in dtype
+    "(x contiguous, table contiguous, weight as (C_out, K, C_in) contiguous, whether the kernels run, bias contiguous) or a clear error"
+    if x.ndim != 2 or table.ndim != 2 or len(x) != len(table):
+        raise ValueError(f"subm_conv: features {tuple(x.shape)} and table {tuple(table.shape)} must be (N, C) and (N, K)")
+    K = math.prod(weight.shape[1:-1])
+    if weight.ndim != 5 or K != table.shape[1] or weight.shape[-1] != x.shape[1]:
+        raise ValueError(f"subm_conv: weight {tuple(weight.shape)} must be (C_out, k, k, k, C_in) with k³ = {table.shape[1]} "
+                         f"(the table's columns) and C_in = {x.shape[1]} (the features' channels)")
+    if weight.dtype != x.dtype and not (cast and x.is_floating_point()):
+        raise ValueError(f"subm_conv: weight {weight.dtype} and features {x.dtype} must share a dtype (cast first, as autocast would)")
+    usable = kernel_usable(x if x.dtype == weight.dtype else x[:0].to(weight.dtype))
+    if kernel and not usable:
+        raise ValueError(f"subm_conv: the Triton kernels need Triton and float16/bfloat16 features on an Ampere or newer GPU "
+                         f"(or float16 in Triton's CPU interpreter); got {weight.dtype} on {x.device}: pass kernel=None or False")
+    use_kernels = usable if kernel is None else kernel
+    if bias is not None and not (use_kernels and bias.shape == weight.shape[:1] and bias.device == x.device and bias.is_floating_point()):
+        raise ValueError(f"subm_conv adds a bias only in the Triton kernels, a float ({weight.shape[0]},) tensor on {x.device}; got "
+                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device} with kernels={use_kernels}: add it after the convolution")
+    return (x.contiguous(), table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(), use_kernels,
+            None if bias is None else bias.contiguous())
 
 def subm_conv(x:torch.Tensor, # (N, C_in) features, float
               table:torch.Tensor, # (N, K) from `neighbour_table`
@@ -237,24 +277,19 @@ def subm_conv(x:torch.Tensor, # (N, C_in) features, float
               bias_sum_kernel:bool=False, # the bias gradient by `kernels.column_sum` (float32), else torch's sum of dy
              ) -> torch.Tensor: # (N, C_out), x's dtype
     "A submanifold convolution (spconv's `SubMConv3d` function, without bias unless the kernels add it) on a neighbour table"
-    if x.ndim != 2 or table.ndim != 2 or len(x) != len(table):
-        raise ValueError(f"subm_conv: features {tuple(x.shape)} and table {tuple(table.shape)} must be (N, C) and (N, K)")
-    K = math.prod(weight.shape[1:-1])
-    if weight.ndim != 5 or K != table.shape[1] or weight.shape[-1] != x.shape[1]:
-        raise ValueError(f"subm_conv: weight {tuple(weight.shape)} must be (C_out, k, k, k, C_in) with k³ = {table.shape[1]} "
-                         f"(the table's columns) and C_in = {x.shape[1]} (the features' channels)")
-    if weight.dtype != x.dtype:
-        raise ValueError(f"subm_conv: weight {weight.dtype} and features {x.dtype} must share a dtype (cast first, as autocast would)")
     if torch.is_autocast_enabled(x.device.type):  # its products follow the inputs' dtype, not autocast's (backward too)
         with torch.autocast(x.device.type, enabled=False): return subm_conv(x, table, weight, kernel, bias, bias_sum_kernel)
-    usable = kernel_usable(x)
-    if kernel and not usable:
-        raise ValueError(f"subm_conv: the Triton kernels need Triton and float16/bfloat16 features on an Ampere or newer GPU "
-                         f"(or float16 in Triton's CPU interpreter); got {x.dtype} on {x.device}: pass kernel=None or False")
-    use_kernels = usable if kernel is None else kernel
-    if bias is not None and not (use_kernels and bias.shape == weight.shape[:1] and bias.device == x.device and bias.is_floating_point()):
-        raise ValueError(f"subm_conv adds a bias only in the Triton kernels, a float ({weight.shape[0]},) tensor on {x.device}; got "
-                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device} with kernels={use_kernels}: add it after the convolution")
-    x = x.contiguous()
-    return SubmanifoldConv.apply(x, table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(),
-                                 use_kernels, None if bias is None else bias.contiguous(), bias_sum_kernel)
+    return SubmanifoldConv.apply(*_checked(x, table, weight, kernel, bias, cast=False), bias_sum_kernel)
+
+def subm_conv_passing(x:torch.Tensor, # (N, C_in) features in any float dtype: cast to the weight's for the products
+                      table:torch.Tensor, # (N, K) from `neighbour_table`
+                      weight:torch.Tensor, # (C_out, k, k, k, C_in) in the computing dtype
+                      kernel:bool|None=None, # as `subm_conv`'s
+                      bias:torch.Tensor|None=None, # as `subm_conv`'s
+                      bias_sum_kernel:bool=False, # as `subm_conv`'s
+                     ) -> tuple: # ((N, C_out) in the weight's dtype, x)
+    "(`subm_conv(x.to(weight.dtype), ...)`, x): x's other uses take the returned x, so the backward adds their gradient to the convolution's input gradient (in the kernel where it runs)"
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False): return subm_conv_passing(x, table, weight, kernel, bias, bias_sum_kernel)
+    return SubmanifoldConv.apply(*_checked(x, table, weight, kernel, bias, cast=True), bias_sum_kernel, True)
+

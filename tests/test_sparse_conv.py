@@ -164,6 +164,35 @@ def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
 
 # --- CUDA ------------------------------------------------------------------------------------------------------
 
+def passing_is_autograds_sum(kernel, x_dtype, w_dtype, dev="cpu", n=700, ext=10, ci=24, co=40):
+    "`subm_conv_passing(x, ...)` and its passed x used as a residual: output and gradients bit for bit those of the cast, `subm_conv` and x used directly (autograd's sum); also with only one of the two outputs used"
+    from sonata_nb.sparse_conv import subm_conv_passing
+    g = torch.Generator().manual_seed(3)
+    idx = random_cells(n, ext, 2, seed=5).to(dev)
+    t = neighbour_table(idx, [ext] * 3, 2)
+    x0 = (torch.randn(len(idx), ci, generator=g) * 2).to(dev, x_dtype)
+    w0 = (torch.randn(co, 3, 3, 3, ci, generator=g) / (27 * ci) ** 0.5).to(dev, w_dtype)
+    r = torch.randn(len(idx), ci, generator=g).to(dev, x_dtype)
+    g1, g2 = torch.randn(len(idx), co, generator=g).to(dev, w_dtype), torch.randn(len(idx), ci, generator=g).to(dev, x_dtype)
+    for use in ("both", "conv", "passed"):
+        runs = []
+        for passing in (True, False):
+            x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+            if passing: out, xp = subm_conv_passing(x, t, w, kernel=kernel)
+            else: out, xp = subm_conv(x.to(w_dtype), t, w, kernel=kernel), x
+            loss = {"both": (out * g1).sum() + ((xp + r) * g2).sum(), "conv": (out * g1).sum(), "passed": ((xp + r) * g2).sum()}[use]
+            loss.backward()
+            runs.append((out.detach(), x.grad, w.grad))
+        for a, b in zip(*runs):
+            assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), (kernel, x_dtype, w_dtype, use)
+
+
+def test_passing_on_the_gathers_is_autograds_sum():
+    "The gather path (no kernels): float32 features and weights, and bfloat16 features cast up to float32 weights"
+    passing_is_autograds_sum(False, torch.float32, torch.float32)
+    passing_is_autograds_sum(False, torch.bfloat16, torch.float32)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: spconv's implicit-GEMM neighbour maps and kernels")
 @pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16, None])
 def test_gather_conv_on_cuda_matches_spconv(amp):
@@ -208,7 +237,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 
 @needs_triton
-@pytest.mark.parametrize("check", ["kernels_match_the_gathers", "module_takes_the_kernels"])
+@pytest.mark.parametrize("check", ["kernels_match_the_gathers", "module_takes_the_kernels", "passing"])
 def test_interpreted(forkserver, check):  # a fresh Python each: the interpreter is chosen before the kernels are defined
     print(forkserver.check(__file__, check))
 
@@ -316,17 +345,48 @@ def check_module_takes_the_kernels():
     for a, b in zip(*runs): assert torch.equal(a, b)
 
 
+def check_passing():
+    "The kernels: float32 features cast to float16 (the stream added in the kernel), float16 (in the kernel), bfloat16 (cast back first, added by torch); a Block with `set_conv_stream` bit for bit"
+    passing_is_autograds_sum(True, torch.float32, torch.float16)
+    passing_is_autograds_sum(True, torch.float16, torch.float16)
+    passing_is_autograds_sum(True, torch.bfloat16, torch.float16)
+    from sonata_nb import kernels as K
+    M._gather_on_cpu = M._fused_on_cpu = K._on_cpu = True  # the interpreted kernels on CPU tensors
+    M.set_conv_backend("triton")
+    assert not M._conv_stream  # off until measured on a GPU
+    torch.manual_seed(0)
+    block = M.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).half().train()
+    data = cloud(n=300, clouds=2, grid=0.1)
+    data["feat"] = torch.randn(len(data["coord"]), 48).half()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_kernels import block_step, counting
+    runs = []
+    with counting(M, "subm_conv_passing") as calls:
+        for on in (True, False):
+            M.set_conv_stream(on)
+            runs.append(block_step(block, data, None, seed=3))
+    M.set_conv_stream(False)
+    assert len(calls) == 1, calls
+    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
+    assert torch.equal(o_f, o_t) and torch.equal(g_f, g_t)
+    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+    print("passing: bit for bit autograd's sum; a half-precision Block with set_conv_stream bit for bit")
+
+
 def check_compile():
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from sonata_nb import sparse_conv as S
     for dt in ("fp16", "bf16"):
-        for flip, bias in ((False, False), (True, False), (False, True)):  # the forward with the bias in its epilogue too
-            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", B="*fp32" if bias else "constexpr", N="i32", CI="i32", CO="i32",
-                       K="i32", s_in="i32", s_out="i32", FLIP="constexpr", HAS_B="constexpr", BLOCK_M="constexpr",
-                       BLOCK_I="constexpr", BLOCK_O="constexpr")
-            consts = dict(FLIP=flip, HAS_B=bias, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, **({} if bias else dict(B=None)))
+        for flip, bias, ds in ((False, False, False), (True, False, False), (False, True, False), (True, False, True)):
+            # the forward with the bias in its epilogue; the input gradient with the stream's gradient added (float32 out)
+            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y="*fp32" if ds else f"*{dt}", B="*fp32" if bias else "constexpr",
+                       DS="*fp32" if ds else "constexpr", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32",
+                       FLIP="constexpr", HAS_B="constexpr", HAS_DS="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr",
+                       BLOCK_O="constexpr")
+            consts = dict(FLIP=flip, HAS_B=bias, HAS_DS=ds, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, **({} if bias else dict(B=None)),
+                          **({} if ds else dict(DS=None)))
             triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
         for cells in (1, 3):
             sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
@@ -363,6 +423,30 @@ def test_conv_kernels_on_cuda_match_the_gathers(dtype):
 
 if __name__ == "__main__":
     globals()[f"check_{sys.argv[1]}"]()
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_conv_stream_on_cuda_is_bitwise(dtype):
+    "On CUDA: subm_conv_passing's gradients are autograd's sum bit for bit; a training Block under autocast with `set_conv_stream`: output and every gradient bit for bit"
+    passing_is_autograds_sum(True, torch.float32, dtype, dev="cuda", n=20000, ext=40, ci=96, co=96)
+    passing_is_autograds_sum(True, dtype, dtype, dev="cuda")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_kernels import block_step, counting, cuda_block
+    block, data = cuda_block()
+    before, backend = M._conv_stream, M._conv_backend
+    M.set_conv_backend("auto")
+    runs = []
+    try:
+        with counting(M, "subm_conv_passing") as calls:
+            for on in (True, False):
+                M.set_conv_stream(on)
+                runs.append(block_step(block, data, dtype, seed=3))
+    finally: M.set_conv_stream(before); M.set_conv_backend(backend)
+    assert len(calls) == 1, calls
+    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
+    assert torch.equal(o_f, o_t) and torch.equal(g_f, g_t)
+    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
 
 
 @pytest.mark.parametrize("train", [False, True])

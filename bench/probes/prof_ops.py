@@ -1,6 +1,7 @@
 """A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [VARIANTS]
 VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_conv | bias_kernel | one_pass | stream | no_stream | torch_gelu
           | fused_bias (the Linears' bias gradients summed by the kernels consuming their outputs) | no_fused_bias | conv_bias (the convolutions' bias in the forward kernel)
+          | no_conv_bias | conv_stream (the CPE convolution adds the stream's other gradient in its backward)
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -20,7 +21,8 @@ for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
     elif variant in ("stream", "no_stream"): M.set_fused_stream(variant == "stream")
     elif variant == "torch_gelu": K.set_fused_gelu(False)
     elif variant in ("fused_bias", "no_fused_bias"): K.set_fused_bias_grad(variant == "fused_bias")
-    elif variant == "conv_bias": S.set_bias_in_kernel(True)
+    elif variant in ("conv_bias", "no_conv_bias"): S.set_bias_in_kernel(variant == "conv_bias")
+    elif variant == "conv_stream": M.set_conv_stream(True)
     else: raise SystemExit(f"unknown variant {variant!r}")
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
 fn = step_fn(task, model, head, data, labels)
