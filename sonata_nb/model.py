@@ -100,7 +100,7 @@ def set_conv_stream(on:bool=True): # True: a block's CPE convolution adds the st
     _conv_stream = bool(on)
 
 class SubMConv3d(spconv.SubMConv3d):
-    "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution"
+    "spconv's submanifold 3D convolution, runnable on the CPU too, with the bias added after the convolution (or in the Triton kernel, with the same roundings)"
     def forward(self, input:spconv.SparseConvTensor): # sparse tensor with `features` on any device
         feat, weight, cpu = input.features, self.weight, not input.features.is_cuda
         if self.gathers(input): return self._gathered(input, passing=False)
@@ -142,7 +142,8 @@ class SubMConv3d(spconv.SubMConv3d):
         if feat.is_cuda and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
             weight = weight.to(torch.float16)
         x = feat if passing or feat.dtype == weight.dtype else feat.to(weight.dtype)  # passing: cast in the convolution
-        fused = self.bias is not None and fuses_bias(x[:0].to(weight.dtype), self._kernel())  # the bias in the kernel's epilogue
+        fused = (self.bias is not None and self.bias.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: torch adds in float64
+                 and fuses_bias(x[:0].to(weight.dtype), self._kernel()))  # the bias in the kernel's epilogue
         sums = fused and kernels.sums_bias(x, self.bias)  # decided under autocast, as `add_bias_` decides
         with torch.autocast(feat.device.type, enabled=False):  # as spconv computes without CUDA autocast: in the weight's dtype
             conv = subm_conv_passing if passing else subm_conv
@@ -249,7 +250,8 @@ class _MLPRecompute(torch.autograd.Function):
         w1c, w2c = (w1.to(dt), w2.to(dt)) if dt is not None else (w1, w2)  # autocast's casts, kept for the backward
         h = F.linear(xc, w1c, b1)
         y = F.linear(F.gelu(h, approximate=approximate), w2c, b2)
-        ctx.save_for_backward(xc, w1, w1c, h, w2, w2c)
+        # x itself only where autocast cast it (a float32 input): its history serves a create_graph backward
+        ctx.save_for_backward(None if xc is x else x, xc, w1, w1c, b1, h, w2, w2c, b2)
         ctx.dt, ctx.approximate, ctx.x_dtype = dt, approximate, x.dtype
         ctx.bias_kernel = bias_kernel  # (fc1, fc2): `kernels.sums_bias`, decided where gradients are on (not in here)
         ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
@@ -258,13 +260,20 @@ class _MLPRecompute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        xc, w1, w1c, h, w2, w2c = ctx.saved_tensors
-        if torch.is_grad_enabled() and ctx.dt is not None:  # under create_graph: casts with a history back to the weights
-            w1c, w2c = w1.to(ctx.dt), w2.to(ctx.dt)
+        x, xc, w1, w1c, b1, h, w2, w2c, b2 = ctx.saved_tensors
+        if x is None: x = xc
+        if torch.is_grad_enabled():  # create_graph: torch's MLP differentiated on the saved inputs, whose history is kept
+            inputs = [(i, t) for i, t in enumerate((x, w1, b1, w2, b2)) if ctx.needs_input_grad[i] and t is not None]
+            with torch.autocast(x.device.type, dtype=ctx.dt or torch.get_autocast_dtype(x.device.type), enabled=ctx.dt is not None):
+                y = F.linear(F.gelu(F.linear(x, w1, b1), approximate=ctx.approximate), w2, b2)
+            grads = torch.autograd.grad(y, [t for _, t in inputs], dy, create_graph=True)
+            out = [None] * 7
+            for (i, _), g in zip(inputs, grads): out[i] = g
+            return tuple(out)
         with torch.autocast(xc.device.type, enabled=False):
             da = dy.matmul(w2c)
             s1 = None  # fc1's bias gradient when the kernel sums it
-            if ctx.fused_gelu and not torch.is_grad_enabled():  # not under create_graph: the kernel's outputs have no history
+            if ctx.fused_gelu:  # recompute, backward and fc1's bias sum in one kernel
                 a, dh, s1 = kernels.gelu_recompute_backward(da, h, bias_sum=ctx.b_dtypes[0] is not None)
             else:
                 a = F.gelu(h, approximate=ctx.approximate)

@@ -206,11 +206,12 @@ def _programs(device:torch.device) -> int:
 
 # %% ../nbs/03d_sparse_conv.ipynb #v011
 class SubmanifoldConv(torch.autograd.Function):
-    "Submanifold convolution on a neighbour table: forward and both gradients as gathers and matrix products, or by the Triton kernels"
+    "Submanifold convolution on a neighbour table: forward and gradients as gathers and matrix products, or by the Triton kernels (which may add a bias)"
     @staticmethod
     def forward(ctx, x, table, weight, triton_kernels, # (N, C_in); (N, K) int; (C_out, K, C_in), the computing dtype; bool
                 bias=None, bias_sum_kernel:bool=False, # (C_out,) added by the kernel; its gradient by `column_sum` (else torch's sum)
                 pass_input:bool=False): # also return x, cast to the weight's dtype here: its other gradient added in the backward
+        if bias is not None and not triton_kernels: raise ValueError("SubmanifoldConv adds a bias only in the Triton kernels")
         xc = x if x.dtype == weight.dtype else x.to(weight.dtype)  # the cast autocast (or the caller) would make
         ctx.save_for_backward(xc, table, weight)
         ctx.triton_kernels, ctx.bias_dtype, ctx.bias_sum_kernel = triton_kernels, None if bias is None else bias.dtype, bias_sum_kernel
@@ -263,8 +264,9 @@ def _checked(x, table, weight, kernel, bias, cast:bool) -> tuple: # `subm_conv`'
         raise ValueError(f"subm_conv: the Triton kernels need Triton and float16/bfloat16 features on an Ampere or newer GPU "
                          f"(or float16 in Triton's CPU interpreter); got {weight.dtype} on {x.device}: pass kernel=None or False")
     use_kernels = usable if kernel is None else kernel
-    if bias is not None and not (use_kernels and bias.shape == weight.shape[:1] and bias.device == x.device and bias.is_floating_point()):
-        raise ValueError(f"subm_conv adds a bias only in the Triton kernels, a float ({weight.shape[0]},) tensor on {x.device}; got "
+    if bias is not None and not (use_kernels and bias.shape == weight.shape[:1] and bias.device == x.device
+                                 and bias.dtype in (torch.float32, torch.float16, torch.bfloat16)):
+        raise ValueError(f"subm_conv adds a bias only in the Triton kernels, a float32/16/bf16 ({weight.shape[0]},) tensor on {x.device}; got "
                          f"{tuple(bias.shape)} {bias.dtype} on {bias.device} with kernels={use_kernels}: add it after the convolution")
     return (x.contiguous(), table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(), use_kernels,
             None if bias is None else bias.contiguous())

@@ -139,10 +139,7 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
                 runs.append(block_step(block, data, autocast and getattr(torch, autocast), seed=3))
     finally: model.set_fused_stream(before); kernels.set_fused_bias_grad(bias_before)
     assert len(calls) == 2, calls  # norm1 and norm2 of the fused run
-    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
-    assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t)
-    assert torch.equal(g_f, g_t)
-    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+    same_runs(runs)
 
 
 @on_cuda
@@ -310,6 +307,15 @@ def block_step(block, data, dtype=None, seed=None):
     return out.detach(), feat_in.grad.clone(), {n: q.grad.clone() for n, q in block.named_parameters()}
 
 
+def same_runs(runs, what=""):
+    "Two `block_step` results bit for bit: output (and its dtype), input gradient, every parameter gradient"
+    import torch
+    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
+    assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t), what
+    assert torch.equal(g_f, g_t), what
+    for n in p_t: assert torch.equal(p_f[n], p_t[n]), (what, n)
+
+
 def _tiny_block_run(block, data, fused:bool, autocast:bool):
     "Output, input gradient and parameter gradients of `block` on `data`, with the fused switch `fused`"
     import torch
@@ -385,10 +391,8 @@ def check_residual():
             runs.append(block_step(block, data, torch.bfloat16, seed=5))
     model.set_fused_residual(True)
     assert len(calls) == 2, calls  # the attention and the MLP branch of the fused run
-    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
-    assert o_f.dtype == o_t.dtype == torch.float32 and torch.equal(o_f, o_t)
-    assert torch.equal(g_f, g_t)
-    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+    same_runs(runs)
+    assert runs[0][0].dtype == torch.float32
     block.eval()  # eval: DropPath is off, the plain sum
     with counting(kernels, "_residual_drop_path") as calls:
         block_step(block, data, torch.bfloat16)
@@ -421,10 +425,7 @@ def check_stream():
         finally: model.fused_layer_norm = real
         assert len(passed) == 2, passed  # norm1 and norm2 of the fused run
         assert added == [True, False, False, False], added  # the fused run's CPE added its stream in the kernel
-        (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
-        assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t), dtype
-        assert torch.equal(g_f, g_t), dtype
-        for n in p_t: assert torch.equal(p_f[n], p_t[n]), (dtype, n)
+        same_runs(runs, dtype)
     model.set_fused_stream(True)
     hook = block.norm1[0].register_forward_hook(lambda m, i, o: None)  # a hooked norm: called as a module, unfused
     with counting(model, "fused_layer_norm_passing") as passed: block_step(block, data)

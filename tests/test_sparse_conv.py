@@ -266,9 +266,10 @@ def bias_in_kernel_is_add_after(S, idx, ext, ci, co, dev, g, dtype=torch.float16
     db_kernel, = torch.autograd.grad(subm_conv(x, t, w, kernel=True, bias=b, bias_sum_kernel=True), b, dy)  # column_sum's
     exact = dy.double().sum(0)
     assert db_kernel.dtype == torch.float32 and ((db_kernel.double() - exact).abs() <= 1e-6 * dy.double().abs().sum(0) + 1e-6).all()
-    try: subm_conv(x, t, w, kernel=False, bias=b)
-    except ValueError as e: assert "only in the Triton kernels" in str(e)
-    else: raise AssertionError("a bias without the kernels")
+    for kernel, bias in ((False, b), (True, b.double())):  # without the kernels; a float64 bias (torch would add in float64)
+        try: subm_conv(x, t, w, kernel=kernel, bias=bias)
+        except ValueError as e: assert "only in the Triton kernels" in str(e)
+        else: raise AssertionError((kernel, bias.dtype))
 
 
 def check_kernels_match_the_gathers():
@@ -340,7 +341,7 @@ def check_module_takes_the_kernels():
             out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).half())
             runs.append((out.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
             conv.zero_grad(set_to_none=True)
-            if fused: assert out.grad_fn.name() == "SubmanifoldConvBackward"  # no add after the kernel
+            assert (out.grad_fn.name() == "SubmanifoldConvBackward") == fused  # no add after the kernel, or the add
     finally: S.set_bias_in_kernel(True); M.set_conv_backend("spconv")
     for a, b in zip(*runs): assert torch.equal(a, b)
 
@@ -359,7 +360,7 @@ def check_passing():
     data = cloud(n=300, clouds=2, grid=0.1)
     data["feat"] = torch.randn(len(data["coord"]), 48).half()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_kernels import block_step, counting
+    from test_kernels import block_step, counting, same_runs
     runs = []
     with counting(M, "subm_conv_passing") as calls:
         for on in (True, False):
@@ -367,9 +368,7 @@ def check_passing():
             runs.append(block_step(block, data, None, seed=3))
     M.set_conv_stream(False)
     assert len(calls) == 1, calls
-    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
-    assert torch.equal(o_f, o_t) and torch.equal(g_f, g_t)
-    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+    same_runs(runs)
     print("passing: bit for bit autograd's sum; a half-precision Block with set_conv_stream bit for bit")
 
 
@@ -432,7 +431,7 @@ def test_conv_stream_on_cuda_is_bitwise(dtype):
     passing_is_autograds_sum(True, torch.float32, dtype, dev="cuda", n=20000, ext=40, ci=96, co=96)
     passing_is_autograds_sum(True, dtype, dtype, dev="cuda")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_kernels import block_step, counting, cuda_block
+    from test_kernels import block_step, counting, cuda_block, same_runs
     block, data = cuda_block()
     before, backend = M._conv_stream, M._conv_backend
     M.set_conv_backend("auto")
@@ -444,9 +443,7 @@ def test_conv_stream_on_cuda_is_bitwise(dtype):
                 runs.append(block_step(block, data, dtype, seed=3))
     finally: M.set_conv_stream(before); M.set_conv_backend(backend)
     assert len(calls) == 1, calls
-    (o_f, g_f, p_f), (o_t, g_t, p_t) = runs
-    assert torch.equal(o_f, o_t) and torch.equal(g_f, g_t)
-    for n in p_t: assert torch.equal(p_f[n], p_t[n]), n
+    same_runs(runs)
 
 
 @pytest.mark.parametrize("train", [False, True])
