@@ -307,6 +307,18 @@ def block_step(block, data, dtype=None, seed=None):
     return out.detach(), feat_in.grad.clone(), {n: q.grad.clone() for n, q in block.named_parameters()}
 
 
+def both_ways(block, data, dtype, switch, default, owner, name:str, seed:int=3):
+    "`block_step` with `switch(True)`, then `switch(False)`, then `switch(default)`: (the two runs, the calls of `owner.name` made)"
+    runs = []
+    try:
+        with counting(owner, name) as calls:
+            for on in (True, False):
+                switch(on)
+                runs.append(block_step(block, data, dtype, seed=seed))
+    finally: switch(default)
+    return runs, calls
+
+
 def same_runs(runs, what=""):
     "Two `block_step` results bit for bit: output (and its dtype), input gradient, every parameter gradient"
     import torch

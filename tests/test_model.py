@@ -14,7 +14,7 @@ from sonata_nb.structure import Point
 from sonata_nb.testing import toy_cloud
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_kernels import block_step, counting, same_runs  # a Block's training step, a call counter, bitwise comparison (shared with the kernel checks)
+from test_kernels import block_step, both_ways, counting, same_runs  # a Block's training step and its A/B, a call counter, bitwise comparison (shared with the kernel checks)
 
 SCAN = Path(__file__).resolve().parents[2] / "shared/data/scannet_raw/scans/scene0000_00/scene0000_00_vh_clean_2.ply"
 TINY = dict(in_channels=9, order=("z", "z-trans", "hilbert", "hilbert-trans"), stride=(2, 2, 2),
@@ -451,15 +451,10 @@ def test_fused_residual_on_cuda_is_torchs_bitwise(amp):
     data = cloud(n=30000, grid=0.02)
     data = {k: v.cuda() for k, v in data.items()}
     data["feat"] = torch.randn(len(data["coord"]), 96, device="cuda")
-    runs = []
     bias_before = kernels._fused_bias_grad
     kernels.set_fused_bias_grad(False)  # torch's bias sums on both sides (the switch has its own test)
-    try:
-        with counting(kernels, "_residual_drop_path") as calls:
-            for fused in (True, False):
-                M.set_fused_residual(fused)
-                runs.append(block_step(block, data, amp, seed=3))
-    finally: M.set_fused_residual(True); kernels.set_fused_bias_grad(bias_before)
+    try: runs, calls = both_ways(block, data, amp, M.set_fused_residual, True, kernels, "_residual_drop_path")
+    finally: kernels.set_fused_bias_grad(bias_before)
     assert len(calls) == 2
     same_runs(runs)
 

@@ -360,13 +360,8 @@ def check_passing():
     data = cloud(n=300, clouds=2, grid=0.1)
     data["feat"] = torch.randn(len(data["coord"]), 48).half()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_kernels import block_step, counting, same_runs
-    runs = []
-    with counting(M, "subm_conv_passing") as calls:
-        for on in (True, False):
-            M.set_conv_stream(on)
-            runs.append(block_step(block, data, None, seed=3))
-    M.set_conv_stream(False)
+    from test_kernels import both_ways, same_runs
+    runs, calls = both_ways(block, data, None, M.set_conv_stream, False, M, "subm_conv_passing")
     assert len(calls) == 1, calls
     same_runs(runs)
     print("passing: bit for bit autograd's sum; a half-precision Block with set_conv_stream bit for bit")
@@ -431,17 +426,12 @@ def test_conv_stream_on_cuda_is_bitwise(dtype):
     passing_is_autograds_sum(True, torch.float32, dtype, dev="cuda", n=20000, ext=40, ci=96, co=96)
     passing_is_autograds_sum(True, dtype, dtype, dev="cuda")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_kernels import block_step, counting, cuda_block, same_runs
+    from test_kernels import both_ways, cuda_block, same_runs
     block, data = cuda_block()
-    before, backend = M._conv_stream, M._conv_backend
+    backend = M._conv_backend
     M.set_conv_backend("auto")
-    runs = []
-    try:
-        with counting(M, "subm_conv_passing") as calls:
-            for on in (True, False):
-                M.set_conv_stream(on)
-                runs.append(block_step(block, data, dtype, seed=3))
-    finally: M.set_conv_stream(before); M.set_conv_backend(backend)
+    try: runs, calls = both_ways(block, data, dtype, M.set_conv_stream, M._conv_stream, M, "subm_conv_passing")
+    finally: M.set_conv_backend(backend)
     assert len(calls) == 1, calls
     same_runs(runs)
 
