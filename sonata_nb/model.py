@@ -95,7 +95,7 @@ def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
 _conv_stream = False
 
 def set_conv_stream(on:bool=True): # True: a block's CPE convolution adds the stream's other gradient in its backward
-    "Speed switch (off until measured on a GPU): `Block` convolves the residual stream through `SubMConv3d.forward_passing`, which casts it and, in the backward, adds the stream's other gradient to its input gradient (in the kernel where it runs; module-wide; the same numbers)"
+    "Speed switch (off until measured on a GPU): `Block` convolves the residual stream through `SubMConv3d.forward_passing`, which casts it and, in the backward, adds the stream's other gradient to its input gradient (in the kernel where it runs; module-wide; the same numbers where the stream has no use but the convolution and the CPE's sum, as in the model)"
     global _conv_stream
     _conv_stream = bool(on)
 
@@ -250,8 +250,8 @@ class _MLPRecompute(torch.autograd.Function):
         w1c, w2c = (w1.to(dt), w2.to(dt)) if dt is not None else (w1, w2)  # autocast's casts, kept for the backward
         h = F.linear(xc, w1c, b1)
         y = F.linear(F.gelu(h, approximate=approximate), w2c, b2)
-        # x itself only where autocast cast it (a float32 input): its history serves a create_graph backward
-        ctx.save_for_backward(None if xc is x else x, xc, w1, w1c, b1, h, w2, w2c, b2)
+        # x itself only where autocast cast it and x needs a gradient: its history serves a create_graph backward
+        ctx.save_for_backward(None if xc is x or not x.requires_grad else x, xc, w1, w1c, b1, h, w2, w2c, b2)
         ctx.dt, ctx.approximate, ctx.x_dtype = dt, approximate, x.dtype
         ctx.bias_kernel = bias_kernel  # (fc1, fc2): `kernels.sums_bias`, decided where gradients are on (not in here)
         ctx.b_dtypes = (None if b1 is None else b1.dtype, None if b2 is None else b2.dtype)
@@ -263,6 +263,7 @@ class _MLPRecompute(torch.autograd.Function):
         x, xc, w1, w1c, b1, h, w2, w2c, b2 = ctx.saved_tensors
         if x is None: x = xc
         if torch.is_grad_enabled():  # create_graph: torch's MLP differentiated on the saved inputs, whose history is kept
+            # (first derivatives then torch's, bias sums included: they may differ in the last bits from a step without it)
             inputs = [(i, t) for i, t in enumerate((x, w1, b1, w2, b2)) if ctx.needs_input_grad[i] and t is not None]
             with torch.autocast(x.device.type, dtype=ctx.dt or torch.get_autocast_dtype(x.device.type), enabled=ctx.dt is not None):
                 y = F.linear(F.gelu(F.linear(x, w1, b1), approximate=ctx.approximate), w2, b2)

@@ -228,6 +228,9 @@ class SubmanifoldConv(torch.autograd.Function):
         c_out, K, c_in = weight.shape
         if dy is None:  # only the passed input was used
             return dpass, None, None, None, None, None, None
+        if ctx.triton_kernels and torch.is_grad_enabled():
+            raise RuntimeError("The Triton convolution kernels' gradients are not differentiable (create_graph): use "
+                               "model.set_conv_backend('gather') (or 'spconv') for higher derivatives")
         dy = dy.contiguous()
         dx = dw = None
         db = None  # the bias's gradient as the add after the kernel would get it: torch's sum of dy (cast back), or column_sum's
@@ -235,7 +238,7 @@ class SubmanifoldConv(torch.autograd.Function):
             db = (column_sum(dy) if ctx.bias_sum_kernel else dy.sum(0)).to(ctx.bias_dtype)
         # the passed input's gradient is added as autograd would: the product rounded to its dtype, cast to x's, then the sum;
         # the kernel adds it itself where that is one float32 addition (x float32, or already in the computing dtype)
-        in_kernel = dpass is not None and ctx.triton_kernels and (ctx.x_dtype == torch.float32 or ctx.x_dtype == x.dtype)
+        in_kernel = dpass is not None and ctx.triton_kernels and ctx.x_dtype in (torch.float32, x.dtype)
         if ctx.needs_input_grad[0]:
             if ctx.triton_kernels:
                 dx = _triton_conv(dy, table, weight, flip=True, ds=dpass.contiguous() if in_kernel else None)
@@ -291,6 +294,8 @@ def subm_conv_passing(x:torch.Tensor, # (N, C_in) features in any float dtype: c
                       bias_sum_kernel:bool=False, # as `subm_conv`'s
                      ) -> tuple: # ((N, C_out) in the weight's dtype, x)
     "(`subm_conv(x.to(weight.dtype), ...)`, x): x's other uses take the returned x, so the backward adds their gradient to the convolution's input gradient (in the kernel where it runs)"
+    if not (torch.is_grad_enabled() and x.requires_grad):  # no gradient of x to add: the plain convolution, x as it is
+        return subm_conv(x if x.dtype == weight.dtype else x.to(weight.dtype), table, weight, kernel, bias, bias_sum_kernel), x
     if torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False): return subm_conv_passing(x, table, weight, kernel, bias, bias_sum_kernel)
     return SubmanifoldConv.apply(*_checked(x, table, weight, kernel, bias, cast=True), bias_sum_kernel, True)

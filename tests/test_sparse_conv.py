@@ -174,17 +174,32 @@ def passing_is_autograds_sum(kernel, x_dtype, w_dtype, dev="cpu", n=700, ext=10,
     w0 = (torch.randn(co, 3, 3, 3, ci, generator=g) / (27 * ci) ** 0.5).to(dev, w_dtype)
     r = torch.randn(len(idx), ci, generator=g).to(dev, x_dtype)
     g1, g2 = torch.randn(len(idx), co, generator=g).to(dev, w_dtype), torch.randn(len(idx), ci, generator=g).to(dev, x_dtype)
-    for use in ("both", "conv", "passed"):
-        runs = []
-        for passing in (True, False):
-            x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-            if passing: out, xp = subm_conv_passing(x, t, w, kernel=kernel)
-            else: out, xp = subm_conv(x.to(w_dtype), t, w, kernel=kernel), x
-            loss = {"both": (out * g1).sum() + ((xp + r) * g2).sum(), "conv": (out * g1).sum(), "passed": ((xp + r) * g2).sum()}[use]
-            loss.backward()
-            runs.append((out.detach(), x.grad, w.grad))
-        for a, b in zip(*runs):
-            assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), (kernel, x_dtype, w_dtype, use)
+    added, real = [], S._triton_conv  # the input-gradient launches that add the other gradient in the kernel
+    S._triton_conv = lambda *a, **k: added.append(k.get("ds") is not None) or real(*a, **k)
+    try:
+        for use in ("both", "conv", "passed"):
+            runs = []
+            for passing in (True, False):
+                x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+                if passing: out, xp = subm_conv_passing(x, t, w, kernel=kernel)
+                else: out, xp = subm_conv(x.to(w_dtype), t, w, kernel=kernel), x
+                loss = {"both": (out * g1).sum() + ((xp + r) * g2).sum(), "conv": (out * g1).sum(),
+                        "passed": ((xp + r) * g2).sum()}[use]
+                loss.backward()
+                runs.append((out.detach(), x.grad, w.grad))
+            for a, b in zip(*runs):
+                assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), (kernel, x_dtype, w_dtype, use)
+    finally: S._triton_conv = real
+    assert sum(added) == int(kernel and x_dtype in (torch.float32, w_dtype)), added  # "both" only: x's two gradients in the kernel
+    x = x0.clone().requires_grad_()
+    out, xp = subm_conv_passing(x, t, w0.clone().requires_grad_(), kernel=kernel)
+    loss = (out * g1).sum() + (xp * g2).sum()
+    if kernel:  # the kernels' gradients are not differentiable: an error, not a silent constant
+        try: torch.autograd.grad(loss, x, create_graph=True)
+        except RuntimeError as e: assert "not differentiable" in str(e)
+        else: raise AssertionError("create_graph through the kernels")
+    else: assert torch.autograd.grad(loss, x, create_graph=True)[0].requires_grad
+    assert not subm_conv_passing(x0, t, w0, kernel=kernel)[1].requires_grad  # nothing to differentiate: x as it is
 
 
 def test_passing_on_the_gathers_is_autograds_sum():
@@ -361,8 +376,11 @@ def check_passing():
     data["feat"] = torch.randn(len(data["coord"]), 48).half()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_kernels import both_ways, same_runs
-    runs, calls = both_ways(block, data, None, M.set_conv_stream, False, M, "subm_conv_passing")
-    assert len(calls) == 1, calls
+    added, real = [], S._triton_conv  # whether each launch adds the stream's other gradient in the kernel
+    S._triton_conv = lambda *a, **k: added.append(k.get("ds") is not None) or real(*a, **k)
+    try: runs, calls = both_ways(block, data, None, M.set_conv_stream, False, M, "subm_conv_passing")
+    finally: S._triton_conv = real
+    assert len(calls) == 1 and sum(added) == 1, (calls, added)  # the switched run's input gradient
     same_runs(runs)
     print("passing: bit for bit autograd's sum; a half-precision Block with set_conv_stream bit for bit")
 
