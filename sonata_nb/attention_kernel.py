@@ -5,7 +5,7 @@
 # %% ../nbs/03c_attention_kernel.ipynb #a002
 from __future__ import annotations
 import torch
-from .kernels import _cdiv, _on, available, column_sum, interpreted, launcher
+from .kernels import _cdiv, _on, available, check_input_bias, column_sum, interpreted, launcher
 
 try:
     import triton
@@ -241,9 +241,7 @@ def patch_attention(qkv:torch.Tensor, # (N, 3C) rows of [q | k | v], head by hea
         raise ValueError(f"patch_attention needs Triton, an Ampere or newer CUDA GPU (or the interpreter), "
                          f"float16/bfloat16 qkv and a head dimension of 16, 32, 64 or 128; got {qkv.device}, {qkv.dtype}, "
                          f"head dimension {qkv.shape[1] // 3 // heads}")
-    if qkv_bias is not None and (qkv_bias.shape != qkv.shape[1:] or qkv_bias.device != qkv.device or not qkv_bias.is_floating_point()):
-        raise ValueError(f"patch_attention: qkv_bias must be a float ({qkv.shape[1]},) tensor on {qkv.device}; got "
-                         f"{tuple(qkv_bias.shape)} {qkv_bias.dtype} on {qkv_bias.device}")
+    check_input_bias("patch_attention", "qkv_bias", qkv_bias, qkv)
     qkv = qkv.contiguous()
     if not (torch.is_grad_enabled() and (qkv.requires_grad or qkv_bias is not None and qkv_bias.requires_grad)):
         return _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=False)[0]  # no log-sum-exp, no node

@@ -18,10 +18,11 @@ except ImportError: libdevice = None
 
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
-           'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'set_bias_grad_kernel', 'column_sum',
-           'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked', 'ResidualDropPath',
-           'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad', 'defers_bias', 'linear_detached_bias',
-           'with_bias_gradient', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max']
+           'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'check_input_bias', 'set_bias_grad_kernel',
+           'column_sum', 'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked',
+           'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad', 'defers_bias',
+           'linear_detached_bias', 'with_bias_gradient', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward',
+           'CellMax', 'cell_max']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -325,9 +326,7 @@ def fused_layer_norm(x:torch.Tensor, # (..., C) float32, float16 or bfloat16
     if out_dtype is None: out_dtype = _default_dtype(x)
     _check(x, weight, bias, out_dtype)
     if residual is not None: _check_residual(x, residual)
-    if x_bias is not None and (x_bias.shape != x.shape[-1:] or x_bias.device != x.device or x_bias.dtype not in _DTYPES):
-        raise ValueError(f"fused_layer_norm: x_bias must be a float ({x.shape[-1]},) tensor on {x.device}; got "
-                         f"{tuple(x_bias.shape)} {x_bias.dtype} on {x_bias.device}")
+    check_input_bias("fused_layer_norm", "x_bias", x_bias, x)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual, x_bias))):
         return _forward(x, weight, bias, float(eps), out_dtype, residual)[0].view(x.shape)  # no autograd node to record
     return FusedLayerNorm.apply(x, weight, bias, residual, float(eps), out_dtype, False, x_bias)
@@ -343,6 +342,14 @@ def fused_layer_norm_passing(x:torch.Tensor, # (..., C) the residual stream, flo
     if out_dtype is None: out_dtype = _default_dtype(x)
     _check(x, weight, bias, out_dtype)
     return FusedLayerNorm.apply(x, weight, bias, None, float(eps), out_dtype, True)
+
+def check_input_bias(fn:str, name:str, # the function and the argument, for the message
+                     bias:torch.Tensor|None, # (C,) the bias of the Linear whose output `x` is, or None
+                     x:torch.Tensor): # (..., C) that output
+    "Clear error unless `bias` is None or a float32/16/bf16 vector of x's width on x's device (what the kernels' sums take)"
+    if bias is not None and (bias.shape != x.shape[-1:] or bias.device != x.device or bias.dtype not in _DTYPES):
+        raise ValueError(f"{fn}: {name} must be a float32/float16/bfloat16 ({x.shape[-1]},) tensor on {x.device}; got "
+                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
 
 def _check_residual(x, residual):
     "Clear errors for a residual the kernel cannot add"
@@ -574,9 +581,7 @@ def residual_drop_path(shortcut:torch.Tensor, # (N, C) the residual stream
     if not fuses_residual(shortcut, x):
         raise ValueError(f"residual_drop_path takes contiguous (N, C) tensors of one shape on the kernels' device, a float16 or "
                          f"bfloat16 branch; got {tuple(shortcut.shape)} {shortcut.dtype} and {tuple(x.shape)} {x.dtype} on {x.device}")
-    if x_bias is not None and (x_bias.shape != x.shape[1:] or x_bias.device != x.device or x_bias.dtype not in _DTYPES):
-        raise ValueError(f"residual_drop_path: x_bias must be a float ({x.shape[1]},) tensor on {x.device}; got "
-                         f"{tuple(x_bias.shape)} {x_bias.dtype} on {x_bias.device}")
+    check_input_bias("residual_drop_path", "x_bias", x_bias, x)
     return _residual_drop_path(shortcut, x, drop_prob, x_bias)
 
 def _residual_drop_path(shortcut, x, drop_prob:float, # checked by the caller (`fuses_residual`, 0 < drop_prob < 1)

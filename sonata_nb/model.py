@@ -143,7 +143,7 @@ class SubMConv3d(spconv.SubMConv3d):
             weight = weight.to(torch.float16)
         x = feat if passing or feat.dtype == weight.dtype else feat.to(weight.dtype)  # passing: cast in the convolution
         fused = (self.bias is not None and self.bias.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: torch adds in float64
-                 and fuses_bias(x[:0].to(weight.dtype), self._kernel()))  # the bias in the kernel's epilogue
+                 and fuses_bias(weight, self._kernel()))  # the bias in the kernel's epilogue (the computing dtype: the weight's)
         sums = fused and kernels.sums_bias(x, self.bias)  # decided under autocast, as `add_bias_` decides
         with torch.autocast(feat.device.type, enabled=False):  # as spconv computes without CUDA autocast: in the weight's dtype
             conv = subm_conv_passing if passing else subm_conv

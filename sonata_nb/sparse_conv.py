@@ -159,7 +159,7 @@ def set_bias_in_kernel(on:bool=True): # True: the forward kernel adds the convol
     global _bias_in_kernel
     _bias_in_kernel = bool(on)
 
-def fuses_bias(x:torch.Tensor, # the features about to be convolved
+def fuses_bias(x:torch.Tensor, # the features about to be convolved (or any tensor of their computing dtype and device)
                kernel:bool|None=None) -> bool: # `subm_conv`'s `kernel`
     "Whether `subm_conv(x, ..., kernel, bias=)` adds the bias in the kernel (the switch on, the kernels running on x)"
     return _bias_in_kernel and (kernel_usable(x) if kernel is None else bool(kernel))
