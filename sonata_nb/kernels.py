@@ -22,7 +22,7 @@ __all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'available', 'interpreted', 'set_fast
            'column_sum', 'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked',
            'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad', 'defers_bias',
            'linear_detached_bias', 'with_bias_gradient', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward',
-           'CellMax', 'cell_max']
+           'CellMax', 'cell_max', 'cell_sum']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -805,3 +805,40 @@ def cell_max(x:torch.Tensor, # (N, C) rows of the points
     if len(x) >= 2**31: raise ValueError(f"cell_max keeps rows as int32: {len(x)} rows are too many")
     if torch._C._are_functorch_transforms_active(): raise RuntimeError("cell_max does not support torch.func transforms")
     return CellMax.apply(x, perm, ptr, torch.is_grad_enabled() and x.requires_grad)  # the rows kept only for a backward
+
+# %% ../nbs/03b_kernels.ipynb #k045
+if triton is not None:
+    @triton.jit
+    def _cell_sum(X, Perm, Ptr, Out, M, C, s_x, BLOCK_M:tl.constexpr, BLOCK_C:tl.constexpr):
+        # Out[m, c] = ((0 + X[Perm[Ptr[m]], c]) + X[Perm[Ptr[m] + 1], c]) + ... in float32, X's rows s_x apart
+        cells = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        in_m, in_c = cells < M, cols < C
+        start = tl.load(Ptr + cells, mask=in_m, other=0)
+        n = tl.load(Ptr + cells + 1, mask=in_m, other=0) - start
+        acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
+        for k in range(0, tl.max(n, 0)):  # the k-th row of every cell of the block, in the cells' order
+            has = k < n
+            row = tl.load(Perm + start + k, mask=has, other=0)
+            v = tl.load(X + row.to(tl.int64)[:, None] * s_x + cols[None, :], mask=has[:, None] & in_c[None, :], other=0.0)
+            acc = tl.where(has[:, None], acc + v.to(tl.float32), acc)
+        tl.store(Out + cells.to(tl.int64)[:, None] * C + cols[None, :], acc, mask=in_m[:, None] & in_c[None, :])
+
+def cell_sum(x:torch.Tensor, # (N, C) rows of the points, float32/float16/bfloat16; any row stride
+             perm:torch.Tensor, # (N,) the rows sorted by cell (int64)
+             ptr:torch.Tensor) -> torch.Tensor: # (M + 1,) where each cell starts in `perm`, then N (int64)
+    "(M, C) float32 sum of each cell's rows, added one by one in `perm` order from zero, on the kernels' device (CUDA: torch's accumulating `index_put_` of the float32 rows in that order, bit for bit); not differentiable"
+    if x.ndim != 2 or perm.shape != (len(x),) or ptr.ndim != 1 or len(ptr) < 1:
+        raise ValueError(f"cell_sum takes x (N, C), perm (N,) and ptr (M + 1,); got {tuple(x.shape)}, {tuple(perm.shape)}, {tuple(ptr.shape)}")
+    if x.dtype not in _DTYPES: raise ValueError(f"cell_sum sums float32/float16/bfloat16 rows in float32; got {x.dtype}")
+    if not _cell_kernels(x):
+        raise ValueError(f"cell_sum runs its Triton kernel on CUDA tensors (got {x.device.type}, Triton "
+                         f"{'installed' if triton is not None else 'missing'}): use index_put_(..., accumulate=True) elsewhere")
+    M, C = len(ptr) - 1, x.shape[1]
+    if C and x.stride(1) != 1: x = x.contiguous()
+    perm, ptr = perm.contiguous(), ptr.contiguous()
+    out = torch.empty((M, C), dtype=torch.float32, device=x.device)
+    if M and C:
+        bm, bc = _cell_blocks(C)
+        with _on(x.device): launcher(_cell_sum)[(_cdiv(M, bm), _cdiv(C, bc))](x, perm, ptr, out, M, C, x.stride(0), BLOCK_M=bm, BLOCK_C=bc)
+    return out

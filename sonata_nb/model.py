@@ -95,7 +95,7 @@ def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
 _conv_stream = False
 
 def set_conv_stream(on:bool=True): # True: a block's CPE convolution adds the stream's other gradient in its backward
-    "Speed switch (off until measured on a GPU): `Block` convolves the residual stream through `SubMConv3d.forward_passing`, which casts it and, in the backward, adds the stream's other gradient to its input gradient (in the kernel where it runs; module-wide; the same numbers where the stream has no use but the convolution and the CPE's sum, as in the model)"
+    "Speed switch (off until measured on a GPU): `Block` convolves the residual stream through `SubMConv3d.forward_passing`, which casts it and, in the backward, adds the stream's other gradient to its input gradient (one mixed-dtype add for a float32 stream; module-wide; the same numbers where the stream has no use but the convolution and the CPE's sum, as in the model)"
     global _conv_stream
     _conv_stream = bool(on)
 
@@ -144,7 +144,9 @@ class SubMConv3d(spconv.SubMConv3d):
         x = feat if passing or feat.dtype == weight.dtype else feat.to(weight.dtype)  # passing: cast in the convolution
         fused = (self.bias is not None and self.bias.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: torch adds in float64
                  and fuses_bias(weight, self._kernel()))  # the bias in the kernel's epilogue (the computing dtype: the weight's)
-        sums = fused and kernels.sums_bias(x, self.bias)  # decided under autocast, as `add_bias_` decides
+        # the bias gradient as column_sum's float32 sum: with the bias-gradient kernel (decided under autocast, as `add_bias_`
+        # decides), or with the block's other bias gradients left to the kernels (`kernels.set_fused_bias_grad`)
+        sums = fused and (kernels.sums_bias(x, self.bias) or kernels._fused_bias_grad)
         with torch.autocast(feat.device.type, enabled=False):  # as spconv computes without CUDA autocast: in the weight's dtype
             conv = subm_conv_passing if passing else subm_conv
             res = conv(x, self.table(input), weight, kernel=self._kernel(), bias=self.bias if fused else None, bias_sum_kernel=sums)
@@ -1166,13 +1168,22 @@ class _Upcast(torch.autograd.Function):
         for feat in feats[1:]: ctx.natural = torch.promote_types(ctx.natural, feat.dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # differentiable operations: double backward works as for the concatenations
+    def backward(ctx, grad):  # differentiable operations (torch's): double backward works as for the concatenations
         grads, col = [], 0
         for i, ((n, c, dtype), row) in enumerate(zip(ctx.metas, ctx.rows)):
-            g = grad[:, col:col + c].to(ctx.natural) if ctx.needs_input_grad[i + 2] else None  # the cast's backward first
-            if g is not None and row is not None:  # what autograd does for feat[row]: a sorted, deterministic accumulation
-                g = g.new_zeros((n, c)).index_put((row,), g, accumulate=True)
-            grads.append(None if g is None else g.to(dtype))
+            g = None
+            if ctx.needs_input_grad[i + 2]:
+                cols = grad[:, col:col + c]
+                if (row is not None and ctx.natural == torch.float32 and not torch.is_grad_enabled()
+                        and kernels._cell_kernels(cols)):  # `kernels.cell_sum`: the sums below in one pass, bit for bit
+                    sorted_row, perm = torch.sort(row, stable=True)
+                    g = kernels.cell_sum(cols, perm, torch.searchsorted(sorted_row, torch.arange(n + 1, device=row.device)))
+                else:
+                    g = cols.to(ctx.natural)  # the cast's backward first
+                    if row is not None:  # what autograd does for feat[row]: a sorted, deterministic accumulation
+                        g = g.new_zeros((n, c)).index_put((row,), g, accumulate=True)
+                g = g.to(dtype)
+            grads.append(g)
             col += c
         return (None, None, *grads)
 

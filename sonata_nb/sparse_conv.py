@@ -85,12 +85,11 @@ def kernel_usable(x:torch.Tensor) -> bool: # the features about to be convolved
 
 if triton is not None:
     @triton.jit
-    def _sc_conv(X, T, W, Y, B, DS, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr, HAS_B:tl.constexpr, HAS_DS:tl.constexpr,
+    def _sc_conv(X, T, W, Y, B, N, CI, CO, K, s_in, s_out, FLIP:tl.constexpr, HAS_B:tl.constexpr,
                  BLOCK_M:tl.constexpr, BLOCK_I:tl.constexpr, BLOCK_O:tl.constexpr):
         # Y[i, o] = sum_k sum_c X[T[i, k], c] * W(k', c, o), W(k', c, o) at W + k' * CI_w + c * s_in + o * s_out,
         # k' = K - 1 - k when FLIP (the input gradient: mirrored cells), CI_w the weight's innermost extent;
         # HAS_B: then `Y += B` as torch adds a bias to Y (Y rounded to its dtype, the sum in float32, rounded again);
-        # HAS_DS: Y (DS's dtype) = DS + the products rounded to X's dtype, as autograd adds two gradients of one input
         pm, po = tl.program_id(0), tl.program_id(1)
         rows = pm * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < N
@@ -112,8 +111,7 @@ if triton is not None:
         y = acc.to(X.dtype.element_ty)
         offs, mask = rows.to(tl.int64)[:, None] * CO + o[None, :], rmask[:, None] & omask[None, :]
         if HAS_B: y = (y.to(tl.float32) + tl.load(B + o, mask=omask, other=0.0).to(tl.float32)[None, :]).to(X.dtype.element_ty)
-        if HAS_DS: y = y.to(tl.float32) + tl.load(DS + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Y + offs, y, mask=mask)
 
     @triton.jit
     def _sc_wgrad(X, T, DY, P, N, CI, CO, K, band,
@@ -169,19 +167,19 @@ CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
-def _triton_conv(x, table, weight, flip:bool, bias=None, ds=None): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight; (C_out,); (N, C_in)
-    "Forward (`flip=False`: x has C_in channels, out C_out, plus `bias`) or input gradient (`flip=True`: x is dy, out C_in, plus `ds`, in its dtype) by `_sc_conv`"
+def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight; (C_out,)
+    "Forward (`flip=False`: x has C_in channels, out C_out, plus `bias`) or input gradient (`flip=True`: x is dy, out C_in) by `_sc_conv`"
     c_out, K, c_in = weight.shape
     ci, co = (c_out, c_in) if flip else (c_in, c_out)
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
     s_in, s_out = (K * c_in, 1) if flip else (1, K * c_in)
-    y = x.new_empty(len(x), co, dtype=x.dtype if ds is None else ds.dtype)
+    y = x.new_empty(len(x), co)
     bm, wi, wo, warps, stages = CONV_CONFIG["conv"]
     bi, bo = _width(ci, wi), _width(co, wo)
     if len(x):
         with _on(x.device):
             launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
-                x, table, weight, y, bias, ds, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None, HAS_DS=ds is not None,
+                x, table, weight, y, bias, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None,
                 BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo,
                 num_warps=warps, num_stages=stages)
     return y
@@ -236,16 +234,14 @@ class SubmanifoldConv(torch.autograd.Function):
         db = None  # the bias's gradient as the add after the kernel would get it: torch's sum of dy (cast back), or column_sum's
         if ctx.bias_dtype is not None and ctx.needs_input_grad[4]:
             db = (column_sum(dy) if ctx.bias_sum_kernel else dy.sum(0)).to(ctx.bias_dtype)
-        # the passed input's gradient is added as autograd would: the product rounded to its dtype, cast to x's, then the sum;
-        # the kernel adds it itself where that is one float32 addition (x float32, or already in the computing dtype)
-        in_kernel = dpass is not None and ctx.triton_kernels and ctx.x_dtype in (torch.float32, x.dtype)
-        if ctx.needs_input_grad[0]:
-            if ctx.triton_kernels:
-                dx = _triton_conv(dy, table, weight, flip=True, ds=dpass.contiguous() if in_kernel else None)
-            else:  # mirrored cells, each transposed: (C_in, K, C_out)
-                dx = gather_matmul(dy, table, weight.flip(1).permute(2, 1, 0).reshape(c_in, K * c_out))
-            if not in_kernel:
-                dx = dx if dx.dtype == ctx.x_dtype else dx.to(ctx.x_dtype)
+        if ctx.needs_input_grad[0]:  # mirrored cells, each transposed: (C_in, K, C_out)
+            dx = _triton_conv(dy, table, weight, flip=True) if ctx.triton_kernels else \
+                gather_matmul(dy, table, weight.flip(1).permute(2, 1, 0).reshape(c_in, K * c_out))
+            # the passed input's gradient added as autograd adds it: the product rounded to its dtype, cast to x's, the sum;
+            # where x's dtype holds every product exactly (float16/bfloat16 in float32), one mixed-dtype add does all three
+            if dpass is not None and torch.promote_types(dx.dtype, ctx.x_dtype) == ctx.x_dtype: dx = dpass + dx
+            else:
+                dx = dx.to(ctx.x_dtype)
                 if dpass is not None: dx = dpass + dx
         if ctx.needs_input_grad[2]:
             dw = _triton_weight_grad(dy, x, table, c_out, K, c_in) if ctx.triton_kernels else \
@@ -293,7 +289,7 @@ def subm_conv_passing(x:torch.Tensor, # (N, C_in) features in any float dtype: c
                       bias:torch.Tensor|None=None, # as `subm_conv`'s
                       bias_sum_kernel:bool=False, # as `subm_conv`'s
                      ) -> tuple: # ((N, C_out) in the weight's dtype, x)
-    "(`subm_conv(x.to(weight.dtype), ...)`, x): x's other uses take the returned x, so the backward adds their gradient to the convolution's input gradient (in the kernel where it runs)"
+    "(`subm_conv(x.to(weight.dtype), ...)`, x): x's other uses take the returned x, so the backward adds their gradient to the convolution's input gradient (one add where x is float32)"
     if not (torch.is_grad_enabled() and x.requires_grad):  # no gradient of x to add: the plain convolution, x as it is
         return subm_conv(x if x.dtype == weight.dtype else x.to(weight.dtype), table, weight, kernel, bias, bias_sum_kernel), x
     if torch.is_autocast_enabled(x.device.type):

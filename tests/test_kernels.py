@@ -57,6 +57,27 @@ def test_fused_bias_grad(forkserver):
 
 
 @needs_triton
+def test_upcast_backward_by_cell_sum(forkserver):
+    "The up-cast's backward sums each stage's rows with `kernels.cell_sum` where the kernels run: float32 adds from zero in the rows' order, as torch's CUDA accumulation (interpreter)"
+    print(run_check(forkserver, "upcast"))
+
+
+def upcast_leaves(model, data):
+    "(the encoder's Point with every stage's features a leaf needing a gradient, the stages' features)"
+    import torch
+    with torch.no_grad(): out = model(data)
+    point, feats = out, []
+    while True:
+        point.feat = point.feat.detach().requires_grad_()
+        feats.append(point.feat)
+        if "pooling_parent" not in point.keys(): return out, feats
+        point = point.pooling_parent
+
+
+UPCAST_WIDE = dict(enc_channels=(48, 96, 40, 64), enc_num_head=(3, 6, 2, 4), enc_patch_size=(64,) * 4)  # rows wider than a warp too
+
+
+@needs_triton
 def test_launcher(forkserver):
     "Every launch site passes each kernel parameter (the direct launch needs them all, in order); the key and its cache"
     print(run_check(forkserver, "launch_sites"))
@@ -144,12 +165,42 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
 
 @on_cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
+    "On CUDA: the up-cast's stage gradients by `kernels.cell_sum` are torch's accumulating index_put's bit for bit (rows narrower and wider than a warp)"
+    import torch
+    from sonata_nb import kernels
+    from sonata_nb.model import PointTransformerV3, upcast
+    from sonata_nb.testing import toy_cloud
+    from test_model import TINY
+    torch.manual_seed(0)
+    for config in (TINY, {**TINY, **UPCAST_WIDE}):
+        m = PointTransformerV3(**config).cuda().eval()
+        data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=20000, clouds=2, grid=0.02).items()}
+        runs = []
+        for kernel in (True, False):
+            out, feats = upcast_leaves(m, data)
+            up = upcast(out, dtype=getattr(torch, dtype))
+            g = torch.randn(up.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(up.dtype)
+            real = kernels._cell_kernels
+            if not kernel: kernels._cell_kernels = lambda x: False
+            try:
+                with counting(kernels, "cell_sum") as calls: up.backward(g)
+            finally: kernels._cell_kernels = real
+            assert len(calls) == (len(feats) - 1) * kernel, calls
+            runs.append([f.grad for f in feats])
+        for a, b in zip(*runs): assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_fused_bias_grad_on_cuda(dtype):
-    "A training Block on CUDA under autocast with and without `set_fused_bias_grad`: bit for bit but for the deferred biases' float32 sums"
+    "A training Block on CUDA under autocast with and without `set_fused_bias_grad`: bit for bit but for the deferred biases' float32 sums (the CPE convolution's among them)"
     import torch
     block, data = cuda_block()
-    print(fused_bias_grads_match(block, data, getattr(torch, dtype)))
-    print(fused_bias_grads_match(block, data, getattr(torch, dtype), fallback=True))
+    for fallback in (False, True):
+        report = fused_bias_grads_match(block, data, getattr(torch, dtype), fallback=fallback)
+        assert "cpe.0.bias" in report, report  # the convolution's bias added in its kernel, its gradient column_sum's
+        print(report)
 
 
 def gelu_tolerances(x, da, dtype):
@@ -600,7 +651,7 @@ DEFERRED = ("cpe.1.bias", "attn.qkv.bias", "attn.proj.bias", "mlp.0.fc2.bias")  
 
 
 def fused_bias_grads_match(block, data, dtype, fallback:bool=False, residuals:int=2) -> str:
-    "`block_step` with `kernels.set_fused_bias_grad` on and off: all bit for bit but `DEFERRED`, each a float32 sum of the gradient at its Linear's output (captured in the run without the switch), at least as close to float64 as torch's sum; `fallback`: with the CPE's norm off the stream path (`with_bias_gradient` sums its Linear's bias); `residuals`: the residual kernel's runs expected (without it, `with_bias_gradient` sums proj's and fc2's)"
+    "`block_step` with `kernels.set_fused_bias_grad` on and off: all bit for bit but `DEFERRED` (and the CPE convolution's bias where its kernel adds it), each a float32 sum of the gradient at its Linear's output (captured in the run without the switch), at least as close to float64 as torch's sum; `fallback`: with the CPE's norm off the stream path (`with_bias_gradient` sums its Linear's bias); `residuals`: the residual kernel's runs expected (without it, `with_bias_gradient` sums proj's and fc2's)"
     import torch
     from sonata_nb import kernels, model
     outs = {}  # the gradients reaching the four Linears' outputs in the run without the switch
@@ -608,24 +659,29 @@ def fused_bias_grads_match(block, data, dtype, fallback:bool=False, residuals:in
         def hook(m, i, o): o.register_hook(lambda g: outs.__setitem__(name, g))  # returns None: the output stays
         return hook
     layers = dict(zip(DEFERRED, (block.cpe._modules["1"], block.attn.qkv, block.attn.proj, block.mlp._modules["0"])))
+    conv, in_kernel = block.cpe._modules["0"], []  # whether the switched run's convolution added its bias in the kernel
     stream, before = model._fused_stream, kernels._fused_bias_grad
     try:
         if fallback: model.set_fused_stream(False)
         with counting(kernels, "with_bias_gradient") as fallbacks, counting(kernels, "_residual_drop_path") as kernel_runs:
             kernels.set_fused_bias_grad(True)
-            o_f, g_f, p_f = block_step(block, data, dtype, seed=3)
+            h = conv.register_forward_hook(lambda m, i, o: in_kernel.append(o.features.grad_fn.name() == "SubmanifoldConvBackward"))
+            try: o_f, g_f, p_f = block_step(block, data, dtype, seed=3)
+            finally: h.remove()
         kernels.set_fused_bias_grad(False)
         handles = [m.register_forward_hook(capture(n)) for n, m in layers.items()]
+        handles.append(conv.register_forward_hook(lambda m, i, o: o.features.register_hook(lambda g: outs.__setitem__("cpe.0.bias", g)) and None))
         try: o_t, g_t, p_t = block_step(block, data, dtype, seed=3)
         finally:
             for h in handles: h.remove()
     finally: kernels.set_fused_bias_grad(before); model.set_fused_stream(stream)
     assert len(fallbacks) == int(fallback) + 2 - residuals and len(kernel_runs) == residuals, (fallbacks, kernel_runs)
     assert o_f.dtype == o_t.dtype and torch.equal(o_f, o_t) and torch.equal(g_f, g_t)
-    assert sorted(outs) == sorted(DEFERRED), outs
+    summed = DEFERRED + ("cpe.0.bias",) * in_kernel[0]  # the convolution's bias in its kernel: its gradient column_sum's too
+    assert sorted(outs) == sorted(DEFERRED + ("cpe.0.bias",)), outs
     report = {}
     for n in p_t:
-        if n not in DEFERRED:
+        if n not in summed:
             assert torch.equal(p_f[n], p_t[n]), n
             continue
         g = outs[n].double().reshape(-1, outs[n].shape[-1])
@@ -845,6 +901,9 @@ def check_compile():
             sig = dict(G=f"*{x}", Arg="*i32", DX=f"*{x}", M="i32", C="i32", **{k: "constexpr" for k in consts})
             k = triton.compile(ASTSource(fn=kernels._cell_max_bwd, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
             assert ".entry" in k.asm["ptx"]
+            sig = dict(X=f"*{x}", Perm="*i64", Ptr="*i64", Out="*fp32", M="i32", C="i32", s_x="i32", **{k: "constexpr" for k in consts})
+            k = triton.compile(ASTSource(fn=kernels._cell_sum, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+            assert ".entry" in k.asm["ptx"]
     for x in ("fp16", "bf16", "fp32"):  # libdevice's erf and exp linked
         for C, has_sum in ((1536, True), (48, False)):
             br, bc = kernels._column_blocks(C)
@@ -890,6 +949,36 @@ def check_no_triton():
     assert model._fused_layernorm  # the default, and without Triton torch's layer_norm runs
     ln, x = model.LayerNorm(4), torch.randn(3, 4)
     torch.testing.assert_close(ln(x), torch.nn.functional.layer_norm(x, (4,), ln.weight, ln.bias), rtol=0, atol=0)
+
+
+def check_upcast():
+    import torch
+    from sonata_nb import kernels, model
+    from sonata_nb.model import PointTransformerV3, upcast
+    from sonata_nb.testing import toy_cloud
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_model import TINY
+    kernels._on_cpu = True
+    torch.manual_seed(0)
+    m = PointTransformerV3(**{**TINY, **UPCAST_WIDE}).eval()
+    out, feats = upcast_leaves(m, toy_cloud(n=400, clouds=2, grid=0.1))
+    up = upcast(out, dtype=torch.float16)
+    g = torch.randn(up.shape, generator=torch.Generator().manual_seed(1)).half()
+    with counting(kernels, "cell_sum") as calls: up.backward(g)
+    assert len(calls) == len(feats) - 1, calls  # every stage but the finest (its rows are the output's)
+    # the reference: each stage's rows of the float32 columns added one by one from zero, in ascending row order
+    chain = [out]
+    while "pooling_parent" in chain[-1].keys(): chain.append(chain[-1].pooling_parent)
+    col, index = 0, None
+    for i in range(len(chain) - 1, -1, -1):  # the finest stage first, as the columns
+        stage = chain[i]
+        c = stage.feat.shape[1]
+        if i < len(chain) - 1: index = chain[i].pooling_inverse if index is None else chain[i].pooling_inverse[index]
+        expected = torch.zeros(len(stage.feat), c)
+        for j in range(len(up)): expected[j if index is None else index[j]] += g[j, col:col + c].float()
+        assert torch.equal(stage.feat.grad, expected), i
+        col += c
+    print("upcast: cell_sum's sums bit for bit the rows' float32 adds in order")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import spconv.pytorch as spconv
 from sonata_nb import model as M, sparse_conv as S
@@ -164,6 +165,14 @@ def test_encoder_on_the_gather_path_is_the_same_function(gather_on_cpu):
 
 # --- CUDA ------------------------------------------------------------------------------------------------------
 
+class AtenCalls(TorchDispatchMode):
+    "The aten ops run inside it (`names`), the backward's included"
+    def __init__(self): super().__init__(); self.names = []
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 def passing_is_autograds_sum(kernel, x_dtype, w_dtype, dev="cpu", n=700, ext=10, ci=24, co=40):
     "`subm_conv_passing(x, ...)` and its passed x used as a residual: output and gradients bit for bit those of the cast, `subm_conv` and x used directly (autograd's sum); also with only one of the two outputs used"
     from sonata_nb.sparse_conv import subm_conv_passing
@@ -174,23 +183,22 @@ def passing_is_autograds_sum(kernel, x_dtype, w_dtype, dev="cpu", n=700, ext=10,
     w0 = (torch.randn(co, 3, 3, 3, ci, generator=g) / (27 * ci) ** 0.5).to(dev, w_dtype)
     r = torch.randn(len(idx), ci, generator=g).to(dev, x_dtype)
     g1, g2 = torch.randn(len(idx), co, generator=g).to(dev, w_dtype), torch.randn(len(idx), ci, generator=g).to(dev, x_dtype)
-    added, real = [], S._triton_conv  # the input-gradient launches that add the other gradient in the kernel
-    S._triton_conv = lambda *a, **k: added.append(k.get("ds") is not None) or real(*a, **k)
-    try:
-        for use in ("both", "conv", "passed"):
-            runs = []
-            for passing in (True, False):
-                x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-                if passing: out, xp = subm_conv_passing(x, t, w, kernel=kernel)
-                else: out, xp = subm_conv(x.to(w_dtype), t, w, kernel=kernel), x
-                loss = {"both": (out * g1).sum() + ((xp + r) * g2).sum(), "conv": (out * g1).sum(),
-                        "passed": ((xp + r) * g2).sum()}[use]
-                loss.backward()
-                runs.append((out.detach(), x.grad, w.grad))
-            for a, b in zip(*runs):
-                assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), (kernel, x_dtype, w_dtype, use)
-    finally: S._triton_conv = real
-    assert sum(added) == int(kernel and x_dtype in (torch.float32, w_dtype)), added  # "both" only: x's two gradients in the kernel
+    for use in ("both", "conv", "passed"):
+        runs, casts = [], []
+        for passing in (True, False):
+            x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+            if passing: out, xp = subm_conv_passing(x, t, w, kernel=kernel)
+            else: out, xp = subm_conv(x.to(w_dtype), t, w, kernel=kernel), x
+            loss = {"both": (out * g1).sum() + ((xp + r) * g2).sum(), "conv": (out * g1).sum(),
+                    "passed": ((xp + r) * g2).sum()}[use]
+            with AtenCalls() as calls: loss.backward()
+            runs.append((out.detach(), x.grad, w.grad))
+            casts.append(calls.names.count("_to_copy"))
+        for a, b in zip(*runs):
+            assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b)), (kernel, x_dtype, w_dtype, use)
+        # the input gradient's cast to float32 x's dtype is the mixed-dtype add's (one pass less)
+        exact = x_dtype != w_dtype and torch.promote_types(x_dtype, w_dtype) == x_dtype
+        assert casts[0] == casts[1] - (use == "both" and exact), (use, casts)
     x = x0.clone().requires_grad_()
     out, xp = subm_conv_passing(x, t, w0.clone().requires_grad_(), kernel=kernel)
     loss = (out * g1).sum() + (xp * g2).sum()
@@ -345,24 +353,31 @@ def check_module_takes_the_kernels():
         assert len(calls) == 1
     finally: S._triton_conv = real; M.set_conv_backend("spconv")
     assert torch.allclose(on.float(), off.float(), atol=2e-2, rtol=1e-2)
-    # the bias in the kernel (set_bias_in_kernel): the module's output and every gradient bit for bit
+    # the bias in the kernel (set_bias_in_kernel): the module's output and every gradient bit for bit (torch's bias sum);
+    # with set_fused_bias_grad (on by default) the bias gradient is column_sum's float32 sum, every other one the same
+    from sonata_nb import kernels as K
+    assert K._fused_bias_grad
     M.set_conv_backend("triton")
-    runs = []
+    runs, sums, real_sum = [], [], S.column_sum
+    dy = torch.linspace(-1, 1, len(idx) * 16).reshape(-1, 16).half()
+    S.column_sum = lambda t: sums.append(len(runs)) or real_sum(t)
     try:
-        for fused in (True, False):
-            S.set_bias_in_kernel(fused)
+        for fused, fused_bias in ((True, False), (False, False), (True, True)):
+            S.set_bias_in_kernel(fused); K.set_fused_bias_grad(fused_bias)
             x = sp.features.clone().requires_grad_()
             out = conv(sp.replace_feature(x)).features
-            out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).half())
+            out.backward(dy)
             runs.append((out.detach(), x.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
             conv.zero_grad(set_to_none=True)
             assert (out.grad_fn.name() == "SubmanifoldConvBackward") == fused  # no add after the kernel, or the add
-    finally: S.set_bias_in_kernel(True); M.set_conv_backend("spconv")
-    for a, b in zip(*runs): assert torch.equal(a, b)
+    finally: S.set_bias_in_kernel(True); K.set_fused_bias_grad(True); M.set_conv_backend("spconv"); S.column_sum = real_sum
+    for a, b in zip(runs[0], runs[1]): assert torch.equal(a, b)
+    for a, b in zip(runs[2][:3], runs[1][:3]): assert torch.equal(a, b)
+    assert sums == [2] and torch.equal(runs[2][3], real_sum(dy).half()), sums  # only the third run's bias sum
 
 
 def check_passing():
-    "The kernels: float32 features cast to float16 (the stream added in the kernel), float16 (in the kernel), bfloat16 (cast back first, added by torch); a Block with `set_conv_stream` bit for bit"
+    "The kernels: float32 features cast to float16 (the stream added by one mixed-dtype add), float16, bfloat16 (cast back first, then added); a Block with `set_conv_stream` bit for bit"
     passing_is_autograds_sum(True, torch.float32, torch.float16)
     passing_is_autograds_sum(True, torch.float16, torch.float16)
     passing_is_autograds_sum(True, torch.bfloat16, torch.float16)
@@ -376,11 +391,8 @@ def check_passing():
     data["feat"] = torch.randn(len(data["coord"]), 48).half()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_kernels import both_ways, same_runs
-    added, real = [], S._triton_conv  # whether each launch adds the stream's other gradient in the kernel
-    S._triton_conv = lambda *a, **k: added.append(k.get("ds") is not None) or real(*a, **k)
-    try: runs, calls = both_ways(block, data, None, M.set_conv_stream, False, M, "subm_conv_passing")
-    finally: S._triton_conv = real
-    assert len(calls) == 1 and sum(added) == 1, (calls, added)  # the switched run's input gradient
+    runs, calls = both_ways(block, data, None, M.set_conv_stream, False, M, "subm_conv_passing")
+    assert len(calls) == 1, calls  # the switched run's convolution
     same_runs(runs)
     print("passing: bit for bit autograd's sum; a half-precision Block with set_conv_stream bit for bit")
 
@@ -391,14 +403,11 @@ def check_compile():
     from triton.compiler import ASTSource
     from sonata_nb import sparse_conv as S
     for dt in ("fp16", "bf16"):
-        for flip, bias, ds in ((False, False, False), (True, False, False), (False, True, False), (True, False, True)):
-            # the forward with the bias in its epilogue; the input gradient with the stream's gradient added (float32 out)
-            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y="*fp32" if ds else f"*{dt}", B="*fp32" if bias else "constexpr",
-                       DS="*fp32" if ds else "constexpr", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32",
-                       FLIP="constexpr", HAS_B="constexpr", HAS_DS="constexpr", BLOCK_M="constexpr", BLOCK_I="constexpr",
-                       BLOCK_O="constexpr")
-            consts = dict(FLIP=flip, HAS_B=bias, HAS_DS=ds, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, **({} if bias else dict(B=None)),
-                          **({} if ds else dict(DS=None)))
+        for flip, bias in ((False, False), (True, False), (False, True)):  # the forward with the bias in its epilogue too
+            sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", B="*fp32" if bias else "constexpr", N="i32", CI="i32",
+                       CO="i32", K="i32", s_in="i32", s_out="i32", FLIP="constexpr", HAS_B="constexpr", BLOCK_M="constexpr",
+                       BLOCK_I="constexpr", BLOCK_O="constexpr")
+            consts = dict(FLIP=flip, HAS_B=bias, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, **({} if bias else dict(B=None)))
             triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
         for cells in (1, 3):
             sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
