@@ -22,7 +22,7 @@ __all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'available', 'interpreted', 'set_fast
            'column_sum', 'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked',
            'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad', 'defers_bias',
            'linear_detached_bias', 'with_bias_gradient', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward',
-           'CellMax', 'cell_max', 'cell_sum']
+           'CellMax', 'cell_max', 'cell_sum', 'gather_rows']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -841,4 +841,38 @@ def cell_sum(x:torch.Tensor, # (N, C) rows of the points, float32/float16/bfloat
     if M and C:
         bm, bc = _cell_blocks(C)
         with _on(x.device): launcher(_cell_sum)[(_cdiv(M, bm), _cdiv(C, bc))](x, perm, ptr, out, M, C, x.stride(0), BLOCK_M=bm, BLOCK_C=bc)
+    return out
+
+# %% ../nbs/03b_kernels.ipynb #k048
+if triton is not None:
+    @triton.jit
+    def _gather_rows(X, Row, Out, N, C, s_out, HAS_ROW:tl.constexpr, RTNE_BF16:tl.constexpr,
+                     BLOCK_M:tl.constexpr, BLOCK_C:tl.constexpr):
+        # Out[i, c] = X[Row[i], c] (X[i, c] without Row), cast to Out's dtype; Out's rows s_out apart
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        in_m, in_c = rows < N, cols < C
+        src = tl.load(Row + rows, mask=in_m, other=0).to(tl.int64) if HAS_ROW else rows.to(tl.int64)
+        mask = in_m[:, None] & in_c[None, :]
+        v = tl.load(X + src[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(Out + rows.to(tl.int64)[:, None] * s_out + cols[None, :], _cast(v, Out.dtype.element_ty, RTNE_BF16), mask=mask)
+
+def gather_rows(x:torch.Tensor, # (M, C) rows to copy
+                row:torch.Tensor|None, # (N,) int64: the row of x for each output row; None: N = M, x's rows in order
+                out:torch.Tensor): # (N, C) written in place, any float dtype (x cast to it); a column slice of a wider tensor is fine
+    "`out[:] = x if row is None else x[row]`, cast to out's dtype: one kernel where the kernels run (float32/float16/bfloat16), torch's gather and copy elsewhere"
+    N, C = out.shape
+    if x.ndim != 2 or x.shape[1] != C or (row is None and len(x) != N) or (row is not None and row.shape != (N,)):
+        raise ValueError(f"gather_rows: x {tuple(x.shape)}, row {None if row is None else tuple(row.shape)} and out {tuple(out.shape)} "
+                         "must be (M, C), (N,) or None, and (N, C)")
+    if not (x.dtype in _DTYPES and out.dtype in _DTYPES and _cell_kernels(x) and out.device == x.device and (C == 0 or out.stride(1) == 1)
+            and not torch._C._are_functorch_transforms_active()):
+        out.copy_(x if row is None else x[row])
+        return out
+    x = x.contiguous()
+    if N and C:
+        bm, bc = _cell_blocks(C)
+        with _on(x.device):
+            launcher(_gather_rows)[(_cdiv(N, bm), _cdiv(C, bc))](x, x if row is None else row.contiguous(), out, N, C, out.stride(0),
+                                                               HAS_ROW=row is not None, RTNE_BF16=_rtne_bf16(out.dtype), BLOCK_M=bm, BLOCK_C=bc)
     return out

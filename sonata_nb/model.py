@@ -1155,8 +1155,8 @@ class _Upcast(torch.autograd.Function):
         n = next(len(r) for r in rows if r is not None)
         out = feats[0].new_empty((n, sum(feat.shape[-1] for feat in feats)), dtype=natural if dtype is None else dtype)
         col = 0
-        for feat, row in zip(feats, rows):  # one gathered stage alive at a time beside the output; cast on the way
-            out[:, col:col + feat.shape[-1]] = feat if row is None else feat[row]
+        for feat, row in zip(feats, rows):  # each stage gathered and cast into its columns (one kernel where they run)
+            kernels.gather_rows(feat, row, out[:, col:col + feat.shape[-1]])
             col += feat.shape[-1]
         return out
 
@@ -1174,8 +1174,8 @@ class _Upcast(torch.autograd.Function):
             g = None
             if ctx.needs_input_grad[i + 2]:
                 cols = grad[:, col:col + c]
-                if (row is not None and ctx.natural == torch.float32 and not torch.is_grad_enabled()
-                        and kernels._cell_kernels(cols)):  # `kernels.cell_sum`: the sums below in one pass, bit for bit
+                if (row is not None and ctx.natural == torch.float32 and not torch.is_grad_enabled() and kernels._cell_kernels(cols)
+                        and not torch._C._are_functorch_transforms_active()):  # `kernels.cell_sum`: the sums below in one pass, bit for bit
                     sorted_row, perm = torch.sort(row, stable=True)
                     g = kernels.cell_sum(cols, perm, torch.searchsorted(sorted_row, torch.arange(n + 1, device=row.device)))
                 else:

@@ -58,7 +58,7 @@ def test_fused_bias_grad(forkserver):
 
 @needs_triton
 def test_upcast_backward_by_cell_sum(forkserver):
-    "The up-cast's backward sums each stage's rows with `kernels.cell_sum` where the kernels run: float32 adds from zero in the rows' order, as torch's CUDA accumulation (interpreter)"
+    "The up-cast gathers each stage with `kernels.gather_rows` (torch's values) and its backward sums each stage's rows with `kernels.cell_sum` where the kernels run: float32 adds from zero in the rows' order, as torch's CUDA accumulation (interpreter)"
     print(run_check(forkserver, "upcast"))
 
 
@@ -166,7 +166,7 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
 @on_cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
-    "On CUDA: the up-cast's stage gradients by `kernels.cell_sum` are torch's accumulating index_put's bit for bit (rows narrower and wider than a warp)"
+    "On CUDA: the up-cast by `kernels.gather_rows` and its stage gradients by `kernels.cell_sum` are torch's gathers and casts and its accumulating index_put's bit for bit (rows narrower and wider than a warp)"
     import torch
     from sonata_nb import kernels
     from sonata_nb.model import PointTransformerV3, upcast
@@ -177,18 +177,18 @@ def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
         m = PointTransformerV3(**config).cuda().eval()
         data = {k: v.cuda() if torch.is_tensor(v) else v for k, v in toy_cloud(n=20000, clouds=2, grid=0.02).items()}
         runs = []
-        for kernel in (True, False):
+        for kernel in (True, False):  # without: torch's gathers, casts and accumulating index_put
             out, feats = upcast_leaves(m, data)
-            up = upcast(out, dtype=getattr(torch, dtype))
-            g = torch.randn(up.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(up.dtype)
             real = kernels._cell_kernels
             if not kernel: kernels._cell_kernels = lambda x: False
             try:
+                up = upcast(out, dtype=getattr(torch, dtype))
+                g = torch.randn(up.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(up.dtype)
                 with counting(kernels, "cell_sum") as calls: up.backward(g)
             finally: kernels._cell_kernels = real
             assert len(calls) == (len(feats) - 1) * kernel, calls
-            runs.append([f.grad for f in feats])
-        for a, b in zip(*runs): assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+            runs.append([up.detach()] + [f.grad for f in feats])
+        for a, b in zip(*runs): assert a.dtype == b.dtype and torch.equal(a, b)
 
 
 @on_cuda
@@ -904,6 +904,11 @@ def check_compile():
             sig = dict(X=f"*{x}", Perm="*i64", Ptr="*i64", Out="*fp32", M="i32", C="i32", s_x="i32", **{k: "constexpr" for k in consts})
             k = triton.compile(ASTSource(fn=kernels._cell_sum, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
             assert ".entry" in k.asm["ptx"]
+            for out, has_row in (("fp16", True), ("bf16", False)):  # the up-cast's gather into half-precision columns
+                c2 = dict(consts, HAS_ROW=has_row, RTNE_BF16=False)
+                sig = dict(X=f"*{x}", Row="*i64", Out=f"*{out}", N="i32", C="i32", s_out="i32", **{k: "constexpr" for k in c2})
+                k = triton.compile(ASTSource(fn=kernels._gather_rows, signature=sig, constexprs=c2), target=GPUTarget("cuda", 90, 32))
+                assert ".entry" in k.asm["ptx"]
     for x in ("fp16", "bf16", "fp32"):  # libdevice's erf and exp linked
         for C, has_sum in ((1536, True), (48, False)):
             br, bc = kernels._column_blocks(C)
@@ -962,7 +967,14 @@ def check_upcast():
     torch.manual_seed(0)
     m = PointTransformerV3(**{**TINY, **UPCAST_WIDE}).eval()
     out, feats = upcast_leaves(m, toy_cloud(n=400, clouds=2, grid=0.1))
-    up = upcast(out, dtype=torch.float16)
+    launched, real = [], kernels.launcher
+    kernels.launcher = lambda fn: launched.append(fn) or real(fn)
+    try: up = upcast(out, dtype=torch.float16)
+    finally: kernels.launcher = real
+    assert launched == [kernels._gather_rows] * len(feats), launched  # a kernel per stage
+    kernels._on_cpu = False
+    assert torch.equal(up, upcast(out, dtype=torch.float16))  # torch's gathers and casts
+    kernels._on_cpu = True
     g = torch.randn(up.shape, generator=torch.Generator().manual_seed(1)).half()
     with counting(kernels, "cell_sum") as calls: up.backward(g)
     assert len(calls) == len(feats) - 1, calls  # every stage but the finest (its rows are the output's)
