@@ -1168,7 +1168,7 @@ class _Upcast(torch.autograd.Function):
         for feat in feats[1:]: ctx.natural = torch.promote_types(ctx.natural, feat.dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # differentiable operations (torch's): double backward works as for the concatenations
+    def backward(ctx, grad):  # under create_graph torch's operations: double backward works as for the concatenations
         grads, col = [], 0
         for i, ((n, c, dtype), row) in enumerate(zip(ctx.metas, ctx.rows)):
             g = None
