@@ -34,8 +34,8 @@ __all__ = ['SPCONV_ALGOS', 'CONV_BACKENDS', 'MIN_REPLAYS', 'MODELS', 'SONATA_CON
            'LayerScale', 'set_mlp_recompute', 'MLP', 'set_half_layernorm', 'set_fused_layernorm', 'set_fused_stream',
            'LayerNorm', 'Embedding', 'Block', 'set_fused_residual', 'set_block_graphs', 'Stage', 'unique_cells',
            'plan_pooling', 'GridPooling', 'GridUnpooling', 'PointTransformerV3', 'HostPlan', 'pooling_strides',
-           'upcast', 'split_checkpoint', 'check_config', 'LoadReport', 'load_weights', 'load_encoder',
-           'save_checkpoint']
+           'set_upcast_kernels', 'upcast', 'split_checkpoint', 'check_config', 'LoadReport', 'load_weights',
+           'load_encoder', 'save_checkpoint']
 
 # %% ../nbs/04_model.ipynb #c007
 SPCONV_ALGOS = {"native": ConvAlgo.Native, "mask_implicit_gemm": ConvAlgo.MaskImplicitGemm,
@@ -1146,6 +1146,13 @@ SONATA_CONFIG = dict(
     upcast_attention=False, upcast_softmax=False, traceable=True, enc_mode=True, mask_token=False)
 
 # %% ../nbs/04_model.ipynb #c040
+_upcast_kernels = False  # off until its CUDA test passes
+
+def set_upcast_kernels(on:bool=True): # True: the up-cast gathers and sums with `kernels.gather_rows` and `kernels.cell_sum`
+    "Speed switch (off until tested on a GPU): `upcast`'s forward by `kernels.gather_rows`, its backward's float32 sums by `kernels.cell_sum`, where the kernels run (module-wide; the same numbers)"
+    global _upcast_kernels
+    _upcast_kernels = bool(on)
+
 class _Upcast(torch.autograd.Function):
     "Stage features gathered once into their columns of one output; the backward sums each stage's rows from its columns"
     @staticmethod
@@ -1155,8 +1162,10 @@ class _Upcast(torch.autograd.Function):
         n = next(len(r) for r in rows if r is not None)
         out = feats[0].new_empty((n, sum(feat.shape[-1] for feat in feats)), dtype=natural if dtype is None else dtype)
         col = 0
-        for feat, row in zip(feats, rows):  # each stage gathered and cast into its columns (one kernel where they run)
-            kernels.gather_rows(feat, row, out[:, col:col + feat.shape[-1]])
+        for feat, row in zip(feats, rows):  # one gathered stage alive at a time beside the output; cast on the way
+            cols = out[:, col:col + feat.shape[-1]]
+            if _upcast_kernels: kernels.gather_rows(feat, row, cols)  # one kernel where they run
+            else: cols.copy_(feat if row is None else feat[row])
             col += feat.shape[-1]
         return out
 
@@ -1174,7 +1183,7 @@ class _Upcast(torch.autograd.Function):
             g = None
             if ctx.needs_input_grad[i + 2]:
                 cols = grad[:, col:col + c]
-                if (row is not None and ctx.natural == torch.float32 and not torch.is_grad_enabled() and kernels._cell_kernels(cols)
+                if (_upcast_kernels and row is not None and ctx.natural == torch.float32 and not torch.is_grad_enabled() and kernels._cell_kernels(cols)
                         and not torch._C._are_functorch_transforms_active()):  # `kernels.cell_sum`: the sums below in one pass, bit for bit
                     sorted_row, perm = torch.sort(row, stable=True)
                     g = kernels.cell_sum(cols, perm, torch.searchsorted(sorted_row, torch.arange(n + 1, device=row.device)))

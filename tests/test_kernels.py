@@ -168,7 +168,7 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
 def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
     "On CUDA: the up-cast by `kernels.gather_rows` and its stage gradients by `kernels.cell_sum` are torch's gathers and casts and its accumulating index_put's bit for bit (rows narrower and wider than a warp)"
     import torch
-    from sonata_nb import kernels
+    from sonata_nb import kernels, model
     from sonata_nb.model import PointTransformerV3, upcast
     from sonata_nb.testing import toy_cloud
     from test_model import TINY
@@ -179,13 +179,13 @@ def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
         runs = []
         for kernel in (True, False):  # without: torch's gathers, casts and accumulating index_put
             out, feats = upcast_leaves(m, data)
-            real = kernels._cell_kernels
-            if not kernel: kernels._cell_kernels = lambda x: False
+            before = model._upcast_kernels
+            model.set_upcast_kernels(kernel)
             try:
                 up = upcast(out, dtype=getattr(torch, dtype))
                 g = torch.randn(up.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(up.dtype)
                 with counting(kernels, "cell_sum") as calls: up.backward(g)
-            finally: kernels._cell_kernels = real
+            finally: model.set_upcast_kernels(before)
             assert len(calls) == (len(feats) - 1) * kernel, calls
             runs.append([up.detach()] + [f.grad for f in feats])
         for a, b in zip(*runs): assert a.dtype == b.dtype and torch.equal(a, b)
@@ -963,6 +963,8 @@ def check_upcast():
     from sonata_nb.testing import toy_cloud
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_model import TINY
+    assert not model._upcast_kernels  # off until its CUDA test passes
+    model.set_upcast_kernels(True)
     kernels._on_cpu = True
     torch.manual_seed(0)
     m = PointTransformerV3(**{**TINY, **UPCAST_WIDE}).eval()
@@ -972,9 +974,9 @@ def check_upcast():
     try: up = upcast(out, dtype=torch.float16)
     finally: kernels.launcher = real
     assert launched == [kernels._gather_rows] * len(feats), launched  # a kernel per stage
-    kernels._on_cpu = False
+    model.set_upcast_kernels(False)
     assert torch.equal(up, upcast(out, dtype=torch.float16))  # torch's gathers and casts
-    kernels._on_cpu = True
+    model.set_upcast_kernels(True)
     g = torch.randn(up.shape, generator=torch.Generator().manual_seed(1)).half()
     with counting(kernels, "cell_sum") as calls: up.backward(g)
     assert len(calls) == len(feats) - 1, calls  # every stage but the finest (its rows are the output's)
