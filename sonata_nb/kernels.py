@@ -37,7 +37,7 @@ if triton is not None:
         if RTNE_BF16:  # the interpreter truncates float32 -> bfloat16; round to nearest even as the GPU does
             bits = v.to(tl.uint32, bitcast=True)
             bits = bits + 0x7FFF + ((bits >> 16) & 1)
-            out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            out = tl.where(v != v, v.to(dtype), (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True))  # a NaN stays one
         else: out = v.to(dtype)
         return out
 
@@ -593,7 +593,7 @@ def _residual_drop_path(shortcut, x, drop_prob:float, # checked by the caller (`
 _fused_bias_grad = True  # on since its CUDA test passed and it measured faster (H100, 2026-12-07 09:38)
 
 def set_fused_bias_grad(on:bool=True): # True: a block's Linears leave their bias gradients to the kernels consuming their outputs
-    "Speed switch (on by default): `qkv`, `proj`, `fc2` and the CPE's Linear run with the bias detached, its gradient summed by the next kernel's backward (module-wide)"
+    "Speed switch (on by default): `qkv`, `proj`, `fc2` and the CPE's Linear run with the bias detached, its gradient summed by the next kernel's backward; a convolution adding its bias in its kernel sums the bias gradient with `column_sum` (module-wide)"
     global _fused_bias_grad
     _fused_bias_grad = bool(on)
 
@@ -827,7 +827,7 @@ if triton is not None:
 def cell_sum(x:torch.Tensor, # (N, C) rows of the points, float32/float16/bfloat16; any row stride
              perm:torch.Tensor, # (N,) the rows sorted by cell (int64)
              ptr:torch.Tensor) -> torch.Tensor: # (M + 1,) where each cell starts in `perm`, then N (int64)
-    "(M, C) float32 sum of each cell's rows, added one by one in `perm` order from zero, on the kernels' device (CUDA: torch's accumulating `index_put_` of the float32 rows in that order, bit for bit); not differentiable"
+    "(M, C) float32 sum of each cell's rows, added one by one in `perm` order from zero, on the kernels' device (CUDA, C >= 2: torch's accumulating `index_put_` of the float32 rows in that order, bit for bit; one column: torch adds long cells' rows in a tree); not differentiable"
     if x.ndim != 2 or perm.shape != (len(x),) or ptr.ndim != 1 or len(ptr) < 1:
         raise ValueError(f"cell_sum takes x (N, C), perm (N,) and ptr (M + 1,); got {tuple(x.shape)}, {tuple(perm.shape)}, {tuple(ptr.shape)}")
     if x.dtype not in _DTYPES: raise ValueError(f"cell_sum sums float32/float16/bfloat16 rows in float32; got {x.dtype}")
@@ -860,7 +860,7 @@ if triton is not None:
 def gather_rows(x:torch.Tensor, # (M, C) rows to copy
                 row:torch.Tensor|None, # (N,) int64: the row of x for each output row; None: N = M, x's rows in order
                 out:torch.Tensor): # (N, C) written in place, any float dtype (x cast to it); a column slice of a wider tensor is fine
-    "`out[:] = x if row is None else x[row]`, cast to out's dtype: one kernel where the kernels run (float32/float16/bfloat16), torch's gather and copy elsewhere"
+    "`out[:] = x if row is None else x[row]`, cast to out's dtype: one kernel where the kernels run (float32/float16/bfloat16; `row` must lie in [0, M): the kernel does not check), torch's gather and copy elsewhere"
     N, C = out.shape
     if x.ndim != 2 or x.shape[1] != C or (row is None and len(x) != N) or (row is not None and row.shape != (N,)):
         raise ValueError(f"gather_rows: x {tuple(x.shape)}, row {None if row is None else tuple(row.shape)} and out {tuple(out.shape)} "

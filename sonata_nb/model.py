@@ -1183,7 +1183,7 @@ class _Upcast(torch.autograd.Function):
             g = None
             if ctx.needs_input_grad[i + 2]:
                 cols = grad[:, col:col + c]
-                if (_upcast_kernels and row is not None and ctx.natural == torch.float32 and not torch.is_grad_enabled() and kernels._cell_kernels(cols)
+                if (_upcast_kernels and row is not None and c > 1 and ctx.natural == torch.float32 and not torch.is_grad_enabled() and kernels._cell_kernels(cols)
                         and not torch._C._are_functorch_transforms_active()):  # `kernels.cell_sum`: the sums below in one pass, bit for bit
                     sorted_row, perm = torch.sort(row, stable=True)
                     g = kernels.cell_sum(cols, perm, torch.searchsorted(sorted_row, torch.arange(n + 1, device=row.device)))
