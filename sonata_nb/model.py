@@ -142,7 +142,7 @@ class SubMConv3d(spconv.SubMConv3d):
         if feat.is_cuda and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
             weight = weight.to(torch.float16)
         x = feat if passing or feat.dtype == weight.dtype else feat.to(weight.dtype)  # passing: cast in the convolution
-        fused = (self.bias is not None and self.bias.dtype in (torch.float32, torch.float16, torch.bfloat16)  # float64: torch adds in float64
+        fused = (self.bias is not None and self.bias.dtype in _FUSED_DTYPES  # float64: torch adds in float64
                  and fuses_bias(weight, self._kernel()))  # the bias in the kernel's epilogue (the computing dtype: the weight's)
         # the bias gradient as column_sum's float32 sum: with the bias-gradient kernel (decided under autocast, as `add_bias_`
         # decides), or with the block's other bias gradients left to the kernels (`kernels.set_fused_bias_grad`)

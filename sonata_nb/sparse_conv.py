@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 import torch
-from .kernels import _cdiv, _on, _pow2, available, column_sum, interpreted, launcher
+from .kernels import _DTYPES, _cdiv, _on, _pow2, available, column_sum, interpreted, launcher
 
 try:
     import triton
@@ -264,7 +264,7 @@ def _checked(x, table, weight, kernel, bias, cast:bool) -> tuple: # `subm_conv`'
                          f"(or float16 in Triton's CPU interpreter); got {weight.dtype} on {x.device}: pass kernel=None or False")
     use_kernels = usable if kernel is None else kernel
     if bias is not None and not (use_kernels and bias.shape == weight.shape[:1] and bias.device == x.device
-                                 and bias.dtype in (torch.float32, torch.float16, torch.bfloat16)):
+                                 and bias.dtype in _DTYPES):
         raise ValueError(f"subm_conv adds a bias only in the Triton kernels, a float32/16/bf16 ({weight.shape[0]},) tensor on {x.device}; got "
                          f"{tuple(bias.shape)} {bias.dtype} on {bias.device} with kernels={use_kernels}: add it after the convolution")
     return (x.contiguous(), table.contiguous(), weight.reshape(weight.shape[0], K, weight.shape[-1]).contiguous(), use_kernels,
