@@ -17,7 +17,7 @@ try: from triton.language.extra import libdevice  # CUDA's erf and exp for the G
 except ImportError: libdevice = None
 
 # %% auto #0
-__all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
+__all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'CELL_TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
            'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'check_input_bias', 'set_bias_grad_kernel',
            'column_sum', 'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked',
            'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad', 'defers_bias',
@@ -733,10 +733,9 @@ if triton is not None:
         g = tl.load(G + offs, mask=mask, other=0.0)
         tl.store(DX + arg.to(tl.int64) * C + cols[None, :], g, mask=mask & (arg >= 0))
 
-def _cell_blocks(C:int) -> tuple[int, int]:
-    "Cells and channels of a cell-max program's tile"
-    block_c = min(64, _pow2(C))
-    return max(1, 1024 // block_c), block_c
+# cells and channels of a cell kernel's tile, whatever the width: the Triton of torch 2.11 (3.7) fails to compile
+# `_cell_max_fwd` and `_cell_sum` for 16 or 32 channels in tiles of that width (H100, 2026-12-07 14:33)
+CELL_TILE = (16, 64)
 
 def _cell_max_torch(x, perm, ptr, need_arg:bool):
     "(maxima, their rows or None) by torch's operations: the first row of each cell in `perm` order among equal maxima"
@@ -777,7 +776,7 @@ class CellMax(torch.autograd.Function):
         M, C = g.shape
         if M and C:
             if _cell_kernels(g):
-                bm, bc = _cell_blocks(C)
+                bm, bc = CELL_TILE
                 with _on(g.device): launcher(_cell_max_bwd)[(_cdiv(M, bm), _cdiv(C, bc))](g, arg, dx, M, C, BLOCK_M=bm, BLOCK_C=bc)
             else:
                 has = arg >= 0
@@ -791,7 +790,7 @@ def _cell_max(x, perm, ptr, need_arg:bool):
     out = x.new_empty((M, C))
     arg = torch.empty((M, C), dtype=torch.int32, device=x.device) if need_arg else None
     if M and C:
-        bm, bc = _cell_blocks(C)
+        bm, bc = CELL_TILE
         with _on(x.device): launcher(_cell_max_fwd)[(_cdiv(M, bm), _cdiv(C, bc))](x, perm, ptr, out, out if arg is None else arg,
             M, C, STORE_ARG=need_arg, BLOCK_M=bm, BLOCK_C=bc)
     return out, arg
@@ -839,7 +838,7 @@ def cell_sum(x:torch.Tensor, # (N, C) rows of the points, float32/float16/bfloat
     perm, ptr = perm.contiguous(), ptr.contiguous()
     out = torch.empty((M, C), dtype=torch.float32, device=x.device)
     if M and C:
-        bm, bc = _cell_blocks(C)
+        bm, bc = CELL_TILE
         with _on(x.device): launcher(_cell_sum)[(_cdiv(M, bm), _cdiv(C, bc))](x, perm, ptr, out, M, C, x.stride(0), BLOCK_M=bm, BLOCK_C=bc)
     return out
 
@@ -871,7 +870,7 @@ def gather_rows(x:torch.Tensor, # (M, C) rows to copy
         return out
     x = x.contiguous()
     if N and C:
-        bm, bc = _cell_blocks(C)
+        bm, bc = CELL_TILE
         with _on(x.device):
             launcher(_gather_rows)[(_cdiv(N, bm), _cdiv(C, bc))](x, x if row is None else row.contiguous(), out, N, C, out.stride(0),
                                                                HAS_ROW=row is not None, RTNE_BF16=_rtne_bf16(out.dtype), BLOCK_M=bm, BLOCK_C=bc)

@@ -111,23 +111,25 @@ from compiled import on_cuda
 
 @on_cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_cell_max_on_cuda_is_the_torch_path_bitwise(dtype):
-    "cell_max's kernels on CUDA against its torch operations on the CPU: maxima and gradients bit for bit, with many ties"
+@pytest.mark.parametrize("width", [96, 16, 32, 8])
+def test_cell_max_on_cuda_is_the_torch_path_bitwise(dtype, width):
+    "cell_max's kernels on CUDA against its torch operations on the CPU: maxima and gradients bit for bit, with many ties; Sonata's widths and a tiny model's (16 and 32 channels once failed to compile)"
     import torch
     from sonata_nb import kernels
     dtype = getattr(torch, dtype)
     g = torch.Generator().manual_seed(0)
     counts = torch.randint(0, 9, (5000,), generator=g)
     N = int(counts.sum())
-    x0 = ((torch.randn(N, 96, generator=g) * 2).round() / 2).to(dtype)  # few distinct values: ties in most cells
+    x0 = ((torch.randn(N, width, generator=g) * 2).round() / 2).to(dtype)  # few distinct values: ties in most cells
     perm, ptr = torch.randperm(N, generator=g), torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-    gout = torch.randn(len(counts), 96, generator=g).to(dtype)
+    gout = torch.randn(len(counts), width, generator=g).to(dtype)
     runs = []
     for dev in ("cuda", "cpu"):
         x = x0.to(dev).requires_grad_()
         out = kernels.cell_max(x, perm.to(dev), ptr.to(dev))
         out.backward(gout.to(dev))
-        runs.append((out.detach().cpu(), x.grad.cpu()))
+        with torch.no_grad(): plain = kernels.cell_max(x0.to(dev), perm.to(dev), ptr.to(dev))  # no rows kept (STORE_ARG off)
+        runs.append((out.detach().cpu(), x.grad.cpu(), plain.cpu()))
     for a, b in zip(*runs): assert torch.equal(a, b)
 
 
@@ -893,19 +895,24 @@ def check_compile():
                     consts, RTNE_BF16=False, HAS_SUM=has_sum, **({} if has_sum else dict(P=None)))), target=GPUTarget("cuda", 90, 32),
                     options=dict(num_warps=nw))
                 assert ".entry" in k.asm["ptx"]
+    bm, bc = kernels.CELL_TILE
     for x in ("fp16", "bf16", "fp32"):
-        for C, store in ((48, True), (512, False)):
-            bm, bc = kernels._cell_blocks(C)
+        for sixteens, store in ((True, True), (False, False), (True, False)):  # C a multiple of 16 or not, as launches specialize it
+            aligned = lambda sig: {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig.items())
+                                   if v.startswith("*") or (k == "C" and sixteens)}  # 16-byte pointers, C as launched
             consts = dict(STORE_ARG=store, BLOCK_M=bm, BLOCK_C=bc)
-            sig = dict(X=f"*{x}", Perm="*i64", Ptr="*i64", Out=f"*{x}", Arg="*i32", M="i32", C="i32", **{k: "constexpr" for k in consts})
-            k = triton.compile(ASTSource(fn=kernels._cell_max_fwd, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+            sig = dict(X=f"*{x}", Perm="*i64", Ptr="*i64", Out=f"*{x}", Arg="*i32" if store else f"*{x}", M="i32", C="i32")
+            k = triton.compile(ASTSource(fn=kernels._cell_max_fwd, signature=dict(sig, **{k: "constexpr" for k in consts}),
+                                         constexprs=consts, attrs=aligned(sig)), target=GPUTarget("cuda", 90, 32))
             assert ".entry" in k.asm["ptx"]
             consts = dict(BLOCK_M=bm, BLOCK_C=bc)
-            sig = dict(G=f"*{x}", Arg="*i32", DX=f"*{x}", M="i32", C="i32", **{k: "constexpr" for k in consts})
-            k = triton.compile(ASTSource(fn=kernels._cell_max_bwd, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+            sig = dict(G=f"*{x}", Arg="*i32", DX=f"*{x}", M="i32", C="i32")
+            k = triton.compile(ASTSource(fn=kernels._cell_max_bwd, signature=dict(sig, **{k: "constexpr" for k in consts}),
+                                         constexprs=consts, attrs=aligned(sig)), target=GPUTarget("cuda", 90, 32))
             assert ".entry" in k.asm["ptx"]
-            sig = dict(X=f"*{x}", Perm="*i64", Ptr="*i64", Out="*fp32", M="i32", C="i32", s_x="i32", **{k: "constexpr" for k in consts})
-            k = triton.compile(ASTSource(fn=kernels._cell_sum, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+            sig = dict(X=f"*{x}", Perm="*i64", Ptr="*i64", Out="*fp32", M="i32", C="i32", s_x="i32")
+            k = triton.compile(ASTSource(fn=kernels._cell_sum, signature=dict(sig, **{k: "constexpr" for k in consts}),
+                                         constexprs=consts, attrs=aligned(sig)), target=GPUTarget("cuda", 90, 32))
             assert ".entry" in k.asm["ptx"]
             for out, has_row in (("fp16", True), ("bf16", False), ("fp32", True)):  # the up-cast's gather into its columns
                 c2 = dict(consts, HAS_ROW=has_row, RTNE_BF16=False)
