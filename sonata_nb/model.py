@@ -92,10 +92,10 @@ def _sorted_subm_map(conv:spconv.SubMConv3d, # the convolution building the map
                                   spatial_shape=input.spatial_shape, out_spatial_shape=input.spatial_shape, algo=algo,
                                   ksize=conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
 
-_conv_stream = False
+_conv_stream = True
 
 def set_conv_stream(on:bool=True): # True: a block's CPE convolution adds the stream's other gradient in its backward
-    "Speed switch (off until measured on a GPU): `Block` convolves the residual stream through `SubMConv3d.forward_passing`, which casts it and, in the backward, adds the stream's other gradient to its input gradient (one mixed-dtype add for a float32 stream; module-wide; the same numbers where the stream has no use but the convolution and the CPE's sum, as in the model)"
+    "Speed switch (on by default): `Block` convolves the residual stream through `SubMConv3d.forward_passing`, which casts it and, in the backward, adds the stream's other gradient to its input gradient (one mixed-dtype add for a float32 stream; module-wide; the same numbers where the stream has no use but the convolution and the CPE's sum, as in the model)"
     global _conv_stream
     _conv_stream = bool(on)
 

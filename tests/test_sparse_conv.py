@@ -384,14 +384,14 @@ def check_passing():
     from sonata_nb import kernels as K
     M._gather_on_cpu = M._fused_on_cpu = K._on_cpu = True  # the interpreted kernels on CPU tensors
     M.set_conv_backend("triton")
-    assert not M._conv_stream  # off until measured on a GPU
+    assert M._conv_stream  # on by default (measured faster on an H100, 2026-12-07 14:33)
     torch.manual_seed(0)
     block = M.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.3).half().train()
     data = cloud(n=300, clouds=2, grid=0.1)
     data["feat"] = torch.randn(len(data["coord"]), 48).half()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_kernels import both_ways, same_runs
-    runs, calls = both_ways(block, data, None, M.set_conv_stream, False, M, "subm_conv_passing")
+    runs, calls = both_ways(block, data, None, M.set_conv_stream, True, M, "subm_conv_passing")
     assert len(calls) == 1, calls  # the switched run's convolution
     same_runs(runs)
     print("passing: bit for bit autograd's sum; a half-precision Block with set_conv_stream bit for bit")
