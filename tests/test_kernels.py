@@ -974,8 +974,7 @@ def check_upcast():
     from sonata_nb.testing import toy_cloud
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_model import TINY
-    assert not model._upcast_kernels  # off until its CUDA test passes
-    model.set_upcast_kernels(True)
+    assert model._upcast_kernels  # on by default (CUDA test passed, H100 2026-12-07 14:53)
     kernels._on_cpu = True
     torch.manual_seed(0)
     m = PointTransformerV3(**{**TINY, **UPCAST_WIDE}).eval()
