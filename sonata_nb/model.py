@@ -140,7 +140,7 @@ class SubMConv3d(spconv.SubMConv3d):
         "The convolution by `sparse_conv.subm_conv` (spconv's casts and bias), or `subm_conv_passing`'s (output, features)"
         feat, weight = input.features, self.weight
         if feat.is_cuda and torch.is_autocast_enabled("cuda"):  # spconv's casts: float16 under any CUDA autocast
-            weight = weight.to(torch.float16)
+            weight = kernels.cast_of(weight).to(torch.float16)  # the block's cast where it made one
         x = feat if passing or feat.dtype == weight.dtype else feat.to(weight.dtype)  # passing: cast in the convolution
         fused = (self.bias is not None and self.bias.dtype in _FUSED_DTYPES  # float64: torch adds in float64
                  and fuses_bias(weight, self._kernel()))  # the bias in the kernel's epilogue (the computing dtype: the weight's)
@@ -311,14 +311,15 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self._recomputes():
-            return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.act.approximate,
-                                       (kernels.sums_bias(x, self.fc1.bias), kernels.sums_bias(x, self.fc2.bias)))
+            return _MLPRecompute.apply(x, kernels.cast_of(self.fc1.weight), self.fc1.bias, kernels.cast_of(self.fc2.weight), self.fc2.bias,
+                                       self.act.approximate, (kernels.sums_bias(x, self.fc1.bias), kernels.sums_bias(x, self.fc2.bias)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
     def forward_deferring(self, x:torch.Tensor) -> tuple: # (..., C) input
         "(`self(x)`, `fc2.bias` if its gradient is left to the caller, else None): `kernels.set_fused_bias_grad` in the recompute path"
         if not (self._recomputes() and kernels.defers_bias(self.fc2, x)): return self(x), None
-        return _MLPRecompute.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias.detach(), self.act.approximate,
+        return _MLPRecompute.apply(x, kernels.cast_of(self.fc1.weight), self.fc1.bias, kernels.cast_of(self.fc2.weight),
+                                   kernels.cast_of(self.fc2.bias, detached=True), self.act.approximate,
                                    (kernels.sums_bias(x, self.fc1.bias), False)), self.fc2.bias
 
 _half_layernorm = "frozen"
@@ -502,6 +503,28 @@ class Block(PointModule):
                         attend, # the attention: normalised features (N, C) -> its output (N, C)
                         attend_deferring=None): # the same -> (output, proj's bias left to the residual or None)
         "The block on tensors only: (new features, the CPE convolution's sparse output)"
+        casts = self._casts(feat, sparse) if kernels._block_casts else None
+        if casts is None: return self._forward_tensors(feat, sparse, attend, attend_deferring)
+        with kernels.casting(casts): return self._forward_tensors(feat, sparse, attend, attend_deferring)
+
+    def _casts(self, feat:torch.Tensor, sparse:spconv.SparseConvTensor) -> dict|None: # `forward_tensors`' first arguments
+        "The weight casts of a training block under autocast on the kernels' device, by one copy (`kernels.cast_params`), where its layers take them: the default path (pre-norm, biases deferred, no hooks), every weight trained"
+        dev = feat.device.type
+        if not (torch.is_grad_enabled() and torch.is_autocast_enabled(dev) and kernels._kernel_device(feat) and self.pre_norm
+                and self._defers_branch_biases() and not _functorch_active()): return None
+        conv, lin, norm = self.cpe._modules.values() if len(self.cpe._modules) == 3 else (None,) * 3
+        mlp = self.mlp._modules.get("0") if len(self.mlp._modules) == 1 else None
+        if not (type(conv) is SubMConv3d and type(norm) is LayerNorm and type(self.attn) is SerializedAttention and type(mlp) is MLP
+                and mlp._recomputes()) or any(_hooked(m) for m in (conv, self.attn, mlp)): return None
+        layers = (lin, self.attn.qkv, self.attn.proj, mlp.fc1, mlp.fc2)
+        if any(type(m) not in (Linear, nn.Linear) or m.bias is None or _hooked(m) for m in layers): return None
+        params, dtype = [m.weight for m in layers], torch.get_autocast_dtype(dev)
+        if feat.is_cuda and dtype == torch.float16 and conv.gathers(sparse): params.append(conv.weight)  # float16 under any CUDA autocast
+        if not all(p.requires_grad and p.dtype == torch.float32 for p in params): return None
+        return kernels.cast_params(params, [m.bias for m in layers if m is not mlp.fc1], dtype)  # fc1's bias: its gradient in the MLP
+
+    def _forward_tensors(self, feat, sparse, attend, attend_deferring):
+        "`forward_tensors` with the block's casts published (or none)"
         # The containers' modules are called on the feature tensor directly: the same operations as routing the Point
         # through each PointSequential, without re-wrapping the sparse tensor after every step (host time only)
         seq = lambda s, x: _run(s._modules.values(), x)

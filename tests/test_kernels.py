@@ -57,6 +57,12 @@ def test_fused_bias_grad(forkserver):
 
 
 @needs_triton
+def test_block_casts(forkserver):
+    "A training Block with `set_block_casts`: torch's output and gradients bit for bit, its weights cast in one multi-tensor copy each way; no casts where they do not apply (interpreter)"
+    print(run_check(forkserver, "block_casts"))
+
+
+@needs_triton
 def test_upcast_backward_by_cell_sum(forkserver):
     "The up-cast gathers each stage with `kernels.gather_rows` (torch's values) and its backward sums each stage's rows with `kernels.cell_sum` where the kernels run: float32 adds from zero in the rows' order, as torch's CUDA accumulation (interpreter)"
     print(run_check(forkserver, "upcast"))
@@ -194,6 +200,15 @@ def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
             assert (launched.count(kernels._gather_rows), launched.count(kernels._cell_sum)) == ((len(feats), len(feats) - 1) if kernel else (0, 0)), launched
             runs.append([up.detach()] + [f.grad for f in feats])
         for a, b in zip(*runs): assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@on_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_block_casts_on_cuda_is_bitwise(dtype):
+    "A training Block on CUDA under autocast with and without `set_block_casts`: output and every gradient bit for bit, the casts in two multi-tensor copies (the convolution's weight among them in float16)"
+    import torch
+    block, data = cuda_block()
+    print(block_casts_match(block, data, getattr(torch, dtype), conv_cast=dtype == "float16"))
 
 
 @on_cuda
@@ -696,6 +711,68 @@ def fused_bias_grads_match(block, data, dtype, fallback:bool=False, residuals:in
         if dtype is not None: assert err_f.max() <= err_t.max(), (n, err_f.max(), err_t.max())  # torch's sum rounds to the half dtype
         report[n] = f"{err_f.max().item():.1e} (torch {err_t.max().item():.1e})"
     return f"{dtype}: bit for bit but the deferred biases; their errors to float64: {report}"
+
+
+def block_casts_match(block, data, dtype, conv_cast:bool) -> str:
+    "`block_step` with `kernels.set_block_casts` on and off: output and every gradient bit for bit, one `cast_params` call, its two multi-tensor copies replacing at least ten casts (eleven with the convolution's weight)"
+    import torch
+    from test_sparse_conv import AtenCalls
+    from sonata_nb import kernels
+    runs, ops = [], []
+    try:
+        with counting(kernels, "cast_params") as calls:
+            for on in (True, False):
+                kernels.set_block_casts(on)
+                with AtenCalls() as mode: runs.append(block_step(block, data, dtype, seed=3))
+                ops.append(mode.names)
+    finally: kernels.set_block_casts(False)
+    same_runs(runs)
+    assert len(calls) == 1, calls  # the switched run's block
+    casts = [sum(n in ("_to_copy", "copy_") for n in names) for names in ops]
+    assert ops[0].count("_foreach_copy_") == 2 and "_foreach_copy_" not in ops[1], ops[0]
+    assert casts[1] - casts[0] >= 10 + conv_cast, casts  # 5 weights, 4 detached biases cast, 5 weight gradients cast back (+ conv)
+    return f"{dtype}: bit for bit; casts and copies {casts[1]} -> {casts[0]} + 2 multi-tensor copies"
+
+
+def check_block_casts():
+    import torch
+    from sonata_nb import kernels, model
+    from sonata_nb.attention import set_attention_backend
+    from sonata_nb.testing import toy_cloud
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    assert not kernels._block_casts  # off until measured on a GPU
+    kernels._on_cpu = model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
+    set_attention_backend("triton")  # the patch-attention kernel (float16 in the interpreter)
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.4).train()
+    data = toy_cloud(n=300, clouds=2, grid=0.1)
+    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    print(block_casts_match(block, data, torch.float16, conv_cast=False))  # the convolution casts its weight on CUDA only
+    # nothing cast: no autocast, a hooked Linear, frozen weights, no gradient
+    from sonata_nb.structure import Point
+    set_attention_backend("sdpa")  # float32 without autocast
+    def step(dtype, grad=True):
+        p = Point({k: v.clone() for k, v in data.items()})
+        p.serialization(order=("z", "z-trans"), shuffle_orders=False); p.sparsify()
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype or torch.float16, enabled=dtype is not None):
+            out = block(p).feat
+        if grad: out.float().sum().backward()
+    kernels.set_block_casts(True)
+    try:
+        with counting(kernels, "cast_params") as calls:
+            step(torch.float16)
+            assert len(calls) == 1, calls  # the switch on: cast (the check of the path below)
+            step(None)
+            h = block.attn.proj.register_forward_hook(lambda m, i, o: None)
+            try: step(torch.float16)
+            finally: h.remove()
+            block.attn.qkv.requires_grad_(False)
+            try: step(torch.float16)
+            finally: block.attn.qkv.requires_grad_(True)
+            step(torch.float16, grad=False)
+        assert len(calls) == 1, calls
+    finally: kernels.set_block_casts(False)
+    print("block casts: bit for bit; none without autocast, with a hook, with a frozen weight or without gradients")
 
 
 def check_fused_bias_grad():

@@ -8,6 +8,7 @@ SWITCH: gather | triton_conv (conv backend against spconv) | residual | bias_ker
         | conv_bias (the convolutions' bias added in the forward kernel's epilogue)
         | conv_stream (the CPE convolution adds the stream's other gradient to its input gradient in its backward)
         | upcast_kernels (the up-cast by kernels.gather_rows and kernels.cell_sum)
+        | block_casts (a block's weight casts and their gradients' casts back in one multi-tensor copy each way)
 CONV_TUNE=conv_tune.json (env): the Triton kernels' block sizes from bench/conv_tune.py's best, not CONV_CONFIG's defaults;
 ATTN_TUNE=attention_kernel.json (env): the attention kernels' from bench/attention_kernel.py --sweep's best_config."""
 import sys, json, os, statistics, time
@@ -23,7 +24,8 @@ def conv_backend(name): return lambda on: M.set_conv_backend(name if on else "sp
 SWITCHES = dict(gather=conv_backend("gather"), triton_conv=conv_backend("triton"), residual=M.set_fused_residual,
                 bias_kernel=K.set_bias_grad_kernel, one_pass=A.set_one_pass_backward, stream=M.set_fused_stream,
                 gelu=K.set_fused_gelu, fused_bias=K.set_fused_bias_grad, conv_bias=S.set_bias_in_kernel,
-                conv_stream=M.set_conv_stream, upcast_kernels=M.set_upcast_kernels)
+                conv_stream=M.set_conv_stream, upcast_kernels=M.set_upcast_kernels,
+                block_casts=K.set_block_casts)
 scan, name = sys.argv[1], sys.argv[2]
 pairs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 tasks = (sys.argv[4] if len(sys.argv) > 4 else "ft,infer").split(",")
@@ -32,7 +34,8 @@ conv_config = conv_tune_config()
 attention_config = attention_tune_config()
 default = dict(residual=M._fused_residual, bias_kernel=K._bias_grad_kernel, one_pass=A._one_pass, stream=M._fused_stream,
                gelu=K._fused_gelu, fused_bias=K._fused_bias_grad, conv_bias=S._bias_in_kernel,
-               conv_stream=M._conv_stream, upcast_kernels=M._upcast_kernels).get(name, M._conv_backend)
+               conv_stream=M._conv_stream, upcast_kernels=M._upcast_kernels,
+               block_casts=K._block_casts).get(name, M._conv_backend)
 model, head, _, labels = build("cuda", scan=scan)
 cpu = issue_batch(scan)
 data = to_device({**cpu, "_host_plan": HostPlan(cpu, pooling_strides(model))}, torch.device("cuda"))
