@@ -2,7 +2,7 @@
 The kernels run in Triton's interpreter, which must be chosen (TRITON_INTERPRET=1) before they are defined, so each
 check runs in a fresh Python: this file run as a script, `python tests/test_kernels.py CHECK` (forked from one Python
 that has imported torch and spconv, tests/forkserver.py: neither triton nor sonata_nb is imported before the check)."""
-import contextlib, importlib.util, sys
+import contextlib, importlib.util, os, sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +110,21 @@ def test_environment_switch(forkserver):
 def test_kernels_compile_for_the_gpu(forkserver):
     "The interpreter does not catch what only the compiler rejects: compile both kernels to PTX for sm_90 (no GPU needed)"
     print(run_check(forkserver, "compile", interpret=False))
+
+
+OLDER_TRITONS = ("3.6.0",)  # torch 2.11's: its compiler failed on tiles the newer one compiles (cell kernels, 2026-12-07)
+
+
+@needs_triton
+@pytest.mark.parametrize("version", OLDER_TRITONS)
+def test_kernels_compile_with_older_triton(forkserver, version):
+    "The same compile check with an older Triton that users of an older torch get, installed beside ours by .ci/run"
+    site = ROOT / ".ci" / f"triton-{version}"
+    if not (site / "triton").is_dir():
+        pytest.skip(f"no Triton {version} at {site}: `python -m pip install --no-deps --target {site} triton=={version}` (.ci/run does)")
+    out = run_check(forkserver, "compile", interpret=False, PYTHONPATH=f"{site}{os.pathsep}{ROOT}",
+                    SONATA_EXPECT_TRITON=version)
+    print(out)
 
 
 from compiled import on_cuda
@@ -919,6 +934,8 @@ def check_compile():
     from triton.compiler import ASTSource
     from sonata_nb import kernels
     assert not kernels.interpreted()
+    expected = os.environ.get("SONATA_EXPECT_TRITON")  # the older Triton put first on the path
+    assert expected in (None, triton.__version__), f"Triton {triton.__version__} imported, {expected} expected"
     if "nvidia" not in triton.backends.backends: print("no NVIDIA backend in this Triton: nothing compiled"); return
     def compile(fn, sig, consts, C):
         br, bc, nw = kernels._blocks(C)
