@@ -475,8 +475,8 @@ def add_bias_(x:torch.Tensor, # (..., C) a layer's output, changed in place
     return x.add_(bias)
 
 class Linear(nn.Linear):
-    "`nn.Linear` computing `linear`: the same parameters, state-dict keys and function"
-    def forward(self, x): return linear(x, self.weight, self.bias)
+    "`nn.Linear` computing `linear`: the same parameters, state-dict keys and function (its weight's cast where a block published one)"
+    def forward(self, x): return linear(x, cast_of(self.weight), self.bias)
 
 def module_hooked(m:nn.Module) -> bool:
     "Whether calling `m` would run hooks (its own or global ones, forward or backward)"
@@ -663,9 +663,10 @@ class CastParams(torch.autograd.Function):
 def cast_params(params:list, # parameters whose gradients flow back through the casts
                 detached:list, # tensors cast without a gradient (e.g. biases whose gradients are summed elsewhere)
                 dtype:torch.dtype) -> dict: # the computing dtype
-    "{id(p): cast of p} for `params`, {(\"detached\", id(t)): cast of t.detach()} for `detached`: one multi-tensor copy"
+    "{id(p): (p, cast of p)} for `params`, {(\"detached\", id(t)): (t, cast of t.detach())} for `detached`: one multi-tensor copy"
     casts = CastParams.apply(dtype, *params, *[t.detach() for t in detached])
-    return {**{id(p): c for p, c in zip(params, casts)}, **{("detached", id(t)): c for t, c in zip(detached, casts[len(params):])}}
+    return {**{id(p): (p, c) for p, c in zip(params, casts)},
+            **{("detached", id(t)): (t, c) for t, c in zip(detached, casts[len(params):])}}
 
 _casting = threading.local()
 
@@ -681,8 +682,9 @@ def cast_of(t:torch.Tensor, # a parameter
             detached:bool=False) -> torch.Tensor: # True: the detached tensor's cast (`t.detach()` where none)
     "The cast of `t` published by `casting` (the tensor itself, detached if asked, where none)"
     casts = getattr(_casting, "casts", None)
-    c = casts.get(("detached", id(t)) if detached else id(t)) if casts else None
-    return c if c is not None else (t.detach() if detached else t)
+    entry = casts.get(("detached", id(t)) if detached else id(t)) if casts else None
+    if entry is not None and entry[0] is t: return entry[1]
+    return t.detach() if detached else t
 
 
 # %% ../nbs/03b_kernels.ipynb #k035
@@ -790,7 +792,7 @@ if triton is not None:
         g = tl.load(G + offs, mask=mask, other=0.0)
         tl.store(DX + arg.to(tl.int64) * C + cols[None, :], g, mask=mask & (arg >= 0))
 
-# cells and channels of a cell kernel's tile, whatever the width: the Triton of torch 2.11 (3.7) fails to compile
+# cells and channels of a cell kernel's tile, whatever the width: the Triton of torch 2.11 (3.6.0; 3.7.1 too) fails to compile
 # `_cell_max_fwd` and `_cell_sum` for 16 or 32 channels in tiles of that width (H100, 2026-12-07 14:33)
 CELL_TILE = (16, 64)
 

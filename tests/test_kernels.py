@@ -6,6 +6,7 @@ import contextlib, importlib.util, os, sys
 from pathlib import Path
 
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -728,25 +729,40 @@ def fused_bias_grads_match(block, data, dtype, fallback:bool=False, residuals:in
     return f"{dtype}: bit for bit but the deferred biases; their errors to float64: {report}"
 
 
-def block_casts_match(block, data, dtype, conv_cast:bool) -> str:
-    "`block_step` with `kernels.set_block_casts` on and off: output and every gradient bit for bit, one `cast_params` call, its two multi-tensor copies replacing at least ten casts (eleven with the convolution's weight)"
+class CastSources(TorchDispatchMode):
+    "The data pointers of the tensors cast or copied from inside it (`_to_copy`'s input, `copy_`'s source), the backward's included; the multi-tensor copies counted"
+    def __init__(self): super().__init__(); self.sources, self.foreach = set(), 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name == "_to_copy": self.sources.add(args[0].data_ptr())
+        elif name == "copy_": self.sources.add(args[1].data_ptr())
+        elif name == "_foreach_copy_": self.foreach += 1
+        return func(*args, **(kwargs or {}))
+
+
+def block_casts_match(block, data, dtype, conv_cast:bool, qkv_bias:bool=True) -> str: # qkv_bias: its bias deferred (the attention kernel)
+    "`block_step` with `kernels.set_block_casts` on and off: output and every gradient bit for bit, one `cast_params` call whose two multi-tensor copies make every cast of the block's weights and deferred biases (the switched run casts none of them otherwise, the plain run casts them all)"
     import torch
-    from test_sparse_conv import AtenCalls
     from sonata_nb import kernels
-    runs, ops = [], []
+    attn, mlp, lin, conv = block.attn, block.mlp._modules["0"], block.cpe._modules["1"], block.cpe._modules["0"]
+    cast = [m.weight for m in (lin, attn.qkv, attn.proj, mlp.fc1, mlp.fc2)] + [lin.bias, attn.proj.bias, mlp.fc2.bias]
+    if qkv_bias: cast.append(attn.qkv.bias)  # else autocast casts it (its gradient is the Linear's own)
+    if conv_cast: cast.append(conv.weight)  # float16 on CUDA
+    ptrs = {t.data_ptr() for t in cast}
+    runs, modes = [], []
     try:
         with counting(kernels, "cast_params") as calls:
             for on in (True, False):
                 kernels.set_block_casts(on)
-                with AtenCalls() as mode: runs.append(block_step(block, data, dtype, seed=3))
-                ops.append(mode.names)
+                with CastSources() as mode: runs.append(block_step(block, data, dtype, seed=3))
+                modes.append(mode)
     finally: kernels.set_block_casts(False)
     same_runs(runs)
     assert len(calls) == 1, calls  # the switched run's block
-    casts = [sum(n in ("_to_copy", "copy_") for n in names) for names in ops]
-    assert ops[0].count("_foreach_copy_") == 2 and "_foreach_copy_" not in ops[1], ops[0]
-    assert casts[1] - casts[0] >= 10 + conv_cast, casts  # 5 weights, 4 detached biases cast, 5 weight gradients cast back (+ conv)
-    return f"{dtype}: bit for bit; casts and copies {casts[1]} -> {casts[0]} + 2 multi-tensor copies"
+    assert modes[0].foreach == 2 and modes[1].foreach == 0, (modes[0].foreach, modes[1].foreach)  # one copy each way
+    assert not ptrs & modes[0].sources, "a layer cast its weight or bias itself"
+    assert ptrs <= modes[1].sources, "the plain run does not cast them all: the check would miss a layer"
+    return f"{dtype}: bit for bit; {len(ptrs)} casts in one multi-tensor copy (and their gradients in another)"
 
 
 def check_block_casts():
@@ -763,9 +779,10 @@ def check_block_casts():
     data = toy_cloud(n=300, clouds=2, grid=0.1)
     data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
     print(block_casts_match(block, data, torch.float16, conv_cast=False))  # the convolution casts its weight on CUDA only
+    set_attention_backend("sdpa")  # qkv through its module call (`Linear.forward`), not `linear_detached_bias`
+    print(block_casts_match(block, data, torch.float16, conv_cast=False, qkv_bias=False))
     # nothing cast: no autocast, a hooked Linear, frozen weights, no gradient
     from sonata_nb.structure import Point
-    set_attention_backend("sdpa")  # float32 without autocast
     def step(dtype, grad=True):
         p = Point({k: v.clone() for k, v in data.items()})
         p.serialization(order=("z", "z-trans"), shuffle_orders=False); p.sparsify()
@@ -1010,9 +1027,9 @@ def check_compile():
             assert ".entry" in k.asm["ptx"]
             for out, has_row in (("fp16", True), ("bf16", False), ("fp32", True)):  # the up-cast's gather into its columns
                 c2 = dict(consts, HAS_ROW=has_row, RTNE_BF16=False)
-                sig = dict(X=f"*{x}", Row="*i64" if has_row else f"*{x}", Out=f"*{out}", N="i32", C="i32", s_out="i32",
-                           **{k: "constexpr" for k in c2})
-                k = triton.compile(ASTSource(fn=kernels._gather_rows, signature=sig, constexprs=c2), target=GPUTarget("cuda", 90, 32))
+                sig = dict(X=f"*{x}", Row="*i64" if has_row else f"*{x}", Out=f"*{out}", N="i32", C="i32", s_out="i32")
+                k = triton.compile(ASTSource(fn=kernels._gather_rows, signature=dict(sig, **{k: "constexpr" for k in c2}),
+                                             constexprs=c2, attrs=aligned(sig)), target=GPUTarget("cuda", 90, 32))
                 assert ".entry" in k.asm["ptx"]
     for x in ("fp16", "bf16", "fp32"):  # libdevice's erf and exp linked
         for C, has_sum in ((1536, True), (48, False)):

@@ -1,8 +1,8 @@
 """A task's step (default ft): all kernels and the aten ops by their kernels' device time (2 profiled steps). Usage: python bench/probes/prof_ops.py SCAN_DIR [TASK] [VARIANTS]
 VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_conv | bias_kernel | one_pass | stream | no_stream | torch_gelu
           | fused_bias (the Linears' bias gradients summed by the kernels consuming their outputs) | no_fused_bias | conv_bias (the convolutions' bias in the forward kernel)
-          | no_conv_bias | conv_stream (the CPE convolution adds the stream's other gradient in its backward)
-          | upcast_kernels (the up-cast by kernels.gather_rows and kernels.cell_sum)
+          | no_conv_bias | conv_stream (the CPE convolution adds the stream's other gradient in its backward) | no_conv_stream
+          | upcast_kernels (the up-cast by kernels.gather_rows and kernels.cell_sum) | no_upcast_kernels
           | block_casts (a block's weight casts and their gradients' casts back in one multi-tensor copy each way)
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
 import sys, json, os
@@ -24,8 +24,8 @@ for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
     elif variant == "torch_gelu": K.set_fused_gelu(False)
     elif variant in ("fused_bias", "no_fused_bias"): K.set_fused_bias_grad(variant == "fused_bias")
     elif variant in ("conv_bias", "no_conv_bias"): S.set_bias_in_kernel(variant == "conv_bias")
-    elif variant == "conv_stream": M.set_conv_stream(True)
-    elif variant == "upcast_kernels": M.set_upcast_kernels(True)
+    elif variant in ("conv_stream", "no_conv_stream"): M.set_conv_stream(variant == "conv_stream")
+    elif variant in ("upcast_kernels", "no_upcast_kernels"): M.set_upcast_kernels(variant == "upcast_kernels")
     elif variant == "block_casts": K.set_block_casts(True)
     else: raise SystemExit(f"unknown variant {variant!r}")
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
