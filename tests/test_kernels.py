@@ -729,6 +729,21 @@ def fused_bias_grads_match(block, data, dtype, fallback:bool=False, residuals:in
     return f"{dtype}: bit for bit but the deferred biases; their errors to float64: {report}"
 
 
+def interpreted_block():
+    "A training Block of Sonata's first stage width and a two-cloud batch for it, on CPU tensors through the interpreted kernels (the attention kernel too)"
+    import torch
+    from sonata_nb import kernels, model
+    from sonata_nb.attention import set_attention_backend
+    from sonata_nb.testing import toy_cloud
+    kernels._on_cpu = model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
+    set_attention_backend("triton")  # the patch-attention kernel (float16 in the interpreter)
+    torch.manual_seed(0)
+    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.4).train()
+    data = toy_cloud(n=300, clouds=2, grid=0.1)
+    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    return block, data
+
+
 class CastSources(TorchDispatchMode):
     "The data pointers of the tensors cast or copied from inside it (`_to_copy`'s input, `copy_`'s source), the backward's included; the multi-tensor copies counted"
     def __init__(self): super().__init__(); self.sources, self.foreach = set(), 0
@@ -767,17 +782,10 @@ def block_casts_match(block, data, dtype, conv_cast:bool, qkv_bias:bool=True) ->
 
 def check_block_casts():
     import torch
-    from sonata_nb import kernels, model
+    from sonata_nb import kernels
     from sonata_nb.attention import set_attention_backend
-    from sonata_nb.testing import toy_cloud
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     assert not kernels._block_casts  # off until measured on a GPU
-    kernels._on_cpu = model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
-    set_attention_backend("triton")  # the patch-attention kernel (float16 in the interpreter)
-    torch.manual_seed(0)
-    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.4).train()
-    data = toy_cloud(n=300, clouds=2, grid=0.1)
-    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    block, data = interpreted_block()
     print(block_casts_match(block, data, torch.float16, conv_cast=False))  # the convolution casts its weight on CUDA only
     set_attention_backend("sdpa")  # qkv through its module call (`Linear.forward`), not `linear_detached_bias`
     print(block_casts_match(block, data, torch.float16, conv_cast=False, qkv_bias=False))
@@ -809,16 +817,10 @@ def check_block_casts():
 
 def check_fused_bias_grad():
     import torch
-    from sonata_nb import kernels, model
+    from sonata_nb import kernels
     from sonata_nb.attention import set_attention_backend
-    from sonata_nb.testing import toy_cloud
     assert kernels._fused_bias_grad  # on by default (its CUDA test passed and it measured faster on an H100, 2026-12-07 09:38)
-    kernels._on_cpu = model._fused_on_cpu = True  # the interpreted kernels on CPU tensors
-    set_attention_backend("triton")  # the patch-attention kernel (float16 in the interpreter)
-    torch.manual_seed(0)
-    block = model.Block(48, 3, patch_size=64, cpe_indice_key="stage0", drop_path=0.4).train()
-    data = toy_cloud(n=300, clouds=2, grid=0.1)
-    data["feat"] = torch.randn(len(data["coord"]), 48, generator=torch.Generator().manual_seed(2))
+    block, data = interpreted_block()
     print(fused_bias_grads_match(block, data, torch.float16))
     print(fused_bias_grads_match(block, data, torch.float16, fallback=True))
     set_attention_backend("sdpa")  # float32, no autocast: the residual kernel declines, `with_bias_gradient` sums proj's and fc2's
