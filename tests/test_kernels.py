@@ -188,7 +188,7 @@ def test_block_stream_fusion_on_cuda_is_bitwise(autocast):
 
 
 @on_cuda
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", None])  # None: upcast's default (the stages' dtype)
 def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
     "On CUDA: the up-cast by `kernels.gather_rows` and its stage gradients by `kernels.cell_sum` are torch's gathers and casts and its accumulating index_put's bit for bit (rows narrower and wider than a warp)"
     import torch
@@ -208,7 +208,7 @@ def test_upcast_by_cell_sum_on_cuda_is_torchs_bitwise(dtype):
             model.set_upcast_kernels(kernel)
             kernels.launcher = lambda fn: launched.append(fn) or real(fn)
             try:
-                up = upcast(out, dtype=getattr(torch, dtype))
+                up = upcast(out, dtype=None if dtype is None else getattr(torch, dtype))
                 g = torch.randn(up.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(up.dtype)
                 up.backward(g)
             finally: model.set_upcast_kernels(before); kernels.launcher = real
