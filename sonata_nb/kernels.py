@@ -18,12 +18,11 @@ except ImportError: libdevice = None
 
 # %% auto #0
 __all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'CELL_TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
-           'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'check_input_bias', 'set_bias_grad_kernel',
-           'column_sum', 'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked',
-           'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad', 'defers_bias',
-           'linear_detached_bias', 'with_bias_gradient', 'set_block_casts', 'CastParams', 'cast_params', 'casting',
-           'cast_of', 'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max', 'cell_sum',
-           'gather_rows']
+           'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'check_input_bias', 'set_block_casts',
+           'CastParams', 'cast_params', 'casting', 'cast_of', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear',
+           'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked', 'ResidualDropPath', 'fuses_residual',
+           'residual_drop_path', 'set_fused_bias_grad', 'defers_bias', 'linear_detached_bias', 'with_bias_gradient',
+           'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max', 'cell_sum', 'gather_rows']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -359,6 +358,64 @@ def _check_residual(x, residual):
     if residual.dtype not in _DTYPES: raise TypeError(f"fused_layer_norm: residual has dtype {residual.dtype}; supported: {_DTYPES}")
 
 
+# %% ../nbs/03b_kernels.ipynb #k024c
+_block_casts = False  # off until measured on a GPU
+
+def set_block_casts(on:bool=True): # True: a training Block under autocast casts its weights by `cast_params`
+    "Speed switch (off until measured): a block's weight casts and their gradients' casts back, one multi-tensor copy each way (module-wide; the same numbers)"
+    global _block_casts
+    _block_casts = bool(on)
+
+class CastParams(torch.autograd.Function):
+    "Tensors cast to one dtype by one multi-tensor copy; their gradients cast back by another (or differentiably under `create_graph`)"
+    @staticmethod
+    def forward(ctx, dtype, *tensors):
+        out = [torch.empty_like(t, dtype=dtype) for t in tensors]  # the tensors' layouts: one fused copy where all match
+        torch._foreach_copy_(out, list(tensors))
+        ctx.dtypes = [t.dtype for t in tensors]
+        ctx.set_materialize_grads(False)  # outputs no layer used get no gradient
+        ctx.mark_non_differentiable(*[o for o, t in zip(out, tensors) if not t.requires_grad])  # detached in, detached out
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        todo = [(i, g) for i, g in enumerate(grads) if g is not None and ctx.needs_input_grad[i + 1]]
+        out = [None] * len(grads)
+        if torch.is_grad_enabled():  # create_graph: differentiable casts
+            for i, g in todo: out[i] = g.to(ctx.dtypes[i])
+        elif todo:
+            dst = [torch.empty_like(g, dtype=ctx.dtypes[i]) for i, g in todo]
+            torch._foreach_copy_(dst, [g for _, g in todo])
+            for (i, _), d in zip(todo, dst): out[i] = d
+        return (None, *out)
+
+def cast_params(params:list, # parameters whose gradients flow back through the casts
+                detached:list, # tensors cast without a gradient (e.g. biases whose gradients are summed elsewhere)
+                dtype:torch.dtype) -> dict: # the computing dtype
+    "{id(p): (p, cast of p)} for `params`, {(\"detached\", id(t)): (t, cast of t.detach())} for `detached`: one multi-tensor copy"
+    casts = CastParams.apply(dtype, *params, *[t.detach() for t in detached])
+    return {**{id(p): (p, c) for p, c in zip(params, casts)},
+            **{("detached", id(t)): (t, c) for t, c in zip(detached, casts[len(params):])}}
+
+_casting = threading.local()
+
+@contextlib.contextmanager
+def casting(casts:dict|None): # from `cast_params`, or None: nothing cast
+    "Publish `casts` to `cast_of` while the block runs (per thread)"
+    before = getattr(_casting, "casts", None)
+    _casting.casts = casts
+    try: yield
+    finally: _casting.casts = before
+
+def cast_of(t:torch.Tensor, # a parameter
+            detached:bool=False) -> torch.Tensor: # True: the detached tensor's cast (`t.detach()` where none)
+    "The cast of `t` published by `casting` (the tensor itself, detached if asked, where none)"
+    casts = getattr(_casting, "casts", None)
+    entry = casts.get(("detached", id(t)) if detached else id(t)) if casts else None
+    if entry is not None and entry[0] is t: return entry[1]
+    return t.detach() if detached else t
+
+
 # %% ../nbs/03b_kernels.ipynb #k020
 _bias_grad_kernel = False
 
@@ -628,64 +685,6 @@ def with_bias_gradient(x:torch.Tensor, # (..., C) the output of a Linear run wit
                        bias:torch.Tensor) -> torch.Tensor: # (C,) that bias
     "x, with `bias`'s gradient the column sums of x's gradient: where a detached bias meets no kernel that sums it"
     return _BiasGradient.apply(x, bias)
-
-# %% ../nbs/03b_kernels.ipynb #k024c
-_block_casts = False  # off until measured on a GPU
-
-def set_block_casts(on:bool=True): # True: a training Block under autocast casts its weights by `cast_params`
-    "Speed switch (off until measured): a block's weight casts and their gradients' casts back, one multi-tensor copy each way (module-wide; the same numbers)"
-    global _block_casts
-    _block_casts = bool(on)
-
-class CastParams(torch.autograd.Function):
-    "Tensors cast to one dtype by one multi-tensor copy; their gradients cast back by another (or differentiably under `create_graph`)"
-    @staticmethod
-    def forward(ctx, dtype, *tensors):
-        out = [torch.empty_like(t, dtype=dtype) for t in tensors]  # the tensors' layouts: one fused copy where all match
-        torch._foreach_copy_(out, list(tensors))
-        ctx.dtypes = [t.dtype for t in tensors]
-        ctx.set_materialize_grads(False)  # outputs no layer used get no gradient
-        ctx.mark_non_differentiable(*[o for o, t in zip(out, tensors) if not t.requires_grad])  # detached in, detached out
-        return tuple(out)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        todo = [(i, g) for i, g in enumerate(grads) if g is not None and ctx.needs_input_grad[i + 1]]
-        out = [None] * len(grads)
-        if torch.is_grad_enabled():  # create_graph: differentiable casts
-            for i, g in todo: out[i] = g.to(ctx.dtypes[i])
-        elif todo:
-            dst = [torch.empty_like(g, dtype=ctx.dtypes[i]) for i, g in todo]
-            torch._foreach_copy_(dst, [g for _, g in todo])
-            for (i, _), d in zip(todo, dst): out[i] = d
-        return (None, *out)
-
-def cast_params(params:list, # parameters whose gradients flow back through the casts
-                detached:list, # tensors cast without a gradient (e.g. biases whose gradients are summed elsewhere)
-                dtype:torch.dtype) -> dict: # the computing dtype
-    "{id(p): (p, cast of p)} for `params`, {(\"detached\", id(t)): (t, cast of t.detach())} for `detached`: one multi-tensor copy"
-    casts = CastParams.apply(dtype, *params, *[t.detach() for t in detached])
-    return {**{id(p): (p, c) for p, c in zip(params, casts)},
-            **{("detached", id(t)): (t, c) for t, c in zip(detached, casts[len(params):])}}
-
-_casting = threading.local()
-
-@contextlib.contextmanager
-def casting(casts:dict|None): # from `cast_params`, or None: nothing cast
-    "Publish `casts` to `cast_of` while the block runs (per thread)"
-    before = getattr(_casting, "casts", None)
-    _casting.casts = casts
-    try: yield
-    finally: _casting.casts = before
-
-def cast_of(t:torch.Tensor, # a parameter
-            detached:bool=False) -> torch.Tensor: # True: the detached tensor's cast (`t.detach()` where none)
-    "The cast of `t` published by `casting` (the tensor itself, detached if asked, where none)"
-    casts = getattr(_casting, "casts", None)
-    entry = casts.get(("detached", id(t)) if detached else id(t)) if casts else None
-    if entry is not None and entry[0] is t: return entry[1]
-    return t.detach() if detached else t
-
 
 # %% ../nbs/03b_kernels.ipynb #k035
 _fused_gelu = True
