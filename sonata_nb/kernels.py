@@ -359,10 +359,10 @@ def _check_residual(x, residual):
 
 
 # %% ../nbs/03b_kernels.ipynb #k024c
-_block_casts = False  # off until measured on a GPU
+_block_casts = True  # on since its CUDA test passed and it measured faster (H100, 2026-12-07 16:32-16:34)
 
 def set_block_casts(on:bool=True): # True: a training Block under autocast casts its weights by `cast_params`
-    "Speed switch (off until measured): a block's weight casts and their gradients' casts back, one multi-tensor copy each way (module-wide; the same numbers)"
+    "Speed switch (on by default): a block's weight casts and their gradients' casts back, one multi-tensor copy each way (module-wide; the same numbers)"
     global _block_casts
     _block_casts = bool(on)
 

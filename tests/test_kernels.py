@@ -764,14 +764,14 @@ def block_casts_match(block, data, dtype, conv_cast:bool, qkv_bias:bool=True) ->
     if qkv_bias: cast.append(attn.qkv.bias)  # else autocast casts it (its gradient is the Linear's own)
     if conv_cast: cast.append(conv.weight)  # float16 on CUDA
     ptrs = {t.data_ptr() for t in cast}
-    runs, modes = [], []
+    runs, modes, was = [], [], kernels._block_casts
     try:
         with counting(kernels, "cast_params") as calls:
             for on in (True, False):
                 kernels.set_block_casts(on)
                 with CastSources() as mode: runs.append(block_step(block, data, dtype, seed=3))
                 modes.append(mode)
-    finally: kernels.set_block_casts(False)
+    finally: kernels.set_block_casts(was)
     same_runs(runs)
     assert len(calls) == 1, calls  # the switched run's block
     assert modes[0].foreach == 2 and modes[1].foreach == 0, (modes[0].foreach, modes[1].foreach)  # one copy each way
@@ -784,7 +784,7 @@ def check_block_casts():
     import torch
     from sonata_nb import kernels
     from sonata_nb.attention import set_attention_backend
-    assert not kernels._block_casts  # off until measured on a GPU
+    assert kernels._block_casts  # on by default
     block, data = interpreted_block()
     print(block_casts_match(block, data, torch.float16, conv_cast=False))  # the convolution casts its weight on CUDA only
     set_attention_backend("sdpa")  # qkv through its module call (`Linear.forward`), not `linear_detached_bias`
@@ -811,7 +811,7 @@ def check_block_casts():
             finally: block.attn.qkv.requires_grad_(True)
             step(torch.float16, grad=False)
         assert len(calls) == 1, calls
-    finally: kernels.set_block_casts(False)
+    finally: kernels.set_block_casts(True)
     print("block casts: bit for bit; none without autocast, with a hook, with a frozen weight or without gradients")
 
 

@@ -3,7 +3,7 @@ VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_co
           | fused_bias (the Linears' bias gradients summed by the kernels consuming their outputs) | no_fused_bias | conv_bias (the convolutions' bias in the forward kernel)
           | no_conv_bias | conv_stream (the CPE convolution adds the stream's other gradient in its backward) | no_conv_stream
           | upcast_kernels (the up-cast by kernels.gather_rows and kernels.cell_sum) | no_upcast_kernels
-          | block_casts (a block's weight casts and their gradients' casts back in one multi-tensor copy each way)
+          | block_casts (a block's weight casts and their gradients' casts back in one multi-tensor copy each way) | no_block_casts
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -26,7 +26,7 @@ for variant in (sys.argv[3].split(",") if len(sys.argv) > 3 else []):
     elif variant in ("conv_bias", "no_conv_bias"): S.set_bias_in_kernel(variant == "conv_bias")
     elif variant in ("conv_stream", "no_conv_stream"): M.set_conv_stream(variant == "conv_stream")
     elif variant in ("upcast_kernels", "no_upcast_kernels"): M.set_upcast_kernels(variant == "upcast_kernels")
-    elif variant == "block_casts": K.set_block_casts(True)
+    elif variant in ("block_casts", "no_block_casts"): K.set_block_casts(variant == "block_casts")
     else: raise SystemExit(f"unknown variant {variant!r}")
 task = sys.argv[2] if len(sys.argv) > 2 else "ft"
 fn = step_fn(task, model, head, data, labels)
