@@ -53,17 +53,21 @@ if triton is not None:
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(Out + rows_m[:, None] * C + h * D + d[None, :], out.to(Out.dtype.element_ty), mask=m_mask[:, None])
-        if STORE_LSE: tl.store(Lse + rows_m * H + h, m_i * qk_scale + tl.math.log2(l_i), mask=m_mask)  # log2 units
+        if STORE_LSE:  # log2 units, by (patch, head, slot): the backward loads a block of queries' values contiguously
+            tl.store(Lse + (p.to(tl.int64) * H + h) * L + offs_m, m_i * qk_scale + tl.math.log2(l_i), mask=m_mask)
 
-    @triton.jit
-    def _pa_delta(DO, O, Delta, N, C, H, D:tl.constexpr, BLOCK_R:tl.constexpr):
-        # delta[n, h] = sum over the head's channels of dO * O in float32: FlashAttention-2's backward preprocessing
-        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-        mask = rows < N
-        offs = rows.to(tl.int64)[:, None] * C + tl.program_id(1) * D + tl.arange(0, D)[None, :]
+    @triton.jit(**_LOOSE)
+    def _pa_delta(DO, O, Idx, Qlen, Delta, L, C, H, D:tl.constexpr, BLOCK_R:tl.constexpr):
+        # delta[p, h, slot] = sum over the head's channels of dO * O of the slot's query, in float32: FlashAttention-2's
+        # backward preprocessing, stored by slot as the log-sum-exp
+        sb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        slots = sb * BLOCK_R + tl.arange(0, BLOCK_R)
+        mask = slots < tl.load(Qlen + p)
+        rows = tl.load(Idx + p.to(tl.int64) * L + slots, mask=mask, other=0).to(tl.int64)
+        offs = rows[:, None] * C + h * D + tl.arange(0, D)[None, :]
         do = tl.load(DO + offs, mask=mask[:, None], other=0.0).to(tl.float32)
         o = tl.load(O + offs, mask=mask[:, None], other=0.0).to(tl.float32)
-        tl.store(Delta + rows.to(tl.int64) * H + tl.program_id(1), tl.sum(do * o, axis=1), mask=mask)
+        tl.store(Delta + (p.to(tl.int64) * H + h) * L + slots, tl.sum(do * o, axis=1), mask=mask)
 
     @triton.jit(**_LOOSE)
     def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, DQ, Dup, L, C, H, qk_scale, sm_scale,
@@ -82,14 +86,15 @@ if triton is not None:
         v = tl.load(kv + 2 * C, mask=n_mask[:, None], other=0.0)
         dk = tl.zeros([BLOCK_N, D], tl.float32)
         dv = tl.zeros([BLOCK_N, D], tl.float32)
+        stats = (p.to(tl.int64) * H + h) * L  # this patch and head's slots in Lse and Delta
         for m0 in range(0, q_len, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             m_mask = offs_m < q_len
             rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
             q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
             do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
-            lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))  # no query: probability 0
-            delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
+            lse = tl.load(Lse + stats + offs_m, mask=m_mask, other=float("inf"))  # no query: probability 0
+            delta = tl.load(Delta + stats + offs_m, mask=m_mask, other=0.0)
             pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
             if ONE_PASS: pT = tl.where(n_mask[:, None], pT, 0.0)  # a key past the patch (k = 0) adds nothing to dq, even at inf
             dv += tl.dot(pT.to(do.dtype), do)
@@ -123,8 +128,9 @@ if triton is not None:
         rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
         q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
         do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
-        lse = tl.load(Lse + rows_m * H + h, mask=m_mask, other=float("inf"))
-        delta = tl.load(Delta + rows_m * H + h, mask=m_mask, other=0.0)
+        stats = (p.to(tl.int64) * H + h) * L + offs_m
+        lse = tl.load(Lse + stats, mask=m_mask, other=float("inf"))
+        delta = tl.load(Delta + stats, mask=m_mask, other=0.0)
         dq = tl.zeros([BLOCK_M, D], tl.float32)
         for n0 in range(0, k_len, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -141,8 +147,8 @@ if triton is not None:
                  mask=m_mask[:, None])
 
 # %% ../nbs/03c_attention_kernel.ipynb #a007
-CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(32, 64, 2, 2), dq=(64, 64, 4, 2), bwd=(32, 64, 2, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
-DELTA_ROWS = 128  # rows of dO and O per program of the backward's preprocessing (delta)
+CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(16, 128, 2, 2), dq=(64, 64, 4, 2), bwd=(32, 64, 2, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+DELTA_ROWS = 128  # query slots of a patch per program of the backward's preprocessing (delta)
 MAX_PATCHES = 65535  # CUDA's limit of a grid's second dimension: more patches launch in chunks
 _HALF = (torch.float16, torch.bfloat16)
 _one_pass = False
@@ -159,65 +165,77 @@ def usable(device:torch.device, dtype:torch.dtype, head_dim:int) -> bool:
         return not interpreted() and dtype in _HALF and torch.cuda.get_device_capability(device) >= (8, 0)
     return interpreted() and dtype == torch.float16  # Triton's CPU interpreter (3.9) multiplies bfloat16 wrongly
 
-def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its CONFIG key, P, L, H
+def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its CONFIG key (or "delta"), P, L, H
             args, **consts): # args(first, n): the kernel's arguments for patches [first, first + n); constexprs
     "Launch `kernel` over the patches, in chunks of at most MAX_PATCHES"
-    bm, bn, warps, stages = CONFIG[name]
-    if name in ("fwd", "dq"): consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
+    if name == "delta": block, meta = DELTA_ROWS, dict(BLOCK_R=DELTA_ROWS)
+    else:
+        bm, bn, warps, stages = CONFIG[name]
+        block, meta = bm if name in ("fwd", "dq") else bn, dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+        if name in ("fwd", "dq"): consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
     for lo in range(0, patches, MAX_PATCHES):
         n = min(MAX_PATCHES, patches - lo)
-        grid = (_cdiv(length, bm if name in ("fwd", "dq") else bn), n, heads)
-        launcher(kernel)[grid](*args(lo, n), BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **consts)
+        launcher(kernel)[(_cdiv(length, block), n, heads)](*args(lo, n), **meta, **consts)
 
 def _parts(full, full_len, dup_base, short, short_len):
     "(index map, per-patch lengths, repeated-slot bases, full patches?) of the full and the short patches present"
     return [(idx, qlen, base, whole) for idx, qlen, base, whole in ((full, full_len, dup_base, True), (short, short_len, short_len, False))
             if idx.shape[0] and idx.shape[1]]
 
+def _slot_stats(parts, heads:int, device) -> list:
+    "Per part, a (P, H, L) float32 view for a statistic of each patch, head and slot (its queries' slots are written)"
+    sizes = [idx.shape[0] * heads * idx.shape[1] for idx, *_ in parts]
+    buf = torch.empty(sum(sizes), device=device, dtype=torch.float32)
+    return [v.view(idx.shape[0], heads, idx.shape[1]) for v, (idx, *_) in zip(buf.split(sizes), parts)]
+
 def _forward(qkv, heads:int, scale:float, full, full_len, dup_base, short, short_len, keep:bool) -> tuple:
-    "(output, log-sum-exp per point and head in log2 units, or None when not `keep`)"
+    "(output, per part the log-sum-exp of each patch, head and query slot in log2 units, or None when not `keep`)"
     N, C = qkv.shape[0], qkv.shape[1] // 3
     out = qkv.new_empty(N, C)
-    lse = torch.empty(N, heads, device=qkv.device, dtype=torch.float32) if keep else None
+    parts = _parts(full, full_len, dup_base, short, short_len)
+    lses = _slot_stats(parts, heads, qkv.device) if keep else [out] * len(parts)  # out: a pointer left unused
     with _on(qkv.device):
-        for idx, qlen, _, whole in _parts(full, full_len, dup_base, short, short_len):
+        for (idx, qlen, _, whole), lse in zip(parts, lses):
             P, L = idx.shape
             _launch(_pa_fwd, "fwd", P, L, heads, lambda lo, n: (
-                qkv, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], out, out if lse is None else lse, L, C, heads,
+                qkv, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], out, lse[lo:lo + n], L, C, heads,
                 scale * LOG2E), D=C // heads, KLEN_IS_L=whole, STORE_LSE=keep)
-    return out, lse
+    return out, lses if keep else None
 
 class _PatchAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, heads, scale, full, full_len, dup_base, dup_rows, short, short_len, qkv_bias=None):
         # qkv_bias: the bias of the Linear whose output qkv is, run with it detached: its gradient, dqkv summed by rows
-        out, lse = _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=True)
-        ctx.save_for_backward(qkv, out, lse, full, full_len, dup_base, dup_rows, short, short_len)
+        out, lses = _forward(qkv, heads, scale, full, full_len, dup_base, short, short_len, keep=True)
+        ctx.save_for_backward(qkv, out, full, full_len, dup_base, dup_rows, short, short_len, *lses)
         ctx.heads, ctx.scale = heads, scale
         ctx.bias_dtype = None if qkv_bias is None else qkv_bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        qkv, out, lse, full, full_len, dup_base, dup_rows, short, short_len = ctx.saved_tensors
+        qkv, out, full, full_len, dup_base, dup_rows, short, short_len, *lses = ctx.saved_tensors
         heads, scale = ctx.heads, ctx.scale
         N, C = qkv.shape[0], qkv.shape[1] // 3
         D, dout = C // heads, dout.contiguous()
-        delta = torch.empty(N, heads, device=qkv.device, dtype=torch.float32)  # rowsum(dO * O) per query and head
+        parts = _parts(full, full_len, dup_base, short, short_len)
+        deltas = _slot_stats(parts, heads, qkv.device)  # rowsum(dO * O) per patch, head and query slot
         dqkv = torch.empty_like(qkv)  # every row is a query of one slot and a key of its own slot: all written
         dup = torch.empty(len(dup_rows), 2 * C, device=qkv.device, dtype=torch.float32)
         dq = torch.zeros(N, C, device=qkv.device, dtype=torch.float32) if _one_pass else None
         with _on(qkv.device):
-            if N: launcher(_pa_delta)[(_cdiv(N, DELTA_ROWS), heads)](dout, out, delta, N, C, heads, D=D, BLOCK_R=DELTA_ROWS)
-            for idx, qlen, base, whole in _parts(full, full_len, dup_base, short, short_len):
+            for (idx, qlen, base, whole), lse, delta in zip(parts, lses, deltas):
                 P, L = idx.shape
                 tail = (L, C, heads, scale * LOG2E, scale)
+                _launch(_pa_delta, "delta", P, L, heads, lambda lo, n: (
+                    dout, out, idx[lo:lo + n], qlen[lo:lo + n], delta[lo:lo + n], L, C, heads), D=D)
                 _launch(_pa_dkdv, "bwd" if _one_pass else "dkdv", P, L, heads, lambda lo, n: (
-                    qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], base[lo:lo + n], dqkv,
-                    lse if dq is None else dq, dup, *tail), D=D, KLEN_IS_L=whole, ONE_PASS=_one_pass)  # DQ unused: lse
+                    qkv, dout, lse[lo:lo + n], delta[lo:lo + n], idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n],
+                    base[lo:lo + n], dqkv, lse if dq is None else dq, dup, *tail), D=D, KLEN_IS_L=whole, ONE_PASS=_one_pass)  # DQ unused: lse
                 if not _one_pass:
                     _launch(_pa_dq, "dq", P, L, heads, lambda lo, n: (
-                        qkv, dout, lse, delta, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], dqkv, *tail), D=D, KLEN_IS_L=whole)
+                        qkv, dout, lse[lo:lo + n], delta[lo:lo + n], idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n],
+                        dqkv, *tail), D=D, KLEN_IS_L=whole)
         if dq is not None: dqkv[:, :C] = dq  # every point is the query of one slot: all rows summed
         if len(dup_rows): dqkv[:, C:].index_add_(0, dup_rows, dup.to(dqkv.dtype))  # each repeated point once
         db = column_sum(dqkv).to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[9] else None

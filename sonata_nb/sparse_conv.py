@@ -34,10 +34,12 @@ def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then th
     ind = indices.long()
     b, c = ind[:, 0], ind[:, 1:] + r  # coordinates shifted by r
     def key(b, c): return ((b * span[1] + c[..., 0]) * span[2] + c[..., 1]) * span[3] + c[..., 2]
-    keys, order = torch.sort(key(b, c))
+    own = key(b, c)
+    keys, order = torch.sort(own)
     a = torch.arange(-r, r + 1, device=ind.device)  # made on the device: no copy from the host, which would wait
     cube = torch.stack(torch.meshgrid(a, a, a, indexing="ij"), -1).view(-1, 3)  # (K, 3), the first coordinate slowest
-    wanted = key(b[:, None], c[:, None] + cube)  # (N, K): the neighbours' keys
+    # the neighbours' keys (N, K): a key is linear in the coordinates, so a neighbour's is the point's plus its offset's
+    wanted = own[:, None] + ((cube[:, 0] * span[2] + cube[:, 1]) * span[3] + cube[:, 2])  # one (N, K) add
     pos = torch.searchsorted(keys, wanted).clamp_(max=max(N - 1, 0))
     found = keys[pos] == wanted if N else torch.zeros_like(wanted, dtype=torch.bool)
     return torch.where(found, order[pos], N).int()

@@ -3,18 +3,19 @@ interpreter: forward and gradients against the float64 per-patch oracle of tests
 padded equal-size path, in float16 (the interpreter's bfloat16 matrix product is wrong; bfloat16 runs on the GPU). Each check runs in a fresh Python (`python
 tests/test_attention_kernel.py CHECK`, forked by tests/forkserver.py), as the interpreter must be chosen before the
 kernels are defined; GPU checks (compiled kernels, the whole encoder) are in tests/test_model.py."""
-import importlib.util, sys
+import importlib.util, os, sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+from compiled import OLDER_TRITONS
 
 
-def run_check(forkserver, check:str, interpret:bool=True) -> str:
+def run_check(forkserver, check:str, interpret:bool=True, **env) -> str:
     "Run `check` of this file in a fresh Python; its stdout"
-    return forkserver.check(__file__, check, interpret)
+    return forkserver.check(__file__, check, interpret, **env)
 
 
 @needs_triton
@@ -27,6 +28,16 @@ def test_interpreted(forkserver, check):
 def test_kernels_compile_for_the_gpu(forkserver):
     "The interpreter does not catch what only the compiler rejects: compile the kernels (both backwards) to PTX for sm_90"
     print(run_check(forkserver, "compile", interpret=False))
+
+
+@needs_triton
+@pytest.mark.parametrize("version", OLDER_TRITONS)
+def test_kernels_compile_with_older_triton(forkserver, version):
+    "The same compile check with torch 2.11's Triton, installed beside ours by .ci/run (as in tests/test_kernels.py)"
+    site = ROOT / ".ci" / f"triton-{version}"
+    if not (site / "triton").is_dir():
+        pytest.skip(f"no Triton {version} at {site}: `python -m pip install --no-deps --target {site} triton=={version}` (.ci/run does)")
+    print(run_check(forkserver, "compile", interpret=False, PYTHONPATH=f"{site}{os.pathsep}{ROOT}", SONATA_EXPECT_TRITON=version))
 
 
 # ---------------------------------------------------------------- on the GPU (compiled kernels), in this process
@@ -182,12 +193,12 @@ def check_module_matches_oracle():
             print(case, order_index, f"{err:.1e}")
 
 
-def _maps(counts, K, order):
+def _maps(counts, K, order, index_dtype=None): # index_dtype: of the patches' rows (None: int64, as `SerializedAttention.maps`)
     import torch
     from sonata_nb.attention import patch_layout
     lay = patch_layout(torch.tensor(counts).cumsum(0).to(order.device), K, tuple(counts))
-    full = order[lay.full_index]
-    return lay, (full, lay.full_len, lay.dup_base, full.reshape(-1)[lay.dup_slot], order[lay.short_index], lay.short_len)
+    full, short = (order[i].to(index_dtype or torch.int64) for i in (lay.full_index, lay.short_index))
+    return lay, (full, lay.full_len, lay.dup_base, full.reshape(-1)[lay.dup_slot], short, lay.short_len)
 
 
 def _padded(qkv, heads, scale, lay, order):
@@ -232,7 +243,7 @@ def check_kernel_matches_padded_path():
             out = fn(q); out.backward(grad.to(cast))
             assert out.dtype == cast and torch.isfinite(out).all() and torch.isfinite(q.grad).all(), name
             runs[name] = (out.double(), q.grad.double())
-        assert set(launched) == ({"fwd", "bwd"} if one_pass else {"fwd", "dkdv", "dq"}), launched  # the backward asked for
+        assert set(launched) == ({"fwd", "delta", "bwd"} if one_pass else {"fwd", "delta", "dkdv", "dq"}), launched  # the backward asked for
         ref_out, ref_grad = runs["padded_float"]
         for j, what in enumerate(("output", "gradient")):
             err = (runs["kernel"][j] - runs["padded_float"][j]).abs().max().item()
@@ -259,17 +270,20 @@ def check_no_grad():
 
 
 def check_chunks():
-    "More patches than one launch may take (MAX_PATCHES, lowered here): launched in chunks, the same output and gradient"
+    "More patches than one launch may take (MAX_PATCHES, lowered here): launched in chunks, the same output and gradient; int32 index maps as int64's"
     _setup()
     import torch
     from sonata_nb import attention_kernel as AK
     order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
     _, maps = _maps([70, 32, 5, 40, 9, 100, 3, 41], 16, order)  # 19 full patches, 2 short ones
     x, g = torch.randn(300, 96).half(), torch.randn(300, 32).half()
-    def run():
+    def run(maps=maps):
         q = x.clone().requires_grad_(); out = AK.patch_attention(q, 2, 0.25, *maps); out.backward(g)
         return out, q.grad
     whole = run()
+    assert maps[0].dtype == maps[4].dtype == torch.int64
+    for a, b in zip(run(_maps([70, 32, 5, 40, 9, 100, 3, 41], 16, order, torch.int32)[1]), whole):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     AK.MAX_PATCHES = 4
     for a, b in zip(run(), whole): torch.testing.assert_close(a, b, rtol=0, atol=0)
     AK.set_one_pass_backward(True)  # dq added atomically: sums in another order, so equal within float32 rounding
@@ -303,6 +317,8 @@ def check_compile():
     from triton.compiler import ASTSource
     from sonata_nb import attention_kernel as K
     assert not K.interpreted()
+    expected = os.environ.get("SONATA_EXPECT_TRITON")  # the older Triton put first on the path
+    assert expected in (None, triton.__version__), f"Triton {triton.__version__} imported, {expected} expected"
     if "nvidia" not in triton.backends.backends: print("no NVIDIA backend in this Triton: nothing compiled"); return
     for t in ("fp16", "bf16"):
         for D in (16, 32):
@@ -325,8 +341,9 @@ def check_compile():
                     src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
                     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
                     assert ".entry" in k.asm["ptx"]
-            src = ASTSource(fn=K._pa_delta, signature=dict(DO=f"*{t}", O=f"*{t}", Delta="*fp32", N="i32", C="i32", H="i32",
-                                                           D="constexpr", BLOCK_R="constexpr"), constexprs=dict(D=D, BLOCK_R=K.DELTA_ROWS))
+            src = ASTSource(fn=K._pa_delta, signature=dict(DO=f"*{t}", O=f"*{t}", Idx="*i64", Qlen="*i64", Delta="*fp32",
+                                                           L="i32", C="i32", H="i32", D="constexpr", BLOCK_R="constexpr"),
+                            constexprs=dict(D=D, BLOCK_R=K.DELTA_ROWS))
             assert ".entry" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
     print("compiled for sm_90")
 

@@ -113,7 +113,7 @@ def test_kernels_compile_for_the_gpu(forkserver):
     print(run_check(forkserver, "compile", interpret=False))
 
 
-OLDER_TRITONS = ("3.6.0",)  # torch 2.11's: its compiler failed on tiles the newer one compiles (cell kernels, 2026-12-07)
+from compiled import OLDER_TRITONS
 
 
 @needs_triton
