@@ -147,7 +147,8 @@ if triton is not None:
                  mask=m_mask[:, None])
 
 # %% ../nbs/03c_attention_kernel.ipynb #a007
-CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(16, 128, 2, 2), dq=(64, 64, 4, 2), bwd=(32, 64, 2, 2))  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+CONFIG = dict(fwd=(64, 64, 4, 2), dkdv=(16, 128, 2, 2), dq=(64, 64, 4, 2), bwd=(32, 64, 2, 2),  # kernel -> (BLOCK_M, BLOCK_N, warps, stages)
+              dkdv_wide=(32, 64, 2, 2))  # dkdv at head dimensions above 16 (its 16 x 128 tile spills registers there)
 DELTA_ROWS = 128  # query slots of a patch per program of the backward's preprocessing (delta)
 MAX_PATCHES = 65535  # CUDA's limit of a grid's second dimension: more patches launch in chunks
 _HALF = (torch.float16, torch.bfloat16)
@@ -185,21 +186,22 @@ def _parts(full, full_len, dup_base, short, short_len):
 def _slot_stats(parts, heads:int, device) -> list:
     "Per part, a (P, H, L) float32 view for a statistic of each patch, head and slot (its queries' slots are written)"
     sizes = [idx.shape[0] * heads * idx.shape[1] for idx, *_ in parts]
-    buf = torch.empty(sum(sizes), device=device, dtype=torch.float32)
-    return [v.view(idx.shape[0], heads, idx.shape[1]) for v, (idx, *_) in zip(buf.split(sizes), parts)]
+    ends = [-(-n // 4) * 4 for n in sizes]  # each part's view 16-byte aligned, as the kernels are compiled for
+    buf = torch.empty(sum(ends), device=device, dtype=torch.float32)
+    return [v[:n].view(idx.shape[0], heads, idx.shape[1]) for v, n, (idx, *_) in zip(buf.split(ends), sizes, parts)]
 
 def _forward(qkv, heads:int, scale:float, full, full_len, dup_base, short, short_len, keep:bool) -> tuple:
     "(output, per part the log-sum-exp of each patch, head and query slot in log2 units, or None when not `keep`)"
     N, C = qkv.shape[0], qkv.shape[1] // 3
     out = qkv.new_empty(N, C)
     parts = _parts(full, full_len, dup_base, short, short_len)
-    lses = _slot_stats(parts, heads, qkv.device) if keep else [out] * len(parts)  # out: a pointer left unused
+    lses = _slot_stats(parts, heads, qkv.device) if keep else [None] * len(parts)
     with _on(qkv.device):
         for (idx, qlen, _, whole), lse in zip(parts, lses):
             P, L = idx.shape
             _launch(_pa_fwd, "fwd", P, L, heads, lambda lo, n: (
-                qkv, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], out, lse[lo:lo + n], L, C, heads,
-                scale * LOG2E), D=C // heads, KLEN_IS_L=whole, STORE_LSE=keep)
+                qkv, idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n], out, out if lse is None else lse[lo:lo + n], L, C,
+                heads, scale * LOG2E), D=C // heads, KLEN_IS_L=whole, STORE_LSE=keep)  # out: a pointer left unused
     return out, lses if keep else None
 
 class _PatchAttention(torch.autograd.Function):
@@ -229,7 +231,7 @@ class _PatchAttention(torch.autograd.Function):
                 tail = (L, C, heads, scale * LOG2E, scale)
                 _launch(_pa_delta, "delta", P, L, heads, lambda lo, n: (
                     dout, out, idx[lo:lo + n], qlen[lo:lo + n], delta[lo:lo + n], L, C, heads), D=D)
-                _launch(_pa_dkdv, "bwd" if _one_pass else "dkdv", P, L, heads, lambda lo, n: (
+                _launch(_pa_dkdv, "bwd" if _one_pass else "dkdv" if D <= 16 else "dkdv_wide", P, L, heads, lambda lo, n: (
                     qkv, dout, lse[lo:lo + n], delta[lo:lo + n], idx[lo:lo + n], qlen[lo:lo + n], qlen[lo:lo + n],
                     base[lo:lo + n], dqkv, lse if dq is None else dq, dup, *tail), D=D, KLEN_IS_L=whole, ONE_PASS=_one_pass)  # DQ unused: lse
                 if not _one_pass:

@@ -243,7 +243,8 @@ def check_kernel_matches_padded_path():
             out = fn(q); out.backward(grad.to(cast))
             assert out.dtype == cast and torch.isfinite(out).all() and torch.isfinite(q.grad).all(), name
             runs[name] = (out.double(), q.grad.double())
-        assert set(launched) == ({"fwd", "delta", "bwd"} if one_pass else {"fwd", "delta", "dkdv", "dq"}), launched  # the backward asked for
+        dkdv = "dkdv" if d <= 16 else "dkdv_wide"  # the wide heads' tile
+        assert set(launched) == ({"fwd", "delta", "bwd"} if one_pass else {"fwd", "delta", dkdv, "dq"}), launched  # the backward asked for
         ref_out, ref_grad = runs["padded_float"]
         for j, what in enumerate(("output", "gradient")):
             err = (runs["kernel"][j] - runs["padded_float"][j]).abs().max().item()
@@ -320,31 +321,32 @@ def check_compile():
     expected = os.environ.get("SONATA_EXPECT_TRITON")  # the older Triton put first on the path
     assert expected in (None, triton.__version__), f"Triton {triton.__version__} imported, {expected} expected"
     if "nvidia" not in triton.backends.backends: print("no NVIDIA backend in this Triton: nothing compiled"); return
-    for t in ("fp16", "bf16"):
-        for D in (16, 32):
-            for whole in (True, False):
-                for fn, name, sig in (
-                        (K._pa_fwd, "fwd", dict(QKV=f"*{t}", Idx="*i64", Qlen="*i64", Klen="*i64", Out=f"*{t}", Lse="*fp32",
-                                                L="i32", C="i32", H="i32", qk_scale="fp32")),
-                        *[(K._pa_dkdv, name, dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
-                                                  Klen="*i64", DupBase="*i64", DQKV=f"*{t}", DQ="*fp32", Dup="*fp32", L="i32",
-                                                  C="i32", H="i32", qk_scale="fp32", sm_scale="fp32"))
-                          for name in ("dkdv", "bwd")],  # two-pass and one-pass backward
-                        (K._pa_dq, "dq", dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx="*i64", Qlen="*i64",
-                                              Klen="*i64", DQKV=f"*{t}", L="i32", C="i32", H="i32", qk_scale="fp32",
-                                              sm_scale="fp32"))):
-                    bm, bn, warps, stages = K.CONFIG[name]
-                    consts = dict(D=D, KLEN_IS_L=whole, BLOCK_M=bm, BLOCK_N=bn)
-                    if name == "fwd": consts["STORE_LSE"] = True
-                    if name in ("fwd", "dq"): consts["EVEN"] = whole
-                    if name in ("dkdv", "bwd"): consts["ONE_PASS"] = name == "bwd"
-                    src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
-                    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
-                    assert ".entry" in k.asm["ptx"]
-            src = ASTSource(fn=K._pa_delta, signature=dict(DO=f"*{t}", O=f"*{t}", Idx="*i64", Qlen="*i64", Delta="*fp32",
-                                                           L="i32", C="i32", H="i32", D="constexpr", BLOCK_R="constexpr"),
-                            constexprs=dict(D=D, BLOCK_R=K.DELTA_ROWS))
-            assert ".entry" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
+    # both dtypes at Sonata's head dimension and 32; 64 (dkdv's wide tile) in float16; int32 index maps once
+    cases = [(t, D, "i64") for t in ("fp16", "bf16") for D in (16, 32)] + [("fp16", 64, "i64"), ("fp16", 16, "i32")]
+    for t, D, i in cases:
+        for whole in (True, False):
+            for fn, name, sig in (
+                    (K._pa_fwd, "fwd", dict(QKV=f"*{t}", Idx=f"*{i}", Qlen="*i64", Klen="*i64", Out=f"*{t}", Lse="*fp32",
+                                            L="i32", C="i32", H="i32", qk_scale="fp32")),
+                    *[(K._pa_dkdv, name, dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx=f"*{i}", Qlen="*i64",
+                                              Klen="*i64", DupBase="*i64", DQKV=f"*{t}", DQ="*fp32", Dup="*fp32", L="i32",
+                                              C="i32", H="i32", qk_scale="fp32", sm_scale="fp32"))
+                      for name in ("dkdv" if D <= 16 else "dkdv_wide", "bwd")],  # two-pass (as launched) and one-pass backward
+                    (K._pa_dq, "dq", dict(QKV=f"*{t}", DO=f"*{t}", Lse="*fp32", Delta="*fp32", Idx=f"*{i}", Qlen="*i64",
+                                          Klen="*i64", DQKV=f"*{t}", L="i32", C="i32", H="i32", qk_scale="fp32",
+                                          sm_scale="fp32"))):
+                bm, bn, warps, stages = K.CONFIG[name]
+                consts = dict(D=D, KLEN_IS_L=whole, BLOCK_M=bm, BLOCK_N=bn)
+                if name == "fwd": consts["STORE_LSE"] = True
+                if name in ("fwd", "dq"): consts["EVEN"] = whole
+                if fn is K._pa_dkdv: consts["ONE_PASS"] = name == "bwd"
+                src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
+                k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+                assert ".entry" in k.asm["ptx"]
+        src = ASTSource(fn=K._pa_delta, signature=dict(DO=f"*{t}", O=f"*{t}", Idx=f"*{i}", Qlen="*i64", Delta="*fp32",
+                                                       L="i32", C="i32", H="i32", D="constexpr", BLOCK_R="constexpr"),
+                        constexprs=dict(D=D, BLOCK_R=K.DELTA_ROWS))
+        assert ".entry" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
     print("compiled for sm_90")
 
 
