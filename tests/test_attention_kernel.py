@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-from compiled import OLDER_TRITONS
+from compiled import OLDER_TRITONS, older_triton
 
 
 def run_check(forkserver, check:str, interpret:bool=True, **env) -> str:
@@ -34,10 +34,7 @@ def test_kernels_compile_for_the_gpu(forkserver):
 @pytest.mark.parametrize("version", OLDER_TRITONS)
 def test_kernels_compile_with_older_triton(forkserver, version):
     "The same compile check with torch 2.11's Triton, installed beside ours by .ci/run (as in tests/test_kernels.py)"
-    site = ROOT / ".ci" / f"triton-{version}"
-    if not (site / "triton").is_dir():
-        pytest.skip(f"no Triton {version} at {site}: `python -m pip install --no-deps --target {site} triton=={version}` (.ci/run does)")
-    print(run_check(forkserver, "compile", interpret=False, PYTHONPATH=f"{site}{os.pathsep}{ROOT}", SONATA_EXPECT_TRITON=version))
+    print(run_check(forkserver, "compile", interpret=False, **older_triton(version)))
 
 
 # ---------------------------------------------------------------- on the GPU (compiled kernels), in this process

@@ -113,19 +113,14 @@ def test_kernels_compile_for_the_gpu(forkserver):
     print(run_check(forkserver, "compile", interpret=False))
 
 
-from compiled import OLDER_TRITONS
+from compiled import OLDER_TRITONS, older_triton
 
 
 @needs_triton
 @pytest.mark.parametrize("version", OLDER_TRITONS)
 def test_kernels_compile_with_older_triton(forkserver, version):
     "The same compile check with an older Triton that users of an older torch get, installed beside ours by .ci/run"
-    site = ROOT / ".ci" / f"triton-{version}"
-    if not (site / "triton").is_dir():
-        pytest.skip(f"no Triton {version} at {site}: `python -m pip install --no-deps --target {site} triton=={version}` (.ci/run does)")
-    out = run_check(forkserver, "compile", interpret=False, PYTHONPATH=f"{site}{os.pathsep}{ROOT}",
-                    SONATA_EXPECT_TRITON=version)
-    print(out)
+    print(run_check(forkserver, "compile", interpret=False, **older_triton(version)))
 
 
 from compiled import on_cuda
