@@ -792,21 +792,18 @@ def check_block_casts():
         with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype or torch.float16, enabled=dtype is not None):
             out = block(p).feat
         if grad: out.float().sum().backward()
-    kernels.set_block_casts(True)
-    try:
-        with counting(kernels, "cast_params") as calls:
-            step(torch.float16)
-            assert len(calls) == 1, calls  # the switch on: cast (the check of the path below)
-            step(None)
-            h = block.attn.proj.register_forward_hook(lambda m, i, o: None)
-            try: step(torch.float16)
-            finally: h.remove()
-            block.attn.qkv.requires_grad_(False)
-            try: step(torch.float16)
-            finally: block.attn.qkv.requires_grad_(True)
-            step(torch.float16, grad=False)
-        assert len(calls) == 1, calls
-    finally: kernels.set_block_casts(True)
+    with counting(kernels, "cast_params") as calls:  # the switch as it is by default (on)
+        step(torch.float16)
+        assert len(calls) == 1, calls  # the switch on: cast (the check of the path below)
+        step(None)
+        h = block.attn.proj.register_forward_hook(lambda m, i, o: None)
+        try: step(torch.float16)
+        finally: h.remove()
+        block.attn.qkv.requires_grad_(False)
+        try: step(torch.float16)
+        finally: block.attn.qkv.requires_grad_(True)
+        step(torch.float16, grad=False)
+    assert len(calls) == 1, calls
     print("block casts: bit for bit; none without autocast, with a hook, with a frozen weight or without gradients")
 
 
