@@ -24,9 +24,15 @@ from sonata_nb.model import upcast
 from sonata_nb.sparse_conv import neighbour_table
 
 WIDTHS = ((32, 64), (64, 64), (64, 128))  # (widest BLOCK_I, widest BLOCK_O)
-CONV = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=2) for bm, (wi, wo), w in itertools.product((64, 128), WIDTHS, (4, 8))]
-WGRAD = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=2, per_sm=ps, cells=cl)
-         for bm, (wi, wo), w, ps, cl in itertools.product((64, 128), WIDTHS, (4, 8), (4, 8), (1, 3)) if bm == 64 or (cl, ps) == (1, 4)]
+
+
+def grids(depths) -> tuple[list, list]:
+    "The configurations tried: (forward + input gradient, weight gradient), each at every pipeline depth in `depths`"
+    conv = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st) for st, bm, (wi, wo), w in itertools.product(depths, (64, 128), WIDTHS, (4, 8))]
+    wgrad = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st, per_sm=ps, cells=cl)
+             for st, bm, (wi, wo), w, ps, cl in itertools.product(depths, (64, 128), WIDTHS, (4, 8), (4, 8), (1, 3))
+             if bm == 64 or (cl, ps) == (1, 4)]
+    return conv, wgrad
 
 
 def cuda_ms(fn, repeats:int) -> float:
@@ -67,7 +73,11 @@ def main(argv=None):
     p.add_argument("--scan", default=str(DEFAULT_SCAN))
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default=None)
+    p.add_argument("--kinds", default="conv,wgrad", help="kernels to sweep: conv (forward + input gradient), wgrad")
+    p.add_argument("--depths", default="2", help="software-pipeline depths (num_stages) to sweep, e.g. 2,3,4")
     args = p.parse_args(argv)
+    CONV, WGRAD = grids([int(d) for d in args.depths.split(",")])
+    kinds = args.kinds.split(",")
     t0 = time.time()
     stages = stage_tensors(args.scan)
     res = dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/conv_tune.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -86,6 +96,7 @@ def main(argv=None):
     print(f"spconv forward + backward, all blocks: {spconv_total:.2f} ms", flush=True)
     rows = []
     for kind, configs in (("conv", CONV), ("wgrad", WGRAD)):
+        if kind not in kinds: continue
         for cfg in configs:
             S.CONV_CONFIG[kind] = tuple(cfg.values())
             total, per = 0.0, []
@@ -101,11 +112,20 @@ def main(argv=None):
             rows.append(dict(kind=kind, config=cfg, per_stage_ms=per, step_ms=total))
             print(kind, cfg, f"{total:.2f} ms per step", [round(v, 3) for v in per], flush=True)
     res["rows"] = rows
-    best = {kind: min((r for r in rows if r["kind"] == kind and "step_ms" in r), key=lambda r: r["step_ms"]) for kind in ("conv", "wgrad")}
+    best = {kind: min((r for r in rows if r["kind"] == kind and "step_ms" in r), key=lambda r: r["step_ms"]) for kind in kinds}
     res["best"] = best
     res["best_total_ms"] = sum(b["step_ms"] for b in best.values())
     print("best:", json.dumps({k: (b["config"], round(b["step_ms"], 2)) for k, b in best.items()}),
           f"total {res['best_total_ms']:.2f} ms against spconv {spconv_total:.2f} ms; {time.time() - t0:.0f} s")
+    # each stage's own best configuration, and the step's total were each stage to use its own
+    res["best_per_stage"] = {}
+    for kind in kinds:
+        ok = [r for r in rows if r["kind"] == kind and "step_ms" in r]
+        per = [min(ok, key=lambda r: r["per_stage_ms"][i]) for i in range(len(stages))]
+        total = sum(st[1] * r["per_stage_ms"][i] for i, (st, r) in enumerate(zip(stages, per)))
+        res["best_per_stage"][kind] = dict(configs=[r["config"] for r in per], ms=[r["per_stage_ms"][i] for i, r in enumerate(per)], step_ms=total)
+        print(f"{kind} per stage:", [(tuple(r["config"].values()), round(r["per_stage_ms"][i], 3)) for i, r in enumerate(per)],
+              f"{total:.2f} ms per step against {best[kind]['step_ms']:.2f} with one configuration")
     if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
 
 

@@ -47,12 +47,16 @@ def sync(device):
 
 
 def conv_tune_config() -> dict:
-    "The Triton convolution kernels' block sizes from bench/conv_tune.py's best (`CONV_TUNE=path.json`), set; the config in use"
+    "The Triton convolution kernels' block sizes from bench/conv_tune.py's best (`CONV_TUNE=path.json`; with `CONV_TUNE_STAGES=1` each stage's own best), set; the config in use"
     import json
     import sonata_nb.sparse_conv as SC
     if os.environ.get("CONV_TUNE"):
-        for kind, row in json.load(open(os.environ["CONV_TUNE"]))["best"].items(): SC.CONV_CONFIG[kind] = tuple(row["config"].values())
-    return dict(SC.CONV_CONFIG)
+        tune = json.load(open(os.environ["CONV_TUNE"]))
+        for kind, row in tune["best"].items(): SC.CONV_CONFIG[kind] = tuple(row["config"].values())
+        if os.environ.get("CONV_TUNE_STAGES") == "1":
+            for kind, row in tune["best_per_stage"].items():
+                for stage, cfg in zip(tune["stages"], row["configs"]): SC.CONV_BY_WIDTH[kind][stage["channels"]] = tuple(cfg.values())
+    return dict(SC.CONV_CONFIG, by_width={k: dict(v) for k, v in getattr(SC, "CONV_BY_WIDTH", {}).items()})  # (older trees: none)
 
 
 def attention_tune_config() -> dict:

@@ -113,9 +113,10 @@ if triton is not None:
             if HAS_XS: xs += tl.where(mask, dx.to(tl.float32), 0.0)
             if HAS_W: dw = tl.fma(dy, xhat, dw)  # one rounding, whatever the compiler would contract
             if HAS_B: db += dy
-        if HAS_W: tl.store(DWp + pid * C + cols, tl.sum(dw, axis=0), mask=cmask)
-        if HAS_B: tl.store(DBp + pid * C + cols, tl.sum(db, axis=0), mask=cmask)
-        if HAS_XS: tl.store(DXp + pid * C + cols, tl.sum(xs, axis=0), mask=cmask)
+        # the partial sums by column, (C, G): torch then adds each column's G values as one contiguous run
+        if HAS_W: tl.store(DWp + cols * G + pid, tl.sum(dw, axis=0), mask=cmask)
+        if HAS_B: tl.store(DBp + cols * G + pid, tl.sum(db, axis=0), mask=cmask)
+        if HAS_XS: tl.store(DXp + cols * G + pid, tl.sum(xs, axis=0), mask=cmask)
 
 def interpreted() -> bool:
     "Whether the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 when they were defined): CPU tensors then"
@@ -297,20 +298,20 @@ class FusedLayerNorm(torch.autograd.Function):
         dx = torch.empty_like(x2)
         br, bc, nw = _blocks(C)
         G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
-        if N and (has_w or has_b):  # each program writes its row of the weight's and the bias's partial sums
-            parts = _buffers(2, (G, C), x2.device)
+        if N and (has_w or has_b):  # each program writes its entry of each column of the weight's and the bias's partial sums
+            parts = _buffers(2, (C, G), x2.device)
             dwp, dbp = parts[0] if has_w else None, parts[1] if has_b else None
         else: parts = dwp = dbp = None
         # x's column sums apart: the reduction of `parts` below keeps its shape, so its order of additions, either way
-        dxp = torch.empty((G, C), dtype=torch.float32, device=x2.device) if N and has_xs else None
+        dxp = torch.empty((C, G), dtype=torch.float32, device=x2.device) if N and has_xs else None
         if N:
             with _on(x2.device): launcher(_ln_bwd)[(G,)](x2, weight, dy, ds, dx, mean, rstd, dwp, dbp, dxp, N, C, _cdiv(_cdiv(N, br), G),
                           HAS_W=has_w, HAS_B=has_b, BLOCK_R=br, BLOCK_C=bc, num_warps=nw, RTNE_BF16=_rtne_bf16(dx.dtype),
                           HAS_DS=ds is not None, NO_FMA=not interpreted(), HAS_XS=has_xs)
-        sums = parts.sum(1) if parts is not None else x2.new_zeros((2, C), dtype=torch.float32)  # one reduction for both
+        sums = parts.sum(2) if parts is not None else x2.new_zeros((2, C), dtype=torch.float32)  # one reduction for both
         dw = _as(sums[0], weight.dtype) if has_w else None
         db = _as(sums[1], ctx.bias_dtype) if has_b else None
-        dxb = (dxp.sum(0) if dxp is not None else x2.new_zeros(C, dtype=torch.float32)).to(ctx.x_bias_dtype) if has_xs else None
+        dxb = (dxp.sum(1) if dxp is not None else x2.new_zeros(C, dtype=torch.float32)).to(ctx.x_bias_dtype) if has_xs else None
         return dx.view(ctx.shape), dw, db, dres, None, None, None, dxb
 
 def _default_dtype(x): return torch.float32 if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
@@ -436,7 +437,7 @@ if triton is not None:
             rows = first + i + tl.arange(0, BLOCK_R)
             mask = (rows < N)[:, None] & cmask[None, :]
             acc += tl.load(X + rows.to(tl.int64)[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(P + pid_r * C + cols, tl.sum(acc, axis=0), mask=cmask)
+        tl.store(P + cols * tl.num_programs(0) + pid_r, tl.sum(acc, axis=0), mask=cmask)  # by column: (C, row programs)
 
 def _column_blocks(C:int) -> tuple[int, int]:
     "Rows and columns of a column-sum program's tile (TILE elements, at most 128 columns)"
@@ -463,10 +464,10 @@ def column_sum(x:torch.Tensor) -> torch.Tensor: # (N, C) float32, float16 or bfl
     N, C = x.shape
     if N == 0 or C == 0: return torch.zeros(C, dtype=torch.float32, device=x.device)
     br, bc, row_programs, col_programs, rows_per_program = _column_grid(N, C, x.device)
-    partial = torch.empty((row_programs, C), dtype=torch.float32, device=x.device)
+    partial = torch.empty((C, row_programs), dtype=torch.float32, device=x.device)  # each column's sums contiguous
     with _on(x.device): launcher(_col_sum)[(row_programs, col_programs)](x, partial, N, C, x.stride(0), rows_per_program,
                                                            BLOCK_R=br, BLOCK_C=bc, num_warps=4)
-    return partial.sum(0)
+    return partial.sum(1)
 
 # %% ../nbs/03b_kernels.ipynb #k021
 _on_cpu = False  # tests only: with TRITON_INTERPRET=1, CPU tensors take `linear`'s kernel path through the interpreter
@@ -576,7 +577,7 @@ if triton is not None:
             dx = _cast(g * m[:, None], DX.dtype.element_ty, RTNE_BF16)
             tl.store(DX + offs, dx, mask=mask)
             if HAS_SUM: acc += tl.where(mask, dx.to(tl.float32), 0.0)
-        if HAS_SUM: tl.store(P + pid * C + cols, tl.sum(acc, axis=0), mask=cmask)
+        if HAS_SUM: tl.store(P + cols * G + pid, tl.sum(acc, axis=0), mask=cmask)  # by column: (C, G)
 
 @functools.lru_cache(maxsize=None)
 def _kept_value(keep:float, dtype:torch.dtype) -> float:
@@ -615,11 +616,11 @@ class ResidualDropPath(torch.autograd.Function):
             br, bc, nw = _blocks(C)
             tiles = _cdiv(N, br)
             G = _n_programs(dout.device, tiles) if has_sum else tiles  # with the sums, programs loop over tiles
-            parts = torch.empty((G, C), dtype=torch.float32, device=dout.device) if has_sum and N else None
+            parts = torch.empty((C, G), dtype=torch.float32, device=dout.device) if has_sum and N else None
             if N and C:
                 with _on(dout.device): launcher(_res_drop_bwd)[(G,)](dout, r, dx, parts, N, C, ctx.keep, ctx.scale, _cdiv(tiles, G),
                     BLOCK_R=br, BLOCK_C=bc, RTNE_BF16=_rtne_bf16(dx.dtype), HAS_SUM=has_sum, num_warps=nw)
-            if has_sum: db = (parts.sum(0) if parts is not None else dx.new_zeros(C, dtype=torch.float32)).to(ctx.x_bias_dtype)
+            if has_sum: db = (parts.sum(1) if parts is not None else dx.new_zeros(C, dtype=torch.float32)).to(ctx.x_bias_dtype)
         return ds, dx if ctx.needs_input_grad[1] else None, None, None, db
 
 def fuses_residual(shortcut:torch.Tensor, # (N, C) the residual stream
@@ -725,7 +726,7 @@ if triton is not None:
             tl.store(A + offs, _cast(a, A.dtype.element_ty, RTNE_BF16), mask=mask)
             tl.store(DH + offs, dh, mask=mask)
             if HAS_SUM: acc += dh.to(tl.float32)
-        if HAS_SUM: tl.store(P + pid_r * C + cols, tl.sum(acc, axis=0), mask=cmask)
+        if HAS_SUM: tl.store(P + cols * tl.num_programs(0) + pid_r, tl.sum(acc, axis=0), mask=cmask)  # by column
 
 def fuses_gelu(h:torch.Tensor) -> bool: # (..., C) the pre-activation saved by the MLP
     "Whether `MLP`'s backward runs `gelu_recompute_backward` on `h` (the switch on, a float tensor on the kernels' device)"
@@ -751,11 +752,11 @@ def gelu_recompute_backward(da:torch.Tensor, # (..., C) the gradient of gelu(h)
     if N == 0 or C == 0:
         return a.view(h.shape), dh.view(h.shape), torch.zeros(C, dtype=torch.float32, device=h.device) if bias_sum else None
     br, bc, row_programs, col_programs, rows_per_program = _column_grid(N, C, h.device, GELU_CONFIG["per_sm"])
-    partial = torch.empty((row_programs, C), dtype=torch.float32, device=h.device) if bias_sum else None
+    partial = torch.empty((C, row_programs), dtype=torch.float32, device=h.device) if bias_sum else None
     with _on(h.device): launcher(_gelu_bwd)[(row_programs, col_programs)](da2, h2, a, dh, partial, N, C, rows_per_program,
         HAS_SUM=bias_sum, LIBDEVICE=not interpreted(), RTNE_BF16=_rtne_bf16(h.dtype), BLOCK_R=br, BLOCK_C=bc,
         num_warps=GELU_CONFIG["warps"])
-    return a.view(h.shape), dh.view(h.shape), partial.sum(0) if bias_sum else None
+    return a.view(h.shape), dh.view(h.shape), partial.sum(1) if bias_sum else None
 
 # %% ../nbs/03b_kernels.ipynb #k041
 if triton is not None:

@@ -14,8 +14,8 @@ try:
 except ImportError: triton = None
 
 # %% auto #0
-__all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'neighbour_table', 'gather_matmul', 'gather_weight_grad', 'kernel_usable',
-           'set_bias_in_kernel', 'fuses_bias', 'SubmanifoldConv', 'subm_conv', 'subm_conv_passing']
+__all__ = ['GATHER_ELEMENTS', 'CONV_CONFIG', 'CONV_BY_WIDTH', 'neighbour_table', 'gather_matmul', 'gather_weight_grad',
+           'kernel_usable', 'set_bias_in_kernel', 'fuses_bias', 'SubmanifoldConv', 'subm_conv', 'subm_conv_passing']
 
 # %% ../nbs/03d_sparse_conv.ipynb #v005
 def neighbour_table(indices:torch.Tensor, # (N, 4) integer: batch index, then the 3 cell coordinates (spconv's `indices`)
@@ -99,17 +99,20 @@ if triton is not None:
         omask = o < CO
         ci = tl.arange(0, BLOCK_I)
         cw = CO if FLIP else CI  # the weight's innermost extent (C_in of the module)
+        chunks = (CI + BLOCK_I - 1) // BLOCK_I
+        trow = T + rows.to(tl.int64) * K
         acc = tl.zeros([BLOCK_M, BLOCK_O], tl.float32)
-        for k in range(0, K):
-            nb = tl.load(T + rows.to(tl.int64) * K + k, mask=rmask, other=N)
+        # one loop over (cell, channel chunk), cells outer: the compiler pipelines its loads across cells too
+        for it in range(0, K * chunks):
+            k = it // chunks
+            c = (it - k * chunks) * BLOCK_I + ci
+            cmask = c < CI
+            nb = tl.load(trow + k, mask=rmask, other=N)
             valid = nb < N
             kw = K - 1 - k if FLIP else k
-            for c0 in range(0, CI, BLOCK_I):
-                c = c0 + ci
-                cmask = c < CI
-                x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
-                w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
-                acc = tl.dot(x, w, acc)
+            x = tl.load(X + nb.to(tl.int64)[:, None] * CI + c[None, :], mask=valid[:, None] & cmask[None, :], other=0.0)
+            w = tl.load(W + kw * cw + c[:, None] * s_in + o[None, :] * s_out, mask=cmask[:, None] & omask[None, :], other=0.0)
+            acc = tl.dot(x, w, acc)
         y = acc.to(X.dtype.element_ty)
         offs, mask = rows.to(tl.int64)[:, None] * CO + o[None, :], rmask[:, None] & omask[None, :]
         if HAS_B: y = (y.to(tl.float32) + tl.load(B + o, mask=omask, other=0.0).to(tl.float32)[None, :]).to(X.dtype.element_ty)
@@ -166,6 +169,10 @@ def fuses_bias(x:torch.Tensor, # the features about to be convolved (or any tens
 
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
+# kernel -> {input channels: configuration}: a width's own block sizes (bench/conv_tune.py's best per stage), else CONV_CONFIG's
+CONV_BY_WIDTH = dict(conv={}, wgrad={})
+
+def _config(kind:str, channels:int) -> tuple: return CONV_BY_WIDTH[kind].get(channels, CONV_CONFIG[kind])
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
@@ -176,7 +183,7 @@ def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) 
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
     s_in, s_out = (K * c_in, 1) if flip else (1, K * c_in)
     y = x.new_empty(len(x), co)
-    bm, wi, wo, warps, stages = CONV_CONFIG["conv"]
+    bm, wi, wo, warps, stages = _config("conv", ci)
     bi, bo = _width(ci, wi), _width(co, wo)
     if len(x):
         with _on(x.device):
@@ -188,7 +195,7 @@ def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) 
 
 def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
     "The weight gradient (C_out, K, C_in) in x's dtype: `_sc_wgrad`'s bands of rows, their float32 sums added by torch"
-    bm, wi, wo, warps, stages, per_sm, cells = CONV_CONFIG["wgrad"]
+    bm, wi, wo, warps, stages, per_sm, cells = _config("wgrad", c_in)
     bi, bo = _width(c_in, wi), _width(c_out, wo)
     tiles, groups = _cdiv(c_in, bi) * _cdiv(c_out, bo), _cdiv(K, cells)
     n = len(x)

@@ -4,7 +4,8 @@ VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_co
           | no_conv_bias | conv_stream (the CPE convolution adds the stream's other gradient in its backward) | no_conv_stream
           | upcast_kernels (the up-cast by kernels.gather_rows and kernels.cell_sum) | no_upcast_kernels
           | block_casts (a block's weight casts and their gradients' casts back in one multi-tensor copy each way) | no_block_casts
-CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best."""
+CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best.
+Also prints and writes (`launches`) the kernels' time by name and grid, which tells one stage's launches from another's."""
 import sys, json, os
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
@@ -47,8 +48,20 @@ ops = sorted([dict(name=e.key, calls=e.count // steps, ms=dev(e) / 1e3 / steps, 
 cpu = sorted([dict(name=e.key, calls=e.count // steps, cpu_ms=e.self_cpu_time_total / 1e3 / steps)
               for e in ev if getattr(e, "device_type", None) == DeviceType.CPU], key=lambda r: -r["cpu_ms"])
 busy = sum(r["ms"] for r in kern)
+# the kernels by name and grid (a grid tells a stage's launch from another's): from the profile's Chrome trace
+trace = os.path.join(os.environ.get("OUT", "/tmp"), "_trace.json")
+prof.export_chrome_trace(trace)
+by_grid = {}
+for e in json.load(open(trace))["traceEvents"]:
+    if e.get("cat") != "kernel": continue
+    key = (e["name"][:60], str(e.get("args", {}).get("grid")))
+    n, us = by_grid.get(key, (0, 0.0))
+    by_grid[key] = (n + 1, us + e.get("dur", 0.0))
+os.remove(trace)
+launches = sorted([dict(name=k[0], grid=k[1], calls=n // steps, ms=us / 1e3 / steps) for k, (n, us) in by_grid.items()], key=lambda r: -r["ms"])
 print(task, "busy %.1f ms, kernels/step %d" % (busy, sum(r["calls"] for r in kern)))
 for r in kern[:60]: print("K %7.2f %5d %s" % (r["ms"], r["calls"], r["name"][:110]))
 for r in ops[:45]: print("O %7.2f %5d cpu %6.2f %s" % (r["ms"], r["calls"], r["cpu_ms"], r["name"][:90]))
 for r in cpu[:25]: print("C %7.2f %5d %s" % (r["cpu_ms"], r["calls"], r["name"][:90]))
-json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, attention_config=attention_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3].replace(",", "_") if len(sys.argv) > 3 else "")), "w"))
+for r in launches[:60]: print("G %7.3f %5d %-16s %s" % (r["ms"], r["calls"], r["grid"], r["name"][:60]))
+json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, attention_config=attention_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200], launches=launches[:300]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3].replace(",", "_") if len(sys.argv) > 3 else "")), "w"))
