@@ -68,6 +68,23 @@ def stage_tensors(scan) -> list:
     return out
 
 
+def summarize(res:dict, rows:list, kinds:list, stages:list, quiet:bool=False):
+    "res's best configuration of each kernel, and each stage's own best (the step's total were each stage to use its own)"
+    res["rows"] = rows
+    res["best"], res["best_per_stage"] = {}, {}
+    for kind in kinds:
+        ok = [r for r in rows if r["kind"] == kind and "step_ms" in r]
+        if not ok: continue
+        best = res["best"][kind] = min(ok, key=lambda r: r["step_ms"])
+        per = [min(ok, key=lambda r: r["per_stage_ms"][i]) for i in range(len(stages))]
+        total = sum(st[1] * r["per_stage_ms"][i] for i, (st, r) in enumerate(zip(stages, per)))
+        res["best_per_stage"][kind] = dict(configs=[r["config"] for r in per], ms=[r["per_stage_ms"][i] for i, r in enumerate(per)], step_ms=total)
+        if not quiet:
+            print(f"{kind} best: {tuple(best['config'].values())} {best['step_ms']:.2f} ms per step; per stage:",
+                  [(tuple(r["config"].values()), round(r["per_stage_ms"][i], 3)) for i, r in enumerate(per)], f"{total:.2f} ms per step")
+    res["best_total_ms"] = sum(b["step_ms"] for b in res["best"].values())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scan", default=str(DEFAULT_SCAN))
@@ -111,21 +128,11 @@ def main(argv=None):
                 rows.append(dict(kind=kind, config=cfg, error=str(e)[:200])); continue
             rows.append(dict(kind=kind, config=cfg, per_stage_ms=per, step_ms=total))
             print(kind, cfg, f"{total:.2f} ms per step", [round(v, 3) for v in per], flush=True)
-    res["rows"] = rows
-    best = {kind: min((r for r in rows if r["kind"] == kind and "step_ms" in r), key=lambda r: r["step_ms"]) for kind in kinds}
-    res["best"] = best
-    res["best_total_ms"] = sum(b["step_ms"] for b in best.values())
-    print("best:", json.dumps({k: (b["config"], round(b["step_ms"], 2)) for k, b in best.items()}),
-          f"total {res['best_total_ms']:.2f} ms against spconv {spconv_total:.2f} ms; {time.time() - t0:.0f} s")
-    # each stage's own best configuration, and the step's total were each stage to use its own
-    res["best_per_stage"] = {}
-    for kind in kinds:
-        ok = [r for r in rows if r["kind"] == kind and "step_ms" in r]
-        per = [min(ok, key=lambda r: r["per_stage_ms"][i]) for i in range(len(stages))]
-        total = sum(st[1] * r["per_stage_ms"][i] for i, (st, r) in enumerate(zip(stages, per)))
-        res["best_per_stage"][kind] = dict(configs=[r["config"] for r in per], ms=[r["per_stage_ms"][i] for i, r in enumerate(per)], step_ms=total)
-        print(f"{kind} per stage:", [(tuple(r["config"].values()), round(r["per_stage_ms"][i], 3)) for i, r in enumerate(per)],
-              f"{total:.2f} ms per step against {best[kind]['step_ms']:.2f} with one configuration")
+            if args.json:  # after every configuration: a sweep cut short by a time limit still leaves its results
+                summarize(res, rows, kinds, stages, quiet=True)
+                Path(args.json).write_text(json.dumps(res, indent=1))
+    summarize(res, rows, kinds, stages)
+    print(f"total {res['best_total_ms']:.2f} ms against spconv {spconv_total:.2f} ms; {time.time() - t0:.0f} s")
     if args.json: Path(args.json).write_text(json.dumps(res, indent=1))
 
 
