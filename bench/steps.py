@@ -54,6 +54,8 @@ def conv_tune_config() -> dict:
         tune = json.load(open(os.environ["CONV_TUNE"]))
         for kind, row in tune["best"].items(): SC.CONV_CONFIG[kind] = tuple(row["config"].values())
         if os.environ.get("CONV_TUNE_STAGES") == "1":
+            if "best_per_stage" not in tune:
+                raise SystemExit(f"CONV_TUNE_STAGES=1: {os.environ['CONV_TUNE']} has no best_per_stage (written by bench/conv_tune.py since 2026-12-07 20:15): rerun the sweep")
             for kind, row in tune["best_per_stage"].items():
                 for stage, cfg in zip(tune["stages"], row["configs"]): SC.CONV_BY_WIDTH[kind][stage["channels"]] = tuple(cfg.values())
     return dict(SC.CONV_CONFIG, by_width={k: dict(v) for k, v in getattr(SC, "CONV_BY_WIDTH", {}).items()})  # (older trees: none)

@@ -169,7 +169,8 @@ def fuses_bias(x:torch.Tensor, # the features about to be convolved (or any tens
 
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
-# kernel -> {input channels: configuration}: a width's own block sizes (bench/conv_tune.py's best per stage), else CONV_CONFIG's
+# kernel -> {the module's input channels: configuration}: a width's own block sizes (bench/conv_tune.py's best per
+# stage, keyed by the stage's width), else CONV_CONFIG's; both directions of `_sc_conv` take the module's entry
 CONV_BY_WIDTH = dict(conv={}, wgrad={})
 
 def _config(kind:str, channels:int) -> tuple: return CONV_BY_WIDTH[kind].get(channels, CONV_CONFIG[kind])
@@ -183,7 +184,7 @@ def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) 
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
     s_in, s_out = (K * c_in, 1) if flip else (1, K * c_in)
     y = x.new_empty(len(x), co)
-    bm, wi, wo, warps, stages = _config("conv", ci)
+    bm, wi, wo, warps, stages = _config("conv", c_in)
     bi, bo = _width(ci, wi), _width(co, wo)
     if len(x):
         with _on(x.device):

@@ -49,12 +49,13 @@ cpu = sorted([dict(name=e.key, calls=e.count // steps, cpu_ms=e.self_cpu_time_to
               for e in ev if getattr(e, "device_type", None) == DeviceType.CPU], key=lambda r: -r["cpu_ms"])
 busy = sum(r["ms"] for r in kern)
 # the kernels by name and grid (a grid tells a stage's launch from another's): from the profile's Chrome trace
-trace = os.path.join(os.environ.get("OUT", "/tmp"), "_trace.json")
+import tempfile
+trace = os.path.join(tempfile.mkdtemp(), "trace.json")
 prof.export_chrome_trace(trace)
 by_grid = {}
 for e in json.load(open(trace))["traceEvents"]:
     if e.get("cat") != "kernel": continue
-    key = (e["name"][:60], str(e.get("args", {}).get("grid")))
+    key = (e["name"][:120], str(e.get("args", {}).get("grid")))
     n, us = by_grid.get(key, (0, 0.0))
     by_grid[key] = (n + 1, us + e.get("dur", 0.0))
 os.remove(trace)
