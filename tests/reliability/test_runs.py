@@ -221,8 +221,17 @@ def test_validation_with_nan_logits_gives_nan(tmp_path, data_root):
     trainer.lock.release()
 
 
+@pytest.fixture
+def one_thread():
+    "One intra-op thread for a bit-exact comparison of two in-process runs (the subprocess runs get OMP_NUM_THREADS=1): with two, the CPU's sums came out a last bit apart now and then on a loaded machine (2026-12-07: 2 of 5 runs beside two busy processes, 0 of 7 with one thread)"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("accum", [1, 2])
-def test_steps_decided_on_the_device_are_the_synchronous_steps(tmp_path, data_root, accum):
+def test_steps_decided_on_the_device_are_the_synchronous_steps(tmp_path, data_root, accum, one_thread):
     "A fused optimizer's on-device steps = its synchronous steps: weights, optimizer state, schedule, scaler, skips and log records"
     def run(on_device:bool, name:str):
         cfg = demo_cfg(tmp_path/name, data_root, max_nonfinite_steps=0, **{"optimizer.fused": True, "epoch": 8, "eval_epoch": 1})
@@ -259,7 +268,7 @@ def test_steps_decided_on_the_device_are_the_synchronous_steps(tmp_path, data_ro
 
 
 @pytest.mark.parametrize("accum", [1, 2])
-def test_a_stop_decided_on_the_device_is_the_synchronous_stop(tmp_path, data_root, accum):
+def test_a_stop_decided_on_the_device_is_the_synchronous_stop(tmp_path, data_root, accum, one_thread):
     "NaN losses until the run stops: the same step count, skips, buffers (BatchNorm untouched) and records on both paths"
     bad = poisoned(data_root, tmp_path/"data")
     def run(on_device:bool, name:str):
