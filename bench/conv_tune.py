@@ -24,11 +24,12 @@ from sonata_nb.model import upcast
 from sonata_nb.sparse_conv import neighbour_table
 
 WIDTHS = ((32, 64), (64, 64), (64, 128))  # (widest BLOCK_I, widest BLOCK_O)
+CONV_WIDTHS = WIDTHS + ((128, 64), (128, 128))  # the forward's too: one chunk of 128 at 96 channels takes `_sc_conv`'s flat loop
 
 
 def grids(depths) -> tuple[list, list]:
     "The configurations tried: (forward + input gradient, weight gradient), each at every pipeline depth in `depths`"
-    conv = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st) for st, bm, (wi, wo), w in itertools.product(depths, (64, 128), WIDTHS, (4, 8))]
+    conv = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st) for st, bm, (wi, wo), w in itertools.product(depths, (64, 128), CONV_WIDTHS, (4, 8))]
     wgrad = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st, per_sm=ps, cells=cl)
              for st, bm, (wi, wo), w, ps, cl in itertools.product(depths, (64, 128), WIDTHS, (4, 8), (4, 8), (1, 3))
              if bm == 64 or (cl, ps) == (1, 4)]

@@ -31,7 +31,9 @@ def spec(kernel:str, channels:int, flip:bool, config):
         one, other = ("s_out", "s_in") if flip else ("s_in", "s_out")
         sig = dict(X=f"*{t}", T="*i32", W=f"*{t}", Y=f"*{t}", B="constexpr", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32")
         sig[one] = "constexpr"
-        consts = {one: 1, "B": None, "FLIP": flip, "HAS_B": False, "BLOCK_M": bm, "BLOCK_I": S._width(channels, wi), "BLOCK_O": S._width(channels, wo)}
+        bi = S._width(channels, wi)
+        consts = {one: 1, "B": None, "FLIP": flip, "HAS_B": False, "BLOCK_M": bm, "BLOCK_I": bi, "BLOCK_O": S._width(channels, wo),
+                  "FLAT": S._flat(channels, bi)}
         return S._sc_conv, sig, consts, ("CI", "CO", other), warps, stages
     if kernel == "wgrad":
         bm, wi, wo, warps, stages, _, cells = config or S.CONV_CONFIG["wgrad"]

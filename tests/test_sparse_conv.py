@@ -418,8 +418,8 @@ def check_compile():
         for flip, bias in ((False, False), (True, False), (False, True)):  # the forward with the bias in its epilogue too
             sig = dict(X=f"*{dt}", T="*i32", W=f"*{dt}", Y=f"*{dt}", B="*fp32" if bias else "constexpr", N="i32", CI="i32",
                        CO="i32", K="i32", s_in="i32", s_out="i32", FLIP="constexpr", HAS_B="constexpr", BLOCK_M="constexpr",
-                       BLOCK_I="constexpr", BLOCK_O="constexpr")
-            consts = dict(FLIP=flip, HAS_B=bias, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, **({} if bias else dict(B=None)))
+                       BLOCK_I="constexpr", BLOCK_O="constexpr", FLAT="constexpr")
+            consts = dict(FLIP=flip, HAS_B=bias, BLOCK_M=128, BLOCK_I=64, BLOCK_O=64, FLAT=False, **({} if bias else dict(B=None)))
             triton.compile(ASTSource(fn=S._sc_conv, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
             # as the model launches it: 16-byte pointers, channels multiples of 16, the weight's unit stride a constant 1;
             # at the pipeline depths bench/conv_tune.py sweeps, the gathers must be copied ahead asynchronously (pipelined)
@@ -427,10 +427,10 @@ def check_compile():
             sig1 = dict(sig, **{one: "constexpr"})
             attrs = {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig1.items())
                      if v.startswith("*") or k in ("CI", "CO", other)}
-            for stages in (2, 3):
-                k = triton.compile(ASTSource(fn=S._sc_conv, signature=sig1, constexprs=dict(consts, BLOCK_O=128, **{one: 1}), attrs=attrs),
-                                   target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=stages))
-                assert "async_copy_global_to_local" in k.asm["ttgir"], (dt, flip, bias, stages)
+            for stages, flat in ((2, False), (3, False), (2, True), (3, True)):  # both loops: nested (several chunks), flat
+                k = triton.compile(ASTSource(fn=S._sc_conv, signature=sig1, constexprs=dict(consts, BLOCK_O=128, FLAT=flat, **{one: 1}),
+                                             attrs=attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=stages))
+                assert "async_copy_global_to_local" in k.asm["ttgir"], (dt, flip, bias, stages, flat)
         for cells in (1, 3):
             sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
                        BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
