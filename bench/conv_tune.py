@@ -29,7 +29,8 @@ CONV_WIDTHS = WIDTHS + ((128, 64), (128, 128))  # the forward's too: one chunk o
 
 def grids(depths) -> tuple[list, list]:
     "The configurations tried: (forward + input gradient, weight gradient), each at every pipeline depth in `depths`"
-    conv = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st) for st, bm, (wi, wo), w in itertools.product(depths, (64, 128), CONV_WIDTHS, (4, 8))]
+    conv = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st) for st, bm, (wi, wo), w in itertools.product(depths, (64, 128, 256), CONV_WIDTHS, (4, 8))
+            if bm < 256 or w == 8]  # 256 rows: more products per byte a program reads (8 warps: 4 would spill the accumulator)
     wgrad = [dict(bm=bm, wi=wi, wo=wo, warps=w, stages=st, per_sm=ps, cells=cl)
              for st, bm, (wi, wo), w, ps, cl in itertools.product(depths, (64, 128), WIDTHS, (4, 8), (4, 8), (1, 3))
              if bm == 64 or (cl, ps) == (1, 4)]
@@ -116,6 +117,7 @@ def main(argv=None):
     rows = []
     for kind, configs in (("conv", CONV), ("wgrad", WGRAD)):
         if kind not in kinds: continue
+        S.CONV_BY_WIDTH[kind] = {}  # every width takes the configuration under test
         for cfg in configs:
             S.CONV_CONFIG[kind] = tuple(cfg.values())
             total, per = 0.0, []

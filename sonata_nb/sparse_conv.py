@@ -181,8 +181,11 @@ def fuses_bias(x:torch.Tensor, # the features about to be convolved (or any tens
 # kernel -> (BLOCK_M, widest BLOCK_I, widest BLOCK_O, warps, stages[, programs per SM, cells per program]): bench/conv_tune.py
 CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  # H100, 2026-12-06 23:40
 # kernel -> {the module's input channels: configuration}: a width's own block sizes (bench/conv_tune.py's best per
-# stage, keyed by the stage's width), else CONV_CONFIG's; both directions of `_sc_conv` take the module's entry
-CONV_BY_WIDTH = dict(conv={}, wgrad={})
+# stage, keyed by the stage's width), else CONV_CONFIG's; both directions of `_sc_conv` take the module's entry.
+# The weight gradient's at Sonata's widths: H100, 2026-12-07 22:30 (`results/wgrad_tune_h100_2230.json`: 11.36 against
+# 12.27 ms per `ft` step in the sweep); 96 channels keep CONV_CONFIG's
+CONV_BY_WIDTH = dict(conv={}, wgrad={48: (64, 64, 64, 8, 2, 8, 3), 192: (64, 64, 64, 4, 3, 8, 3),
+                                     384: (64, 64, 128, 4, 3, 4, 3), 512: (64, 64, 128, 4, 2, 4, 1)})
 
 def _config(kind:str, channels:int) -> tuple: return CONV_BY_WIDTH[kind].get(channels, CONV_CONFIG[kind])
 

@@ -341,6 +341,31 @@ def check_kernels_match_the_gathers():
             assert err <= 2 * ref + 1e-3 * scale, (k, ci, co, name, err, ref, scale)  # as close to float64 as the gathers
             print(k, ci, co, name, f"kernel {err / scale:.2e}, gathers {ref / scale:.2e} of the largest value")
     assert max(bands) > 1, bands
+    # a width's own configuration (CONV_BY_WIDTH, keyed by the module's input width): both directions of the
+    # convolution and the weight gradient launch with it, and compute the same function
+    launched = []
+    class Seen(Spy):
+        def __getitem__(self, grid):
+            launch = Spy.__getitem__(self, grid)
+            def run(*args, **kw):
+                launched.append((self.fn is S._sc_wgrad, kw["BLOCK_I"], kw["BLOCK_O"], kw.get("CELLS")))
+                return launch(*args, **kw)
+            return run
+    S.launcher, saved = Seen, {k: dict(v) for k, v in S.CONV_BY_WIDTH.items()}
+    S.CONV_BY_WIDTH.update(conv={24: (64, 16, 16, 4, 2)}, wgrad={24: (64, 16, 16, 4, 2, 8, 1)})
+    idx = random_cells(500, 9, 2, seed=11)
+    t = neighbour_table(idx, [9] * 3, 2)
+    x = torch.randn(len(idx), 24, generator=g).half().requires_grad_()
+    w = (torch.randn(40, 3, 3, 3, 24, generator=g) / (27 * 24) ** 0.5).half().requires_grad_()
+    dy = torch.randn(len(idx), 40, generator=g).half()
+    ours = [subm_conv(x, t, w, kernel=True)]
+    ours += torch.autograd.grad(ours[0], (x, w), dy)
+    assert sorted(launched) == [(False, 16, 16, None)] * 2 + [(True, 16, 16, 1)], launched
+    gathered = [subm_conv(x, t, w, kernel=False)]
+    gathered += torch.autograd.grad(gathered[0], (x, w), dy)
+    for a, b in zip(ours, gathered): assert (a.double() - b.double()).abs().max() <= 2e-2 * b.double().abs().max()
+    S.CONV_BY_WIDTH.update(saved)
+    S.launcher = real
     bias_in_kernel_is_add_after(S, random_cells(900, 10, 2, seed=7), 10, 24, 40, "cpu", g)
     bias_in_kernel_is_add_after(S, random_cells(600, 9, 1, seed=8), 9, 150, 140, "cpu", g)  # several channel chunks and column programs
     bias_in_kernel_is_add_after(S, random_cells(400, 8, 2, seed=9), 8, 6, 16, "cpu", g, k=5)
