@@ -27,7 +27,7 @@ def spec(kernel:str, channels:int, flip:bool, config):
     from sonata_nb import attention_kernel as A, kernels as K, sparse_conv as S
     t = "fp16"
     if kernel == "conv":
-        bm, wi, wo, warps, stages = config or S.CONV_CONFIG["conv"]
+        bm, wi, wo, warps, stages = config or S._config("conv", channels)  # the module's width (Sonata: C_in = C_out)
         one, other = ("s_out", "s_in") if flip else ("s_in", "s_out")
         sig = dict(X=f"*{t}", T="*i32", W=f"*{t}", Y=f"*{t}", B="constexpr", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32")
         sig[one] = "constexpr"
@@ -36,7 +36,7 @@ def spec(kernel:str, channels:int, flip:bool, config):
                   "FLAT": S._flat(channels, bi)}
         return S._sc_conv, sig, consts, ("CI", "CO", other), warps, stages
     if kernel == "wgrad":
-        bm, wi, wo, warps, stages, _, cells = config or S.CONV_CONFIG["wgrad"]
+        bm, wi, wo, warps, stages, _, cells = config or S._config("wgrad", channels)
         sig = dict(X=f"*{t}", T="*i32", DY=f"*{t}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32")
         consts = dict(BLOCK_M=bm, BLOCK_I=S._width(channels, wi), BLOCK_O=S._width(channels, wo), CELLS=cells)
         return S._sc_wgrad, sig, consts, ("CI", "CO"), warps, stages

@@ -52,7 +52,9 @@ def conv_tune_config() -> dict:
     import sonata_nb.sparse_conv as SC
     if os.environ.get("CONV_TUNE"):
         tune = json.load(open(os.environ["CONV_TUNE"]))
-        for kind, row in tune["best"].items(): SC.CONV_CONFIG[kind] = tuple(row["config"].values())
+        for kind, row in tune["best"].items():
+            SC.CONV_CONFIG[kind] = tuple(row["config"].values())
+            if hasattr(SC, "CONV_BY_WIDTH"): SC.CONV_BY_WIDTH[kind] = {}  # the sweep's best at every width, as it was measured
         if os.environ.get("CONV_TUNE_STAGES") == "1":
             if "best_per_stage" not in tune:
                 raise SystemExit(f"CONV_TUNE_STAGES=1: {os.environ['CONV_TUNE']} has no best_per_stage (written by bench/conv_tune.py since 2026-12-07 20:15): rerun the sweep")

@@ -191,8 +191,9 @@ def _config(kind:str, channels:int) -> tuple: return CONV_BY_WIDTH[kind].get(cha
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
-# `_sc_conv`'s loop: flat over (cell, chunk) where a cell has one channel chunk (it pipelines across cells: 0.58 -> 0.45 ms
-# per block at 48 channels), nested where it has several (the flat loop was slower there: H100, 2026-12-07 22:30)
+# `_sc_conv`'s loop: flat over (cell, chunk) where a cell has one channel chunk (it pipelines across cells: 1.67 -> 1.15 ms
+# per `ft` step at 48 channels), nested where it has several (the flat loop was slower there: 8.31 -> 9.73 ms at 384; H100,
+# 2026-12-07 22:30, `results/prof_ops_ft_*_h100_2230.json`)
 def _flat(channels:int, block:int) -> bool: return channels <= block
 
 def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight; (C_out,)

@@ -463,7 +463,8 @@ def check_compile():
                            target=GPUTarget("cuda", 90, 32))
         for c, (bm, wi, wo, warps, stages, _, cells) in S.CONV_BY_WIDTH["wgrad"].items():  # each width's own, as launched
             consts = dict(BLOCK_M=bm, BLOCK_I=S._width(c, wi), BLOCK_O=S._width(c, wo), CELLS=cells)
-            triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+            attrs = {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig.items()) if v.startswith("*") or k in ("CI", "CO")}
+            triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=warps, num_stages=stages))
     print("compiled for sm_90")
 
