@@ -26,19 +26,18 @@ def spec(kernel:str, channels:int, flip:bool, config):
     "(jit function, signature, constexprs, names of 16-divisible integers, num_warps, num_stages) as the model launches `kernel`"
     from sonata_nb import attention_kernel as A, kernels as K, sparse_conv as S
     t = "fp16"
-    if kernel == "conv":
-        bm, wi, wo, warps, stages = config or S._config("conv", channels)  # the module's width (Sonata: C_in = C_out)
+    if kernel in ("conv", "wgrad") and config: S.CONV_BY_WIDTH[kernel][channels] = config  # --config: this width's, as the model would take it
+    if kernel == "conv":  # the module's width both ways (Sonata: C_in = C_out)
+        bm, bi, bo, flat, warps, stages = S._conv_blocks(channels, channels, channels)
         one, other = ("s_out", "s_in") if flip else ("s_in", "s_out")
         sig = dict(X=f"*{t}", T="*i32", W=f"*{t}", Y=f"*{t}", B="constexpr", N="i32", CI="i32", CO="i32", K="i32", s_in="i32", s_out="i32")
         sig[one] = "constexpr"
-        bi = S._width(channels, wi)
-        consts = {one: 1, "B": None, "FLIP": flip, "HAS_B": False, "BLOCK_M": bm, "BLOCK_I": bi, "BLOCK_O": S._width(channels, wo),
-                  "FLAT": S._flat(channels, bi)}
+        consts = {one: 1, "B": None, "FLIP": flip, "HAS_B": False, "BLOCK_M": bm, "BLOCK_I": bi, "BLOCK_O": bo, "FLAT": flat}
         return S._sc_conv, sig, consts, ("CI", "CO", other), warps, stages
     if kernel == "wgrad":
-        bm, wi, wo, warps, stages, _, cells = config or S._config("wgrad", channels)
+        bm, bi, bo, warps, stages, _, cells = S._wgrad_blocks(channels, channels)
         sig = dict(X=f"*{t}", T="*i32", DY=f"*{t}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32")
-        consts = dict(BLOCK_M=bm, BLOCK_I=S._width(channels, wi), BLOCK_O=S._width(channels, wo), CELLS=cells)
+        consts = dict(BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, CELLS=cells)
         return S._sc_wgrad, sig, consts, ("CI", "CO"), warps, stages
     if kernel == "ln_bwd":
         br, bc, nw = K._blocks(channels)

@@ -99,10 +99,10 @@ if triton is not None:
         omask = o < CO
         ci = tl.arange(0, BLOCK_I)
         cw = CO if FLIP else CI  # the weight's innermost extent (C_in of the module)
-        chunks = (CI + BLOCK_I - 1) // BLOCK_I
         trow = T + rows.to(tl.int64) * K
         acc = tl.zeros([BLOCK_M, BLOCK_O], tl.float32)
         if FLAT:  # one loop over (cell, channel chunk), cells outer: the compiler pipelines its loads across cells too
+            chunks = (CI + BLOCK_I - 1) // BLOCK_I
             for it in range(0, K * chunks):
                 k = it // chunks
                 c = (it - k * chunks) * BLOCK_I + ci
@@ -191,10 +191,19 @@ def _config(kind:str, channels:int) -> tuple: return CONV_BY_WIDTH[kind].get(cha
 
 def _width(c:int, most:int) -> int: return min(most, max(16, _pow2(c)))  # a tile edge: a power of two in [16, most]
 
-# `_sc_conv`'s loop: flat over (cell, chunk) where a cell has one channel chunk (it pipelines across cells: 1.67 -> 1.15 ms
-# per `ft` step at 48 channels), nested where it has several (the flat loop was slower there: 8.31 -> 9.73 ms at 384; H100,
-# 2026-12-07 22:30, `results/prof_ops_ft_*_h100_2230.json`)
-def _flat(channels:int, block:int) -> bool: return channels <= block
+def _conv_blocks(c_in:int, ci:int, co:int) -> tuple: # the module's input width; the launch's input and output channels
+    "`_sc_conv`'s (BLOCK_M, BLOCK_I, BLOCK_O, FLAT, warps, stages) for a launch with `ci` channels in, `co` out"
+    bm, wi, wo, warps, stages = _config("conv", c_in)
+    bi = _width(ci, wi)
+    # FLAT: one loop over (cell, chunk) where a cell has one channel chunk (it pipelines across cells: 1.67 -> 1.15 ms per
+    # `ft` step at 48 channels), a loop per cell elsewhere (the one loop was slower there: 8.31 -> 9.73 ms at 384; H100,
+    # 2026-12-07 22:30, `results/prof_ops_ft_*_h100_2230.json`)
+    return bm, bi, _width(co, wo), ci <= bi, warps, stages
+
+def _wgrad_blocks(c_in:int, c_out:int) -> tuple: # the module's widths
+    "`_sc_wgrad`'s (BLOCK_M, BLOCK_I, BLOCK_O, warps, stages, programs per SM, cells per program)"
+    bm, wi, wo, warps, stages, per_sm, cells = _config("wgrad", c_in)
+    return bm, _width(c_in, wi), _width(c_out, wo), warps, stages, per_sm, cells
 
 def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) table; (C_out, K, C_in) weight; (C_out,)
     "Forward (`flip=False`: x has C_in channels, out C_out, plus `bias`) or input gradient (`flip=True`: x is dy, out C_in) by `_sc_conv`"
@@ -203,20 +212,18 @@ def _triton_conv(x, table, weight, flip:bool, bias=None): # (N, C) rows; (N, K) 
     # weight element (cell, input channel c, output channel o): forward W[o, k, c]; input gradient W[c, K-1-k, o]
     s_in, s_out = (K * c_in, 1) if flip else (1, K * c_in)
     y = x.new_empty(len(x), co)
-    bm, wi, wo, warps, stages = _config("conv", c_in)
-    bi, bo = _width(ci, wi), _width(co, wo)
+    bm, bi, bo, flat, warps, stages = _conv_blocks(c_in, ci, co)
     if len(x):
         with _on(x.device):
             launcher(_sc_conv)[(_cdiv(len(x), bm), _cdiv(co, bo))](
                 x, table, weight, y, bias, len(x), ci, co, K, s_in, s_out, FLIP=flip, HAS_B=bias is not None,
-                BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, FLAT=_flat(ci, bi),
+                BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, FLAT=flat,
                 num_warps=warps, num_stages=stages)
     return y
 
 def _triton_weight_grad(dy, x, table, c_out:int, K:int, c_in:int): # (N, C_out), (N, C_in), (N, K)
     "The weight gradient (C_out, K, C_in) in x's dtype: `_sc_wgrad`'s bands of rows, their float32 sums added by torch"
-    bm, wi, wo, warps, stages, per_sm, cells = _config("wgrad", c_in)
-    bi, bo = _width(c_in, wi), _width(c_out, wo)
+    bm, bi, bo, warps, stages, per_sm, cells = _wgrad_blocks(c_in, c_out)
     tiles, groups = _cdiv(c_in, bi) * _cdiv(c_out, bo), _cdiv(K, cells)
     n = len(x)
     bands = max(1, min(_cdiv(n, 4 * bm), _cdiv(per_sm * _programs(x.device), groups * tiles)))  # `per_sm` programs per SM, >= 4 blocks of rows each

@@ -461,8 +461,9 @@ def check_compile():
                        BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
             triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=dict(BLOCK_M=64, BLOCK_I=64, BLOCK_O=64, CELLS=cells)),
                            target=GPUTarget("cuda", 90, 32))
-        for c, (bm, wi, wo, warps, stages, _, cells) in S.CONV_BY_WIDTH["wgrad"].items():  # each width's own, as launched
-            consts = dict(BLOCK_M=bm, BLOCK_I=S._width(c, wi), BLOCK_O=S._width(c, wo), CELLS=cells)
+        for c in S.CONV_BY_WIDTH["wgrad"]:  # each width's own, as launched
+            bm, bi, bo, warps, stages, _, cells = S._wgrad_blocks(c, c)
+            consts = dict(BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, CELLS=cells)
             attrs = {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig.items()) if v.startswith("*") or k in ("CI", "CO")}
             triton.compile(ASTSource(fn=S._sc_wgrad, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
                            options=dict(num_warps=warps, num_stages=stages))

@@ -6,7 +6,7 @@ VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_co
           | block_casts (a block's weight casts and their gradients' casts back in one multi-tensor copy each way) | no_block_casts
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best.
 Also prints and writes (`launches`) the kernels' time by name and grid, which tells one stage's launches from another's."""
-import sys, json, os
+import sys, json, os, tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
 from torch.autograd import DeviceType
@@ -49,7 +49,6 @@ cpu = sorted([dict(name=e.key, calls=e.count // steps, cpu_ms=e.self_cpu_time_to
               for e in ev if getattr(e, "device_type", None) == DeviceType.CPU], key=lambda r: -r["cpu_ms"])
 busy = sum(r["ms"] for r in kern)
 # the kernels by name and grid (a grid tells a stage's launch from another's): from the profile's Chrome trace
-import tempfile
 trace = os.path.join(tempfile.mkdtemp(), "trace.json")
 prof.export_chrome_trace(trace)
 by_grid = {}
