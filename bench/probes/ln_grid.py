@@ -55,7 +55,9 @@ def timed(go, reps=10, rounds=5):
         ms.append(a.elapsed_time(b) / reps)
     return statistics.median(ms)
 
-variants = [(t, s, w) for t in (2048, 4096, 8192) for s in (2, 4, 8) for w in (None, 4, 8)]
+wide = [(t, s, w) for t in (1024, 2048, 4096, 8192) for s in (2, 4, 8) for w in (None, 4, 8)]
+narrow = [(t, s, w) for t in (512, 1024, 2048) for s in (16, 32) for w in (1, 2)]  # one- and two-warp programs: a row's sums inside a warp
+variants = [(4096, 4, None)] + [v for v in narrow + wide if v != (4096, 4, None)]  # the default first
 out = dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/ln_grid.py", *sys.argv[1:]]),
            launches=[dict(N=a[10], C=a[11], x=str(a[0].dtype), dy=str(a[2].dtype), ds=None if a[3] is None else str(a[3].dtype),
                           dx=str(a[4].dtype), flags={k: v for k, v in kw.items() if k.startswith("HAS")}) for a, kw in records],
@@ -70,4 +72,11 @@ for t, s, w in variants:
     out["variants"][f"tile {t} {s}/SM warps {w or 'auto'}"] = dict(ms=step, by_width=by_c, tb_s=total_bytes / step / 1e9)
     print(f"tile {t:5d} {s}/SM warps {w or 'auto':>4}: {step:.3f} ms per step ({total_bytes / step / 1e9:.2f} TB/s); by width "
           + " ".join(f"{c}:{v:.3f}" for c, v in sorted(by_c.items())))
+default = out["variants"][f"tile 4096 4/SM warps auto"]["by_width"]
+out["best_by_width"] = {}
+for c in sorted(default):
+    name, v = min(((k, v["by_width"][c]) for k, v in out["variants"].items()), key=lambda kv: kv[1])
+    out["best_by_width"][c] = dict(variant=name, ms=v, default_ms=default[c])
+    print(f"width {c}: best {name} {v:.3f} ms against {default[c]:.3f} ms")
+print(f"per-width best: {sum(b['ms'] for b in out['best_by_width'].values()):.3f} ms against {sum(default.values()):.3f} ms per step")
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "ln_grid.json"), "w"), indent=1)
