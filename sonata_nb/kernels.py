@@ -17,12 +17,13 @@ try: from triton.language.extra import libdevice  # CUDA's erf and exp for the G
 except ImportError: libdevice = None
 
 # %% auto #0
-__all__ = ['MAX_C', 'TILE', 'GELU_CONFIG', 'CELL_TILE', 'available', 'interpreted', 'set_fast_launch', 'Launcher', 'launcher',
-           'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing', 'check_input_bias', 'set_block_casts',
-           'CastParams', 'cast_params', 'casting', 'cast_of', 'set_bias_grad_kernel', 'column_sum', 'AutocastLinear',
-           'sums_bias', 'linear', 'add_bias_', 'Linear', 'module_hooked', 'ResidualDropPath', 'fuses_residual',
-           'residual_drop_path', 'set_fused_bias_grad', 'defers_bias', 'linear_detached_bias', 'with_bias_gradient',
-           'set_fused_gelu', 'fuses_gelu', 'gelu_recompute_backward', 'CellMax', 'cell_max', 'cell_sum', 'gather_rows']
+__all__ = ['MAX_C', 'TILE', 'LN_BWD_CONFIG', 'LN_BWD_BY_WIDTH', 'GELU_CONFIG', 'CELL_TILE', 'available', 'interpreted',
+           'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing',
+           'check_input_bias', 'set_block_casts', 'CastParams', 'cast_params', 'casting', 'cast_of',
+           'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear',
+           'module_hooked', 'ResidualDropPath', 'fuses_residual', 'residual_drop_path', 'set_fused_bias_grad',
+           'defers_bias', 'linear_detached_bias', 'with_bias_gradient', 'set_fused_gelu', 'fuses_gelu',
+           'gelu_recompute_backward', 'CellMax', 'cell_max', 'cell_sum', 'gather_rows']
 
 # %% ../nbs/03b_kernels.ipynb #k005
 def available() -> bool:
@@ -196,6 +197,11 @@ def launcher(fn) -> Launcher:
 
 # %% ../nbs/03b_kernels.ipynb #k007
 TILE = 4096  # elements of a program's row tile (rows × padded width)
+# `_ln_bwd`'s (elements of a row tile, programs per SM, warps), and a width's own: H100, 2026-12-08 01:05, the backward
+# launches of an `ft` step replayed (`bench/probes/ln_grid.py`, `results/ln_grid_h100_0105.json`): 5.28 ms per step
+# with TILE's tiles, eight warps and four programs per SM; 4.04 ms with these
+LN_BWD_CONFIG = (2048, 4, 4)
+LN_BWD_BY_WIDTH = {384: (4096, 2, 4), 512: (4096, 2, 4)}
 
 def _as(t:torch.Tensor, dtype) -> torch.Tensor: return t if t.dtype == dtype else t.to(dtype)  # no call where nothing changes
 def _cdiv(a:int, b:int) -> int: return -(-a // b)  # triton.cdiv without its constexpr-function wrapper (host time)
@@ -211,13 +217,20 @@ def _blocks(C:int, # row width
     block_r = max(1, (tile or TILE) // block_c)
     return block_r, block_c, min(16, max(4, block_r * block_c // 512))  # about 16 elements a thread
 
+def _bwd_blocks(C:int) -> tuple[int, int, int, int]: # row width
+    "`_ln_bwd`'s rows per program, padded width, warps and programs per SM for rows of `C` channels"
+    tile, per_sm, warps = LN_BWD_BY_WIDTH.get(C, LN_BWD_CONFIG)
+    block_c = _pow2(C)
+    return max(1, tile // block_c), block_c, warps, per_sm
+
 def _n_programs(device:torch.device, # where the kernel runs
-                tiles:int) -> int: # row tiles
-    "Programs of the backward pass: four per SM on CUDA (each loops over its share of the tiles)"
+                tiles:int, # row tiles
+                per_sm:int=4) -> int: # programs per SM
+    "Programs of a backward pass: `per_sm` per SM on CUDA (each loops over its share of the tiles)"
     if device.type != "cuda": sms = 2
     elif (sms := _sms.get(device.index)) is None:
         sms = _sms[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(tiles, 4 * sms))
+    return max(1, min(tiles, per_sm * sms))
 
 def _check(x, weight, bias, out_dtype):
     "Clear errors for what the kernels cannot take"
@@ -296,8 +309,8 @@ class FusedLayerNorm(torch.autograd.Function):
         dy = _as(dy.reshape(N, C), ctx.out_dtype).contiguous()  # the norm's share of `residual + y` in its own dtype
         ds = None if dpass is None else _as(dpass.reshape(N, C), x2.dtype).contiguous()  # the stream's other gradient
         dx = torch.empty_like(x2)
-        br, bc, nw = _blocks(C)
-        G = _n_programs(x2.device, _cdiv(N, br)) if N else 1
+        br, bc, nw, per_sm = _bwd_blocks(C)
+        G = _n_programs(x2.device, _cdiv(N, br), per_sm) if N else 1
         if N and (has_w or has_b):  # each program writes its entry of each column of the weight's and the bias's partial sums
             parts = _buffers(2, (C, G), x2.device)
             dwp, dbp = parts[0] if has_w else None, parts[1] if has_b else None

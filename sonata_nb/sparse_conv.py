@@ -183,9 +183,12 @@ CONV_CONFIG = dict(conv=(128, 64, 128, 8, 2), wgrad=(64, 64, 128, 4, 2, 8, 3))  
 # kernel -> {the module's input channels: configuration}: a width's own block sizes (bench/conv_tune.py's best per
 # stage, keyed by the stage's width), else CONV_CONFIG's; both directions of `_sc_conv` take the module's entry.
 # The weight gradient's at Sonata's widths: H100, 2026-12-07 22:30 (`results/wgrad_tune_h100_2230.json`: 11.36 against
-# 12.27 ms per `ft` step in the sweep); 96 channels keep CONV_CONFIG's
-CONV_BY_WIDTH = dict(conv={}, wgrad={48: (64, 64, 64, 8, 2, 8, 3), 192: (64, 64, 64, 4, 3, 8, 3),
-                                     384: (64, 64, 128, 4, 3, 4, 3), 512: (64, 64, 128, 4, 2, 4, 1)})
+# 12.27 ms per `ft` step in the sweep; 10.19 -> 9.07 ms of `_sc_wgrad` per step at 2026-12-08 01:05); 96 channels keep
+# CONV_CONFIG's. The convolution's: H100, 2026-12-08 01:05 (`results/conv_tune_h100_0105.json`: `_sc_conv` 16.39 ->
+# 16.00 ms per `ft` step); 384 channels keep CONV_CONFIG's
+CONV_BY_WIDTH = dict(conv={48: (128, 64, 64, 4, 2), 96: (256, 128, 128, 8, 2), 192: (128, 64, 64, 4, 2)},
+                     wgrad={48: (64, 64, 64, 8, 2, 8, 3), 192: (64, 64, 64, 4, 3, 8, 3), 384: (64, 64, 128, 4, 3, 4, 3),
+                            512: (64, 64, 128, 4, 2, 4, 1)})
 
 def _config(kind:str, channels:int) -> tuple: return CONV_BY_WIDTH[kind].get(channels, CONV_CONFIG[kind])
 

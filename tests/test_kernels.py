@@ -948,8 +948,8 @@ def check_compile():
     expected = os.environ.get("SONATA_EXPECT_TRITON")  # the older Triton put first on the path
     assert expected in (None, triton.__version__), f"Triton {triton.__version__} imported, {expected} expected"
     if "nvidia" not in triton.backends.backends: print("no NVIDIA backend in this Triton: nothing compiled"); return
-    def compile(fn, sig, consts, C):
-        br, bc, nw = kernels._blocks(C)
+    def compile(fn, sig, consts, C):  # as launched: the backward with its own blocks
+        br, bc, nw = kernels._blocks(C) if fn is kernels._ln_fwd else kernels._bwd_blocks(C)[:3]
         consts = dict(consts, BLOCK_R=br, BLOCK_C=bc)
         sig = {**sig, **{k: "constexpr" for k in consts}}
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
@@ -957,7 +957,7 @@ def check_compile():
         assert ".entry" in k.asm["ptx"]
     common = dict(Mean="*fp32", Rstd="*fp32", N="i32", C="i32")
     plain_fwd, plain_bwd = dict(R=None, HAS_R=False, ROUND=0, NO_FMA=True), dict(DS=None, HAS_DS=False, NO_FMA=True, DXp=None, HAS_XS=False)
-    for C in (48, 1232):
+    for C in (48, 384, 1232):  # 384: a width of LN_BWD_BY_WIDTH
         for x, y in (("fp32", "fp32"), ("fp16", "fp32"), ("fp32", "fp16"), ("bf16", "bf16")):
             compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", Y=f"*{y}", eps="fp32", **common),
                     dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, **plain_fwd), C)

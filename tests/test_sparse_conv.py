@@ -456,6 +456,12 @@ def check_compile():
                 k = triton.compile(ASTSource(fn=S._sc_conv, signature=sig1, constexprs=dict(consts, BLOCK_O=128, FLAT=flat, **{one: 1}),
                                              attrs=attrs), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=stages))
                 assert "async_copy_global_to_local" in k.asm["ttgir"], (dt, flip, bias, stages, flat)
+            for c in S.CONV_BY_WIDTH["conv"] if dt == "fp16" else ():  # each width's own, as launched (c channels in and out)
+                bm, bi, bo, flat, warps, stages = S._conv_blocks(c, c, c)
+                k = triton.compile(ASTSource(fn=S._sc_conv, signature=sig1, attrs=attrs, constexprs=dict(
+                    consts, BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, FLAT=flat, **{one: 1})), target=GPUTarget("cuda", 90, 32),
+                    options=dict(num_warps=warps, num_stages=stages))
+                assert "async_copy_global_to_local" in k.asm["ttgir"], (c, flip, bias)
         for cells in (1, 3):
             sig = dict(X=f"*{dt}", T="*i32", DY=f"*{dt}", P="*fp32", N="i32", CI="i32", CO="i32", K="i32", band="i32",
                        BLOCK_M="constexpr", BLOCK_I="constexpr", BLOCK_O="constexpr", CELLS="constexpr")
