@@ -40,7 +40,7 @@ def spec(kernel:str, channels:int, flip:bool, config):
         consts = dict(BLOCK_M=bm, BLOCK_I=bi, BLOCK_O=bo, CELLS=cells)
         return S._sc_wgrad, sig, consts, ("CI", "CO"), warps, stages
     if kernel == "ln_bwd":
-        br, bc, nw, _ = K._bwd_blocks(channels)
+        br, bc, nw, _ = K._row_blocks("ln_bwd", channels)
         sig = dict(X="*fp32", W="*fp32", DY=f"*{t}", DS="*fp32", DX="*fp32", Mean="*fp32", Rstd="*fp32", DWp="*fp32", DBp="*fp32",
                    DXp="constexpr", N="i32", C="i32", iters="i32")  # a block's norm: the float32 stream, its other gradient added
         consts = dict(DXp=None, HAS_W=True, HAS_B=True, BLOCK_R=br, BLOCK_C=bc, RTNE_BF16=False, HAS_DS=True, NO_FMA=True, HAS_XS=False)

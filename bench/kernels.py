@@ -9,7 +9,7 @@ the 2 cm grid and its poolings), as the model calls them under fp16 autocast:
 
 For each: forward and forward + backward (dx, dweight, dbias) times (CUDA events, median of --repeats after 3
 warm-ups), speed-up, effective bandwidth of the fused forward, and the max abs error of both against float64
-(output and dx). With --tiles, the fused kernel is also timed with other tile sizes (kernels.TILE). With --model,
+(output and dx). With --tiles, the fused kernels are also timed with other tile sizes (the tile of kernels.ROW_CONFIG's ln_fwd and ln_bwd). With --model,
 a Sonata-width encoder (one block per stage, random weights) on a toy batch checks the switches end to end: relative
 L2 of the fp16-autocast up-cast features and of the parameter gradients, fused against torch's LayerNorm and both
 against float32, and set_mlp_recompute against the plain MLP.
@@ -77,13 +77,17 @@ def run_case(N:int, C:int, in_dtype, out_dtype, repeats:int, tiles:list[int]) ->
     for name, t in (("fwd", "fused_fwd_ms"), ("fwdbwd", "fused_fwdbwd_ms")):
         res[f"speedup_{name}"] = res[t.replace("fused", "torch")] / res[t]
     if tiles:
-        saved, res["fused_fwd_ms_by_tile"], res["fused_fwdbwd_ms_by_tile"] = kernels.TILE, {}, {}
+        saved, res["fused_fwd_ms_by_tile"], res["fused_fwdbwd_ms_by_tile"] = dict(kernels.ROW_CONFIG), {}, {}
+        by_width = {k: kernels.ROW_BY_WIDTH[k].pop(C, None) for k in ("ln_fwd", "ln_bwd")}  # the tile under test at this width too
         try:
             for tile in tiles:
-                kernels.TILE = tile
+                for k in by_width: kernels.ROW_CONFIG[k] = (tile, *saved[k][1:])
                 with torch.no_grad(): res["fused_fwd_ms_by_tile"][tile] = timed(fused_fwd, repeats)
                 res["fused_fwdbwd_ms_by_tile"][tile] = timed(fwd_bwd(fused_fwd), repeats)
-        finally: kernels.TILE = saved
+        finally:
+            kernels.ROW_CONFIG.update(saved)
+            for k, v in by_width.items():
+                if v is not None: kernels.ROW_BY_WIDTH[k][C] = v
     # errors against float64, forward output and dx (dweight and dbias: relative, they are sums over the rows)
     x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
     r = F.layer_norm(x64, (C,), w64, b64, 1e-5)
@@ -149,7 +153,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median)")
-    p.add_argument("--tiles", default="", help="comma-separated kernels.TILE values to time too, e.g. 2048,8192")
+    p.add_argument("--tiles", default="", help="comma-separated LayerNorm tiles (elements) to time too, e.g. 2048,8192")
     p.add_argument("--cases", default=";".join(CASES), help=f"semicolon-separated subset of {list(CASES)}")
     p.add_argument("--model", action="store_true", help="also check set_fused_layernorm on a slim Sonata-width encoder")
     args = p.parse_args(argv)
@@ -164,7 +168,7 @@ def main(argv=None):
                 device=torch.cuda.get_device_name(), torch=torch.__version__,
                 triton=__import__("triton").__version__, python=platform.python_version(),
                 command=portable_command(["python", "bench/kernels.py"] + (argv if argv is not None else sys.argv[1:])),
-                repeats=args.repeats, tile=kernels.TILE)
+                repeats=args.repeats, row_config=dict(kernels.ROW_CONFIG), row_by_width=dict(kernels.ROW_BY_WIDTH))
     rows, checks = [], {}
     if args.model:
         checks = model_check()
@@ -179,7 +183,7 @@ def main(argv=None):
     print(f"{meta['device']}, torch {meta['torch']}, triton {meta['triton']}, {meta['date']}; median of {args.repeats}")
     print(table(rows))
     if tiles:
-        print("\nfused fwd / fwd+bwd ms by kernels.TILE:")
+        print("\nfused fwd / fwd+bwd ms by LayerNorm tile:")
         for r in rows:
             print(f"{r['case']:>18} {r['rows']:>7} x {r['channels']:<5}",
                   " ".join(f"{t}: {r['fused_fwd_ms_by_tile'][t]:.3f}/{r['fused_fwdbwd_ms_by_tile'][t]:.3f}" for t in tiles))

@@ -72,6 +72,18 @@ def attention_tune_config() -> dict:
     return dict(AK.CONFIG)
 
 
+def row_tune_config() -> dict:
+    "The row kernels' blocks by width from bench/probes/row_grid.py's best (`ROW_TUNE=path.json`), set; the config in use"
+    import json
+    import sonata_nb.kernels as K
+    if not hasattr(K, "ROW_BY_WIDTH"): return {}  # (older trees)
+    if os.environ.get("ROW_TUNE"):
+        for kernel, res in json.load(open(os.environ["ROW_TUNE"]))["kernels"].items():
+            for c, best in res["best_by_width"].items():
+                if best["config"] is not None: K.ROW_BY_WIDTH[kernel][int(c)] = tuple(best["config"])
+    return dict(config=dict(K.ROW_CONFIG), by_width={k: dict(v) for k, v in K.ROW_BY_WIDTH.items()})
+
+
 def build(device, tiny:bool=False, scan=DEFAULT_SCAN, copies:int=3, crop:int|None=None, classes:int=20, seed:int=0):
     "(model, head, data, labels): the Sonata encoder (or a tiny one), a Linear head on its up-cast, the batch"
     torch.manual_seed(seed)

@@ -17,7 +17,7 @@ try: from triton.language.extra import libdevice  # CUDA's erf and exp for the G
 except ImportError: libdevice = None
 
 # %% auto #0
-__all__ = ['MAX_C', 'TILE', 'LN_BWD_CONFIG', 'LN_BWD_BY_WIDTH', 'GELU_CONFIG', 'CELL_TILE', 'available', 'interpreted',
+__all__ = ['MAX_C', 'TILE', 'ROW_CONFIG', 'ROW_BY_WIDTH', 'GELU_CONFIG', 'CELL_TILE', 'available', 'interpreted',
            'set_fast_launch', 'Launcher', 'launcher', 'FusedLayerNorm', 'fused_layer_norm', 'fused_layer_norm_passing',
            'check_input_bias', 'set_block_casts', 'CastParams', 'cast_params', 'casting', 'cast_of',
            'set_bias_grad_kernel', 'column_sum', 'AutocastLinear', 'sums_bias', 'linear', 'add_bias_', 'Linear',
@@ -197,11 +197,12 @@ def launcher(fn) -> Launcher:
 
 # %% ../nbs/03b_kernels.ipynb #k007
 TILE = 4096  # elements of a program's row tile (rows × padded width)
-# `_ln_bwd`'s (elements of a row tile, programs per SM, warps), and a width's own: H100, 2026-12-08 01:05, the backward
-# launches of an `ft` step replayed (`bench/probes/ln_grid.py`, `results/ln_grid_h100_0105.json`): 5.28 ms per step
-# with TILE's tiles, eight warps and four programs per SM; 4.04 ms with these
-LN_BWD_CONFIG = (2048, 4, 4)
-LN_BWD_BY_WIDTH = {384: (4096, 2, 4), 512: (4096, 2, 4)}
+# the row kernels' (elements of a row tile, programs per SM, warps) and, by width, a width's own (bench/probes/row_grid.py);
+# programs per SM count where a kernel's programs loop over the tiles (the backward's sums), else one program a tile.
+# `ln_bwd`: H100, 2026-12-08 01:05, the backward launches of an `ft` step replayed (`results/ln_grid_h100_0105.json`):
+# 5.28 ms per step with (4096, 4, 8), 4.04 ms with these
+ROW_CONFIG = dict(ln_fwd=(TILE, 4, 8), ln_bwd=(2048, 4, 4), res_drop_fwd=(TILE, 4, 8), res_drop_bwd=(TILE, 4, 8))
+ROW_BY_WIDTH = dict(ln_fwd={}, ln_bwd={384: (4096, 2, 4), 512: (4096, 2, 4)}, res_drop_fwd={}, res_drop_bwd={})
 
 def _as(t:torch.Tensor, dtype) -> torch.Tensor: return t if t.dtype == dtype else t.to(dtype)  # no call where nothing changes
 def _cdiv(a:int, b:int) -> int: return -(-a // b)  # triton.cdiv without its constexpr-function wrapper (host time)
@@ -209,19 +210,13 @@ def _pow2(n:int) -> int: return 1 << max(0, n - 1).bit_length()  # the next powe
 _sms = {}  # SM count per CUDA device
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-@functools.lru_cache(maxsize=None)
-def _blocks(C:int, # row width
-            tile:int|None=None) -> tuple[int, int, int]: # elements a program (default TILE)
-    "Rows per program, padded width and warps for rows of `C` channels"
+def _row_blocks(kernel:str, # a key of ROW_CONFIG
+                C:int) -> tuple[int, int, int, int]: # row width
+    "`kernel`'s rows per program, padded width, warps and programs per SM for rows of `C` channels"
+    tile, per_sm, warps = ROW_BY_WIDTH[kernel].get(C, ROW_CONFIG[kernel])
     block_c = _pow2(C)
-    block_r = max(1, (tile or TILE) // block_c)
-    return block_r, block_c, min(16, max(4, block_r * block_c // 512))  # about 16 elements a thread
-
-def _bwd_blocks(C:int) -> tuple[int, int, int, int]: # row width
-    "`_ln_bwd`'s rows per program, padded width, warps and programs per SM for rows of `C` channels"
-    tile, per_sm, warps = LN_BWD_BY_WIDTH.get(C, LN_BWD_CONFIG)
-    block_c = _pow2(C)
-    return max(1, tile // block_c), block_c, warps, per_sm
+    block_r = max(1, tile // block_c)
+    return block_r, block_c, warps if block_r > 1 else max(warps, min(16, block_c // 512)), per_sm  # a wide row: <= 16 a thread
 
 def _n_programs(device:torch.device, # where the kernel runs
                 tiles:int, # row tiles
@@ -276,7 +271,7 @@ def _forward(x, weight, bias, eps:float, out_dtype, residual=None) -> tuple:
     y = torch.empty((N, C), dtype=y_dtype, device=x.device)
     mean, rstd = _buffers(2, (N,), x.device)
     if N:
-        br, bc, nw = _blocks(C)
+        br, bc, nw, _ = _row_blocks("ln_fwd", C)
         with _on(x.device): launcher(_ln_fwd)[(_cdiv(N, br),)](x2, weight, bias, r2, y, mean, rstd, N, C, eps, HAS_W=weight is not None,
                                        HAS_B=bias is not None, BLOCK_R=br, BLOCK_C=bc, num_warps=nw,
                                        RTNE_BF16=_rtne_bf16(y_dtype), HAS_R=r2 is not None,
@@ -309,7 +304,7 @@ class FusedLayerNorm(torch.autograd.Function):
         dy = _as(dy.reshape(N, C), ctx.out_dtype).contiguous()  # the norm's share of `residual + y` in its own dtype
         ds = None if dpass is None else _as(dpass.reshape(N, C), x2.dtype).contiguous()  # the stream's other gradient
         dx = torch.empty_like(x2)
-        br, bc, nw, per_sm = _bwd_blocks(C)
+        br, bc, nw, per_sm = _row_blocks("ln_bwd", C)
         G = _n_programs(x2.device, _cdiv(N, br), per_sm) if N else 1
         if N and (has_w or has_b):  # each program writes its entry of each column of the weight's and the bias's partial sums
             parts = _buffers(2, (C, G), x2.device)
@@ -607,7 +602,7 @@ class ResidualDropPath(torch.autograd.Function):
         scale = _kept_value(keep, x.dtype)
         out = torch.empty((N, C), dtype=torch.promote_types(shortcut.dtype, x.dtype), device=x.device)
         if N and C:
-            br, bc, nw = _blocks(C)
+            br, bc, nw, _ = _row_blocks("res_drop_fwd", C)
             with _on(x.device): launcher(_res_drop_fwd)[(_cdiv(N, br),)](shortcut, x, r, out, N, C, keep, scale, BLOCK_R=br,
                 BLOCK_C=bc, RTNE_X=_rtne_bf16(x.dtype), RTNE_OUT=_rtne_bf16(out.dtype), num_warps=nw)
         ctx.save_for_backward(r)
@@ -626,9 +621,9 @@ class ResidualDropPath(torch.autograd.Function):
             dout = dout.contiguous()
             N, C = dout.shape
             dx = torch.empty((N, C), dtype=ctx.dtypes[1], device=dout.device)
-            br, bc, nw = _blocks(C)
+            br, bc, nw, per_sm = _row_blocks("res_drop_bwd", C)
             tiles = _cdiv(N, br)
-            G = _n_programs(dout.device, tiles) if has_sum else tiles  # with the sums, programs loop over tiles
+            G = _n_programs(dout.device, tiles, per_sm) if has_sum else tiles  # with the sums, programs loop over tiles
             parts = torch.empty((C, G), dtype=torch.float32, device=dout.device) if has_sum and N else None
             if N and C:
                 with _on(dout.device): launcher(_res_drop_bwd)[(G,)](dout, r, dx, parts, N, C, ctx.keep, ctx.scale, _cdiv(tiles, G),

@@ -949,7 +949,7 @@ def check_compile():
     assert expected in (None, triton.__version__), f"Triton {triton.__version__} imported, {expected} expected"
     if "nvidia" not in triton.backends.backends: print("no NVIDIA backend in this Triton: nothing compiled"); return
     def compile(fn, sig, consts, C):  # as launched: the backward with its own blocks
-        br, bc, nw = kernels._blocks(C) if fn is kernels._ln_fwd else kernels._bwd_blocks(C)[:3]
+        br, bc, nw = kernels._row_blocks("ln_fwd" if fn is kernels._ln_fwd else "ln_bwd", C)[:3]
         consts = dict(consts, BLOCK_R=br, BLOCK_C=bc)
         sig = {**sig, **{k: "constexpr" for k in consts}}
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
@@ -957,7 +957,7 @@ def check_compile():
         assert ".entry" in k.asm["ptx"]
     common = dict(Mean="*fp32", Rstd="*fp32", N="i32", C="i32")
     plain_fwd, plain_bwd = dict(R=None, HAS_R=False, ROUND=0, NO_FMA=True), dict(DS=None, HAS_DS=False, NO_FMA=True, DXp=None, HAS_XS=False)
-    for C in (48, 384, 1232):  # 384: a width of LN_BWD_BY_WIDTH
+    for C in (48, 384, 1232):  # 384: a width of ROW_BY_WIDTH["ln_bwd"]
         for x, y in (("fp32", "fp32"), ("fp16", "fp32"), ("fp32", "fp16"), ("bf16", "bf16")):
             compile(kernels._ln_fwd, dict(X=f"*{x}", W="*fp32", B="*fp32", Y=f"*{y}", eps="fp32", **common),
                     dict(HAS_W=True, HAS_B=True, RTNE_BF16=False, **plain_fwd), C)
@@ -986,13 +986,15 @@ def check_compile():
             assert ".entry" in k.asm["ptx"]
     for x, out in (("fp16", "fp32"), ("bf16", "fp32"), ("fp16", "fp16")):
         for C in (48, 512):
-            br, bc, nw = kernels._blocks(C)
+            br, bc, nw, _ = kernels._row_blocks("res_drop_fwd", C)
             consts = dict(BLOCK_R=br, BLOCK_C=bc)
             sig = dict(S=f"*{out}", X=f"*{x}", R="*fp32", OUT=f"*{out}", N="i32", C="i32", keep="fp32", scale="fp32",
                        RTNE_X="constexpr", RTNE_OUT="constexpr", **{k: "constexpr" for k in consts})
             k = triton.compile(ASTSource(fn=kernels._res_drop_fwd, signature=sig, constexprs=dict(consts, RTNE_X=False, RTNE_OUT=False)),
                                target=GPUTarget("cuda", 90, 32), options=dict(num_warps=nw))
             assert ".entry" in k.asm["ptx"]
+            br, bc, nw, _ = kernels._row_blocks("res_drop_bwd", C)
+            consts = dict(BLOCK_R=br, BLOCK_C=bc)
             for has_sum in (False, True):  # the branch's bias summed or not
                 sig = dict(DOUT=f"*{out}", R="*fp32", DX=f"*{x}", P="*fp32" if has_sum else "constexpr", N="i32", C="i32", keep="fp32",
                            scale="fp32", iters="i32", RTNE_BF16="constexpr", HAS_SUM="constexpr", **{k: "constexpr" for k in consts})

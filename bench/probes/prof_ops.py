@@ -5,14 +5,16 @@ VARIANTS: comma-separated torch_residual | spconv_conv | gather_conv | triton_co
           | upcast_kernels (the up-cast by kernels.gather_rows and kernels.cell_sum) | no_upcast_kernels
           | block_casts (a block's weight casts and their gradients' casts back in one multi-tensor copy each way) | no_block_casts
 CONV_TUNE=conv_tune.json (env): the Triton convolution kernels' block sizes from bench/conv_tune.py's best.
+ROW_TUNE=row_grid.json (env): the row kernels' blocks by width from bench/probes/row_grid.py's best.
 Also prints and writes (`launches`) the kernels' time by name and grid, which tells one stage's launches from another's."""
 import sys, json, os, tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-from steps import attention_tune_config, build, conv_tune_config, portable_command, step_fn
+from steps import attention_tune_config, build, conv_tune_config, portable_command, row_tune_config, step_fn
 conv_config = conv_tune_config()
+row_config = row_tune_config()
 attention_config = attention_tune_config()
 model, head, data, labels = build("cuda", scan=sys.argv[1])
 import sonata_nb.model as M, sonata_nb.kernels as K, sonata_nb.attention_kernel as A, sonata_nb.sparse_conv as S
@@ -64,4 +66,4 @@ for r in kern[:60]: print("K %7.2f %5d %s" % (r["ms"], r["calls"], r["name"][:11
 for r in ops[:45]: print("O %7.2f %5d cpu %6.2f %s" % (r["ms"], r["calls"], r["cpu_ms"], r["name"][:90]))
 for r in cpu[:25]: print("C %7.2f %5d %s" % (r["cpu_ms"], r["calls"], r["name"][:90]))
 for r in launches[:60]: print("G %7.3f %5d %-16s %s" % (r["ms"], r["calls"], r["grid"], r["name"][:60]))
-json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, attention_config=attention_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200], launches=launches[:300]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3].replace(",", "_") if len(sys.argv) > 3 else "")), "w"))
+json.dump(dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/prof_ops.py", *sys.argv[1:]]), conv_config=conv_config, attention_config=attention_config, row_config=row_config, busy=busy, kernels=kern, ops=ops, cpu=cpu[:200], launches=launches[:300]), open(os.path.join(os.environ.get("OUT", "/tmp"), "prof_ops_%s%s.json" % (task, "_" + sys.argv[3].replace(",", "_") if len(sys.argv) > 3 else "")), "w"))

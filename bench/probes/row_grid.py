@@ -3,7 +3,7 @@
 One `ft` step records every launch of `_ln_fwd`, `_ln_bwd`, `_res_drop_fwd` and `_res_drop_bwd` (tensors and flags, as
 the model makes them); each is then replayed as launched and with each variant's blocks (CUDA events around 10
 back-to-back launches queued behind a sleep, so host time does not count; median of 3), summed per step and by width,
-with the best per width. A variant is (elements of a row tile, programs per SM, warps): the forward kernels launch one
+with the best per width (`ROW_TUNE=row_grid.json` makes bench/steps.py's users take them). A variant is (elements of a row tile, programs per SM, warps): the forward kernels launch one
 program per tile (no programs per SM); `_res_drop_bwd` loops over tiles only where it sums a bias.
 Usage: python bench/probes/row_grid.py SCAN_DIR [KERNELS]   (comma-separated, default all; writes $OUT/row_grid.json)"""
 import json, os, statistics, sys
@@ -73,6 +73,14 @@ def variants(kernel):
     wide = [(t, s, w) for t in (1024, 2048, 4096, 8192) for s in (2, 4, 8) for w in (None, 4, 8)]
     return wide + [(t, s, w) for t in (512, 1024) for s in (16,) for w in (1, 2)]
 
+def resolved(kernel, v, C):
+    "A variant as a `kernels.ROW_BY_WIDTH` entry at width C (tile, programs per SM, warps): None as launched"
+    if v is None: return None
+    tile, per_sm, warps = v
+    bc = K._pow2(C)
+    br = max(1, tile // bc)
+    return [tile, per_sm or K.ROW_CONFIG[kernel][1], warps or min(16, max(4, br * bc // 512))]
+
 out = dict(card=torch.cuda.get_device_name(), command=portable_command(["python3", "bench/probes/row_grid.py", *sys.argv[1:]]), kernels={})
 for kernel in KERNELS:
     recs, lay = records[kernel], LAYOUT[kernel]
@@ -83,13 +91,13 @@ for kernel in KERNELS:
         for grid, args, kwargs in recs:
             by_c[args[lay["C"]]] = by_c.get(args[lay["C"]], 0.0) + timed(launch(kernel, grid, args, kwargs, v))
         name = "as launched" if v is None else f"tile {v[0]} {v[1]}/SM warps {v[2] or 'auto'}"
-        res["variants"][name] = dict(ms=sum(by_c.values()), by_width=by_c)
+        res["variants"][name] = dict(ms=sum(by_c.values()), by_width=by_c, config=v)
         print(f"  {name}: {sum(by_c.values()):.3f} ms per step; by width " + " ".join(f"{c}:{t:.3f}" for c, t in sorted(by_c.items())))
     now = res["variants"]["as launched"]["by_width"]
     res["best_by_width"] = {}
     for c in sorted(now):
         name, t = min(((k, v["by_width"][c]) for k, v in res["variants"].items()), key=lambda kv: kv[1])
-        res["best_by_width"][c] = dict(variant=name, ms=t, launched_ms=now[c])
+        res["best_by_width"][c] = dict(variant=name, ms=t, launched_ms=now[c], config=resolved(kernel, res["variants"][name]["config"], c))
         print(f"  width {c}: best {name} {t:.3f} ms against {now[c]:.3f} ms as launched")
     print(f"  per-width best {sum(b['ms'] for b in res['best_by_width'].values()):.3f} ms against {sum(now.values()):.3f} ms as launched")
     json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "row_grid.json"), "w"), indent=1)
