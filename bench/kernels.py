@@ -81,7 +81,7 @@ def run_case(N:int, C:int, in_dtype, out_dtype, repeats:int, tiles:list[int]) ->
         by_width = {k: kernels.ROW_BY_WIDTH[k].pop(C, None) for k in ("ln_fwd", "ln_bwd")}  # the tile under test at this width too
         try:
             for tile in tiles:
-                for k in by_width: kernels.ROW_CONFIG[k] = (tile, *saved[k][1:])
+                for k in by_width: kernels.ROW_CONFIG[k] = (tile, saved[k][1], min(16, max(4, tile // 512)))  # ~16 elements a thread
                 with torch.no_grad(): res["fused_fwd_ms_by_tile"][tile] = timed(fused_fwd, repeats)
                 res["fused_fwdbwd_ms_by_tile"][tile] = timed(fwd_bwd(fused_fwd), repeats)
         finally:

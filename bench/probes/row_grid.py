@@ -3,7 +3,7 @@
 One `ft` step records every launch of `_ln_fwd`, `_ln_bwd`, `_res_drop_fwd` and `_res_drop_bwd` (tensors and flags, as
 the model makes them); each is then replayed as launched and with each variant's blocks (CUDA events around 10
 back-to-back launches queued behind a sleep, so host time does not count; median of 3), summed per step and by width,
-with the best per width (`ROW_TUNE=row_grid.json` makes bench/steps.py's users take them). A variant is (elements of a row tile, programs per SM, warps): the forward kernels launch one
+with the best per width (`ROW_TUNE=row_grid.json` makes bench/probes/prof_ops.py take them). A variant is (elements of a row tile, programs per SM, warps): the forward kernels launch one
 program per tile (no programs per SM); `_res_drop_bwd` loops over tiles only where it sums a bias.
 Usage: python bench/probes/row_grid.py SCAN_DIR [KERNELS]   (comma-separated, default all; writes $OUT/row_grid.json)"""
 import json, os, statistics, sys
@@ -49,7 +49,9 @@ def launch(kernel, grid, args, kwargs, variant):
     loops = "iters" in lay and (kernel == "ln_bwd" or kwargs["HAS_SUM"])
     G = max(1, min(tiles, per_sm * sms)) if loops else tiles
     if "iters" in lay: args[lay["iters"]] = K._cdiv(tiles, G)
-    kw = dict(kwargs, BLOCK_R=br, num_warps=warps or min(16, max(4, br * bc // 512)))
+    if not warps: warps = min(16, max(4, br * bc // 512))  # auto: about 16 elements a thread
+    elif br == 1: warps = max(warps, min(16, bc // 512))  # as kernels._row_blocks launches a wide row
+    kw = dict(kwargs, BLOCK_R=br, num_warps=warps)
     parts = [i for i in lay.get("parts", ()) if args[i] is not None]
     def go():
         for i in parts: args[i] = torch.empty((C, G), dtype=torch.float32, device=args[0].device)
