@@ -8,7 +8,8 @@ weight-gradient kernel (`_sc_wgrad`) run on every stage's real table, float16, a
 of `--repeats` after warm-up), each stage's time weighted by its number of blocks (3, 3, 3, 12, 3): the total per
 `ft` step. spconv's kernels on the same tensors are timed alongside as its module's forward + backward (which also
 casts the weight and adds the bias: ~1 small launch more each way than the bare kernels timed for Triton; the
-neighbour table, built once per stage, is not timed either). Prints the
+neighbour table, built once per stage, is not timed either). Each configuration's results are checked against the
+gathers' (`gather_matmul`, `gather_weight_grad`) on every stage: one off by more than TOLERANCE is reported, never best. Prints the
 best configuration of each kernel and the table; `--json` writes every measurement.
 """
 import argparse, itertools, json, statistics, sys, time
@@ -70,12 +71,31 @@ def stage_tensors(scan) -> list:
     return out
 
 
+TOLERANCE = 1e-2  # relative L2 error to the gathers above which a configuration is wrong, not a candidate (float16: ~1e-3)
+
+
+def rel_err(a:torch.Tensor, b:torch.Tensor) -> float: return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def references(x, t, w, dy) -> tuple:
+    "The gathers' forward, input gradient and weight gradient on a stage's tensors: what every configuration must give"
+    co, K, ci = w.shape
+    wt = w.flip(1).permute(2, 1, 0).reshape(ci, K * co)  # the input gradient's weight: W[o, K-1-k, c] at (c, k, o)
+    return S.gather_matmul(x, t, w.reshape(co, -1)), S.gather_matmul(dy, t, wt), S.gather_weight_grad(dy, x, t).reshape(co, K, ci)
+
+
+def config_error(kind:str, x, t, w, dy, refs) -> float:
+    "The largest relative error of the kernels (the forward and the input gradient, or the weight gradient) to `refs`"
+    if kind == "conv": return max(rel_err(S._triton_conv(x, t, w, flip=False), refs[0]), rel_err(S._triton_conv(dy, t, w, flip=True), refs[1]))
+    return rel_err(S._triton_weight_grad(dy, x, t, *w.shape), refs[2])
+
+
 def summarize(res:dict, rows:list, kinds:list, stages:list, quiet:bool=False):
     "res's best configuration of each kernel, and each stage's own best (the step's total were each stage to use its own)"
     res["rows"] = rows
     res["best"], res["best_per_stage"] = {}, {}
     for kind in kinds:
-        ok = [r for r in rows if r["kind"] == kind and "step_ms" in r]
+        ok = [r for r in rows if r["kind"] == kind and "step_ms" in r and r["max_rel_err"] <= TOLERANCE]
         if not ok: continue
         best = res["best"][kind] = min(ok, key=lambda r: r["step_ms"])
         per = [min(ok, key=lambda r: r["per_stage_ms"][i]) for i in range(len(stages))]
@@ -114,15 +134,17 @@ def main(argv=None):
         spconv_total += n * ms
     res["spconv_fwd_bwd_ms_per_step"] = spconv_total
     print(f"spconv forward + backward, all blocks: {spconv_total:.2f} ms", flush=True)
+    refs = [references(x, t, w, dy) for key, n, x, t, w, dy, mod, sp in stages]
     rows = []
     for kind, configs in (("conv", CONV), ("wgrad", WGRAD)):
         if kind not in kinds: continue
         S.CONV_BY_WIDTH[kind] = {}  # every width takes the configuration under test
         for cfg in configs:
             S.CONV_CONFIG[kind] = tuple(cfg.values())
-            total, per = 0.0, []
+            total, per, err = 0.0, [], 0.0
             try:
-                for key, n, x, t, w, dy, mod, sp in stages:
+                for (key, n, x, t, w, dy, mod, sp), ref in zip(stages, refs):
+                    err = max(err, config_error(kind, x, t, w, dy, ref))
                     if kind == "conv":
                         ms = cuda_ms(lambda: (S._triton_conv(x, t, w, flip=False), S._triton_conv(dy, t, w, flip=True)), args.repeats)
                     else:
@@ -130,8 +152,8 @@ def main(argv=None):
                     per.append(ms); total += n * ms
             except Exception as e:  # e.g. out of shared memory for a large tile: not a candidate
                 rows.append(dict(kind=kind, config=cfg, error=str(e)[:200])); continue
-            rows.append(dict(kind=kind, config=cfg, per_stage_ms=per, step_ms=total))
-            print(kind, cfg, f"{total:.2f} ms per step", [round(v, 3) for v in per], flush=True)
+            rows.append(dict(kind=kind, config=cfg, per_stage_ms=per, step_ms=total, max_rel_err=err))
+            print(kind, cfg, f"{total:.2f} ms per step", [round(v, 3) for v in per], f"error {err:.1e}" + (" WRONG" if err > TOLERANCE else ""), flush=True)
             if args.json:  # after every configuration: a sweep cut short by a time limit still leaves its results
                 summarize(res, rows, kinds, stages, quiet=True)
                 Path(args.json).write_text(json.dumps(res, indent=1))
