@@ -260,7 +260,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 
 @needs_triton
-@pytest.mark.parametrize("check", ["kernels_match_the_gathers", "module_takes_the_kernels", "passing"])
+@pytest.mark.parametrize("check", ["kernels_match_the_gathers", "module_takes_the_kernels", "passing", "tune_references"])
 def test_interpreted(forkserver, check):  # a fresh Python each: the interpreter is chosen before the kernels are defined
     print(forkserver.check(__file__, check))
 
@@ -430,6 +430,27 @@ def check_passing():
     assert len(calls) == 1, calls  # the switched run's convolution
     same_runs(runs)
     print("passing: bit for bit autograd's sum; a half-precision Block with set_conv_stream bit for bit")
+
+
+def check_tune_references():
+    "bench/conv_tune.py's references are the convolution's function (float32 autograd of the gathers) and catch a wrong kernel"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import conv_tune as CT
+    g = torch.Generator().manual_seed(0)
+    idx = random_cells(300, 10, 1)
+    t = neighbour_table(idx, [10] * 3, 1)
+    for ci, co in ((16, 16), (48, 32)):
+        x, dy = torch.randn(len(idx), ci, generator=g).half(), torch.randn(len(idx), co, generator=g).half()
+        w = (torch.randn(co, 27, ci, generator=g) / (27 * ci) ** 0.5).half()
+        refs = CT.references(x, t, w, dy)
+        xx, ww = x.float().requires_grad_(), w.float().requires_grad_()
+        S.gather_matmul(xx, t, ww.reshape(co, -1)).backward(dy.float())
+        for got, exact in zip(refs, (None, xx.grad, ww.grad)):
+            if exact is not None: assert CT.rel_err(got, exact) < 2e-3, (ci, co, CT.rel_err(got, exact))
+        for kind in ("conv", "wgrad"):
+            assert CT.config_error(kind, x, t, w, dy, refs) < CT.TOLERANCE
+            assert CT.config_error(kind, x, t.flip(1), w, dy, refs) > CT.TOLERANCE  # the cells in the wrong order: caught
+    print("conv_tune's references: autograd's gradients; the kernels within its tolerance, cells in the wrong order not")
 
 
 def check_compile():
