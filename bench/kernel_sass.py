@@ -56,7 +56,7 @@ def spec(kernel:str, channels:int, flip:bool, config):
     if name == "dkdv":
         sig = dict(QKV=f"*{t}", **grads, Idx="*i64", Qlen="*i64", Klen="*i64", DupBase="*i64", DQKV=f"*{t}", DQ="*fp32", Dup="*fp32",
                    L="i32", C="i32", H="i32", qk_scale="fp32", sm_scale="fp32")
-        consts = dict(D=16, KLEN_IS_L=True, ONE_PASS=False, BLOCK_M=bm, BLOCK_N=bn)
+        consts = dict(D=16, KLEN_IS_L=True, ONE_PASS=False, EVEN_M=True, BLOCK_M=bm, BLOCK_N=bn)
         return A._pa_dkdv, sig, consts, ("C",), warps, stages
     sig = dict(QKV=f"*{t}", **grads, Idx="*i64", Qlen="*i64", Klen="*i64", DQKV=f"*{t}", L="i32", C="i32", H="i32", qk_scale="fp32", sm_scale="fp32")
     consts = dict(D=16, KLEN_IS_L=True, EVEN=True, BLOCK_M=bm, BLOCK_N=bn)

@@ -53,13 +53,15 @@ if triton is not None:
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(Out + rows_m[:, None] * C + h * D + d[None, :], out.to(Out.dtype.element_ty), mask=m_mask[:, None])
-        if STORE_LSE:  # log2 units, by (patch, head, slot): the backward loads a block of queries' values contiguously
-            tl.store(Lse + (p.to(tl.int64) * H + h) * L + offs_m, m_i * qk_scale + tl.math.log2(l_i), mask=m_mask)
+        if STORE_LSE:  # log2 units, by (patch, head, slot): the backward loads a block of queries' values contiguously;
+            # +inf past the patch's queries (probability 0), so `_pa_dkdv` loads its blocks without a mask
+            lse = tl.where(m_mask, m_i * qk_scale + tl.math.log2(l_i), float("inf"))
+            tl.store(Lse + (p.to(tl.int64) * H + h) * L + offs_m, lse, mask=offs_m < L)
 
     @triton.jit(**_LOOSE)
     def _pa_delta(DO, O, Idx, Qlen, Delta, L, C, H, D:tl.constexpr, BLOCK_R:tl.constexpr):
         # delta[p, h, slot] = sum over the head's channels of dO * O of the slot's query, in float32: FlashAttention-2's
-        # backward preprocessing, stored by slot as the log-sum-exp
+        # backward preprocessing, stored by slot as the log-sum-exp (0 past the patch's queries: every slot is written)
         sb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         slots = sb * BLOCK_R + tl.arange(0, BLOCK_R)
         mask = slots < tl.load(Qlen + p)
@@ -67,12 +69,14 @@ if triton is not None:
         offs = rows[:, None] * C + h * D + tl.arange(0, D)[None, :]
         do = tl.load(DO + offs, mask=mask[:, None], other=0.0).to(tl.float32)
         o = tl.load(O + offs, mask=mask[:, None], other=0.0).to(tl.float32)
-        tl.store(Delta + (p.to(tl.int64) * H + h) * L + slots, tl.sum(do * o, axis=1), mask=mask)
+        tl.store(Delta + (p.to(tl.int64) * H + h) * L + slots, tl.sum(do * o, axis=1), mask=slots < L)
 
     @triton.jit(**_LOOSE)
     def _pa_dkdv(QKV, DO, Lse, Delta, Idx, Qlen, Klen, DupBase, DQKV, DQ, Dup, L, C, H, qk_scale, sm_scale,
-                 D:tl.constexpr, KLEN_IS_L:tl.constexpr, ONE_PASS:tl.constexpr, BLOCK_M:tl.constexpr, BLOCK_N:tl.constexpr):
+                 D:tl.constexpr, KLEN_IS_L:tl.constexpr, ONE_PASS:tl.constexpr, EVEN_M:tl.constexpr, BLOCK_M:tl.constexpr,
+                 BLOCK_N:tl.constexpr):
         # ONE_PASS: each tile also adds its share of dq, ds @ k, into the float32 buffer DQ (atomically; else DQ is unused)
+        # EVEN_M: L is a multiple of BLOCK_M, so every block of query slots lies in the patch's L slots
         nb, p, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_len = tl.load(Qlen + p).to(tl.int32)  # the loop over queries in int32: 301 instead of 318 instructions a step (sm_90)
         k_len = L if KLEN_IS_L else tl.load(Klen + p)
@@ -93,8 +97,12 @@ if triton is not None:
             rows_m = tl.load(Idx + base + offs_m, mask=m_mask, other=0).to(tl.int64)
             q = tl.load(QKV + rows_m[:, None] * (3 * C) + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
             do = tl.load(DO + rows_m[:, None] * C + h * D + d[None, :], mask=m_mask[:, None], other=0.0)
-            lse = tl.load(Lse + stats + offs_m, mask=m_mask, other=float("inf"))  # no query: probability 0
-            delta = tl.load(Delta + stats + offs_m, mask=m_mask, other=0.0)
+            if EVEN_M:  # every slot's statistics are stored, +inf and 0 past the queries: 269 instead of 301 instructions a step
+                lse = tl.load(Lse + stats + offs_m)
+                delta = tl.load(Delta + stats + offs_m)
+            else:
+                lse = tl.load(Lse + stats + offs_m, mask=offs_m < L, other=float("inf"))
+                delta = tl.load(Delta + stats + offs_m, mask=offs_m < L, other=0.0)
             pT = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
             if ONE_PASS: pT = tl.where(n_mask[:, None], pT, 0.0)  # a key past the patch (k = 0) adds nothing to dq, even at inf
             dv += tl.dot(pT.to(do.dtype), do)
@@ -174,6 +182,7 @@ def _launch(kernel, name:str, patches:int, length:int, heads:int, # kernel, its 
         bm, bn, warps, stages = CONFIG[name]
         block, meta = bm if name in ("fwd", "dq") else bn, dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
         if name in ("fwd", "dq"): consts["EVEN"] = consts["KLEN_IS_L"] and length % bn == 0  # full patches: no partial key block
+        else: consts["EVEN_M"] = length % bm == 0  # the backward's query blocks inside the patch's slots
     for lo in range(0, patches, MAX_PATCHES):
         n = min(MAX_PATCHES, patches - lo)
         launcher(kernel)[(_cdiv(length, block), n, heads)](*args(lo, n), **meta, **consts)

@@ -336,7 +336,7 @@ def check_compile():
                 consts = dict(D=D, KLEN_IS_L=whole, BLOCK_M=bm, BLOCK_N=bn)
                 if name == "fwd": consts["STORE_LSE"] = True
                 if name in ("fwd", "dq"): consts["EVEN"] = whole
-                if fn is K._pa_dkdv: consts["ONE_PASS"] = name == "bwd"
+                if fn is K._pa_dkdv: consts.update(ONE_PASS=name == "bwd", EVEN_M=whole)  # both loads: unmasked, masked
                 src = ASTSource(fn=fn, signature={**sig, **{k: "constexpr" for k in consts}}, constexprs=consts)
                 k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
                 assert ".entry" in k.asm["ptx"]
