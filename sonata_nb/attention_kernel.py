@@ -193,7 +193,7 @@ def _parts(full, full_len, dup_base, short, short_len):
             if idx.shape[0] and idx.shape[1]]
 
 def _slot_stats(parts, heads:int, device) -> list:
-    "Per part, a (P, H, L) float32 view for a statistic of each patch, head and slot (its queries' slots are written)"
+    "Per part, a (P, H, L) float32 view for a statistic of each patch, head and slot (every slot < L is written: +inf / 0 past the queries)"
     sizes = [idx.shape[0] * heads * idx.shape[1] for idx, *_ in parts]
     ends = [-(-n // 4) * 4 for n in sizes]  # each part's view 16-byte aligned, as the kernels are compiled for
     buf = torch.empty(sum(ends), device=device, dtype=torch.float32)
